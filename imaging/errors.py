@@ -1,0 +1,54 @@
+"""Errors the user sees. Each one says what is wrong, where, and how to fix it."""
+
+from __future__ import annotations
+
+
+class ImagingError(Exception):
+    """Base for every error the tool reports to its user (tasks print these without a traceback)."""
+
+
+class InputError(ImagingError):
+    """Bad input: a file, field and value the user can correct. Raised before anything is changed."""
+
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None,
+                 value: object = None, fix: str | None = None) -> None:
+        self.file, self.field, self.value, self.fix = file, field, value, fix
+        parts = []
+        if file:
+            parts.append(str(file))
+        if field:
+            parts.append(f"field '{field}'")
+        where = ": ".join(parts)
+        text = f"{where}: {message}" if where else message
+        if value is not None:
+            text += f" (got {value!r})"
+        if fix:
+            text += f". Fix: {fix}"
+        super().__init__(text)
+
+
+class ValidationFailed(ImagingError):
+    """Several input problems found at once (the inventory is checked as a whole)."""
+
+    def __init__(self, problems: list[InputError]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) found:\n{lines}")
+
+
+class ProviderError(ImagingError):
+    """A provider refused or failed a step (a Hyper-V rule, a script error, a lost host)."""
+
+    def __init__(self, message: str, *, host: str | None = None, step: str | None = None,
+                 transient: bool = False) -> None:
+        self.host, self.step, self.transient = host, step, transient
+        where = " ".join(x for x in (f"host {host}" if host else "", f"step {step}" if step else "") if x)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class LockHeld(ImagingError):
+    """Another operation holds the instrument."""
+
+
+class ArtifactError(ImagingError):
+    """An artifact is missing, corrupted, or not staged."""
