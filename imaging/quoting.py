@@ -1,0 +1,112 @@
+"""The one place where values are made safe for PowerShell, paths and shells.
+
+Every value that reaches a PowerShell script goes through :func:`ps_literal`; every name that becomes part
+of a path, a VM name or a volume label goes through one of the ``check_*`` validators, which refuse rather
+than repair. Nothing else in the project builds a script or a path from a raw value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath, PureWindowsPath
+
+from .errors import InputError
+
+# PowerShell treats these four as single quotes too: each must be doubled inside a verbatim string.
+_PS_SINGLE_QUOTES = "'\u2018\u2019\u201a\u201b"
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# A Windows path we generate or accept from the inventory: drive or UNC, plain segments only.
+_WIN_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.$()+-]*$")
+
+
+def ps_literal(value: object) -> str:
+    """Render ``value`` as a PowerShell literal that evaluates to exactly that value and nothing else.
+
+    Strings become verbatim (single-quoted) strings, in which PowerShell expands nothing: no ``$``, no
+    backtick escapes, no subexpressions. Only the quote characters need doubling.
+    """
+    if value is None:
+        return "$null"
+    if isinstance(value, bool):
+        return "$true" if value else "$false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InputError("NaN and infinity cannot be passed to PowerShell", value=value)
+        return repr(value)
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InputError("a NUL character cannot be passed to PowerShell", value=value)
+        out = []
+        for ch in value:
+            out.append(ch + ch if ch in _PS_SINGLE_QUOTES else ch)
+        return "'" + "".join(out) + "'"
+    if isinstance(value, Mapping):
+        items = "; ".join(f"{ps_literal(str(k))} = {ps_literal(v)}" for k, v in value.items())
+        return "[ordered]@{" + items + "}"
+    if isinstance(value, Sequence):
+        return "@(" + ", ".join(ps_literal(v) for v in value) + ")"
+    raise InputError(f"cannot pass a {type(value).__name__} to PowerShell", value=value)
+
+
+def check_name(value: object, *, field: str, file: str | None = None) -> str:
+    """A name that ends up in a VM name, a file name or a script: letters, digits, ``_ . -``; 1-63 chars."""
+    if not isinstance(value, str) or not NAME_RE.match(value) or value in (".", ".."):
+        raise InputError(
+            "not a safe name", file=file, field=field, value=value,
+            fix="use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    return value
+
+
+def check_label(value: object, *, field: str, file: str | None = None) -> str:
+    """An NTFS volume label we mount by: letters, digits, ``_ -``; at most 32 characters."""
+    if not isinstance(value, str) or not LABEL_RE.match(value):
+        raise InputError(
+            "not a safe volume label", file=file, field=field, value=value,
+            fix="use 1-32 letters, digits, '_' or '-', starting with a letter or digit")
+    return value
+
+
+def check_sha256(value: object, *, field: str = "sha256", file: str | None = None) -> str:
+    if not isinstance(value, str) or not SHA256_RE.match(value):
+        raise InputError("not a sha256 (64 lowercase hex digits)", file=file, field=field, value=value,
+                         fix="copy the hash from the artifact manifest")
+    return value
+
+
+def check_windows_path(value: object, *, field: str, file: str | None = None) -> str:
+    """An absolute Windows path (``C:\\...`` or ``\\\\server\\share\\...``) made of plain segments.
+
+    Plain means no ``..``, no wildcard, no quote, no ``$`` expansion traps beyond a share's ``$`` suffix.
+    """
+    fix = r"use an absolute path like C:\Instrument\Apps or \\server\share\folder with plain folder names"
+    if not isinstance(value, str) or not value:
+        raise InputError("not a Windows path", file=file, field=field, value=value, fix=fix)
+    p = PureWindowsPath(value)
+    if not p.anchor or not (p.drive and p.root):
+        raise InputError("not an absolute Windows path", file=file, field=field, value=value, fix=fix)
+    for seg in p.parts[1:]:
+        if seg in (".", "..") or not _WIN_SEGMENT_RE.match(seg):
+            raise InputError(f"unsafe path segment {seg!r}", file=file, field=field, value=value, fix=fix)
+    return value
+
+
+def check_relpath(value: object, *, field: str, file: str | None = None) -> str:
+    """A relative path inside a volume (forward or back slashes): no absolute path, no ``..``, no empties."""
+    fix = "give a path relative to the volume, like bin/server.dll, without '..'"
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise InputError("not a relative path", file=file, field=field, value=value, fix=fix)
+    norm = value.replace("\\", "/")
+    if norm.startswith("/") or PureWindowsPath(value).drive or re.match(r"^[A-Za-z]:", value):
+        raise InputError("absolute paths are not allowed", file=file, field=field, value=value, fix=fix)
+    parts = PurePosixPath(norm).parts
+    if any(seg in ("..", ".") for seg in norm.split("/")) or not parts:
+        raise InputError("'..' and '.' are not allowed", file=file, field=field, value=value, fix=fix)
+    if any(not seg.strip() or seg != seg.strip() for seg in norm.split("/")):
+        raise InputError("empty or space-padded path segment", file=file, field=field, value=value, fix=fix)
+    return "/".join(parts)
