@@ -1,0 +1,76 @@
+"""Steps: the unit of every plan, shared by the planner and every provider.
+
+A step is data (an action name, the host it runs on, its inputs, plain words for the dry run and the
+inverse step), so one plan can be printed, carried out by either provider, resumed after a crash and undone.
+Each action is idempotent: providers check before they change and report whether they changed anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Every action a plan may use, with the inputs it requires. Providers implement exactly these.
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "preflight": ("vm", "artifacts", "need_bytes"),
+    "acquire_lock": ("vm", "lock_path", "op_id", "owner"),
+    "release_lock": ("vm", "lock_path", "op_id"),
+    "ensure_vm": ("vm", "generation", "memory_mb", "cpus", "switch"),
+    "get_state": ("vm",),
+    "stop_vm": ("vm", "timeout_s"),
+    "start_vm": ("vm",),
+    "wait_guest": ("vm", "timeout_s"),
+    "stage_artifact": ("name", "sha256", "share_path", "dest_path"),
+    "create_child_disk": ("path", "parent_path", "role"),
+    "create_disk": ("path", "size_gb", "label", "role"),
+    "delete_disk": ("path", "role"),
+    "attach_disk": ("vm", "slot", "path"),
+    "detach_disk": ("vm", "slot", "path"),
+    "backup_volume": ("vm", "path", "role", "label", "dest_path", "keep"),
+    "rescue_user_files": ("vm", "os_path", "template_path", "var_path", "dest_rel", "exclude"),
+    "write_settings": ("path", "files", "manifest_name"),
+    "configure_guest": ("vm", "volumes"),
+    "health_check": ("vm", "expect_apps_version", "links", "expect_settings_sha256"),
+    "write_record": ("vm", "record"),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One idempotent action on one host; ``undo`` is the step that reverses it (None: nothing to undo)."""
+
+    action: str
+    host: str
+    inputs: dict[str, Any]
+    summary: str
+    undo: Step | None = None
+    # Steps after the "point of no return" for the running VM (it has been stopped) are undone on failure.
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        required = ACTIONS.get(self.action)
+        if required is None:
+            raise ValueError(f"unknown step action {self.action!r}")
+        missing = [k for k in required if k not in self.inputs]
+        if missing:
+            raise ValueError(f"step {self.action} lacks inputs {missing}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "host": self.host,
+            "inputs": self.inputs,
+            "summary": self.summary,
+            "undo": self.undo.to_dict() if self.undo else None,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Step:
+        return cls(action=d["action"], host=d["host"], inputs=d["inputs"], summary=d["summary"],
+                   undo=cls.from_dict(d["undo"]) if d.get("undo") else None, meta=d.get("meta") or {})
+
+    def key(self) -> str:
+        """A stable identity for journaling and resume."""
+        return json.dumps({"a": self.action, "h": self.host, "i": self.inputs}, sort_keys=True)
