@@ -1,0 +1,504 @@
+"""The lab provider: carries out every step on a local folder that behaves like Hyper-V hosts and guests.
+
+It enforces the rules Hyper-V enforces (no attach or detach on a running VM, a disk on one VM at most,
+parents read-only and never modified) and the tool's own (Var and Data disks are never deleted or
+recreated), so that a workflow that passes here is a workflow that respects them. Failures can be injected
+per VM and action to rehearse what happens when a real host misbehaves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import LockHeld, ProviderError
+from ..hashing import manifest_digest, sha256_file, tree_manifest
+from ..inventory import PERSISTENT_ROLES
+from ..steps import Step
+from .labfs import atomic_write, clone_tree, copy_tree, guest_rel, host_path, read_json, write_json
+
+FaultHook = Callable[[Step], None]
+
+
+class InjectedFault(ProviderError):
+    """A failure the lab was told to produce (tests and rehearsals)."""
+
+
+def faults_from_env(spec: str | None) -> FaultHook | None:
+    """``IMAGING_LAB_FAULTS="NDXZOOM:health_check,NDXWISH:start_vm"``: fail that action on that VM."""
+    if not spec:
+        return None
+    pairs = set()
+    for item in spec.split(","):
+        if item.strip():
+            vm, _, action = item.strip().partition(":")
+            pairs.add((vm.upper(), action))
+
+    def hook(step: Step) -> None:
+        vm = str(step.inputs.get("vm", "")).upper()
+        if (vm, step.action) in pairs or ("*", step.action) in pairs:
+            raise InjectedFault(f"injected failure of {step.action} on {vm}", host=step.host, step=step.action)
+
+    return hook
+
+
+class LabProvider:
+    """Steps carried out on ``lab`` (a folder). Thread-safe: VM and disk records change under one lock."""
+
+    name = "lab"
+
+    def __init__(self, lab: Path, *, fault: FaultHook | None = None) -> None:
+        self.lab = Path(lab)
+        self.lab.mkdir(parents=True, exist_ok=True)
+        self.fault = fault
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        """Nothing to release: the lab holds no sessions."""
+
+    # --- paths ---------------------------------------------------------------------------------------
+    def path(self, host: str, winpath: str) -> Path:
+        return host_path(self.lab, host, winpath)
+
+    def _vm_file(self, host: str, vm: str) -> Path:
+        return self.lab / "hosts" / host / "vms" / f"{vm}.json"
+
+    def _vm(self, host: str, vm: str, *, step: str) -> dict[str, Any]:
+        f = self._vm_file(host, vm)
+        if not f.exists():
+            raise ProviderError(f"VM {vm} does not exist", host=host, step=step)
+        return read_json(f)
+
+    def _disk(self, host: str, winpath: str, *, step: str) -> tuple[Path, dict[str, Any]]:
+        d = self.path(host, winpath)
+        meta = d / "disk.json"
+        if not meta.exists():
+            raise ProviderError(f"disk {winpath} does not exist", host=host, step=step)
+        return d, read_json(meta)
+
+    def guest_root(self, host: str, vm: str) -> Path:
+        """The running guest's C: drive (the content of the OS disk in slot 0)."""
+        rec = self._vm(host, vm, step="guest")
+        os_disk = rec["slots"].get("0")
+        if not os_disk:
+            raise ProviderError(f"VM {vm} has no OS disk", host=host)
+        return self.path(host, os_disk) / "content"
+
+    def guest_path(self, host: str, vm: str, winpath: str) -> Path:
+        return self.guest_root(host, vm).joinpath(*guest_rel(winpath))
+
+    def guest_write(self, host: str, vm: str, winpath: str, data: bytes) -> None:
+        """What a user or program in the guest does when it saves a file (through links, by rename)."""
+        p = self.guest_path(host, vm, winpath)
+        atomic_write(p.parent.resolve() / p.name, data)
+
+    # --- dispatch ------------------------------------------------------------------------------------
+    def run(self, step: Step) -> dict[str, Any]:
+        if self.fault is not None:
+            self.fault(step)
+        handler = getattr(self, f"_do_{step.action}", None)
+        if handler is None:
+            raise ProviderError(f"the lab cannot carry out {step.action}", host=step.host, step=step.action)
+        with self._lock:
+            return handler(step.host, **step.inputs)
+
+    # --- host-level actions --------------------------------------------------------------------------
+    def _do_preflight(self, host: str, vm: str, artifacts: list[dict[str, Any]], need_bytes: int) -> dict:
+        hroot = self.lab / "hosts" / host
+        hroot.mkdir(parents=True, exist_ok=True)
+        missing = []
+        for art in artifacts:
+            d = self.path(host, art["path"])
+            meta = d / "disk.json"
+            if not meta.exists() or read_json(meta).get("sha256") != art["sha256"]:
+                missing.append(art["name"])
+        free = shutil.disk_usage(hroot).free
+        if free < need_bytes:
+            raise ProviderError(f"not enough space: {free} bytes free, {need_bytes} needed", host=host,
+                                step="preflight")
+        if missing:
+            raise ProviderError(f"artifacts not staged on the host: {', '.join(missing)}; run "
+                                "`invoke stage` for this release first", host=host, step="preflight")
+        return {"changed": False, "host_ok": True, "vm_exists": self._vm_file(host, vm).exists(),
+                "free_bytes": free, "missing": missing}
+
+    def _do_acquire_lock(self, host: str, vm: str, lock_path: str, op_id: str, owner: str) -> dict:
+        f = self.path(host, lock_path)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"op_id": op_id, "owner": owner, "since": datetime.now(UTC).isoformat()}).encode()
+        try:
+            fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held = json.loads(f.read_bytes() or b"{}")
+            if held.get("op_id") == op_id:
+                return {"changed": False}
+            raise LockHeld(f"{vm} is locked by operation {held.get('op_id')} of {held.get('owner')} since "
+                           f"{held.get('since')}; wait for it, or finish it with `invoke resume --instrument=...` "
+                           "or `invoke rollback --instrument=...`") from None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body)
+        return {"changed": True}
+
+    def _do_release_lock(self, host: str, vm: str, lock_path: str, op_id: str) -> dict:
+        f = self.path(host, lock_path)
+        if not f.exists():
+            return {"changed": False}
+        held = json.loads(f.read_bytes() or b"{}")
+        if held.get("op_id") != op_id:
+            raise ProviderError(f"lock of {vm} belongs to operation {held.get('op_id')}, not {op_id}",
+                                host=host, step="release_lock")
+        f.unlink()
+        return {"changed": True}
+
+    def _do_ensure_vm(self, host: str, vm: str, generation: int, memory_mb: int, cpus: int, switch: str) -> dict:
+        f = self._vm_file(host, vm)
+        if f.exists():
+            return {"changed": False}
+        write_json(f, {"name": vm, "power": "Off", "slots": {}, "generation": generation,
+                       "memory_mb": memory_mb, "cpus": cpus, "switch": switch})
+        return {"changed": True}
+
+    def _do_get_state(self, host: str, vm: str) -> dict:
+        f = self._vm_file(host, vm)
+        if not f.exists():
+            return {"changed": False, "exists": False, "power": "Absent", "disks": []}
+        rec = read_json(f)
+        disks = []
+        for slot, path in sorted(rec["slots"].items(), key=lambda x: int(x[0])):
+            meta = self.path(host, path) / "disk.json"
+            parent = read_json(meta).get("parent") if meta.exists() else None
+            disks.append({"slot": int(slot), "path": path, "parent": parent})
+        return {"changed": False, "exists": True, "power": rec["power"], "disks": disks}
+
+    def _do_stop_vm(self, host: str, vm: str, timeout_s: int) -> dict:
+        rec = self._vm(host, vm, step="stop_vm")
+        if rec["power"] == "Off":
+            return {"changed": False, "forced": False}
+        rec["power"] = "Off"
+        write_json(self._vm_file(host, vm), rec)
+        return {"changed": True, "forced": False}
+
+    def _do_start_vm(self, host: str, vm: str) -> dict:
+        rec = self._vm(host, vm, step="start_vm")
+        if rec["power"] == "Running":
+            return {"changed": False}
+        if "0" not in rec["slots"]:
+            raise ProviderError(f"VM {vm} has no OS disk in slot 0", host=host, step="start_vm")
+        rec["power"] = "Running"
+        write_json(self._vm_file(host, vm), rec)
+        return {"changed": True}
+
+    def _do_wait_guest(self, host: str, vm: str, timeout_s: int) -> dict:
+        rec = self._vm(host, vm, step="wait_guest")
+        if rec["power"] != "Running":
+            raise ProviderError(f"guest {vm} does not answer: the VM is {rec['power']}", host=host, step="wait_guest")
+        return {"changed": False}
+
+    def _do_stage_artifact(self, host: str, name: str, sha256: str, share_path: str, dest_path: str) -> dict:
+        dest = self.path(host, dest_path)
+        meta = dest / "disk.json"
+        if meta.exists() and read_json(meta).get("sha256") == sha256:
+            return {"changed": False, "bytes": 0}
+        src = self.path(host, share_path)
+        if not src.exists():
+            raise ProviderError(f"{share_path} is not on the share; publish the release first (`invoke stage`)",
+                                host=host, step="stage_artifact")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        (partial / "content").mkdir(parents=True)
+        blob = partial / "image.tar"
+        shutil.copyfile(src, blob)
+        actual = sha256_file(blob)
+        if actual != sha256:
+            shutil.rmtree(partial)
+            raise ProviderError(f"{name}: sha256 on arrival is {actual}, expected {sha256}; the share copy is "
+                                "corrupt, publish it again", host=host, step="stage_artifact")
+        with tarfile.open(blob) as tar:
+            tar.extractall(partial / "content", filter="data")
+        blob.unlink()
+        write_json(partial / "disk.json", {"role": "template", "label": None, "parent": None, "read_only": True,
+                                           "size_gb": 0, "attached_to": None, "sha256": sha256, "name": name})
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(partial, dest)
+        return {"changed": True, "bytes": src.stat().st_size}
+
+    # --- disks ---------------------------------------------------------------------------------------
+    def _do_create_child_disk(self, host: str, path: str, parent_path: str, role: str) -> dict:
+        d = self.path(host, path)
+        if (d / "disk.json").exists():
+            meta = read_json(d / "disk.json")
+            if meta.get("parent") != parent_path:
+                raise ProviderError(f"{path} exists with another parent ({meta.get('parent')})", host=host,
+                                    step="create_child_disk")
+            return {"changed": False}
+        pdir, pmeta = self._disk(host, parent_path, step="create_child_disk")
+        if not pmeta.get("read_only"):
+            raise ProviderError(f"parent {parent_path} is not read-only; a parent must never change", host=host,
+                                step="create_child_disk")
+        partial = d.with_name(d.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        (partial / "content").mkdir(parents=True)
+        files = clone_tree(pdir / "content", partial / "content")
+        write_json(partial / "disk.json", {"role": role, "label": "Apps" if role == "apps" else None,
+                                           "parent": parent_path, "read_only": False, "size_gb": 0,
+                                           "attached_to": None})
+        os.replace(partial, d)
+        return {"changed": True, "files": files}
+
+    def _do_create_disk(self, host: str, path: str, size_gb: int, label: str, role: str) -> dict:
+        d = self.path(host, path)
+        if (d / "disk.json").exists():
+            meta = read_json(d / "disk.json")
+            if meta.get("role") != role or meta.get("label") != label:
+                raise ProviderError(f"{path} exists as a {meta.get('role')} disk labelled {meta.get('label')}",
+                                    host=host, step="create_disk")
+            return {"changed": False}
+        partial = d.with_name(d.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        (partial / "content").mkdir(parents=True)
+        write_json(partial / "disk.json", {"role": role, "label": label, "parent": None, "read_only": False,
+                                           "size_gb": size_gb, "attached_to": None})
+        os.replace(partial, d)
+        return {"changed": True}
+
+    def _do_delete_disk(self, host: str, path: str, role: str) -> dict:
+        d = self.path(host, path)
+        if not (d / "disk.json").exists():
+            return {"changed": False}
+        meta = read_json(d / "disk.json")
+        if meta["role"] in PERSISTENT_ROLES or role in PERSISTENT_ROLES:
+            raise ProviderError(f"refusing to delete {path}: {meta['role']} disks are never deleted", host=host,
+                                step="delete_disk")
+        if meta.get("read_only"):
+            raise ProviderError(f"refusing to delete {path}: it is a read-only parent", host=host,
+                                step="delete_disk")
+        if meta.get("attached_to"):
+            raise ProviderError(f"refusing to delete {path}: attached to {meta['attached_to']}", host=host,
+                                step="delete_disk")
+        shutil.rmtree(d)
+        return {"changed": True}
+
+    def _do_attach_disk(self, host: str, vm: str, slot: int, path: str) -> dict:
+        rec = self._vm(host, vm, step="attach_disk")
+        d, meta = self._disk(host, path, step="attach_disk")
+        current = rec["slots"].get(str(slot))
+        if current == path:
+            return {"changed": False}
+        if rec["power"] != "Off":
+            raise ProviderError(f"cannot attach {path} to {vm}: the VM is running", host=host, step="attach_disk")
+        if current:
+            raise ProviderError(f"slot {slot} of {vm} already holds {current}", host=host, step="attach_disk")
+        if meta.get("read_only"):
+            raise ProviderError(f"cannot attach read-only parent {path} to a VM", host=host, step="attach_disk")
+        if meta.get("attached_to") and meta["attached_to"] != vm:
+            raise ProviderError(f"{path} is already attached to {meta['attached_to']}", host=host,
+                                step="attach_disk")
+        rec["slots"][str(slot)] = path
+        meta["attached_to"] = vm
+        write_json(d / "disk.json", meta)
+        write_json(self._vm_file(host, vm), rec)
+        return {"changed": True}
+
+    def _do_detach_disk(self, host: str, vm: str, slot: int, path: str) -> dict:
+        rec = self._vm(host, vm, step="detach_disk")
+        current = rec["slots"].get(str(slot))
+        if current is None:
+            return {"changed": False}
+        if current != path:
+            raise ProviderError(f"slot {slot} of {vm} holds {current}, not {path}", host=host, step="detach_disk")
+        if rec["power"] != "Off":
+            raise ProviderError(f"cannot detach {path} from {vm}: the VM is running", host=host, step="detach_disk")
+        d, meta = self._disk(host, path, step="detach_disk")
+        del rec["slots"][str(slot)]
+        meta["attached_to"] = None
+        write_json(d / "disk.json", meta)
+        write_json(self._vm_file(host, vm), rec)
+        return {"changed": True}
+
+    # --- volume contents -----------------------------------------------------------------------------
+    def _do_backup_volume(self, host: str, vm: str, path: str, role: str, label: str, dest_path: str,
+                          keep: int) -> dict:
+        dest = self.path(host, dest_path)
+        if (dest / "manifest.json").exists():
+            return {"changed": False, "path": dest_path}
+        src, _ = self._disk(host, path, step="backup_volume")
+        partial = dest.with_name(dest.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        copy_tree(src / "content", partial / "content")
+        expected = tree_manifest(src / "content")
+        copied = tree_manifest(partial / "content")
+        if copied != expected:
+            shutil.rmtree(partial)
+            raise ProviderError(f"backup of {label} did not verify", host=host, step="backup_volume")
+        write_json(partial / "manifest.json", {"vm": vm, "role": role, "label": label, "source": path,
+                                               "files": expected, "digest": manifest_digest(expected)})
+        os.replace(partial, dest)
+        suffix = f"-{role}"
+        siblings = sorted(p for p in dest.parent.iterdir() if p.name.endswith(suffix) and p.is_dir())
+        removed = []
+        for old in siblings[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+            removed.append(old.name)
+        return {"changed": True, "path": dest_path, "files": len(expected), "removed": removed}
+
+    def _do_rescue_user_files(self, host: str, vm: str, os_path: str, template_path: str, var_path: str,
+                              dest_rel: str, exclude: list[str]) -> dict:
+        os_dir, _ = self._disk(host, os_path, step="rescue_user_files")
+        tpl_dir, _ = self._disk(host, template_path, step="rescue_user_files")
+        var_dir, _ = self._disk(host, var_path, step="rescue_user_files")
+        dest = var_dir / "content" / dest_rel
+        listing = dest / "rescued.json"
+        if listing.exists():
+            return {"changed": False, "files": read_json(listing)["files"]}
+        skip = {"/".join(guest_rel(x)).lower() for x in exclude} | {"volumes"}
+        root, tpl = os_dir / "content", tpl_dir / "content"
+        found: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            rel_dir = "" if rel_dir == "." else rel_dir
+            dirnames[:] = [d for d in dirnames
+                           if f"{rel_dir}/{d}".lstrip("/").lower() not in skip
+                           and not os.path.islink(os.path.join(dirpath, d))]
+            for f in filenames:
+                rel = f"{rel_dir}/{f}".lstrip("/")
+                full = Path(dirpath) / f
+                if rel.lower() in skip or full.is_symlink():
+                    continue
+                twin = tpl / rel
+                if twin.exists():
+                    a, b = full.stat(), twin.stat()
+                    if (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev):
+                        continue  # still the template's own file
+                    if a.st_size == b.st_size and sha256_file(full) == sha256_file(twin):
+                        continue
+                found.append(rel)
+        if not found:
+            return {"changed": False, "files": []}
+        for rel in found:
+            target = dest / "files" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, target)
+        write_json(listing, {"vm": vm, "from": os_path, "files": sorted(found)})
+        return {"changed": True, "files": sorted(found)}
+
+    def _do_write_settings(self, host: str, path: str, files: dict[str, str], manifest_name: str) -> dict:
+        d, _ = self._disk(host, path, step="write_settings")
+        content = d / "content"
+        wanted = {rel: text.encode("utf-8") for rel, text in files.items()}
+        current = tree_manifest(content)
+        from ..hashing import sha256_bytes
+
+        expected = {rel: sha256_bytes(b) for rel, b in wanted.items()}
+        if {k: v for k, v in current.items() if k != manifest_name} == expected and manifest_name in current:
+            return {"changed": False}
+        for rel in current:
+            if rel not in wanted:
+                (content / rel).unlink()
+        for rel, data in wanted.items():
+            atomic_write(content.joinpath(*rel.split("/")), data)
+        write_json(content.joinpath(*manifest_name.split("/")), {"files": expected,
+                                                                  "digest": manifest_digest(expected)})
+        return {"changed": True, "files": len(wanted)}
+
+    # --- the guest -----------------------------------------------------------------------------------
+    def _running_guest(self, host: str, vm: str, step: str) -> tuple[dict[str, Any], Path]:
+        rec = self._vm(host, vm, step=step)
+        if rec["power"] != "Running":
+            raise ProviderError(f"guest {vm} is not running", host=host, step=step)
+        return rec, self.guest_root(host, vm)
+
+    def _volume_by_label(self, host: str, rec: dict[str, Any], label: str, step: str) -> Path:
+        for path in rec["slots"].values():
+            meta = read_json(self.path(host, path) / "disk.json")
+            if meta.get("label") == label:
+                return self.path(host, path) / "content"
+        raise ProviderError(f"no attached volume is labelled {label}", host=host, step=step)
+
+    def _do_configure_guest(self, host: str, vm: str, volumes: list[dict[str, str]]) -> dict:
+        rec, groot = self._running_guest(host, vm, "configure_guest")
+        changed = False
+        for vol in volumes:
+            target = self._volume_by_label(host, rec, vol["label"], "configure_guest")
+            mount = groot.joinpath(*guest_rel(vol["mount"]))
+            mount.parent.mkdir(parents=True, exist_ok=True)
+            want = os.path.relpath(target, mount.parent)
+            if mount.is_symlink() and os.readlink(mount) == want:
+                pass
+            else:
+                if mount.is_symlink():
+                    mount.unlink()
+                elif mount.exists():
+                    if any(mount.iterdir()):
+                        raise ProviderError(f"{vol['mount']} exists and is not empty; refusing to mount over it",
+                                            host=host, step="configure_guest")
+                    mount.rmdir()
+                os.symlink(want, mount)
+                changed = True
+            link = groot.joinpath(*guest_rel(vol["link"]))
+            link.parent.mkdir(parents=True, exist_ok=True)
+            want_link = os.path.relpath(mount, link.parent)
+            if link.is_symlink():
+                if os.readlink(link) == want_link:
+                    continue
+                link.unlink()
+            elif link.exists():
+                if link.is_dir() and not any(link.iterdir()):
+                    link.rmdir()  # an empty placeholder folder is replaced by the junction
+                else:
+                    raise ProviderError(f"{vol['link']} is a folder with content; refusing to replace it by a "
+                                        "link (move its content to the volume first)", host=host,
+                                        step="configure_guest")
+            os.symlink(want_link, link)
+            changed = True
+        return {"changed": changed}
+
+    def _do_health_check(self, host: str, vm: str, expect_apps_version: str, links: list[dict[str, str]],
+                         expect_settings_sha256: str) -> dict:
+        rec, groot = self._running_guest(host, vm, "health_check")
+        problems = []
+        resolved = {}
+        for item in links:
+            p = groot.joinpath(*guest_rel(item["link"]))
+            target = self._volume_by_label(host, rec, item["label"], "health_check")
+            ok = p.exists() and p.resolve() == target.resolve()
+            resolved[item["link"]] = item["label"] if ok else None
+            if not ok:
+                problems.append(f"{item['link']} does not lead to the {item['label']} volume")
+        version_file = groot.joinpath(*guest_rel("C:\\Instrument\\Apps\\version.txt"))
+        version = version_file.read_text().strip() if version_file.exists() else None
+        if version != expect_apps_version:
+            problems.append(f"Apps version is {version!r}, expected {expect_apps_version!r}")
+        prov_file = groot.joinpath(*guest_rel("C:\\Instrument\\Settings\\.imaging\\manifest.json"))
+        digest = read_json(prov_file).get("digest") if prov_file.exists() else None
+        if digest != expect_settings_sha256:
+            problems.append(f"Settings digest is {digest!r}, expected {expect_settings_sha256!r}")
+        if problems:
+            raise ProviderError("health check failed: " + "; ".join(problems), host=host, step="health_check")
+        return {"changed": False, "apps_version": version, "links": resolved, "settings": {"digest": digest}}
+
+    def _do_write_record(self, host: str, vm: str, record: dict[str, Any]) -> dict:
+        _, groot = self._running_guest(host, vm, "write_record")
+        f = groot.joinpath(*guest_rel("C:\\Instrument\\Var\\imaging\\record.json"))
+        if f.exists() and read_json(f) == record:
+            return {"changed": False}
+        write_json(f.parent.resolve() / f.name, record)
+        return {"changed": True}
+
+    # --- observation helpers for status and tests ----------------------------------------------------
+    def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
+        f = self.path(host, var_path) / "content" / "imaging" / "record.json"
+        return read_json(f) if f.exists() else None
