@@ -1,0 +1,52 @@
+"""Providers carry out steps: `lab` on a local folder, `hyperv` over PowerShell remoting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ProviderError
+from ..inventory import Inventory
+from ..steps import Step
+from .base import Provider
+from .lab import FaultHook, LabProvider, faults_from_env
+
+
+class Dispatcher:
+    """Sends each step to the provider of its host; one provider object (and its sessions) per kind."""
+
+    name = "dispatcher"
+
+    def __init__(self, inventory: Inventory, lab: Path, *, fault: FaultHook | None = None) -> None:
+        self.inventory = inventory
+        self._lab_dir = lab
+        self._fault = fault if fault is not None else faults_from_env(os.environ.get("IMAGING_LAB_FAULTS"))
+        self._providers: dict[str, Provider] = {}
+
+    def for_host(self, host: str) -> Provider:
+        try:
+            kind = self.inventory.hosts[host].provider
+        except KeyError:
+            raise ProviderError(f"unknown host {host}") from None
+        if kind not in self._providers:
+            if kind == "lab":
+                self._providers[kind] = LabProvider(self._lab_dir, fault=self._fault)
+            else:
+                from .hyperv import HypervProvider
+
+                self._providers[kind] = HypervProvider.from_inventory(self.inventory)
+        return self._providers[kind]
+
+    @property
+    def lab(self) -> LabProvider:
+        p = self._providers.get("lab") or LabProvider(self._lab_dir, fault=self._fault)
+        self._providers["lab"] = p
+        return p  # type: ignore[return-value]
+
+    def run(self, step: Step) -> dict[str, Any]:
+        return self.for_host(step.host).run(step)
+
+    def close(self) -> None:
+        for p in self._providers.values():
+            p.close()

@@ -1,0 +1,259 @@
+"""The operations a user asks for (reimage, resume, rollback, stage), wired from the pure parts.
+
+Each function gathers what a plan needs (inventory, release, artifacts, what the host shows, settings),
+asks the planner for the plan, and hands it to the executor. Printing belongs to tasks.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import layout, samples
+from .artifacts import ArtifactStore
+from .config import Paths
+from .errors import ArtifactError, ImagingError, InputError
+from .executor import Executor, Listener, Outcome, is_live
+from .hashing import manifest_digest, sha256_bytes
+from .inventory import Instrument, Inventory, load_inventory
+from .journal import OK, RUNNING, Journal, Operation, who
+from .labels import load_labels, resolve
+from .plan import Artifact, Observed, Plan, ReimageInputs, generation, plan_reimage
+from .providers import Dispatcher
+from .providers.lab import FaultHook
+from .releases import ReleaseDefinition, load_releases
+from .steps import Step
+
+LAB_OS_FILES = 400
+LAB_APPS_FILES = 300
+
+
+@dataclass
+class Context:
+    """Everything one invocation works with, loaded and validated once before anything acts."""
+
+    paths: Paths
+    inventory: Inventory
+    releases: dict[str, ReleaseDefinition]
+    labels: dict[str, dict[str, str]]
+    store: ArtifactStore
+    journal: Journal
+    providers: Dispatcher
+    sample_sizes: tuple[int, int] = (LAB_OS_FILES, LAB_APPS_FILES)
+
+    @classmethod
+    def load(cls, paths: Paths | None = None, *, fault: FaultHook | None = None) -> Context:
+        paths = paths or Paths.from_env()
+        inventory = load_inventory(paths.inventory)
+        releases = load_releases(paths.releases)
+        labels = load_labels(paths.releases)
+        return cls(paths=paths, inventory=inventory, releases=releases, labels=labels,
+                   store=ArtifactStore(paths.store), journal=Journal(paths.journal),
+                   providers=Dispatcher(inventory, paths.lab, fault=fault))
+
+    def close(self) -> None:
+        self.providers.close()
+
+    def executor(self, listener: Listener | None = None) -> Executor:
+        return Executor(self.providers, self.journal, self.paths.locks, listener)
+
+
+def stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")[:-4] + "Z"
+
+
+def new_op_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+# --- releases and artifacts ------------------------------------------------------------------------
+
+
+def desired_release(ctx: Context, inst: Instrument, override: str | None = None) -> str:
+    name = override or inst.desired(ctx.inventory.groups)
+    source = "--release" if override else (inst.source if inst.release else str(ctx.paths.inventory / "groups.yaml"))
+    release = resolve(name, group=inst.group, labels=ctx.labels, releases=ctx.releases, source=source)
+    rel = ctx.releases[release]
+    if rel.revoked:
+        raise InputError(f"release {release} is revoked ({rel.revoked.reason})", field="release", value=release,
+                         fix="choose another release or label")
+    return release
+
+
+def artifacts_of(ctx: Context, release: str, *, lab: bool) -> tuple[Artifact, Artifact]:
+    """The OS template and Apps image of a release, from the store; on the lab, made on first use."""
+    rel = ctx.releases[release]
+    out = []
+    for ref, kind in ((rel.os_template, "os-template"), (rel.apps, "apps")):
+        if not ctx.store.exists(ref.name):
+            if not lab:
+                raise ArtifactError(f"artifact {ref.name} of release {release} is not in the store; build it with "
+                                    f"`invoke build-{'template' if kind == 'os-template' else 'apps'}`")
+            os_files, apps_files = ctx.sample_sizes
+            files = (samples.os_tree_files(ref.name, os_files) if kind == "os-template"
+                     else samples.apps_tree_files(ref.name, rel.apps.version, apps_files))
+            samples.ensure_sample(ctx.store, name=ref.name, kind=kind, files=files)
+        man = ctx.store.get(ref.name)
+        if ref.sha256 and ref.sha256 != man.sha256:
+            raise ArtifactError(f"release {release} pins {ref.name} to sha256 {ref.sha256}, the store holds "
+                                f"{man.sha256}; the artifact was rebuilt or replaced")
+        out.append(Artifact(name=man.name, sha256=man.sha256, size=man.size, suffix=man.suffix or ".vhdx"))
+    return out[0], out[1]
+
+
+def stage_steps(ctx: Context, release: str, host_name: str) -> list[Step]:
+    """The steps that put a release's images on one host, each verified on arrival."""
+    host = ctx.inventory.hosts[host_name]
+    steps = []
+    for art in artifacts_of(ctx, release, lab=host.provider == "lab"):
+        steps.append(Step("stage_artifact", host_name, {
+            "name": art.name, "sha256": art.sha256,
+            "share_path": layout.share_path(host, art.name, art.sha256, art.suffix),
+            "dest_path": layout.image_path(host, art.name, art.sha256)},
+            f"stage {art.name} on {host_name} (pull from the share, verify sha256, make read-only)"))
+    return steps
+
+
+def publish(ctx: Context, release: str, host_name: str) -> None:
+    """Put a release's artifacts on the host's share. The lab share is a folder; a real one is mounted."""
+    host = ctx.inventory.hosts[host_name]
+    if host.provider != "lab":
+        return  # real shares are filled by `invoke publish` on the machine that mounts them
+    lab = ctx.providers.lab
+    for art in artifacts_of(ctx, release, lab=True):
+        dest = lab.path(host_name, layout.share_path(host, art.name, art.sha256, art.suffix)).parent
+        ctx.store.stage(art.name, dest)
+
+
+def stage(ctx: Context, release: str, host_name: str) -> list[dict[str, Any]]:
+    publish(ctx, release, host_name)
+    return [ctx.providers.run(s) for s in stage_steps(ctx, release, host_name)]
+
+
+# --- state ---------------------------------------------------------------------------------------
+
+
+def observe(ctx: Context, inst: Instrument) -> Observed:
+    state = ctx.providers.run(Step("get_state", inst.host, {"vm": inst.vm}, f"look at {inst.vm}"))
+    return Observed.from_state(state)
+
+
+def running_release(ctx: Context, inst: Instrument) -> str | None:
+    """What the instrument runs, by the journal's last finished operation that put a release on it."""
+    op = ctx.journal.last(inst.name, kinds=("reimage", "rollback"), statuses=(OK,))
+    return op.to_release if op else None
+
+
+def interrupted(ctx: Context, inst: Instrument) -> Operation | None:
+    """An operation that is marked running but whose process is gone."""
+    op = ctx.journal.last(inst.name)
+    if op and op.status == RUNNING and not is_live(ctx.paths.locks, inst.name):
+        return op
+    return None
+
+
+def refuse_if_interrupted(ctx: Context, inst: Instrument) -> None:
+    op = interrupted(ctx, inst)
+    if op:
+        raise ImagingError(
+            f"{inst.name} has an interrupted {op.kind} ({op.id}, started {op.started} by {op.user}); finish it "
+            f"with `invoke resume --instrument={inst.name}` or undo it with `invoke rollback --instrument={inst.name}`")
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+def render_for(ctx: Context, inst: Instrument, release: str, *, allow_dirty: bool = False,
+               ref: str = "HEAD") -> tuple[dict[str, str], str, str | None]:
+    """The instrument's settings files as text, their digest and the git commit they came from."""
+    from .settings import render_settings
+
+    variables = {**inst.variables, "instrument": inst.name, "vm": inst.vm, "host": inst.host,
+                 "group": inst.group, "release": release}
+    rendered = render_settings(repo=ctx.paths.root, instrument=inst.name, vm=inst.vm, variables=variables,
+                               ref=ref, settings_repo=ctx.inventory.settings_repo, allow_dirty=allow_dirty)
+    files = {rel: data.decode("utf-8") for rel, data in sorted(rendered.files.items())}
+    digest = manifest_digest({rel: sha256_bytes(data) for rel, data in rendered.files.items()})
+    return files, digest, rendered.provenance.get("commit")
+
+
+# --- reimage -------------------------------------------------------------------------------------
+
+
+def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_id: str | None = None,
+                     allow_dirty: bool = False) -> Plan:
+    """Gather the inputs (reading only) and compute the plan. Touches nothing."""
+    inst = ctx.inventory.instrument(name)
+    host = ctx.inventory.host_of(inst)
+    target = desired_release(ctx, inst, release)
+    os_img, apps_img = artifacts_of(ctx, target, lab=host.provider == "lab")
+    files, digest, commit = render_for(ctx, inst, target, allow_dirty=allow_dirty)
+    return plan_reimage(ReimageInputs(
+        inst=inst, host=host, release=target, apps_version=ctx.releases[target].apps.version,
+        os_template=os_img, apps_image=apps_img, settings_files=files, settings_digest=digest,
+        settings_commit=commit, observed=observe(ctx, inst), op_id=op_id or new_op_id(), owner=who(),
+        stamp=stamp(), from_release=running_release(ctx, inst)))
+
+
+def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Listener | None = None,
+            batch: str | None = None, allow_dirty: bool = False) -> Outcome:
+    inst = ctx.inventory.instrument(name)
+    refuse_if_interrupted(ctx, inst)
+    op_id = new_op_id()
+    plan = plan_for_reimage(ctx, name, release, op_id=op_id, allow_dirty=allow_dirty)
+    host = ctx.inventory.host_of(inst)
+    if host.provider == "lab":
+        publish(ctx, plan.to_release or "", inst.host)
+    for s in stage_steps(ctx, plan.to_release or "", inst.host):
+        ctx.providers.run(s)  # idempotent: copies nothing when the images are already staged
+    outcome = ctx.executor(listener).execute(plan, op_id=op_id, batch=batch)
+    if outcome.ok:
+        retire_old_generations(ctx, inst)
+    return outcome
+
+
+def resume(ctx: Context, name: str, *, listener: Listener | None = None) -> Outcome:
+    inst = ctx.inventory.instrument(name)
+    op = interrupted(ctx, inst)
+    if op is None:
+        raise ImagingError(f"{inst.name} has no interrupted operation to resume")
+    outcome = ctx.executor(listener).resume(op.id)
+    if outcome.ok:
+        retire_old_generations(ctx, inst)
+    return outcome
+
+
+def retire_old_generations(ctx: Context, inst: Instrument) -> list[str]:
+    """Keep the current and the previous generation of OS/Apps/Settings disks; delete older ones.
+
+    Only generations made by operations that finished are counted, and nothing attached or used by a
+    rollback point is deleted (the provider refuses attached disks anyway).
+    """
+    gens: list[dict[str, str]] = []
+    for op in ctx.journal.operations(instrument=inst.name):
+        if op.status == OK and op.rollback_point and op.rollback_point.get("new") and op.kind == "reimage":
+            gens.append(op.rollback_point["new"])
+    current_disks = set(observe(ctx, inst).disks.values())
+    keep = {p for g in gens[-2:] for p in g.values()} | current_disks
+    last = ctx.journal.last(inst.name, kinds=("reimage",), statuses=(OK,))
+    if last and last.rollback_point:
+        keep |= set(last.rollback_point.get("disks", {}).values())
+    deleted = []
+    for g in gens[:-2]:
+        for role, path in g.items():
+            if path not in keep:
+                res = ctx.providers.run(Step("delete_disk", inst.host, {"path": path, "role": role},
+                                             f"delete the retired {role} disk {path}"))
+                if res.get("changed"):
+                    deleted.append(path)
+    return deleted
+
+
+def load_context(root: Path | None = None) -> Context:
+    return Context.load(Paths.from_env(root))
+
+
+__all__ = ["Context", "reimage", "resume", "plan_for_reimage", "stage", "observe", "generation"]

@@ -1,0 +1,232 @@
+"""The user's front door: invoke tasks. They parse arguments, call imaging, and print. Nothing else.
+
+Run `invoke --list` for the tasks and `invoke --help <task>` for each task's options.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any
+
+from invoke import Exit, task
+from rich.console import Console
+from rich.table import Table
+
+from imaging.errors import ImagingError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _fail(exc: ImagingError) -> Exit:
+    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+    return Exit(code=1)
+
+
+def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Tasks print ImagingError as one clear message and exit non-zero, never with a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ImagingError as exc:
+            raise _fail(exc) from None
+
+    return wrapper
+
+
+@contextmanager
+def _context() -> Iterator[Any]:
+    from imaging.operations import Context
+
+    ctx = Context.load()
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+class StepPrinter:
+    """Prints each step as it starts and ends, with its time: the progress display of one operation."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, ev: Any) -> None:
+        label = "undo" if ev.phase == "undo" else f"{ev.index + 1:2d}/{ev.total}"
+        if ev.ok is None:
+            if sys.stdout.isatty():
+                console.print(f"[dim]{ev.instrument} {label} … {ev.step.summary}[/]", end="\r")
+            return
+        mark = "[green]ok[/]" if ev.ok else "[bold red]FAILED[/]"
+        extra = ""
+        if ev.result and not ev.result.get("changed", True):
+            extra = " [dim](already done)[/]"
+        if ev.result and ev.step.action == "rescue_user_files" and ev.result.get("files"):
+            extra += "\n      rescued: " + ", ".join(ev.result["files"])
+        if ev.error:
+            extra += f"\n      {ev.error}"
+        console.print(f"{ev.instrument} {label} {mark} {ev.seconds:6.2f}s  {ev.step.summary}{extra}",
+                      soft_wrap=True)
+
+
+def _print_outcome(outcome: Any, instrument: str) -> None:
+    if outcome.ok:
+        console.print(f"[bold green]{instrument}: done[/] in {outcome.seconds:.1f}s (operation {outcome.op_id})")
+        return
+    err_console.print(f"[bold red]{instrument}: failed at {outcome.failed_step}[/]: {outcome.error}",
+                      soft_wrap=True)
+    if outcome.restored:
+        err_console.print(f"{instrument} was restored to its state before the operation ({outcome.status}).")
+    else:
+        err_console.print(f"{instrument} could not be fully restored; after fixing the cause run "
+                          f"`invoke rollback --instrument={instrument}`.")
+    raise Exit(code=1)
+
+
+@task(help={"json": "print machine-readable JSON instead of a table",
+            "instruments": "comma-separated instrument names (default: all)"})
+@reports_errors
+def status(c, json=False, instruments=""):  # noqa: ANN001
+    """Show every instrument: host, VM, power, release running vs desired, last operation, pending work."""
+    from imaging.status import fleet_status
+
+    with _context() as ctx:
+        rows = fleet_status(ctx, [n for n in instruments.split(",") if n] or None)
+    if json:
+        print(jsonlib.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    table = Table(title="Fleet status")
+    for col in ("instrument", "host", "VM", "power", "running", "desired", "last operation", "pending"):
+        table.add_column(col)
+    for r in rows:
+        last = f"{r.last_operation} {r.last_result}" if r.last_operation else ""
+        table.add_row(r.instrument, r.host, r.vm, r.power, r.running or "-", r.desired or "?", last, r.pending)
+    console.print(table)
+
+
+
+@task
+@reports_errors
+def validate(c):  # noqa: ANN001
+    """Check the whole inventory, releases and labels; exit non-zero on any problem. Changes nothing."""
+    from imaging.operations import Context, desired_release
+
+    with _context() as ctx:
+        assert isinstance(ctx, Context)
+        for inst in ctx.inventory.instruments.values():
+            desired_release(ctx, inst)
+        console.print(f"[green]inventory ok[/]: {len(ctx.inventory.instruments)} instruments on "
+                      f"{len(ctx.inventory.hosts)} hosts in {len(ctx.inventory.groups)} groups; "
+                      f"{len(ctx.releases)} releases")
+
+
+@task
+@reports_errors
+def releases(c):  # noqa: ANN001
+    """List releases newest first, with the labels that point to them and the instruments that run them."""
+    from imaging.operations import running_release
+    from imaging.releases import newest_first
+
+    with _context() as ctx:
+        runs: dict[str, list[str]] = {}
+        for inst in ctx.inventory.instruments.values():
+            r = running_release(ctx, inst)
+            if r:
+                runs.setdefault(r, []).append(inst.name)
+        table = Table(title="Releases")
+        for col in ("release", "settings", "labels", "running on", "notes"):
+            table.add_column(col)
+        for rel in newest_first(ctx.releases.values()):
+            labels = [f"{g}:{label}" for g, m in sorted(ctx.labels.items()) for label, rid in m.items()
+                      if rid == rel.id]
+            note = rel.notes.strip().splitlines()[0] if rel.notes.strip() else ""
+            if rel.revoked:
+                note = f"REVOKED: {rel.revoked.reason}"
+            table.add_row(rel.id, str(rel.settings_version), " ".join(labels),
+                          ", ".join(sorted(runs.get(rel.id, []))) or "-", note)
+        console.print(table)
+
+
+@task(help={"instrument": "the instrument to reimage (name like ZOOM or VM name like NDXZOOM)",
+            "release": "release id or label to go to (default: the instrument's desired release)",
+            "dry_run": "print the plan and change nothing",
+            "allow_dirty": "render settings from a git tree with uncommitted changes (marked dirty)"})
+@reports_errors
+def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False):  # noqa: ANN001
+    """Reimage one instrument: new OS and Apps disks from the release, fresh Settings, Var and Data kept."""
+    from imaging import operations
+
+    with _context() as ctx:
+        if dry_run:
+            plan = operations.plan_for_reimage(ctx, instrument, release, allow_dirty=allow_dirty)
+            console.print(f"[bold]Plan: reimage {plan.instrument} ({plan.vm} on {plan.host}) "
+                          f"from {plan.from_release or 'nothing recorded'} to {plan.to_release}[/]")
+            for line in plan.describe():
+                console.print(line, soft_wrap=True)
+            for note in plan.notes:
+                console.print(f"  note: {note}", soft_wrap=True)
+            console.print("[dim]dry run: nothing was changed[/]")
+            return
+        outcome = operations.reimage(ctx, instrument, release, listener=StepPrinter(), allow_dirty=allow_dirty)
+        _print_outcome(outcome, ctx.inventory.instrument(instrument).name)
+
+
+@task(help={"instrument": "the instrument whose interrupted operation should be finished"})
+@reports_errors
+def resume(c, instrument):  # noqa: ANN001
+    """Finish an operation that was interrupted (the process was killed): continue from its last step."""
+    from imaging import operations
+
+    with _context() as ctx:
+        outcome = operations.resume(ctx, instrument, listener=StepPrinter())
+        _print_outcome(outcome, ctx.inventory.instrument(instrument).name)
+
+
+@task(help={"instrument": "the instrument to roll back",
+            "dry_run": "print what would be undone and change nothing"})
+@reports_errors
+def rollback(c, instrument, dry_run=False):  # noqa: ANN001
+    """Undo an interrupted operation step by step, returning the instrument to its state before it."""
+    from imaging import operations
+
+    with _context() as ctx:
+        inst = ctx.inventory.instrument(instrument)
+        op = operations.interrupted(ctx, inst)
+        if op is None:
+            raise ImagingError(f"{inst.name} has no interrupted operation to roll back")
+        if dry_run:
+            console.print(f"would undo the changed steps of {op.kind} {op.id} in reverse")
+            return
+        outcome = ctx.executor(StepPrinter()).rollback_interrupted(op.id)
+        if outcome.restored:
+            console.print(f"[bold green]{inst.name}: rolled back[/] ({op.id})")
+        else:
+            raise ImagingError(f"{inst.name}: some undo steps failed; see `invoke status` and the journal")
+
+
+@task(help={"release": "the release whose images to stage (id or label)",
+            "group": "only the hosts of this group's instruments",
+            "instruments": "only the hosts of these instruments (comma-separated)"})
+@reports_errors
+def stage(c, release, group=None, instruments=""):  # noqa: ANN001
+    """Copy a release's images to each host that needs them, once per host, verified on arrival."""
+    from imaging import operations
+    from imaging.labels import resolve
+
+    with _context() as ctx:
+        chosen = ctx.inventory.select(names=[n for n in instruments.split(",") if n] or None, group=group)
+        hosts = sorted({i.host for i in chosen})
+        for host in hosts:
+            grp = next(i.group for i in chosen if i.host == host)
+            rid = resolve(release, group=grp, labels=ctx.labels, releases=ctx.releases, source="--release")
+            t0 = time.monotonic()
+            results = operations.stage(ctx, rid, host)
+            copied = sum(r.get("bytes", 0) for r in results)
+            console.print(f"{host}: {rid} staged ({copied} bytes copied, {time.monotonic() - t0:.1f}s)")
