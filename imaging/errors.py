@@ -7,12 +7,16 @@ class ImagingError(Exception):
     """Base for every error the tool reports to its user (tasks print these without a traceback)."""
 
 
-class InputError(ImagingError):
-    """Bad input: a file, field and value the user can correct. Raised before anything is changed."""
+class InputError(ImagingError, ValueError):
+    """Bad input: a file, field and value the user can correct. Raised before anything is changed.
+
+    It is a ValueError too, so validators inside data models can raise it and keep its fix.
+    """
 
     def __init__(self, message: str, *, file: str | None = None, field: str | None = None,
                  value: object = None, fix: str | None = None) -> None:
         self.file, self.field, self.value, self.fix = file, field, value, fix
+        self.reason = message
         parts = []
         if file:
             parts.append(str(file))

@@ -212,6 +212,9 @@ def _pydantic_problems(exc: ValidationError, file: Path, prefix: str = "") -> li
         field = f"{prefix}{loc}" if loc else prefix.rstrip(".")
         msg = err["msg"].removeprefix("Value error, ")
         fix = _FIXES.get(err["type"], "correct the value")
+        orig = (err.get("ctx") or {}).get("error")
+        if isinstance(orig, InputError):
+            msg, fix = orig.reason, orig.fix or fix
         if err["type"] == "literal_error":
             fix = f"use one of the allowed values ({msg.removeprefix('Input should be ')})"
         value = err.get("input") if err["type"] not in ("missing",) else None

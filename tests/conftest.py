@@ -1,0 +1,44 @@
+"""Shared fixtures: every test works on its own copy of the project's data in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "imaging tests", "GIT_AUTHOR_EMAIL": "tests@imaging.invalid",
+    "GIT_COMMITTER_NAME": "imaging tests", "GIT_COMMITTER_EMAIL": "tests@imaging.invalid",
+    "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the project's inventory, releases and templates, committed in its own git repo,
+    with the state folder (journal, store, lab) inside it. Environment variables point the tool there."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("instruments", "releases", "templates"):
+        shutil.copytree(ROOT / name, root / name)
+    for k, v in GIT_ENV.items():
+        monkeypatch.setenv(k, v)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "test fixture")
+    monkeypatch.setenv("IMAGING_ROOT", str(root))
+    for var in ("IMAGING_INVENTORY", "IMAGING_RELEASES", "IMAGING_TEMPLATES", "IMAGING_STATE", "IMAGING_LAB",
+                "IMAGING_LAB_FAULTS"):
+        monkeypatch.delenv(var, raising=False)
+    return root
