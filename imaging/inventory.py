@@ -202,6 +202,15 @@ _FIXES = {
     "extra_forbidden": "remove the key or correct its spelling",
     "missing": "add the field",
     "literal_error": "use one of the allowed values",
+    "int_parsing": "write a whole number",
+    "int_type": "write a whole number",
+    "bool_parsing": "write true or false",
+    "bool_type": "write true or false",
+    "string_type": "write text (quote it if YAML reads it as something else)",
+    "greater_than": "use a larger number",
+    "greater_than_equal": "use a larger number",
+    "less_than_equal": "use a smaller number",
+    "dict_type": "write a mapping of key: value lines",
 }
 
 
