@@ -1,0 +1,208 @@
+"""Reimage one instrument end to end on the lab provider."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from imaging import operations
+from imaging.config import Paths
+from imaging.errors import ImagingError
+from imaging.hashing import tree_manifest
+from imaging.operations import Context
+from imaging.providers.lab import InjectedFault
+from imaging.status import fleet_status
+from imaging.steps import Step
+
+TOOL_OWNED_ON_VAR = ("imaging", "rescued")
+
+
+def ctx_for(project: Path, **kw: object) -> Context:
+    ctx = Context.load(Paths.from_env(project), **kw)
+    ctx.sample_sizes = (120, 80)
+    return ctx
+
+
+def var_dir(ctx: Context, name: str = "ZOOM") -> Path:
+    inst = ctx.inventory.instrument(name)
+    host = ctx.inventory.host_of(inst)
+    return ctx.providers.lab.path(inst.host, rf"{host.storage_root}\instruments\{inst.vm}\{inst.vm}-var.vhdx") \
+        / "content"
+
+
+def data_dir(ctx: Context, name: str = "ZOOM") -> Path:
+    return var_dir(ctx, name).parent.parent / f"{ctx.inventory.instrument(name).vm}-data.vhdx" / "content"
+
+
+def user_data(ctx: Context, name: str = "ZOOM") -> dict[str, str]:
+    """Var and Data as the instrument's users own them (the tool's own record and rescue folders aside)."""
+    var = tree_manifest(var_dir(ctx, name), exclude=TOOL_OWNED_ON_VAR)
+    data = tree_manifest(data_dir(ctx, name))
+    return {**{f"var/{k}": v for k, v in var.items()}, **{f"data/{k}": v for k, v in data.items()}}
+
+
+def put_user_data(ctx: Context, name: str = "ZOOM") -> None:
+    inst = ctx.inventory.instrument(name)
+    lab = ctx.providers.lab
+    lab.guest_write(inst.host, inst.vm, r"C:\Instrument\Var\autosave\motors.sav", b"theta=12.5\n")
+    lab.guest_write(inst.host, inst.vm, r"C:\Instrument\Var\db\exp.sqlite", bytes(range(256)) * 40)
+    lab.guest_write(inst.host, inst.vm, r"C:\data\ZOOM00012345.nxs", b"\x89HDF" + b"\x01" * 5000)
+
+
+def test_reimage_fresh_then_status_shows_release(project: Path) -> None:
+    ctx = ctx_for(project)
+    out = operations.reimage(ctx, "ZOOM")
+    assert out.ok, out.error
+    [row] = fleet_status(ctx, ["ZOOM"])
+    assert row.running == row.desired == "2026C1.0"
+    assert row.power == "Running" and row.pending == ""
+    record = ctx.providers.lab.read_record("HVHOST04", "NDXZOOM", r"E:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx")
+    assert record["release"] == "2026C1.0"
+
+
+def test_reimage_twice_keeps_var_and_data_byte_for_byte(project: Path) -> None:
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    put_user_data(ctx)
+    before = user_data(ctx)
+    assert len(before) == 3
+    assert operations.reimage(ctx, "ZOOM").ok
+    assert operations.reimage(ctx, "ZOOM", "2026C3.0").ok
+    assert user_data(ctx) == before
+
+
+def test_user_file_on_os_disk_is_rescued_and_named(project: Path) -> None:
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    ctx.providers.lab.guest_write("HVHOST04", "NDXZOOM", r"C:\Users\operator\Desktop\shift-notes.txt", b"notes")
+    events = []
+    out = operations.reimage(ctx, "ZOOM", listener=events.append)
+    assert out.ok
+    rescue = [e for e in events if e.step.action == "rescue_user_files" and e.ok]
+    assert rescue[0].result["files"] == ["Users/operator/Desktop/shift-notes.txt"]
+    stamp_dirs = list((var_dir(ctx) / "rescued").iterdir())
+    assert (stamp_dirs[0] / "files/Users/operator/Desktop/shift-notes.txt").read_bytes() == b"notes"
+
+
+def test_dry_run_changes_nothing(project: Path) -> None:
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    state = project / ".state"
+    before = tree_manifest(state, exclude=("locks",))
+    plan = operations.plan_for_reimage(ctx, "ZOOM", "2026C3.0")
+    text = "\n".join(plan.describe())
+    for word in ("stop", "create the new OS disk", "attach", "rescue", "back up", "keep"):
+        assert word in text
+    assert tree_manifest(state, exclude=("locks",)) == before
+
+
+def test_second_reimage_is_refused_while_the_first_holds_the_lock(project: Path) -> None:
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    gate, release = threading.Event(), threading.Event()
+
+    def slow(step: Step) -> None:
+        if step.action == "stop_vm":
+            gate.set()
+            release.wait(20)
+
+    first_ctx = ctx_for(project, fault=slow)
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(out=operations.reimage(first_ctx, "ZOOM")))
+    t.start()
+    assert gate.wait(20)
+    try:
+        with pytest.raises(ImagingError, match="ZOOM is being operated on"):
+            operations.reimage(ctx_for(project), "ZOOM")
+    finally:
+        release.set()
+        t.join()
+    assert result["out"].ok
+
+
+class Crash(BaseException):
+    """Stands in for the process being killed: nothing catches it, nothing is undone."""
+
+
+def fail_nth_plan_step(index: int, plan_actions: list[str], exc: type[BaseException]):
+    """A fault hook that fails the plan's step ``index`` (its m-th action of that kind), once."""
+    action = plan_actions[index]
+    occurrence = plan_actions[: index + 1].count(action)
+    calls = {"n": 0, "fired": False}
+
+    def hook(step: Step) -> None:
+        if step.action != action or calls["fired"]:
+            return
+        calls["n"] += 1
+        if calls["n"] == occurrence:
+            calls["fired"] = True
+            raise exc(f"injected at {action}") if exc is Crash else InjectedFault(
+                f"injected failure at {action}", host=step.host, step=action)
+
+    return hook
+
+
+PLAN_LEN = 28
+
+
+def prepared(project: Path) -> tuple[Context, list[str], dict[str, str], object]:
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    put_user_data(ctx)
+    ctx.providers.lab.guest_write("HVHOST04", "NDXZOOM", r"C:\Users\operator\Desktop\todo.txt", b"todo")
+    actions = [s.action for s in operations.plan_for_reimage(ctx, "ZOOM", "2026C3.0").steps]
+    assert len(actions) <= PLAN_LEN
+    return ctx, actions, user_data(ctx), operations.observe(ctx, ctx.inventory.instrument("ZOOM"))
+
+
+@pytest.mark.parametrize("index", range(PLAN_LEN))
+def test_failure_at_every_step_restores_the_previous_release(project: Path, index: int) -> None:
+    ctx, actions, data_before, state_before = prepared(project)
+    if index >= len(actions):
+        pytest.skip(f"the plan has {len(actions)} steps")
+    fctx = ctx_for(project, fault=fail_nth_plan_step(index, actions, InjectedFault))
+    out = operations.reimage(fctx, "ZOOM", "2026C3.0")
+    assert not out.ok and out.failed_step == actions[index]
+    assert out.restored, out
+    assert operations.observe(ctx, ctx.inventory.instrument("ZOOM")) == state_before
+    assert user_data(ctx) == data_before
+    [row] = fleet_status(ctx, ["ZOOM"])
+    assert row.running == "2026C1.0" and row.power == "Running" and row.pending == "reimage to 2026C1.0" \
+        or row.pending == ""
+    assert operations.reimage(ctx_for(project), "ZOOM", "2026C3.0").ok
+
+
+@pytest.mark.parametrize("index", range(PLAN_LEN))
+def test_killed_at_every_step_then_rollback_restores(project: Path, index: int) -> None:
+    ctx, actions, data_before, state_before = prepared(project)
+    if index >= len(actions):
+        pytest.skip(f"the plan has {len(actions)} steps")
+    with pytest.raises(Crash):
+        operations.reimage(ctx_for(project, fault=fail_nth_plan_step(index, actions, Crash)), "ZOOM", "2026C3.0")
+    inst = ctx.inventory.instrument("ZOOM")
+    [row] = fleet_status(ctx, ["ZOOM"])
+    assert "invoke resume --instrument=ZOOM" in row.pending and "invoke rollback --instrument=ZOOM" in row.pending
+    with pytest.raises(ImagingError, match="interrupted"):
+        operations.reimage(ctx_for(project), "ZOOM")
+    op = operations.interrupted(ctx, inst)
+    out = ctx.executor().rollback_interrupted(op.id)
+    assert out.restored
+    assert operations.observe(ctx, inst) == state_before
+    assert user_data(ctx) == data_before
+    assert operations.reimage(ctx_for(project), "ZOOM", "2026C3.0").ok
+
+
+@pytest.mark.parametrize("index", range(PLAN_LEN))
+def test_killed_at_every_step_then_resume_completes(project: Path, index: int) -> None:
+    ctx, actions, data_before, _ = prepared(project)
+    if index >= len(actions):
+        pytest.skip(f"the plan has {len(actions)} steps")
+    with pytest.raises(Crash):
+        operations.reimage(ctx_for(project, fault=fail_nth_plan_step(index, actions, Crash)), "ZOOM", "2026C3.0")
+    out = operations.resume(ctx_for(project), "ZOOM")
+    assert out.ok, out
+    [row] = fleet_status(ctx, ["ZOOM"])
+    assert row.running == "2026C3.0" and row.power == "Running"
+    assert user_data(ctx) == data_before
