@@ -20,7 +20,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # A Windows path we generate or accept from the inventory: drive or UNC, plain segments only.
-_WIN_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.$()+-]*$")
+_WIN_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9 _.$()+-]*(?<![ .])$")
 
 
 def ps_literal(value: object) -> str:
