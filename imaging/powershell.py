@@ -13,6 +13,7 @@ Refresh the reviewed golden files after a deliberate template change with::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -124,7 +125,7 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
     for key in _PATH_KEYS:
         if key in inputs:
             check_windows_path(inputs[key], field=key, file=where)
-    for key in ("vm", "name", "manifest_name"):
+    for key in ("vm", "name"):
         if key in inputs:
             check_name(inputs[key], field=key, file=where)
     if "label" in inputs:
@@ -175,8 +176,9 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
         check_windows_path(inputs["record_path"], field="record_path", file=where)
     if "apps_version_file" in inputs:
         check_relpath(inputs["apps_version_file"], field="apps_version_file", file=where)
-    if "settings_manifest" in inputs:
-        check_name(inputs["settings_manifest"], field="settings_manifest", file=where)
+    for key in ("settings_manifest", "manifest_name"):
+        if key in inputs:
+            check_relpath(inputs[key], field=key, file=where)
     if action == "write_record" and not isinstance(inputs["record"], Mapping):
         raise InputError("record must be a mapping", file=where, field="record", fix="pass a dict")
 
@@ -187,8 +189,22 @@ def render_script(action: str, inputs: Mapping[str, Any], *, env: jinja2.Environ
         raise InputError("unknown step action", field="action", value=action,
                          fix=f"use one of {', '.join(ACTIONS)}")
     _check_inputs(action, inputs)
+    extra: dict[str, Any] = {}
+    if action == "write_settings":
+        extra["manifest_text"], extra["manifest_digest"] = settings_manifest(inputs["files"])
     template = (env or _env()).get_template(f"{action}.ps1.j2")
-    return template.render(inputs=dict(inputs), action=action, guest=action in GUEST_ACTIONS)
+    return template.render(inputs=dict(inputs), action=action, guest=action in GUEST_ACTIONS, **extra)
+
+
+def settings_manifest(files: Mapping[str, str]) -> tuple[str, str]:
+    """The Settings manifest text and its digest: each file's sha256 (of its UTF-8 bytes) and one digest
+    over the sorted (path, sha256) pairs, the same digest the plan expects in ``expect_settings_sha256``."""
+    hashes = {rel: hashlib.sha256(text.encode("utf-8")).hexdigest() for rel, text in files.items()}
+    h = hashlib.sha256()
+    for rel, digest in sorted(hashes.items()):
+        h.update(rel.encode("utf-8") + b"\0" + digest.encode("ascii") + b"\n")
+    digest = h.hexdigest()
+    return json.dumps({"files": hashes, "digest": digest}, indent=2, sort_keys=True) + "\n", digest
 
 
 # --- golden files ---------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ try {
     Initialize-ImagingFolder -Path (Split-Path -Path $LockPath -Parent)
     $body = ConvertTo-Json -Compress -InputObject ([ordered]@{
         vm = $Vm; op_id = $OpId; owner = $Owner; host = $env:COMPUTERNAME
-        acquired_utc = [DateTime]::UtcNow.ToString('o')
+        since = [DateTime]::UtcNow.ToString('o')
     })
     $stream = $null
     try { $stream = [System.IO.File]::Open($LockPath, [System.IO.FileMode]::CreateNew, [System.IO.FileAccess]::Write, [System.IO.FileShare]::None) }
@@ -73,7 +73,7 @@ try {
         if ([string]$held.op_id -ne $OpId) {
             $Result['ok'] = $false
             $Result['held_by'] = $held
-            $Result['error'] = "instrument $Vm is locked by $($held.owner) (operation $($held.op_id)) since $($held.acquired_utc)"
+            $Result['error'] = "instrument $Vm is locked by $($held.owner) (operation $($held.op_id)) since $($held.since)"
         }
     }
     $Result['lock_path'] = $LockPath

@@ -134,11 +134,11 @@ try {
     $DestPath = 'D:\Imaging\backups\NDXZOOM\20261121T193000Z-var.zip'
     $Keep = 5
     $manifestPath = $DestPath + '.manifest.json'
-    $Result['dest_path'] = $DestPath
+    $Result['path'] = $DestPath
     if ((Test-Path -LiteralPath $DestPath -PathType Leaf) -and (Test-Path -LiteralPath $manifestPath -PathType Leaf)) {
         $done = ConvertFrom-Json -InputObject ([System.IO.File]::ReadAllText($manifestPath))
         $Result['how'] = 'already backed up'
-        $Result['file_count'] = $done.file_count
+        $Result['files'] = $done.file_count
     }
     else {
         $destDir = Split-Path -Path $DestPath -Parent
@@ -187,7 +187,7 @@ try {
             (New-Object System.Text.UTF8Encoding -ArgumentList $false))
         $Result['changed'] = $true
         $Result['how'] = 'backed up'
-        $Result['file_count'] = $hashes.Count
+        $Result['files'] = $hashes.Count
     }
     # Retention: keep the newest $Keep complete backups of this role, never the one just made.
     $destDir = Split-Path -Path $DestPath -Parent

@@ -46,7 +46,7 @@ try {
     $Vm = 'NDXZOOM'
     $found = Get-VM -Name $Vm -ErrorAction SilentlyContinue
     $Result['exists'] = ($null -ne $found)
-    $Result['power'] = $null
+    $Result['power'] = 'Absent'
     $Result['disks'] = @()
     if ($null -ne $found) {
         $Result['power'] = [string]$found.State

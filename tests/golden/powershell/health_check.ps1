@@ -49,14 +49,14 @@ try {
     $GuestSecret = ConvertTo-SecureString -String $GuestPassword -AsPlainText -Force
     $GuestCredential = New-Object System.Management.Automation.PSCredential -ArgumentList $GuestUser, $GuestSecret
     # Inside the guest, over PowerShell Direct: reads the Apps version file, where each link points and
-    # whether that is the mount folder of the volume with the right label, and the Settings manifest with
-    # the files it lists. Problems make the step fail, with all findings in the result.
+    # whether that is the mount folder of the volume with the right label, and the Settings manifest's digest,
+    # checking the files it lists. Problems make the step fail, with all findings in the result.
     $Vm = 'NDXZOOM'
     $ExpectAppsVersion = '2026C3.0'
     $Links = @([ordered]@{'link' = 'C:\Instrument\Apps'; 'label' = 'Apps'}, [ordered]@{'link' = 'C:\Instrument\Settings'; 'label' = 'Settings'}, [ordered]@{'link' = 'C:\Instrument\Var'; 'label' = 'Var'}, [ordered]@{'link' = 'C:\data'; 'label' = 'Data'})
     $ExpectSettingsSha256 = '0d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e'
-    $AppsVersionFile = 'VERSION'
-    $SettingsManifest = 'imaging-settings.json'
+    $AppsVersionFile = 'version.txt'
+    $SettingsManifest = '.imaging/manifest.json'
     $request = ConvertTo-Json -Depth 4 -Compress -InputObject ([ordered]@{
         links = @($Links); apps_version_file = $AppsVersionFile; settings_manifest = $SettingsManifest
     })
@@ -87,14 +87,14 @@ try {
             $file = Join-Path -Path $byLabel['Apps'] -ChildPath ([string]$request.apps_version_file)
             if (Test-Path -LiteralPath $file -PathType Leaf) { $version = ([System.IO.File]::ReadAllText($file)).Trim() }
         }
-        $settings = [ordered]@{ manifest_sha256 = $null; manifest = $null; mismatched = @() }
+        $settings = [ordered]@{ digest = $null; mismatched = @() }
         if ($byLabel.ContainsKey('Settings')) {
-            $manifestPath = Join-Path -Path $byLabel['Settings'] -ChildPath ([string]$request.settings_manifest)
+            $manifestPath = Join-Path -Path $byLabel['Settings'] -ChildPath (([string]$request.settings_manifest).Replace('/', '\'))
             if (Test-Path -LiteralPath $manifestPath -PathType Leaf) {
-                $settings.manifest_sha256 = (Get-FileHash -LiteralPath $manifestPath -Algorithm SHA256).Hash.ToLowerInvariant()
-                $settings.manifest = ConvertFrom-Json -InputObject ([System.IO.File]::ReadAllText($manifestPath))
+                $manifest = ConvertFrom-Json -InputObject ([System.IO.File]::ReadAllText($manifestPath))
+                $settings.digest = [string]$manifest.digest
                 $bad = New-Object System.Collections.Generic.List[string]
-                foreach ($property in $settings.manifest.files.PSObject.Properties) {
+                foreach ($property in $manifest.files.PSObject.Properties) {
                     $file = Join-Path -Path $byLabel['Settings'] -ChildPath ($property.Name.Replace('/', '\'))
                     if (-not (Test-Path -LiteralPath $file -PathType Leaf) -or
                         (Get-FileHash -LiteralPath $file -Algorithm SHA256).Hash.ToLowerInvariant() -ne [string]$property.Value) {
@@ -111,20 +111,26 @@ try {
     if ($null -ne $ExpectAppsVersion -and [string]$guest.apps_version -ne $ExpectAppsVersion) {
         $problems.Add("Apps version is '$($guest.apps_version)', expected '$ExpectAppsVersion'")
     }
+    $linkLabels = [ordered]@{}
+    $linkTargets = [ordered]@{}
     foreach ($spec in @($Links)) {
         $link = ([string]$spec['link']).TrimEnd('\')
         $seen = $guest.links.PSObject.Properties[$link].Value
+        $linkTargets[[string]$spec['link']] = $seen.target
+        $linkLabels[[string]$spec['link']] = $null
         if ($null -eq $seen.target) { $problems.Add("$link is not a link") }
         elseif ($seen.volume_label -ne $spec['label']) { $problems.Add("$link points to $($seen.target), not to the volume labelled $($spec['label'])") }
+        else { $linkLabels[[string]$spec['link']] = $spec['label'] }
     }
     if ($null -ne $ExpectSettingsSha256) {
-        if ($guest.settings.manifest_sha256 -ne $ExpectSettingsSha256) {
-            $problems.Add("Settings manifest sha256 is '$($guest.settings.manifest_sha256)', expected '$ExpectSettingsSha256'")
+        if ($guest.settings.digest -ne $ExpectSettingsSha256) {
+            $problems.Add("Settings digest is '$($guest.settings.digest)', expected '$ExpectSettingsSha256'")
         }
         foreach ($name in @($guest.settings.mismatched)) { $problems.Add("Settings file $name differs from its manifest") }
     }
     $Result['apps_version'] = $guest.apps_version
-    $Result['links'] = $guest.links
+    $Result['links'] = $linkLabels
+    $Result['targets'] = $linkTargets
     $Result['settings'] = $guest.settings
     $Result['problems'] = @($problems.ToArray())
     if ($problems.Count -gt 0) { throw ('health check failed: ' + ($problems -join '; ')) }

@@ -123,7 +123,7 @@ $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
     # Finds files users left on the OS disk before it is thrown away: every file outside the excluded
     # folders that the OS template does not have, or has with a different size or sha256, is copied into
-    # the Var volume under dest_rel, followed by a list file (written last, so its presence means done).
+    # the Var volume under dest_rel\files, followed by a list file (written last, so its presence means done).
     # The OS disk and its template are mounted one after the other, read-only: a child and its parent carry
     # the same disk identity, and mounting both at once would make Windows take one offline and rewrite it.
     # The provider holds the host's mount lock while this runs.
@@ -133,9 +133,9 @@ try {
     $VarPath = 'D:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx'
     $DestRel = 'rescued/20261121T193000Z'
     $Exclude = @('C:\Windows', 'C:\Program Files', 'C:\Program Files (x86)', 'C:\ProgramData', 'C:\Instrument', 'C:\volumes', 'C:\data')
-    $listName = 'rescued-files.json'
+    $listName = 'rescued.json'
     $destRelWin = $DestRel.Replace('/', '\')
-    $excludeRel = @($Exclude | Where-Object { $_ -match '^[A-Za-z]:\\.' } | ForEach-Object { $_.Substring(3) })
+    $excludeRel = @(@($Exclude | Where-Object { $_ -match '^[A-Za-z]:\\.' } | ForEach-Object { $_.Substring(3) }) + 'volumes')
     $Result['files'] = @()
     $Result['skipped'] = @()
     if (-not (Test-Path -LiteralPath $OsPath -PathType Leaf)) {
@@ -189,11 +189,11 @@ try {
                         $source = Join-Path -Path $os.Folder -ChildPath $file.Rel
                         $hash = Get-ImagingSha256 -Path $source
                         if ($templateHash.ContainsKey($file.Rel) -and $templateHash[$file.Rel] -eq $hash) { continue }
-                        $target = Join-Path -Path $destRoot -ChildPath $file.Rel
+                        $target = Join-Path -Path (Join-Path -Path $destRoot -ChildPath 'files') -ChildPath $file.Rel
                         Initialize-ImagingFolder -Path (Split-Path -Path $target -Parent)
                         Copy-Item -LiteralPath $source -Destination $target -Force
                         if ((Get-ImagingSha256 -Path $target) -ne $hash) { throw "the rescued copy of C:\$($file.Rel) does not match the original" }
-                        $rescued.Add([ordered]@{ path = 'C:\' + $file.Rel; size = $file.Size; sha256 = $hash })
+                        $rescued.Add([ordered]@{ path = $file.Rel.Replace('\', '/'); size = $file.Size; sha256 = $hash })
                         $Result['changed'] = $true
                     }
                     Initialize-ImagingFolder -Path $destRoot
@@ -209,7 +209,7 @@ try {
                 finally { Dismount-ImagingVolume -Mounted $var }
             }
             finally { Dismount-ImagingVolume -Mounted $os }
-            $Result['files'] = @($rescued.ToArray() | ForEach-Object { $_.path })
+            $Result['files'] = @($rescued.ToArray() | ForEach-Object { $_.path } | Sort-Object)
             $Result['skipped'] = @($listing.Skipped | ForEach-Object { 'C:\' + $_ })
             $Result['how'] = 'rescued'
         }

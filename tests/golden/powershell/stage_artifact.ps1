@@ -117,6 +117,7 @@ try {
         $Result['how'] = 'pulled from share'
     }
     $Result['sha256'] = $Sha256
+    $Result['bytes'] = (Get-Item -LiteralPath $DestPath).Length
     Write-ImagingResult -Result $Result
 }
 catch {

@@ -47,6 +47,7 @@ try {
     $TimeoutS = 300
     $target = Get-VM -Name $Vm
     $Result['how'] = 'already off'
+    $Result['forced'] = $false
     if ([string]$target.State -eq 'Saved') {
         throw "VM $Vm is in a saved state: start it or discard the saved state before stopping it"
     }
@@ -61,6 +62,7 @@ try {
         else {
             Stop-VM -VM $target -TurnOff -Force
             $Result['how'] = 'turned off'
+            $Result['forced'] = $true
         }
         Remove-Job -Job $job -Force -ErrorAction SilentlyContinue
     }

@@ -121,65 +121,62 @@ function Get-ImagingVolumeFiles {
 $ImagingAction = 'write_settings'
 $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
-    # Makes the Settings volume hold exactly the rendered files (UTF-8, no BOM) plus a manifest of their
-    # sha256. Files that are already right are not rewritten; files the render does not contain are removed
-    # and listed (the volume was backed up before). The manifest holds no timestamp, so its own sha256
-    # identifies the settings content. The provider holds the host's mount lock while this runs.
+    # Makes the Settings volume hold exactly the rendered files (UTF-8, no BOM) plus their manifest. The
+    # manifest text (each file's sha256 and one digest over them all) is computed by imaging.powershell, so
+    # its digest is byte for byte the one the plan expects. Files that are already right are not rewritten;
+    # files the render does not contain are removed and listed (the volume was backed up before).
+    # The provider holds the host's mount lock while this runs.
     $Path = 'D:\Imaging\instruments\NDXZOOM\NDXZOOM-settings-7.vhdx'
     $Files = [ordered]@{'globals.txt' = 'INSTRUMENT=ZOOM
 BEAMLINE=''muon''
 '; 'config/blocks.xml' = '<blocks name="ZOOM''s">$(not expanded) `n</blocks>
 '}
-    $ManifestName = 'imaging-settings.json'
+    $ManifestName = '.imaging/manifest.json'
+    $ManifestText = '{
+  "digest": "6352e706ef5bd487f2220f1749bb353dbe0bea6cca84422e62e2076a443f19b9",
+  "files": {
+    "config/blocks.xml": "75010623c6c21733f4757ab98a40d66329742fe620759731fcea209e979577ff",
+    "globals.txt": "1081c5b409de305e1854d5da00d59b1bebb8f5518d925fa79a76f64279fb600a"
+  }
+}
+'
+    $Digest = '6352e706ef5bd487f2220f1749bb353dbe0bea6cca84422e62e2076a443f19b9'
     $utf8 = New-Object System.Text.UTF8Encoding -ArgumentList $false
+    $manifestRel = $ManifestName.Replace('/', '\')
     $wanted = [ordered]@{}
-    foreach ($rel in $Files.Keys) {
-        $relWin = ([string]$rel).Replace('/', '\')
-        $bytes = $utf8.GetBytes([string]$Files[$rel])
-        $wanted[$relWin] = $bytes
-    }
+    foreach ($rel in $Files.Keys) { $wanted[([string]$rel).Replace('/', '\')] = $utf8.GetBytes([string]$Files[$rel]) }
+    $wanted[$manifestRel] = $utf8.GetBytes($ManifestText)
     $written = New-Object System.Collections.Generic.List[string]
     $removed = New-Object System.Collections.Generic.List[string]
     $mounted = Mount-ImagingVolume -Path $Path
     try {
-        $sha = [System.Security.Cryptography.SHA256]::Create()
-        $hashes = [ordered]@{}
-        foreach ($rel in @($wanted.Keys | Sort-Object)) {
+        foreach ($rel in $wanted.Keys) {
             $bytes = $wanted[$rel]
-            $hashes[$rel.Replace('\', '/')] = ([System.BitConverter]::ToString($sha.ComputeHash($bytes))).Replace('-', '').ToLowerInvariant()
             $target = Join-Path -Path $mounted.Folder -ChildPath $rel
             $same = $false
             if (Test-Path -LiteralPath $target -PathType Leaf) {
                 $old = [System.IO.File]::ReadAllBytes($target)
-                $same = ($old.Length -eq $bytes.Length) -and ([System.BitConverter]::ToString($sha.ComputeHash($old)) -eq [System.BitConverter]::ToString($sha.ComputeHash($bytes)))
+                $same = ($old.Length -eq $bytes.Length) -and ([System.Convert]::ToBase64String($old) -ceq [System.Convert]::ToBase64String($bytes))
             }
             if (-not $same) {
                 Initialize-ImagingFolder -Path (Split-Path -Path $target -Parent)
                 [System.IO.File]::WriteAllBytes($target, $bytes)
-                $written.Add($rel)
+                $written.Add($rel.Replace('\', '/'))
             }
-        }
-        $manifestText = ConvertTo-Json -InputObject ([ordered]@{ files = $hashes }) -Depth 4 -Compress
-        $manifestPath = Join-Path -Path $mounted.Folder -ChildPath $ManifestName
-        $manifestBytes = $utf8.GetBytes($manifestText)
-        $oldManifest = ''
-        if (Test-Path -LiteralPath $manifestPath -PathType Leaf) { $oldManifest = [System.IO.File]::ReadAllText($manifestPath) }
-        if ($oldManifest -ne $manifestText) {
-            [System.IO.File]::WriteAllBytes($manifestPath, $manifestBytes)
-            $written.Add($ManifestName)
         }
         $present = Get-ImagingVolumeFiles -Root $mounted.Folder
         foreach ($file in $present.Files) {
-            if ($file.Rel -ne $ManifestName -and -not $wanted.Contains($file.Rel)) {
+            if (-not $wanted.Contains($file.Rel)) {
                 Remove-Item -LiteralPath $file.Full -Force
-                $removed.Add($file.Rel)
+                $removed.Add($file.Rel.Replace('\', '/'))
             }
         }
-        $Result['settings_sha256'] = ([System.BitConverter]::ToString($sha.ComputeHash($manifestBytes))).Replace('-', '').ToLowerInvariant()
     }
     finally {
         Dismount-ImagingVolume -Mounted $mounted
     }
+    $Result['files'] = $Files.Count
+    $Result['digest'] = $Digest
     $Result['written'] = @($written.ToArray())
     $Result['removed'] = @($removed.ToArray())
     $Result['changed'] = ($written.Count + $removed.Count) -gt 0
