@@ -83,6 +83,13 @@ class _CheckedLoader(jinja2.FileSystemLoader):
         return source, filename, uptodate
 
 
+def _ps_filter(value: object) -> str:
+    """``quoting.ps_literal``, except that a missing value fails with Jinja's own message naming it."""
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError ("'dict object' has no attribute 'x'")
+    return ps_literal(value)
+
+
 def make_environment(template_dir: Path | str = TEMPLATE_DIR) -> jinja2.Environment:
     """The one Jinja2 environment for step scripts: strict, unescaped, one quoting filter."""
     env = jinja2.Environment(
@@ -94,7 +101,7 @@ def make_environment(template_dir: Path | str = TEMPLATE_DIR) -> jinja2.Environm
         lstrip_blocks=True,
     )
     env.filters.clear()
-    env.filters["ps"] = ps_literal
+    env.filters["ps"] = _ps_filter
     env.globals["result_begin"] = RESULT_BEGIN
     env.globals["result_end"] = RESULT_END
     return env

@@ -110,6 +110,23 @@ class HypervProvider:
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
         self.parse_result: ResultParser = parse_result or read_result
 
+    @classmethod
+    def from_inventory(cls, inventory: Any) -> HypervProvider:
+        """The provider for every hyperv host of an inventory, with sessions from the transport.
+
+        Host credentials are the transport's business (IMAGING_HYPERV_USER / IMAGING_HYPERV_PASSWORD or a
+        prompt); the guest credential comes from IMAGING_GUEST_USER / IMAGING_GUEST_PASSWORD.
+        """
+        from ..transport import SessionPool  # imported late: the lab provider never needs pypsrp
+
+        return cls(SessionPool.from_inventory(inventory), guest_credential=GuestCredential.from_env())
+
+    def close(self) -> None:
+        """Close the pool's sessions (they count against the host's per-user shell quota)."""
+        close = getattr(self.pool, "close", None)
+        if callable(close):
+            close()
+
     def timeout_for(self, step: Step) -> float:
         """The whole-step limit: the action's own, plus the step's timeout_s where it waits by design."""
         limit = float(self.timeouts[step.action])
@@ -172,7 +189,8 @@ class HypervProvider:
         if data.get("ok", True) is not True:
             message = str(data.get("error") or "the script reported failure without a message")
             if "held_by" in data:
-                raise LockHeld(f"host {host} step {action}: {message}")
+                raise LockHeld(f"host {host} step {action}: {message}; wait for it, or finish it with "
+                               "`invoke resume --instrument=...` or `invoke rollback --instrument=...`")
             where = str(data.get("where") or "").strip().splitlines()
             detail = f" ({where[0].strip()})" if where else ""
             raise ProviderError(f"{message}{detail}", host=host, step=action)
