@@ -164,17 +164,13 @@ try {
             finally { Dismount-ImagingVolume -Mounted $os }
             # 2. What the template has for the same paths.
             $templateHash = @{}
-            $candidates = New-Object System.Collections.Generic.List[object]
             $tmpl = Mount-ImagingVolume -Path $TemplatePath -ReadOnly
             try {
                 foreach ($file in $listing.Files) {
                     $twin = Join-Path -Path $tmpl.Folder -ChildPath $file.Rel
                     $info = New-Object System.IO.FileInfo -ArgumentList $twin
-                    if (-not $info.Exists -or $info.Length -ne $file.Size) { $candidates.Add($file) }
-                    else {
-                        $templateHash[$file.Rel] = Get-ImagingSha256 -Path $twin
-                        $candidates.Add($file)
-                    }
+                    # Same size: the hashes decide (step 3). Absent or another size: the file is the user's.
+                    if ($info.Exists -and $info.Length -eq $file.Size) { $templateHash[$file.Rel] = Get-ImagingSha256 -Path $twin }
                 }
             }
             finally { Dismount-ImagingVolume -Mounted $tmpl }
@@ -185,7 +181,7 @@ try {
                 $var = Mount-ImagingVolume -Path $VarPath
                 try {
                     $destRoot = Join-Path -Path $var.Folder -ChildPath $destRelWin
-                    foreach ($file in $candidates) {
+                    foreach ($file in $listing.Files) {
                         $source = Join-Path -Path $os.Folder -ChildPath $file.Rel
                         $hash = Get-ImagingSha256 -Path $source
                         if ($templateHash.ContainsKey($file.Rel) -and $templateHash[$file.Rel] -eq $hash) { continue }
