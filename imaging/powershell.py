@@ -23,7 +23,7 @@ from typing import Any
 import jinja2
 from jinja2 import nodes
 
-from .errors import InputError
+from .errors import ImagingError, InputError
 from .quoting import (
     check_label,
     check_name,
@@ -242,13 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", metavar="ACTION", help="print one action's script")
     parser.add_argument("--inputs", metavar="JSON", help="inputs for --render, as a JSON object")
     args = parser.parse_args(argv)
-    if args.refresh_golden:
-        for path in refresh_golden(args.refresh_golden):
-            print(path)
-        return 0
-    if args.render:
-        sys.stdout.write(render_script(args.render, json.loads(args.inputs or "{}")))
-        return 0
+    try:
+        if args.refresh_golden:
+            for path in refresh_golden(args.refresh_golden):
+                print(path)
+            return 0
+        if args.render:
+            sys.stdout.write(render_script(args.render, json.loads(args.inputs or "{}")))
+            return 0
+    except (ImagingError, jinja2.TemplateError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     parser.print_help()
     return 2
 
