@@ -117,6 +117,7 @@ def test_script_error_becomes_provider_error_with_its_message():
     err = info.value
     assert (err.host, err.step, err.transient) == ("HVHOST01", "delete_disk", False)
     assert "refusing to delete X" in str(err) and "host HVHOST01" in str(err) and "At line:52" in str(err)
+    assert err.result["changed"] is False  # the caller learns whether the failed step changed anything
 
 
 def test_lock_held_by_another_operation_becomes_lock_held():

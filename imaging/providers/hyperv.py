@@ -184,7 +184,7 @@ class HypervProvider:
         except Exception as exc:
             raise ProviderError(f"could not read the script's result: {exc}", host=host,
                                 step=action) from exc
-        if not isinstance(data.get("changed"), bool):
+        if not isinstance(data, dict) or not isinstance(data.get("changed"), bool):
             raise ProviderError("the script's result lacks a boolean 'changed'", host=host, step=action)
         if data.get("ok", True) is not True:
             message = str(data.get("error") or "the script reported failure without a message")
@@ -193,5 +193,7 @@ class HypervProvider:
                                "`invoke resume --instrument=...` or `invoke rollback --instrument=...`")
             where = str(data.get("where") or "").strip().splitlines()
             detail = f" ({where[0].strip()})" if where else ""
-            raise ProviderError(f"{message}{detail}", host=host, step=action)
+            error = ProviderError(f"{message}{detail}", host=host, step=action)
+            error.result = data  # type: ignore[attr-defined]  # says whether the step changed anything first
+            raise error
         return data
