@@ -34,6 +34,9 @@ def ps_literal(value: object) -> str:
     if isinstance(value, bool):
         return "$true" if value else "$false"
     if isinstance(value, int):
+        # Outside 64 bits PowerShell would silently read the number as a (lossy) double.
+        if not -(2**63) <= value < 2**63:
+            raise InputError("integers beyond 64 bits cannot be passed to PowerShell exactly", value=value)
         return str(value)
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
@@ -47,9 +50,20 @@ def ps_literal(value: object) -> str:
             out.append(ch + ch if ch in _PS_SINGLE_QUOTES else ch)
         return "'" + "".join(out) + "'"
     if isinstance(value, Mapping):
+        # PowerShell hashtable keys ignore case: two keys equal but for case would fail at run time.
+        seen: dict[str, object] = {}
+        for k in value:
+            folded = str(k).casefold()
+            if folded in seen:
+                raise InputError("keys equal but for case cannot both be passed to PowerShell",
+                                 value=[seen[folded], k])
+            seen[folded] = k
         items = "; ".join(f"{ps_literal(str(k))} = {ps_literal(v)}" for k, v in value.items())
         return "[ordered]@{" + items + "}"
     if isinstance(value, Sequence):
+        # @(...) unrolls an array inside it, so @(@(1, 2)) is 1, 2; the unary comma keeps a lone item whole.
+        if len(value) == 1:
+            return "@(," + ps_literal(value[0]) + ")"
         return "@(" + ", ".join(ps_literal(v) for v in value) + ")"
     raise InputError(f"cannot pass a {type(value).__name__} to PowerShell", value=value)
 
