@@ -1,0 +1,140 @@
+"""The Debian tools a disk image is built with, and sparse file copies between image files.
+
+Every external program runs through :func:`run` (argument lists only, stderr kept for the error), and is
+found through :func:`tool`, which names the Debian package to install when a program is missing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+from .errors import ImagingError
+
+PACKAGES = {
+    "qemu-img": "qemu-utils",
+    "mkntfs": "ntfs-3g",
+    "ntfslabel": "ntfs-3g",
+    "wimlib-imagex": "wimtools",
+}
+# mkntfs and ntfslabel live in sbin, which an ordinary user's PATH often lacks.
+_EXTRA_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def tool(name: str) -> str:
+    """The absolute path of ``name``, or an error that says which Debian package provides it."""
+    if name not in PACKAGES:
+        raise ImagingError(f"unknown image tool {name!r}")
+    found = shutil.which(name)
+    if not found:
+        search = os.pathsep.join(_EXTRA_DIRS)
+        found = shutil.which(name, path=search)
+    if not found:
+        raise ImagingError(f"the program {name!r} is not installed. Fix: apt-get install {PACKAGES[name]}")
+    return found
+
+
+def require_tools(names: Sequence[str] = tuple(PACKAGES)) -> dict[str, str]:
+    """Check every tool up front, so a build never stops half-way for a missing program."""
+    missing = []
+    paths = {}
+    for name in names:
+        try:
+            paths[name] = tool(name)
+        except ImagingError:
+            missing.append(name)
+    if missing:
+        pkgs = sorted({PACKAGES[m] for m in missing})
+        raise ImagingError(f"missing program(s) {', '.join(missing)}. Fix: apt-get install {' '.join(pkgs)}")
+    return paths
+
+
+def _tail(text: str, limit: int = 2000) -> str:
+    # wimlib draws progress with carriage returns; keep only the last state of each line.
+    lines = [ln.rsplit("\r", 1)[-1].rstrip() for ln in text.splitlines()]
+    out = "\n".join(ln for ln in lines if ln)
+    return out[-limit:]
+
+
+def run(name: str, args: Sequence[str | os.PathLike[str]], *, what: str) -> subprocess.CompletedProcess[str]:
+    """Run one image tool; on failure raise an error that says what we were doing and what it said."""
+    cmd = [tool(name), *(os.fspath(a) for a in args)]
+    env = dict(os.environ, LC_ALL="C.UTF-8")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env, check=False)
+    except OSError as exc:
+        raise ImagingError(f"{what}: could not start {name}: {exc}") from exc
+    if proc.returncode != 0:
+        said = _tail(proc.stderr) or _tail(proc.stdout) or "(no output)"
+        raise ImagingError(f"{what}: {name} failed with exit code {proc.returncode}:\n{said}")
+    return proc
+
+
+@cache
+def versions() -> dict[str, str]:
+    """One version line per tool, recorded in every manifest so a build can be reproduced."""
+    out = {}
+    for name, flag in (("qemu-img", "--version"), ("mkntfs", "--version"), ("wimlib-imagex", "--version")):
+        proc = subprocess.run([tool(name), flag], capture_output=True, text=True, errors="replace",
+                              check=False)
+        text = (proc.stdout + "\n" + proc.stderr).strip()
+        first = next((ln.strip() for ln in text.splitlines() if re.search(r"\d+\.\d+", ln)), text[:80])
+        out[name] = first
+    return out
+
+
+def copy_sparse(src: Path, dst_fd: int, *, src_offset: int = 0, length: int | None = None,
+                dst_offset: int = 0) -> int:
+    """Copy the data extents of ``src[src_offset:src_offset+length]`` to ``dst_fd`` at ``dst_offset``.
+
+    Holes are skipped (SEEK_DATA/SEEK_HOLE), so a 50 GiB volume with 100 MiB of data costs 100 MiB of
+    I/O and the destination stays sparse. Returns the number of bytes copied.
+    """
+    copied = 0
+    with open(src, "rb") as fh:
+        fd = fh.fileno()
+        end = os.fstat(fd).st_size if length is None else src_offset + length
+        pos = src_offset
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break
+                raise
+            if data >= end:
+                break
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+            _copy_range(fd, dst_fd, data, dst_offset + (data - src_offset), hole - data)
+            copied += hole - data
+            pos = hole
+    return copied
+
+
+def _copy_range(src_fd: int, dst_fd: int, src_pos: int, dst_pos: int, count: int) -> None:
+    try:
+        while count > 0:
+            n = os.copy_file_range(src_fd, dst_fd, count, src_pos, dst_pos)
+            if n == 0:
+                raise ImagingError("source image ended early while copying")
+            src_pos, dst_pos, count = src_pos + n, dst_pos + n, count - n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        while count > 0:
+            chunk = os.pread(src_fd, min(count, 8 * 1024 * 1024), src_pos)
+            if not chunk:
+                raise ImagingError("source image ended early while copying") from exc
+            os.pwrite(dst_fd, chunk, dst_pos)
+            src_pos, dst_pos, count = src_pos + len(chunk), dst_pos + len(chunk), count - len(chunk)
+
+
+def allocated_bytes(path: Path) -> int:
+    """Bytes a file really occupies on disk (its sparse size)."""
+    return os.stat(path).st_blocks * 512

@@ -1,0 +1,531 @@
+"""Real VHDX disk images built, read back and verified on Linux without root.
+
+A disk here is what Hyper-V and Windows expect of a data disk: a GPT with one "Microsoft basic data"
+partition at 1 MiB holding one labelled NTFS volume. The volume is made and filled without mounting
+anything: ``mkntfs`` formats a sparse file, ``wimlib-imagex`` captures the folder tree into a WIM and applies
+it straight onto the unmounted NTFS volume, we write the GPT in Python (:mod:`imaging.gpt`), and
+``qemu-img`` turns the raw disk into a dynamic VHDX. Reading back runs the same path in reverse.
+
+Every build returns an :class:`ImageManifest` (file list with sizes and sha256, the image's sha256, tool
+versions) that :func:`verify_image` checks an image against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import gpt, imagetools
+from .errors import ImagingError, InputError
+from .quoting import check_label, check_ntfs_name, check_relpath, check_sha256
+
+MIB = 1024 * 1024
+CLUSTER = 4096
+MIN_VOLUME_BYTES = 4 * MIB
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative, posix separators
+    size: int
+    sha256: str
+
+
+@dataclass
+class ImageManifest:
+    """What an image holds and how it was made; JSON round-trips through :meth:`to_json`/:meth:`from_json`.
+
+    ``files`` and ``directories`` are sorted, so the same tree always gives the same lists. ``image_sha256``
+    covers the VHDX file bytes, which differ between two builds of the same tree (see docs/images.md).
+    """
+
+    label: str
+    partition_name: str
+    disk_size: int  # the virtual disk's size in bytes
+    volume_size: int  # the NTFS partition's size in bytes
+    image_size: int  # the VHDX file's size in bytes
+    image_sha256: str
+    files: list[FileEntry] = field(default_factory=list)
+    directories: list[str] = field(default_factory=list)
+    tools: dict[str, str] = field(default_factory=dict)
+    format: int = MANIFEST_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def content_key(self) -> dict[str, Any]:
+        """The parts that are the same for every build of the same tree and label."""
+        return {"label": self.label, "partition_name": self.partition_name, "disk_size": self.disk_size,
+                "volume_size": self.volume_size, "files": [asdict(f) for f in self.files],
+                "directories": list(self.directories)}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, file: str | None = None) -> ImageManifest:
+        if not isinstance(data, dict):
+            raise InputError("an image manifest must be a JSON object", file=file)
+        if data.get("format") != MANIFEST_FORMAT:
+            raise InputError("unknown manifest format", file=file, field="format", value=data.get("format"),
+                             fix=f"rebuild the image; this version reads format {MANIFEST_FORMAT}")
+        try:
+            files = [FileEntry(path=check_relpath(f["path"], field="files.path", file=file),
+                               size=_nonneg_int(f["size"], "files.size", file),
+                               sha256=check_sha256(f["sha256"], field="files.sha256", file=file))
+                     for f in data["files"]]
+            manifest = cls(
+                label=check_label(data["label"], field="label", file=file),
+                partition_name=str(data["partition_name"]),
+                disk_size=_nonneg_int(data["disk_size"], "disk_size", file),
+                volume_size=_nonneg_int(data["volume_size"], "volume_size", file),
+                image_size=_nonneg_int(data["image_size"], "image_size", file),
+                image_sha256=check_sha256(data["image_sha256"], field="image_sha256", file=file),
+                files=files,
+                directories=[check_relpath(d, field="directories", file=file) for d in data["directories"]],
+                tools={str(k): str(v) for k, v in data.get("tools", {}).items()},
+            )
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"image manifest is missing or mistypes {exc}", file=file,
+                             fix="use a manifest written by imaging.vhdx") from None
+        return manifest
+
+    @classmethod
+    def from_json(cls, text: str, *, file: str | None = None) -> ImageManifest:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"not valid JSON: {exc}", file=file) from None
+        return cls.from_dict(data, file=file)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> ImageManifest:
+        return cls.from_json(path.read_text(encoding="utf-8"), file=str(path))
+
+
+def _nonneg_int(value: Any, name: str, file: str | None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InputError("not a non-negative integer", file=file, field=name, value=value)
+    return value
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """What :func:`read_image_files` found in an image."""
+
+    label: str
+    partition_name: str
+    disk_size: int
+    volume_size: int
+    disk_guid: str
+    partition_guid: str
+
+
+# --- the source tree ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Tree:
+    files: list[tuple[str, Path, int]]  # (relative posix path, absolute path, size), sorted
+    directories: list[str]
+
+
+def scan_tree(tree: Path) -> _Tree:
+    """Walk ``tree`` and refuse anything an NTFS volume for Windows cannot hold, before any tool runs.
+
+    Only regular files and folders are allowed; names must be valid Windows names, and no folder may hold
+    two names that differ only in case (Windows would see only one of them).
+    """
+    tree = Path(tree)
+    if not tree.is_dir():
+        raise InputError("the source tree is not a folder", file=str(tree), fix="give an existing folder")
+    files: list[tuple[str, Path, int]] = []
+    dirs: list[str] = []
+
+    def walk(folder: Path, rel: str) -> None:
+        seen: dict[str, str] = {}
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            rel_path = f"{rel}/{entry.name}" if rel else entry.name
+            where = str(folder / entry.name)
+            check_ntfs_name(entry.name, field="file name", file=where)
+            folded = entry.name.casefold()
+            if folded in seen:
+                raise InputError(f"{entry.name!r} and {seen[folded]!r} differ only in case", file=where,
+                                 field="file name", fix="rename one of them; Windows treats them as one")
+            seen[folded] = entry.name
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                dirs.append(rel_path)
+                walk(Path(entry.path), rel_path)
+            elif stat.S_ISREG(st.st_mode):
+                files.append((rel_path, Path(entry.path), st.st_size))
+            else:
+                kind = "symbolic link" if stat.S_ISLNK(st.st_mode) else "special file"
+                raise InputError(f"a {kind} cannot go into an image", file=where, field="file type",
+                                 fix="replace it with the regular file or folder it stands for")
+
+    walk(tree, "")
+    files.sort(key=lambda f: f[0])
+    dirs.sort()
+    return _Tree(files, dirs)
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _hash_tree(scanned: _Tree) -> list[FileEntry]:
+    return [FileEntry(rel, size, sha256_file(abs_path)) for rel, abs_path, size in scanned.files]
+
+
+def estimate_volume_size(scanned: _Tree) -> int:
+    """A generous NTFS volume size for the tree: data in whole clusters, MFT and index room, log file.
+
+    Measured overhead of an NTFS volume made by mkntfs is a few MiB plus a $LogFile of up to 64 MiB and
+    about 1 KiB of MFT per file; we allow 4 KiB per file and folder and 10 % slack on top.
+    """
+    data = sum(-(-size // CLUSTER) * CLUSTER for _, _, size in scanned.files)
+    meta = (len(scanned.files) + len(scanned.directories) + 16) * CLUSTER
+    need = int((data + meta) * 1.10) + 64 * MIB
+    return max(MIN_VOLUME_BYTES, -(-need // MIB) * MIB)
+
+
+def _volume_size_for(size_bytes: int | None, scanned: _Tree | None) -> int:
+    """The NTFS volume size that makes a disk of ``size_bytes`` (GPT and alignment take 2 MiB)."""
+    if size_bytes is None:
+        assert scanned is not None
+        return estimate_volume_size(scanned)
+    if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes % MIB:
+        raise InputError("disk size must be a whole number of MiB", field="size_bytes", value=size_bytes,
+                         fix=f"round it up to a multiple of {MIB}")
+    volume = size_bytes - 2 * MIB
+    if volume < MIN_VOLUME_BYTES:
+        raise InputError("disk size is too small for a GPT and an NTFS volume", field="size_bytes",
+                         value=size_bytes, fix=f"use at least {MIN_VOLUME_BYTES + 2 * MIB} bytes")
+    if scanned is not None:
+        data = sum(-(-size // CLUSTER) * CLUSTER for _, _, size in scanned.files)
+        if data > volume:
+            raise InputError(f"the tree holds {data} bytes of file data, more than the {volume}-byte volume",
+                             field="size_bytes", value=size_bytes, fix="give a bigger size or none at all")
+    return volume
+
+
+# --- building ------------------------------------------------------------------------------------------
+
+@contextmanager
+def _scratch(workdir: Path, prefix: str) -> Iterator[Path]:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_ntfs(volume: Path, size: int, label: str) -> None:
+    with open(volume, "wb") as fh:
+        fh.truncate(size)
+    # Geometry options describe the partition at LBA 2048 so the boot sector is right for its place;
+    # -T fixes the volume timestamps for reproducibility.
+    imagetools.run("mkntfs", ["-F", "-Q", "-q", "-T", "-s", "512", "-p", str(gpt.ALIGN_SECTORS),
+                              "-H", "255", "-S", "63", "-L", label, volume],
+                   what=f"formatting the NTFS volume {label!r}")
+
+
+def _assemble_and_convert(volume: Path, out: Path, *, label: str, scratch: Path,
+                          disk_guid: uuid.UUID | None) -> gpt.GptTable:
+    size = volume.stat().st_size
+    table = gpt.single_partition_layout(size, name=label, disk_guid=disk_guid)
+    raw = scratch / "disk.raw"
+    fd = os.open(raw, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, table.disk_sectors * gpt.SECTOR)
+        gpt.write_table(fd, table)
+        imagetools.copy_sparse(volume, fd, dst_offset=table.partitions[0].offset)
+    finally:
+        os.close(fd)
+    volume.unlink()  # halve the scratch space needed before qemu-img writes the VHDX
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        imagetools.run("qemu-img", ["convert", "-f", "raw", "-O", "vhdx", "-o", "subformat=dynamic",
+                                    raw, partial], what=f"converting the disk to VHDX {out}")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return table
+
+
+def _manifest(out: Path, label: str, table: gpt.GptTable, files: list[FileEntry],
+              dirs: list[str]) -> ImageManifest:
+    part = table.partitions[0]
+    return ImageManifest(label=label, partition_name=part.name, disk_size=table.disk_sectors * gpt.SECTOR,
+                         volume_size=part.size, image_size=out.stat().st_size, image_sha256=sha256_file(out),
+                         files=files, directories=dirs, tools=dict(imagetools.versions()))
+
+
+def build_volume_image(tree: Path, out: Path, *, label: str, size_bytes: int | None = None,
+                       workdir: Path, disk_guid: uuid.UUID | None = None) -> ImageManifest:
+    """Build a dynamic VHDX at ``out``: GPT, one basic-data partition named ``label``, NTFS volume
+    labelled ``label`` holding exactly ``tree``.
+
+    ``size_bytes`` is the virtual disk size (a whole number of MiB, like New-VHD -SizeBytes); by default
+    the tree's size plus generous NTFS room. Input is checked in full before any tool runs. Scratch files
+    go under ``workdir`` (about twice the tree's size) and are removed afterwards.
+    """
+    check_label(label, field="label")
+    scanned = scan_tree(Path(tree))
+    volume_size = _volume_size_for(size_bytes, scanned)
+    imagetools.require_tools()
+    with _scratch(workdir, "build-") as scratch:
+        wim = scratch / "tree.wim"
+        # Capture in the background while this thread hashes the tree for the manifest: the two read the
+        # same files, so the second read comes from the page cache, and two cores do the work of two.
+        failure: list[BaseException] = []
+
+        def capture() -> None:
+            try:
+                imagetools.run("wimlib-imagex", ["capture", tree, wim, label, "--compress=none",
+                                                 "--no-acls", "--threads=1"],
+                               what=f"capturing {tree} into a WIM")
+            except BaseException as exc:  # re-raised in the calling thread
+                failure.append(exc)
+
+        worker = threading.Thread(target=capture, name="wim-capture")
+        worker.start()
+        try:
+            files = _hash_tree(scanned)
+        finally:
+            worker.join()
+        if failure:
+            raise failure[0]
+        volume = scratch / "volume.img"
+        _make_ntfs(volume, volume_size, label)
+        imagetools.run("wimlib-imagex", ["apply", wim, "1", volume],
+                       what=f"writing the files into the NTFS volume {label!r}")
+        wim.unlink()
+        table = _assemble_and_convert(volume, Path(out), label=label, scratch=scratch, disk_guid=disk_guid)
+    return _manifest(Path(out), label, table, files, scanned.directories)
+
+
+def create_empty_volume(out: Path, *, label: str, size_bytes: int, workdir: Path,
+                        disk_guid: uuid.UUID | None = None) -> ImageManifest:
+    """A dynamic VHDX of ``size_bytes`` with one empty NTFS volume labelled ``label`` (Settings/Var/Data).
+
+    Everything stays sparse: a 50 GiB disk costs only the few MiB of NTFS metadata mkntfs writes.
+    """
+    check_label(label, field="label")
+    volume_size = _volume_size_for(size_bytes, None)
+    imagetools.require_tools()
+    with _scratch(workdir, "empty-") as scratch:
+        volume = scratch / "volume.img"
+        _make_ntfs(volume, volume_size, label)
+        table = _assemble_and_convert(volume, Path(out), label=label, scratch=scratch, disk_guid=disk_guid)
+    return _manifest(Path(out), label, table, [], [])
+
+
+# --- reading back ----------------------------------------------------------------------------------------
+
+def _image_format(image: Path) -> dict[str, Any]:
+    proc = imagetools.run("qemu-img", ["info", "--output=json", image], what=f"reading {image}")
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise ImagingError(f"qemu-img info gave no JSON for {image}: {exc}") from None
+
+
+def _open_disk(image: Path, scratch: Path, problems: list[str]) -> tuple[Path, gpt.GptTable | None]:
+    """Convert the VHDX to a sparse raw disk and parse its GPT, adding what is wrong to ``problems``."""
+    info = _image_format(image)
+    if info.get("format") != "vhdx":
+        problems.append(f"image format is {info.get('format')!r}, not 'vhdx'")
+    raw = scratch / "disk.raw"
+    imagetools.run("qemu-img", ["convert", "-O", "raw", image, raw], what=f"reading the disk in {image}")
+    size = raw.stat().st_size
+    with open(raw, "rb") as fh:
+        fd = fh.fileno()
+        table, gpt_problems = gpt.read_table(lambda off, n: os.pread(fd, n, off), size)
+    problems.extend(gpt_problems)
+    return raw, table
+
+
+def _the_partition(table: gpt.GptTable | None, problems: list[str]) -> gpt.Partition | None:
+    if table is None:
+        return None
+    if len(table.partitions) != 1:
+        problems.append(f"expected exactly one partition, found {len(table.partitions)}")
+    data = [p for p in table.partitions if p.type_guid == gpt.BASIC_DATA]
+    if not data:
+        problems.append("no Microsoft basic data partition")
+        return None
+    part = data[0]
+    if part.offset % MIB:
+        problems.append(f"partition starts at byte {part.offset}, not on a 1 MiB boundary")
+    return part
+
+
+def _extract_volume(raw: Path, part: gpt.Partition, scratch: Path) -> Path:
+    volume = scratch / "volume.img"
+    fd = os.open(volume, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, part.size)
+        imagetools.copy_sparse(raw, fd, src_offset=part.offset, length=part.size)
+    finally:
+        os.close(fd)
+    raw.unlink()
+    return volume
+
+
+def _ntfs_label(volume: Path) -> str:
+    proc = imagetools.run("ntfslabel", ["--no-action", volume], what="reading the NTFS volume label")
+    return proc.stdout.strip()
+
+
+def _volume_to_dir(volume: Path, dest: Path, scratch: Path) -> None:
+    wim = scratch / "back.wim"
+    imagetools.run("wimlib-imagex", ["capture", volume, wim, "--compress=none", "--no-acls", "--threads=1"],
+                   what="reading the files of the NTFS volume")
+    volume.unlink()
+    imagetools.run("wimlib-imagex", ["apply", wim, "1", dest], what=f"extracting the files into {dest}")
+    wim.unlink()
+
+
+def read_image_files(image: Path, dest: Path, *, workdir: Path) -> ReadBack:
+    """Extract every file of the image's NTFS volume into ``dest`` (absent or empty), without mounting.
+
+    Raises :class:`ImagingError` when the image is not a VHDX with an intact GPT and one basic-data
+    partition holding a readable NTFS volume.
+    """
+    image, dest = Path(image), Path(dest)
+    if not image.is_file():
+        raise InputError("image not found", file=str(image), fix="give the path of a .vhdx file")
+    if dest.exists() and any(dest.iterdir()):
+        raise InputError("destination folder is not empty", file=str(dest),
+                         fix="give a new or empty folder")
+    imagetools.require_tools()
+    with _scratch(workdir, "read-") as scratch:
+        problems: list[str] = []
+        raw, table = _open_disk(image, scratch, problems)
+        part = _the_partition(table, problems)
+        if problems or part is None or table is None:
+            raise ImagingError(f"{image}: " + "; ".join(problems or ["no partition"]))
+        volume = _extract_volume(raw, part, scratch)
+        label = _ntfs_label(volume)
+        dest.mkdir(parents=True, exist_ok=True)
+        _volume_to_dir(volume, dest, scratch)
+    return ReadBack(label=label, partition_name=part.name, disk_size=table.disk_sectors * gpt.SECTOR,
+                    volume_size=part.size, disk_guid=str(table.disk_guid),
+                    partition_guid=str(part.unique_guid))
+
+
+def _walk_dest(dest: Path) -> tuple[dict[str, Path], set[str]]:
+    files: dict[str, Path] = {}
+    dirs: set[str] = set()
+    for root, dirnames, filenames in os.walk(dest):
+        rel_root = Path(root).relative_to(dest).as_posix()
+        prefix = "" if rel_root == "." else rel_root + "/"
+        for d in dirnames:
+            dirs.add(prefix + d)
+        for f in filenames:
+            files[prefix + f] = Path(root) / f
+    return files, dirs
+
+
+def verify_image(image: Path, manifest: ImageManifest, *, workdir: Path) -> list[str]:
+    """Every way ``image`` differs from ``manifest``, in plain words; an empty list means it matches.
+
+    Checks the image's sha256 and size, that it is a VHDX, the GPT (signatures, CRCs, one basic-data
+    partition named as the label), the NTFS label, and every file's presence, size and sha256, and that
+    there are no extra files or folders. A damaged byte in unused space shows as "image sha256 mismatch".
+    """
+    image = Path(image)
+    if not image.is_file():
+        return [f"image not found: {image}"]
+    problems: list[str] = []
+    digest = sha256_file(image)
+    if digest != manifest.image_sha256:
+        problems.append(f"image sha256 mismatch: expected {manifest.image_sha256}, got {digest}")
+    size = image.stat().st_size
+    if size != manifest.image_size:
+        problems.append(f"image size {size} differs from the manifest's {manifest.image_size}")
+    imagetools.require_tools()
+    with _scratch(workdir, "verify-") as scratch:
+        try:
+            raw, table = _open_disk(image, scratch, problems)
+        except ImagingError as exc:
+            return [*problems, f"cannot read the disk: {exc}"]
+        part = _the_partition(table, problems)
+        if table is not None and table.disk_sectors * gpt.SECTOR != manifest.disk_size:
+            problems.append(f"disk size {table.disk_sectors * gpt.SECTOR} differs from the manifest's "
+                            f"{manifest.disk_size}")
+        if part is None:
+            return problems
+        if part.name != manifest.partition_name:
+            problems.append(f"partition name is {part.name!r}, expected {manifest.partition_name!r}")
+        if part.size != manifest.volume_size:
+            problems.append(f"partition size {part.size} differs from the manifest's {manifest.volume_size}")
+        volume = _extract_volume(raw, part, scratch)
+        try:
+            label = _ntfs_label(volume)
+        except ImagingError as exc:
+            return [*problems, f"cannot read the NTFS volume: {exc}"]
+        if label != manifest.label:
+            problems.append(f"NTFS label is {label!r}, expected {manifest.label!r}")
+        dest = scratch / "files"
+        try:
+            _volume_to_dir(volume, dest, scratch)
+        except ImagingError as exc:
+            return [*problems, f"cannot read the files of the NTFS volume: {exc}"]
+        problems.extend(_compare_files(dest, manifest))
+    return problems
+
+
+def _compare_files(dest: Path, manifest: ImageManifest) -> list[str]:
+    problems = []
+    found, found_dirs = _walk_dest(dest)
+    for entry in manifest.files:
+        path = found.pop(entry.path, None)
+        if path is None:
+            problems.append(f"missing file: {entry.path}")
+            continue
+        size = path.stat().st_size
+        if size != entry.size:
+            problems.append(f"size mismatch: {entry.path} is {size} bytes, expected {entry.size}")
+        elif sha256_file(path) != entry.sha256:
+            problems.append(f"sha256 mismatch: {entry.path}")
+    problems.extend(f"extra file: {rel}" for rel in sorted(found))
+    expected_dirs = set(manifest.directories)
+    problems.extend(f"missing folder: {d}" for d in sorted(expected_dirs - found_dirs))
+    problems.extend(f"extra folder: {d}" for d in sorted(found_dirs - expected_dirs))
+    return problems
+
+
+def qemu_info(image: Path) -> dict[str, Any]:
+    """``qemu-img info --output=json`` for an image (format, virtual size, allocated size)."""
+    return _image_format(Path(image))
+
+
+__all__ = ["FileEntry", "ImageManifest", "ReadBack", "build_volume_image", "create_empty_volume",
+           "read_image_files", "verify_image", "scan_tree", "estimate_volume_size", "qemu_info",
+           "sha256_file"]
