@@ -138,3 +138,63 @@ def _copy_range(src_fd: int, dst_fd: int, src_pos: int, dst_pos: int, count: int
 def allocated_bytes(path: Path) -> int:
     """Bytes a file really occupies on disk (its sparse size)."""
     return os.stat(path).st_blocks * 512
+
+
+_FALLOC_FL_COLLAPSE_RANGE = 0x08
+_FALLOC_FL_INSERT_RANGE = 0x20
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
+    """Linux fallocate(2) with a mode flag; False when the file system or platform cannot do it."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.fallocate
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    if fn(fd, mode, offset, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+def shift_into_place(path: Path, head: int, tail: int) -> None:
+    """Turn a volume file into a disk file: ``head`` bytes of hole before it and ``tail`` bytes after.
+
+    Uses FALLOC_FL_INSERT_RANGE (ext4, XFS) so nothing is copied; elsewhere copies the data extents.
+    """
+    size = os.stat(path).st_size
+    with open(path, "r+b") as fh:
+        if _fallocate(fh.fileno(), _FALLOC_FL_INSERT_RANGE, 0, head):
+            fh.truncate(head + size + tail)
+            return
+    moved = path.with_name(path.name + ".disk")
+    fd = os.open(moved, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, head + size + tail)
+        copy_sparse(path, fd, dst_offset=head)
+    finally:
+        os.close(fd)
+    os.replace(moved, path)
+
+
+def cut_out(path: Path, offset: int, length: int) -> None:
+    """Keep only ``path[offset:offset+length]`` (a partition out of a disk), in place when possible."""
+    with open(path, "r+b") as fh:
+        if offset == 0 or _fallocate(fh.fileno(), _FALLOC_FL_COLLAPSE_RANGE, 0, offset):
+            fh.truncate(length)
+            return
+    part = path.with_name(path.name + ".part")
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, length)
+        copy_sparse(path, fd, src_offset=offset, length=length)
+    finally:
+        os.close(fd)
+    os.replace(part, path)

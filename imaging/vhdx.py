@@ -252,28 +252,44 @@ def _make_ntfs(volume: Path, size: int, label: str) -> None:
                    what=f"formatting the NTFS volume {label!r}")
 
 
-def _assemble_and_convert(volume: Path, out: Path, *, label: str, scratch: Path,
-                          disk_guid: uuid.UUID | None) -> gpt.GptTable:
-    size = volume.stat().st_size
-    table = gpt.single_partition_layout(size, name=label, disk_guid=disk_guid)
-    raw = scratch / "disk.raw"
-    fd = os.open(raw, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+VHDX_OPTIONS = "subformat=dynamic,block_size=1M"
+"""Dynamic VHDX with 1 MiB blocks: small files scattered over the volume allocate little dead space, so the
+image file stays close to the data size (Hyper-V accepts block sizes from 1 MiB to 256 MiB)."""
+
+
+def assemble_disk(volume: Path, *, label: str,
+                  disk_guid: uuid.UUID | None = None) -> tuple[Path, gpt.GptTable]:
+    """Turn the NTFS volume file into a raw GPT disk in place: 1 MiB for the MBR and primary GPT in
+    front, 1 MiB for the backup GPT behind (no data is copied where the file system allows)."""
+    table = gpt.single_partition_layout(volume.stat().st_size, name=label, disk_guid=disk_guid)
+    imagetools.shift_into_place(volume, gpt.MIB, gpt.MIB)
+    raw = volume.with_name("disk.raw")
+    os.replace(volume, raw)
+    fd = os.open(raw, os.O_RDWR)
     try:
-        os.ftruncate(fd, table.disk_sectors * gpt.SECTOR)
         gpt.write_table(fd, table)
-        imagetools.copy_sparse(volume, fd, dst_offset=table.partitions[0].offset)
     finally:
         os.close(fd)
-    volume.unlink()  # halve the scratch space needed before qemu-img writes the VHDX
-    out = Path(out)
+    return raw, table
+
+
+def convert_to_vhdx(raw: Path, out: Path) -> None:
+    """qemu-img writes the VHDX under a hidden name that is renamed only once it is complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     try:
-        imagetools.run("qemu-img", ["convert", "-f", "raw", "-O", "vhdx", "-o", "subformat=dynamic",
-                                    raw, partial], what=f"converting the disk to VHDX {out}")
+        imagetools.run("qemu-img", ["convert", "-f", "raw", "-O", "vhdx", "-o", VHDX_OPTIONS, raw, partial],
+                       what=f"converting the disk to VHDX {out}")
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _assemble_and_convert(volume: Path, out: Path, *, label: str,
+                          disk_guid: uuid.UUID | None) -> gpt.GptTable:
+    raw, table = assemble_disk(volume, label=label, disk_guid=disk_guid)
+    convert_to_vhdx(raw, Path(out))
+    raw.unlink()
     return table
 
 
@@ -307,7 +323,7 @@ def build_volume_image(tree: Path, out: Path, *, label: str, size_bytes: int | N
         def capture() -> None:
             try:
                 imagetools.run("wimlib-imagex", ["capture", tree, wim, label, "--compress=none",
-                                                 "--no-acls", "--threads=1"],
+                                                 "--no-acls"],
                                what=f"capturing {tree} into a WIM")
             except BaseException as exc:  # re-raised in the calling thread
                 failure.append(exc)
@@ -325,7 +341,7 @@ def build_volume_image(tree: Path, out: Path, *, label: str, size_bytes: int | N
         imagetools.run("wimlib-imagex", ["apply", wim, "1", volume],
                        what=f"writing the files into the NTFS volume {label!r}")
         wim.unlink()
-        table = _assemble_and_convert(volume, Path(out), label=label, scratch=scratch, disk_guid=disk_guid)
+        table = _assemble_and_convert(volume, Path(out), label=label, disk_guid=disk_guid)
     return _manifest(Path(out), label, table, files, scanned.directories)
 
 
@@ -341,7 +357,7 @@ def create_empty_volume(out: Path, *, label: str, size_bytes: int, workdir: Path
     with _scratch(workdir, "empty-") as scratch:
         volume = scratch / "volume.img"
         _make_ntfs(volume, volume_size, label)
-        table = _assemble_and_convert(volume, Path(out), label=label, scratch=scratch, disk_guid=disk_guid)
+        table = _assemble_and_convert(volume, Path(out), label=label, disk_guid=disk_guid)
     return _manifest(Path(out), label, table, [], [])
 
 
@@ -385,15 +401,11 @@ def _the_partition(table: gpt.GptTable | None, problems: list[str]) -> gpt.Parti
     return part
 
 
-def _extract_volume(raw: Path, part: gpt.Partition, scratch: Path) -> Path:
-    volume = scratch / "volume.img"
-    fd = os.open(volume, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.ftruncate(fd, part.size)
-        imagetools.copy_sparse(raw, fd, src_offset=part.offset, length=part.size)
-    finally:
-        os.close(fd)
-    raw.unlink()
+def _extract_volume(raw: Path, part: gpt.Partition) -> Path:
+    """Cut the partition out of the raw disk in place; the file becomes the bare NTFS volume."""
+    imagetools.cut_out(raw, part.offset, part.size)
+    volume = raw.with_name("volume.img")
+    os.replace(raw, volume)
     return volume
 
 
@@ -404,7 +416,7 @@ def _ntfs_label(volume: Path) -> str:
 
 def _volume_to_dir(volume: Path, dest: Path, scratch: Path) -> None:
     wim = scratch / "back.wim"
-    imagetools.run("wimlib-imagex", ["capture", volume, wim, "--compress=none", "--no-acls", "--threads=1"],
+    imagetools.run("wimlib-imagex", ["capture", volume, wim, "--compress=none", "--no-acls"],
                    what="reading the files of the NTFS volume")
     volume.unlink()
     imagetools.run("wimlib-imagex", ["apply", wim, "1", dest], what=f"extracting the files into {dest}")
@@ -430,7 +442,7 @@ def read_image_files(image: Path, dest: Path, *, workdir: Path) -> ReadBack:
         part = _the_partition(table, problems)
         if problems or part is None or table is None:
             raise ImagingError(f"{image}: " + "; ".join(problems or ["no partition"]))
-        volume = _extract_volume(raw, part, scratch)
+        volume = _extract_volume(raw, part)
         label = _ntfs_label(volume)
         dest.mkdir(parents=True, exist_ok=True)
         _volume_to_dir(volume, dest, scratch)
@@ -485,7 +497,7 @@ def verify_image(image: Path, manifest: ImageManifest, *, workdir: Path) -> list
             problems.append(f"partition name is {part.name!r}, expected {manifest.partition_name!r}")
         if part.size != manifest.volume_size:
             problems.append(f"partition size {part.size} differs from the manifest's {manifest.volume_size}")
-        volume = _extract_volume(raw, part, scratch)
+        volume = _extract_volume(raw, part)
         try:
             label = _ntfs_label(volume)
         except ImagingError as exc:
@@ -526,6 +538,7 @@ def qemu_info(image: Path) -> dict[str, Any]:
     return _image_format(Path(image))
 
 
-__all__ = ["FileEntry", "ImageManifest", "ReadBack", "build_volume_image", "create_empty_volume",
+__all__ = ["FileEntry", "ImageManifest", "ReadBack", "assemble_disk", "build_volume_image", "convert_to_vhdx",
+           "create_empty_volume",
            "read_image_files", "verify_image", "scan_tree", "estimate_volume_size", "qemu_info",
            "sha256_file"]
