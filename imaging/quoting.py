@@ -115,7 +115,7 @@ def check_relpath(value: object, *, field: str, file: str | None = None) -> str:
 # Names Windows keeps for devices, with or without an extension, in any case.
 _WIN_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
     f"{dev}{n}" for dev in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"}
-_WIN_BAD_CHARS = set('<>:"/\\|?*') | {chr(c) for c in range(32)}
+_WIN_BAD_CHARS_RE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 
 
 def check_ntfs_name(value: object, *, field: str, file: str | None = None) -> str:
@@ -134,8 +134,8 @@ def check_ntfs_name(value: object, *, field: str, file: str | None = None) -> st
     except UnicodeEncodeError:
         raise InputError("file name is not valid Unicode", file=file, field=field, value=value,
                          fix="rename it using UTF-8") from None
-    bad = sorted({ch for ch in value if ch in _WIN_BAD_CHARS})
-    if bad:
+    if _WIN_BAD_CHARS_RE.search(value):
+        bad = sorted(set(_WIN_BAD_CHARS_RE.findall(value)))
         raise InputError(f"file name contains {', '.join(repr(c) for c in bad)}, which Windows forbids",
                          file=file, field=field, value=value, fix=fix)
     if value[-1] in ". ":

@@ -142,7 +142,7 @@ class ReadBack:
 
 @dataclass(frozen=True)
 class _Tree:
-    files: list[tuple[str, Path, int]]  # (relative posix path, absolute path, size), sorted
+    files: list[tuple[str, str, int]]  # (relative posix path, path on disk, size), sorted
     directories: list[str]
 
 
@@ -155,40 +155,40 @@ def scan_tree(tree: Path) -> _Tree:
     tree = Path(tree)
     if not tree.is_dir():
         raise InputError("the source tree is not a folder", file=str(tree), fix="give an existing folder")
-    files: list[tuple[str, Path, int]] = []
+    files: list[tuple[str, str, int]] = []
     dirs: list[str] = []
 
-    def walk(folder: Path, rel: str) -> None:
+    def walk(folder: str, rel: str) -> None:
+        # plain strings, not Path objects: this runs once per file before the build starts
         seen: dict[str, str] = {}
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
             rel_path = f"{rel}/{entry.name}" if rel else entry.name
-            where = str(folder / entry.name)
-            check_ntfs_name(entry.name, field="file name", file=where)
+            check_ntfs_name(entry.name, field="file name", file=entry.path)
             folded = entry.name.casefold()
             if folded in seen:
-                raise InputError(f"{entry.name!r} and {seen[folded]!r} differ only in case", file=where,
+                raise InputError(f"{entry.name!r} and {seen[folded]!r} differ only in case", file=entry.path,
                                  field="file name", fix="rename one of them; Windows treats them as one")
             seen[folded] = entry.name
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 dirs.append(rel_path)
-                walk(Path(entry.path), rel_path)
+                walk(entry.path, rel_path)
             elif stat.S_ISREG(st.st_mode):
-                files.append((rel_path, Path(entry.path), st.st_size))
+                files.append((rel_path, entry.path, st.st_size))
             else:
                 kind = "symbolic link" if stat.S_ISLNK(st.st_mode) else "special file"
-                raise InputError(f"a {kind} cannot go into an image", file=where, field="file type",
+                raise InputError(f"a {kind} cannot go into an image", file=entry.path, field="file type",
                                  fix="replace it with the regular file or folder it stands for")
 
-    walk(tree, "")
+    walk(os.fspath(tree), "")
     files.sort(key=lambda f: f[0])
     dirs.sort()
     return _Tree(files, dirs)
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
