@@ -432,7 +432,7 @@ def read_image_files(image: Path, dest: Path, *, workdir: Path) -> ReadBack:
     image, dest = Path(image), Path(dest)
     if not image.is_file():
         raise InputError("image not found", file=str(image), fix="give the path of a .vhdx file")
-    if dest.exists() and any(dest.iterdir()):
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InputError("destination folder is not empty", file=str(dest),
                          fix="give a new or empty folder")
     imagetools.require_tools()

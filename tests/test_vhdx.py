@@ -250,6 +250,18 @@ def test_bad_sizes_are_refused(tmp_path: Path, no_tools: list[object]) -> None:
     assert no_tools == []
 
 
+def test_tool_failure_during_a_build_leaves_nothing_behind(tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "big.bin").write_bytes(random.Random(1).randbytes(5 * MIB + MIB // 2))
+    out = tmp_path / "out" / "o.vhdx"
+    with pytest.raises(ImagingError) as err:  # the data fits the 6 MiB volume, NTFS metadata does not
+        vhdx.build_volume_image(tree, out, label="Apps", size_bytes=8 * MIB, workdir=tmp_path / "w")
+    assert "wimlib-imagex failed" in str(err.value)
+    assert len(str(err.value).splitlines()) > 1  # the tool's own words follow
+    assert not out.exists() and list((tmp_path / "w").iterdir()) == []
+
+
 def test_missing_tool_names_the_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(imagetools, "_EXTRA_DIRS", ())
