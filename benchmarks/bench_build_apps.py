@@ -64,7 +64,8 @@ def floor(tree: Path, out: Path, scratch: Path, volume_size: int, label: str) ->
                        stderr=subprocess.DEVNULL)
 
     wim, volume = scratch / "x.wim", scratch / "volume.img"
-    tool("wimlib-imagex", "capture", tree, wim, label, "--compress=none", "--no-acls")
+    tool("wimlib-imagex", "capture", tree, wim, label, "--compress=none", "--no-acls",
+         f"--config={vhdx.capture_config(scratch)}")
     with open(volume, "wb") as fh:
         fh.truncate(volume_size)
     tool("mkntfs", "-F", "-Q", "-q", "-T", "-L", label, volume)

@@ -140,6 +140,9 @@ class ReadBack:
 
 # --- the source tree ---------------------------------------------------------------------------------
 
+_WINDOWS_MANAGED_UPPER = {"SYSTEM VOLUME INFORMATION", "$RECYCLE.BIN"}
+
+
 @dataclass(frozen=True)
 class _Tree:
     files: list[tuple[str, str, int]]  # (relative posix path, path on disk, size), sorted
@@ -171,6 +174,9 @@ def scan_tree(tree: Path) -> _Tree:
                 raise InputError(f"{entry.name!r} and {seen[folded]!r} differ only in case", file=entry.path,
                                  field="file name", fix="rename one of them; Windows treats them as one")
             seen[folded] = entry.name
+            if not rel and entry.name.upper() in _WINDOWS_MANAGED_UPPER:
+                raise InputError("Windows keeps this folder name for itself at the root of a volume",
+                                 file=entry.path, field="file name", fix="move it into a subfolder")
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 dirs.append(rel_path)
@@ -316,6 +322,7 @@ def build_volume_image(tree: Path, out: Path, *, label: str, size_bytes: int | N
     imagetools.require_tools()
     with _scratch(workdir, "build-") as scratch:
         wim = scratch / "tree.wim"
+        config = capture_config(scratch)
         # Capture in the background while this thread hashes the tree for the manifest: the two read the
         # same files, so the second read comes from the page cache, and two cores do the work of two.
         failure: list[BaseException] = []
@@ -323,7 +330,7 @@ def build_volume_image(tree: Path, out: Path, *, label: str, size_bytes: int | N
         def capture() -> None:
             try:
                 imagetools.run("wimlib-imagex", ["capture", tree, wim, label, "--compress=none",
-                                                 "--no-acls"],
+                                                 "--no-acls", f"--config={config}"],
                                what=f"capturing {tree} into a WIM")
             except BaseException as exc:  # re-raised in the calling thread
                 failure.append(exc)
@@ -414,9 +421,27 @@ def _ntfs_label(volume: Path) -> str:
     return proc.stdout.strip()
 
 
+# Folders Windows itself keeps at the root of a volume it has mounted; never part of an image's content.
+WINDOWS_MANAGED = ("System Volume Information", "$RECYCLE.BIN")
+
+
+def capture_config(scratch: Path) -> Path:
+    """An explicit wimlib capture configuration that excludes only :data:`WINDOWS_MANAGED`.
+
+    Without one, wimlib applies its default exclusion list, which silently drops pagefile.sys,
+    hiberfil.sys, RECYCLER and Windows\\CSC: files an Apps tree may legitimately hold.
+    """
+    config = scratch / "capture.ini"
+    config.write_text("[ExclusionList]\n" + "".join(f"\\{name}\n" for name in WINDOWS_MANAGED),
+                      encoding="utf-8")
+    return config
+
+
 def _volume_to_dir(volume: Path, dest: Path, scratch: Path) -> None:
     wim = scratch / "back.wim"
-    imagetools.run("wimlib-imagex", ["capture", volume, wim, "--compress=none", "--no-acls"],
+    config = capture_config(scratch)
+    imagetools.run("wimlib-imagex", ["capture", volume, wim, "--compress=none", "--no-acls",
+                                     f"--config={config}"],
                    what="reading the files of the NTFS volume")
     volume.unlink()
     imagetools.run("wimlib-imagex", ["apply", wim, "1", dest], what=f"extracting the files into {dest}")

@@ -29,6 +29,10 @@ def _make_tree(root: Path) -> Path:
     (root / "empty.txt").write_bytes(b"")
     (root / "Größe – µSR ✓.txt").write_text("non-ASCII name\n", encoding="utf-8")
     (root / "small.bin").write_bytes(rng.randbytes(700))
+    # names wimlib's default capture configuration would silently drop
+    (root / "pagefile.sys").write_text("kept\n")
+    (root / "Windows" / "CSC").mkdir(parents=True)
+    (root / "Windows" / "CSC" / "cache.dat").write_text("kept\n")
     return root
 
 
@@ -96,7 +100,7 @@ def test_manifest_lists_the_tree_sorted_and_round_trips(built) -> None:
     paths = [f.path for f in manifest.files]
     assert paths == sorted(paths)
     assert "bin/lib/deep/config.ini" in paths and "Größe – µSR ✓.txt" in paths
-    assert manifest.directories == ["bin", "bin/lib", "bin/lib/deep", "empty-dir"]
+    assert manifest.directories == ["Windows", "Windows/CSC", "bin", "bin/lib", "bin/lib/deep", "empty-dir"]
     big = next(f for f in manifest.files if f.path == "bin/server.dll")
     assert big.size == MIB
     assert set(manifest.tools) == {"qemu-img", "mkntfs", "wimlib-imagex"}
@@ -207,6 +211,13 @@ def test_bad_label_is_refused_before_any_tool_runs(tmp_path: Path, no_tools: lis
     with pytest.raises(InputError, match="label"):
         vhdx.create_empty_volume(tmp_path / "e.vhdx", label=label, size_bytes=16 * MIB, workdir=tmp_path)
     assert no_tools == [] and not (tmp_path / "o.vhdx").exists()
+
+
+def test_windows_managed_root_folders_are_refused(tmp_path: Path, no_tools: list[object]) -> None:
+    (tmp_path / "t" / "System Volume Information").mkdir(parents=True)
+    with pytest.raises(InputError, match="Windows keeps this folder"):
+        vhdx.build_volume_image(tmp_path / "t", tmp_path / "o.vhdx", label="Apps", workdir=tmp_path)
+    assert no_tools == []
 
 
 @pytest.mark.parametrize("name", ["a:b.txt", "back\\slash", "CON", "nul.txt", "Com1.log", "dot.",
