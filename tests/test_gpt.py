@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 import uuid
 import zlib
 
@@ -106,3 +108,15 @@ def test_overlapping_partitions_are_refused() -> None:
 def test_too_small_disk_is_reported() -> None:
     table, problems = _read(bytearray(4096))
     assert table is None and problems
+
+
+@pytest.mark.skipif(shutil.which("sgdisk") is None, reason="gdisk not installed (apt-get install gdisk)")
+def test_sgdisk_agrees(table: gpt.GptTable, tmp_path) -> None:
+    """An independent implementation reads our table without complaint (when gdisk is installed)."""
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(_disk(table))
+    verify = subprocess.run(["sgdisk", "-v", str(disk)], capture_output=True, text=True, check=True)
+    assert "No problems found" in verify.stdout
+    info = subprocess.run(["sgdisk", "-i", "1", str(disk)], capture_output=True, text=True, check=True)
+    assert "Microsoft basic data" in info.stdout and "'Apps'" in info.stdout
+    assert "First sector: 2048" in info.stdout
