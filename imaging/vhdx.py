@@ -21,6 +21,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -144,12 +145,14 @@ _WINDOWS_MANAGED_UPPER = {"SYSTEM VOLUME INFORMATION", "$RECYCLE.BIN"}
 
 
 @dataclass(frozen=True)
-class _Tree:
+class SourceTree:
+    """A checked folder tree, ready to be imaged: what :func:`scan_tree` found."""
+
     files: list[tuple[str, str, int]]  # (relative posix path, path on disk, size), sorted
     directories: list[str]
 
 
-def scan_tree(tree: Path) -> _Tree:
+def scan_tree(tree: Path) -> SourceTree:
     """Walk ``tree`` and refuse anything an NTFS volume for Windows cannot hold, before any tool runs.
 
     Only regular files and folders are allowed; names must be valid Windows names, and no folder may hold
@@ -191,7 +194,7 @@ def scan_tree(tree: Path) -> _Tree:
     walk(os.fspath(tree), "")
     files.sort(key=lambda f: f[0])
     dirs.sort()
-    return _Tree(files, dirs)
+    return SourceTree(files, dirs)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -199,11 +202,11 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _hash_tree(scanned: _Tree) -> list[FileEntry]:
+def _hash_tree(scanned: SourceTree) -> list[FileEntry]:
     return [FileEntry(rel, size, sha256_file(abs_path)) for rel, abs_path, size in scanned.files]
 
 
-def estimate_volume_size(scanned: _Tree) -> int:
+def estimate_volume_size(scanned: SourceTree) -> int:
     """A generous NTFS volume size for the tree: data in whole clusters, MFT and index room, log file.
 
     Measured overhead of an NTFS volume made by mkntfs is a few MiB plus a $LogFile of up to 64 MiB and
@@ -215,7 +218,7 @@ def estimate_volume_size(scanned: _Tree) -> int:
     return max(MIN_VOLUME_BYTES, -(-need // MIB) * MIB)
 
 
-def _volume_size_for(size_bytes: int | None, scanned: _Tree | None) -> int:
+def _volume_size_for(size_bytes: int | None, scanned: SourceTree | None) -> int:
     """The NTFS volume size that makes a disk of ``size_bytes`` (GPT and alignment take 2 MiB)."""
     if size_bytes is None:
         assert scanned is not None
@@ -237,15 +240,34 @@ def _volume_size_for(size_bytes: int | None, scanned: _Tree | None) -> int:
 
 # --- building ------------------------------------------------------------------------------------------
 
+class _Scratch:
+    """A private folder under the caller's workdir; big intermediates are deleted on a helper thread.
+
+    Deleting a GiB-sized file whose pages are still dirty takes the kernel a noticeable time; doing it
+    alongside the next step (qemu-img, the image hash) instead of before it takes it off the build's path.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scratch-rm")
+
+    def discard(self, file: Path) -> None:
+        self._pool.submit(file.unlink, True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 @contextmanager
-def _scratch(workdir: Path, prefix: str) -> Iterator[Path]:
+def _scratch(workdir: Path, prefix: str) -> Iterator[_Scratch]:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
+    scratch = _Scratch(Path(tempfile.mkdtemp(prefix=prefix, dir=workdir)))
     try:
-        yield path
+        yield scratch
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        scratch.close()
 
 
 def _make_ntfs(volume: Path, size: int, label: str) -> None:
@@ -291,11 +313,11 @@ def convert_to_vhdx(raw: Path, out: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _assemble_and_convert(volume: Path, out: Path, *, label: str,
-                          disk_guid: uuid.UUID | None) -> gpt.GptTable:
+def _assemble_and_convert(volume: Path, out: Path, *, label: str, disk_guid: uuid.UUID | None,
+                          scratch: _Scratch) -> gpt.GptTable:
     raw, table = assemble_disk(volume, label=label, disk_guid=disk_guid)
     convert_to_vhdx(raw, Path(out))
-    raw.unlink()
+    scratch.discard(raw)
     return table
 
 
@@ -321,8 +343,8 @@ def build_volume_image(tree: Path, out: Path, *, label: str, size_bytes: int | N
     volume_size = _volume_size_for(size_bytes, scanned)
     imagetools.require_tools()
     with _scratch(workdir, "build-") as scratch:
-        wim = scratch / "tree.wim"
-        config = capture_config(scratch)
+        wim = scratch.path / "tree.wim"
+        config = capture_config(scratch.path)
         # Capture in the background while this thread hashes the tree for the manifest: the two read the
         # same files, so the second read comes from the page cache, and two cores do the work of two.
         failure: list[BaseException] = []
@@ -343,13 +365,13 @@ def build_volume_image(tree: Path, out: Path, *, label: str, size_bytes: int | N
             worker.join()
         if failure:
             raise failure[0]
-        volume = scratch / "volume.img"
+        volume = scratch.path / "volume.img"
         _make_ntfs(volume, volume_size, label)
         imagetools.run("wimlib-imagex", ["apply", wim, "1", volume],
                        what=f"writing the files into the NTFS volume {label!r}")
-        wim.unlink()
-        table = _assemble_and_convert(volume, Path(out), label=label, disk_guid=disk_guid)
-    return _manifest(Path(out), label, table, files, scanned.directories)
+        scratch.discard(wim)
+        table = _assemble_and_convert(volume, Path(out), label=label, disk_guid=disk_guid, scratch=scratch)
+        return _manifest(Path(out), label, table, files, scanned.directories)
 
 
 def create_empty_volume(out: Path, *, label: str, size_bytes: int, workdir: Path,
@@ -362,10 +384,10 @@ def create_empty_volume(out: Path, *, label: str, size_bytes: int, workdir: Path
     volume_size = _volume_size_for(size_bytes, None)
     imagetools.require_tools()
     with _scratch(workdir, "empty-") as scratch:
-        volume = scratch / "volume.img"
+        volume = scratch.path / "volume.img"
         _make_ntfs(volume, volume_size, label)
-        table = _assemble_and_convert(volume, Path(out), label=label, disk_guid=disk_guid)
-    return _manifest(Path(out), label, table, [], [])
+        table = _assemble_and_convert(volume, Path(out), label=label, disk_guid=disk_guid, scratch=scratch)
+        return _manifest(Path(out), label, table, [], [])
 
 
 # --- reading back ----------------------------------------------------------------------------------------
@@ -461,7 +483,8 @@ def read_image_files(image: Path, dest: Path, *, workdir: Path) -> ReadBack:
         raise InputError("destination folder is not empty", file=str(dest),
                          fix="give a new or empty folder")
     imagetools.require_tools()
-    with _scratch(workdir, "read-") as scratch:
+    with _scratch(workdir, "read-") as tmp:
+        scratch = tmp.path
         problems: list[str] = []
         raw, table = _open_disk(image, scratch, problems)
         part = _the_partition(table, problems)
@@ -507,7 +530,8 @@ def verify_image(image: Path, manifest: ImageManifest, *, workdir: Path) -> list
     if size != manifest.image_size:
         problems.append(f"image size {size} differs from the manifest's {manifest.image_size}")
     imagetools.require_tools()
-    with _scratch(workdir, "verify-") as scratch:
+    with _scratch(workdir, "verify-") as tmp:
+        scratch = tmp.path
         try:
             raw, table = _open_disk(image, scratch, problems)
         except ImagingError as exc:
@@ -566,4 +590,4 @@ def qemu_info(image: Path) -> dict[str, Any]:
 __all__ = ["FileEntry", "ImageManifest", "ReadBack", "assemble_disk", "build_volume_image", "convert_to_vhdx",
            "create_empty_volume",
            "read_image_files", "verify_image", "scan_tree", "estimate_volume_size", "qemu_info",
-           "sha256_file"]
+           "sha256_file", "SourceTree", "capture_config", "WINDOWS_MANAGED"]
