@@ -92,7 +92,7 @@ def main() -> int:
         print(f"tree: {args.files} files, {args.size / MIB:.0f} MiB, generated in "
               f"{time.perf_counter() - t0:.1f} s")
         volume_size = vhdx.estimate_volume_size(vhdx.scan_tree(tree))
-        best_mod = best_floor = float("inf")
+        best_mod = best_floor = best_floor_tools = float("inf")
         manifest = None
         for i in range(args.repeat):
             # alternate which goes first, so neither always gets the warmer page cache
@@ -110,15 +110,20 @@ def main() -> int:
                     best_mod = min(best_mod, time.perf_counter() - t)
                 else:
                     floor(tree, out, scratch, volume_size, "Apps")
+                    tools_only = time.perf_counter() - t
                     shutil.rmtree(scratch)
-                    best_floor = min(best_floor, time.perf_counter() - t)
+                    total = time.perf_counter() - t
+                    if total < best_floor:
+                        best_floor, best_floor_tools = total, tools_only
         assert manifest is not None
         print(f"image: {manifest.disk_size / MIB:.0f} MiB virtual, {manifest.image_size / MIB:.0f} MiB file, "
               f"{len(manifest.files)} files in the manifest")
         print(f"{'imaging.vhdx.build_volume_image':34s} {best_mod:8.2f} s")
-        print(f"{'floor (tools by hand)':34s} {best_floor:8.2f} s")
-        ratio = best_mod / best_floor
-        print(f"{'ratio':34s} {ratio:8.2f} x  (target <= 1.20)")
+        print(f"{'floor (tools by hand + cleanup)':34s} {best_floor:8.2f} s")
+        print(f"{'  of which the tools alone':34s} {best_floor_tools:8.2f} s")
+        print(f"{'ratio':34s} {best_mod / best_floor:8.2f} x  (target <= 1.20)")
+        print(f"{'ratio to the tools alone':34s} {best_mod / best_floor_tools:8.2f} x  (stricter: the module "
+              f"also deletes its scratch)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
