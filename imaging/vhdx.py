@@ -400,13 +400,18 @@ def _image_format(image: Path) -> dict[str, Any]:
         raise ImagingError(f"qemu-img info gave no JSON for {image}: {exc}") from None
 
 
-def _open_disk(image: Path, scratch: Path, problems: list[str]) -> tuple[Path, gpt.GptTable | None]:
-    """Convert the VHDX to a sparse raw disk and parse its GPT, adding what is wrong to ``problems``."""
+def _open_disk(image: Path, scratch: Path, problems: list[str]) -> tuple[Path | None, gpt.GptTable | None]:
+    """Convert the VHDX to a sparse raw disk and parse its GPT, adding what is wrong to ``problems``.
+
+    Anything but a VHDX is refused before conversion (``-f vhdx`` then keeps qemu-img from probing).
+    """
     info = _image_format(image)
     if info.get("format") != "vhdx":
         problems.append(f"image format is {info.get('format')!r}, not 'vhdx'")
+        return None, None
     raw = scratch / "disk.raw"
-    imagetools.run("qemu-img", ["convert", "-O", "raw", image, raw], what=f"reading the disk in {image}")
+    imagetools.run("qemu-img", ["convert", "-f", "vhdx", "-O", "raw", image, raw],
+                   what=f"reading the disk in {image}")
     size = raw.stat().st_size
     with open(raw, "rb") as fh:
         fd = fh.fileno()
@@ -488,7 +493,7 @@ def read_image_files(image: Path, dest: Path, *, workdir: Path) -> ReadBack:
         problems: list[str] = []
         raw, table = _open_disk(image, scratch, problems)
         part = _the_partition(table, problems)
-        if problems or part is None or table is None:
+        if problems or part is None or table is None or raw is None:
             raise ImagingError(f"{image}: " + "; ".join(problems or ["no partition"]))
         volume = _extract_volume(raw, part)
         label = _ntfs_label(volume)
@@ -540,7 +545,7 @@ def verify_image(image: Path, manifest: ImageManifest, *, workdir: Path) -> list
         if table is not None and table.disk_sectors * gpt.SECTOR != manifest.disk_size:
             problems.append(f"disk size {table.disk_sectors * gpt.SECTOR} differs from the manifest's "
                             f"{manifest.disk_size}")
-        if part is None:
+        if part is None or raw is None:
             return problems
         if part.name != manifest.partition_name:
             problems.append(f"partition name is {part.name!r}, expected {manifest.partition_name!r}")
