@@ -203,7 +203,17 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def _hash_tree(scanned: SourceTree) -> list[FileEntry]:
-    return [FileEntry(rel, size, sha256_file(abs_path)) for rel, abs_path, size in scanned.files]
+    """sha256 of every file; a file whose size changed since the scan means the tree is being written to."""
+    out = []
+    for rel, abs_path, size in scanned.files:
+        with open(abs_path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            now = os.fstat(fh.fileno()).st_size
+        if now != size:
+            raise InputError(f"file changed size while the image was being built ({size} -> {now} bytes)",
+                             file=abs_path, fix="build from a tree nothing else is writing to")
+        out.append(FileEntry(rel, size, digest))
+    return out
 
 
 def estimate_volume_size(scanned: SourceTree) -> int:
