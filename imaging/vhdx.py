@@ -12,119 +12,33 @@ versions) that :func:`verify_image` checks an image against.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import stat
 import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import gpt, imagetools
 from .errors import ImagingError, InputError
-from .quoting import check_label, check_ntfs_name, check_relpath, check_sha256
-
-MIB = 1024 * 1024
-CLUSTER = 4096
-MIN_VOLUME_BYTES = 4 * MIB
-MANIFEST_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    path: str  # relative, posix separators
-    size: int
-    sha256: str
-
-
-@dataclass
-class ImageManifest:
-    """What an image holds and how it was made; JSON round-trips through :meth:`to_json`/:meth:`from_json`.
-
-    ``files`` and ``directories`` are sorted, so the same tree always gives the same lists. ``image_sha256``
-    covers the VHDX file bytes, which differ between two builds of the same tree (see docs/images.md).
-    """
-
-    label: str
-    partition_name: str
-    disk_size: int  # the virtual disk's size in bytes
-    volume_size: int  # the NTFS partition's size in bytes
-    image_size: int  # the VHDX file's size in bytes
-    image_sha256: str
-    files: list[FileEntry] = field(default_factory=list)
-    directories: list[str] = field(default_factory=list)
-    tools: dict[str, str] = field(default_factory=dict)
-    format: int = MANIFEST_FORMAT
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-    def content_key(self) -> dict[str, Any]:
-        """The parts that are the same for every build of the same tree and label."""
-        return {"label": self.label, "partition_name": self.partition_name, "disk_size": self.disk_size,
-                "volume_size": self.volume_size, "files": [asdict(f) for f in self.files],
-                "directories": list(self.directories)}
-
-    @classmethod
-    def from_dict(cls, data: Any, *, file: str | None = None) -> ImageManifest:
-        if not isinstance(data, dict):
-            raise InputError("an image manifest must be a JSON object", file=file)
-        if data.get("format") != MANIFEST_FORMAT:
-            raise InputError("unknown manifest format", file=file, field="format", value=data.get("format"),
-                             fix=f"rebuild the image; this version reads format {MANIFEST_FORMAT}")
-        try:
-            files = [FileEntry(path=check_relpath(f["path"], field="files.path", file=file),
-                               size=_nonneg_int(f["size"], "files.size", file),
-                               sha256=check_sha256(f["sha256"], field="files.sha256", file=file))
-                     for f in data["files"]]
-            manifest = cls(
-                label=check_label(data["label"], field="label", file=file),
-                partition_name=str(data["partition_name"]),
-                disk_size=_nonneg_int(data["disk_size"], "disk_size", file),
-                volume_size=_nonneg_int(data["volume_size"], "volume_size", file),
-                image_size=_nonneg_int(data["image_size"], "image_size", file),
-                image_sha256=check_sha256(data["image_sha256"], field="image_sha256", file=file),
-                files=files,
-                directories=[check_relpath(d, field="directories", file=file) for d in data["directories"]],
-                tools={str(k): str(v) for k, v in data.get("tools", {}).items()},
-            )
-        except (KeyError, TypeError) as exc:
-            raise InputError(f"image manifest is missing or mistypes {exc}", file=file,
-                             fix="use a manifest written by imaging.vhdx") from None
-        return manifest
-
-    @classmethod
-    def from_json(cls, text: str, *, file: str | None = None) -> ImageManifest:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"not valid JSON: {exc}", file=file) from None
-        return cls.from_dict(data, file=file)
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path) -> ImageManifest:
-        return cls.from_json(path.read_text(encoding="utf-8"), file=str(path))
-
-
-def _nonneg_int(value: Any, name: str, file: str | None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InputError("not a non-negative integer", file=file, field=name, value=value)
-    return value
+from .image_manifest import FileEntry, ImageManifest
+from .quoting import check_label
+from .source_tree import (
+    MIB,
+    MIN_VOLUME_BYTES,
+    WINDOWS_MANAGED,
+    SourceTree,
+    estimate_volume_size,
+    hash_tree,
+    scan_tree,
+    sha256_file,
+)
 
 
 @dataclass(frozen=True)
@@ -137,95 +51,6 @@ class ReadBack:
     volume_size: int
     disk_guid: str
     partition_guid: str
-
-
-# --- the source tree ---------------------------------------------------------------------------------
-
-_WINDOWS_MANAGED_UPPER = {"SYSTEM VOLUME INFORMATION", "$RECYCLE.BIN"}
-
-
-@dataclass(frozen=True)
-class SourceTree:
-    """A checked folder tree, ready to be imaged: what :func:`scan_tree` found."""
-
-    files: list[tuple[str, str, int]]  # (relative posix path, path on disk, size), sorted
-    directories: list[str]
-
-
-def scan_tree(tree: Path) -> SourceTree:
-    """Walk ``tree`` and refuse anything an NTFS volume for Windows cannot hold, before any tool runs.
-
-    Only regular files and folders are allowed; names must be valid Windows names, and no folder may hold
-    two names that differ only in case (Windows would see only one of them).
-    """
-    tree = Path(tree)
-    if not tree.is_dir():
-        raise InputError("the source tree is not a folder", file=str(tree), fix="give an existing folder")
-    files: list[tuple[str, str, int]] = []
-    dirs: list[str] = []
-
-    def walk(folder: str, rel: str) -> None:
-        # plain strings, not Path objects: this runs once per file before the build starts
-        seen: dict[str, str] = {}
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            rel_path = f"{rel}/{entry.name}" if rel else entry.name
-            check_ntfs_name(entry.name, field="file name", file=entry.path)
-            folded = entry.name.casefold()
-            if folded in seen:
-                raise InputError(f"{entry.name!r} and {seen[folded]!r} differ only in case", file=entry.path,
-                                 field="file name", fix="rename one of them; Windows treats them as one")
-            seen[folded] = entry.name
-            if not rel and entry.name.upper() in _WINDOWS_MANAGED_UPPER:
-                raise InputError("Windows keeps this folder name for itself at the root of a volume",
-                                 file=entry.path, field="file name", fix="move it into a subfolder")
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                dirs.append(rel_path)
-                walk(entry.path, rel_path)
-            elif stat.S_ISREG(st.st_mode):
-                files.append((rel_path, entry.path, st.st_size))
-            else:
-                kind = "symbolic link" if stat.S_ISLNK(st.st_mode) else "special file"
-                raise InputError(f"a {kind} cannot go into an image", file=entry.path, field="file type",
-                                 fix="replace it with the regular file or folder it stands for")
-
-    walk(os.fspath(tree), "")
-    files.sort(key=lambda f: f[0])
-    dirs.sort()
-    return SourceTree(files, dirs)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _hash_tree(scanned: SourceTree) -> list[FileEntry]:
-    """sha256 of every file; a file whose size changed since the scan means the tree is being written to."""
-    out = []
-    for rel, abs_path, size in scanned.files:
-        with open(abs_path, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-            now = os.fstat(fh.fileno()).st_size
-        if now != size:
-            raise InputError(f"file changed size while the image was being built ({size} -> {now} bytes)",
-                             file=abs_path, fix="build from a tree nothing else is writing to")
-        out.append(FileEntry(rel, size, digest))
-    return out
-
-
-def estimate_volume_size(scanned: SourceTree) -> int:
-    """A generous NTFS volume size for the tree: data in whole clusters, MFT and index room, log file.
-
-    Measured overhead of an NTFS volume made by mkntfs is a few MiB plus a $LogFile of up to 64 MiB and
-    about 1 KiB of MFT per file; we allow 4 KiB per file and folder and 10 % slack on top.
-    """
-    data = sum(-(-size // CLUSTER) * CLUSTER for _, _, size in scanned.files)
-    meta = (len(scanned.files) + len(scanned.directories) + 16) * CLUSTER
-    need = int((data + meta) * 1.10) + 64 * MIB
-    return max(MIN_VOLUME_BYTES, -(-need // MIB) * MIB)
 
 
 def _volume_size_for(size_bytes: int | None, scanned: SourceTree | None) -> int:
@@ -241,7 +66,7 @@ def _volume_size_for(size_bytes: int | None, scanned: SourceTree | None) -> int:
         raise InputError("disk size is too small for a GPT and an NTFS volume", field="size_bytes",
                          value=size_bytes, fix=f"use at least {MIN_VOLUME_BYTES + 2 * MIB} bytes")
     if scanned is not None:
-        data = sum(-(-size // CLUSTER) * CLUSTER for _, _, size in scanned.files)
+        data = scanned.data_bytes
         if data > volume:
             raise InputError(f"the tree holds {data} bytes of file data, more than the {volume}-byte volume",
                              field="size_bytes", value=size_bytes, fix="give a bigger size or none at all")
@@ -370,7 +195,7 @@ def build_volume_image(tree: Path, out: Path, *, label: str, size_bytes: int | N
         worker = threading.Thread(target=capture, name="wim-capture")
         worker.start()
         try:
-            files = _hash_tree(scanned)
+            files = hash_tree(scanned)
         finally:
             worker.join()
         if failure:
@@ -456,10 +281,6 @@ def _extract_volume(raw: Path, part: gpt.Partition) -> Path:
 def _ntfs_label(volume: Path) -> str:
     proc = imagetools.run("ntfslabel", ["--no-action", volume], what="reading the NTFS volume label")
     return proc.stdout.strip()
-
-
-# Folders Windows itself keeps at the root of a volume it has mounted; never part of an image's content.
-WINDOWS_MANAGED = ("System Volume Information", "$RECYCLE.BIN")
 
 
 def capture_config(scratch: Path) -> Path:
@@ -602,7 +423,7 @@ def qemu_info(image: Path) -> dict[str, Any]:
     return _image_format(Path(image))
 
 
-__all__ = ["FileEntry", "ImageManifest", "ReadBack", "assemble_disk", "build_volume_image", "convert_to_vhdx",
-           "create_empty_volume",
-           "read_image_files", "verify_image", "scan_tree", "estimate_volume_size", "qemu_info",
-           "sha256_file", "SourceTree", "capture_config", "WINDOWS_MANAGED"]
+__all__ = ["WINDOWS_MANAGED", "FileEntry", "ImageManifest", "ReadBack", "SourceTree", "assemble_disk",
+           "build_volume_image", "capture_config", "convert_to_vhdx", "create_empty_volume",
+           "estimate_volume_size", "qemu_info", "read_image_files", "scan_tree", "sha256_file",
+           "verify_image"]
