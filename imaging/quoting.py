@@ -124,3 +124,40 @@ def check_relpath(value: object, *, field: str, file: str | None = None) -> str:
     if any(not seg.strip() or seg != seg.strip() for seg in norm.split("/")):
         raise InputError("empty or space-padded path segment", file=file, field=field, value=value, fix=fix)
     return "/".join(parts)
+
+
+# Names Windows keeps for devices, with or without an extension, in any case.
+_WIN_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
+    f"{dev}{n}" for dev in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"}
+_WIN_BAD_CHARS_RE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+
+
+def check_ntfs_name(value: object, *, field: str, file: str | None = None) -> str:
+    """One file or folder name that Windows can create and open on an NTFS volume.
+
+    Refuses the characters Windows forbids (``< > : " / \\ | ? *`` and control characters), device names
+    (``CON``, ``NUL``, ``COM1``, ``LPT1``... also with an extension), a trailing dot or space, names that
+    are not valid Unicode, and names longer than 255 UTF-16 units.
+    """
+    fix = "rename it: no < > : \" / \\ | ? * or control characters, no device names like CON or NUL, " \
+          "no trailing dot or space"
+    if not isinstance(value, str) or value in ("", ".", ".."):
+        raise InputError("not a file name", file=file, field=field, value=value, fix=fix)
+    try:
+        units = len(value.encode("utf-16-le")) // 2
+    except UnicodeEncodeError:
+        raise InputError("file name is not valid Unicode", file=file, field=field, value=value,
+                         fix="rename it using UTF-8") from None
+    if _WIN_BAD_CHARS_RE.search(value):
+        bad = sorted(set(_WIN_BAD_CHARS_RE.findall(value)))
+        raise InputError(f"file name contains {', '.join(repr(c) for c in bad)}, which Windows forbids",
+                         file=file, field=field, value=value, fix=fix)
+    if value[-1] in ". ":
+        raise InputError("file name ends with a dot or space, which Windows strips", file=file,
+                         field=field, value=value, fix=fix)
+    if value.split(".", 1)[0].rstrip(" ").upper() in _WIN_RESERVED:
+        raise InputError("file name is a Windows device name", file=file, field=field, value=value, fix=fix)
+    if units > 255:
+        raise InputError(f"file name is {units} UTF-16 units long; NTFS allows 255", file=file,
+                         field=field, value=value, fix="shorten it")
+    return value

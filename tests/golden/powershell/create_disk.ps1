@@ -42,38 +42,54 @@ function Get-ImagingSha256 {
 $ImagingAction = 'create_disk'
 $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
-    # Creates an empty, labelled NTFS data disk (GPT, one partition, no drive letter). The provider holds
-    # the host's mount lock while this runs. A half-made disk from a failed run is removed, so a retry
-    # starts clean; an existing disk is never reformatted.
+    # Creates an empty, labelled NTFS data disk (GPT, one basic-data partition, no drive letter), the same
+    # layout as imaging.vhdx.create_empty_volume. The provider holds the host's mount lock while this runs.
+    # The disk is built under a .partial name and renamed at the end, so a crash never leaves a half-made
+    # disk at the real path. An existing disk is never reformatted: if no VM holds it, its label is checked
+    # and a different label is refused (it may hold persistent data).
     $Path = 'D:\Imaging\instruments\NDXZOOM\NDXZOOM-settings-7.vhdx'
     $SizeGb = [long]2
     $Label = 'Settings'
     $Role = 'settings'
+    $BasicData = '{ebd0a0a2-b9e5-4433-87c0-68b6b72699c7}'
     if (@('settings', 'var', 'data') -notcontains $Role) { throw "create_disk makes settings, var or data disks, not '$Role'" }
     if (Test-Path -LiteralPath $Path -PathType Leaf) {
-        $Result['how'] = 'already exists'
-    }
-    else {
-        Initialize-ImagingFolder -Path (Split-Path -Path $Path -Parent)
-        # Sizes are written out in bytes (1 GiB = 1073741824): the parser the tests use lacks the 1GB suffix.
-        New-VHD -Path $Path -SizeBytes ($SizeGb * 1073741824) -Dynamic | Out-Null
-        $Result['changed'] = $true
-        $complete = $false
-        try {
-            $vhd = Mount-VHD -Path $Path -NoDriveLetter -PassThru
+        $held = @(Get-VM | Get-VMHardDiskDrive | Where-Object { $_.Path -eq $Path })
+        if ($held.Count -eq 0) {
+            $disk = Mount-VHD -Path $Path -ReadOnly -NoDriveLetter -PassThru | Get-Disk
             try {
-                Initialize-Disk -Number $vhd.DiskNumber -PartitionStyle GPT
-                $partition = New-Partition -DiskNumber $vhd.DiskNumber -UseMaximumSize -GptType '{ebd0a0a2-b9e5-4433-87c0-68b6b72699c7}'
-                Format-Volume -Partition $partition -FileSystem NTFS -NewFileSystemLabel $Label -Confirm:$false | Out-Null
-                $complete = $true
+                $parts = @(Get-Partition -DiskNumber $disk.Number | Where-Object { $_.GptType -eq $BasicData })
+                $found = $null
+                if ($parts.Count -eq 1) { $found = (Get-Volume -Partition $parts[0]).FileSystemLabel }
             }
             finally {
                 Dismount-VHD -Path $Path
             }
+            if ($found -ne $Label) { throw "$Path already exists with volume label '$found', not '$Label'; refusing to touch it" }
+        }
+        $Result['how'] = 'already exists'
+    }
+    else {
+        Initialize-ImagingFolder -Path (Split-Path -Path $Path -Parent)
+        $Partial = "$Path.partial"
+        if (Test-Path -LiteralPath $Partial) {
+            try { Dismount-VHD -Path $Partial } catch { Write-Verbose "not mounted: $Partial" }
+            Remove-Item -LiteralPath $Partial -Force
+        }
+        # Sizes are written out in bytes (1 GiB = 1073741824): the parser the tests use lacks the 1GB suffix.
+        New-VHD -Path $Partial -SizeBytes ($SizeGb * 1073741824) -Dynamic | Out-Null
+        $vhd = Mount-VHD -Path $Partial -NoDriveLetter -PassThru
+        try {
+            Initialize-Disk -Number $vhd.DiskNumber -PartitionStyle GPT
+            $partition = New-Partition -DiskNumber $vhd.DiskNumber -UseMaximumSize -GptType $BasicData
+            $partition | Set-Partition -NoDefaultDriveLetter $true
+            Format-Volume -Partition $partition -FileSystem NTFS -NewFileSystemLabel $Label -Confirm:$false | Out-Null
         }
         finally {
-            if (-not $complete) { Remove-Item -LiteralPath $Path -Force -ErrorAction SilentlyContinue }
+            Dismount-VHD -Path $Partial
         }
+        Move-Item -LiteralPath $Partial -Destination $Path
+        $Result['changed'] = $true
         $Result['how'] = 'created'
     }
     $Result['path'] = $Path
