@@ -19,6 +19,9 @@ from collections.abc import Iterable
 REDACTED = "[REDACTED]"
 # Shorter base64 fragments would match unrelated data too often to be useful.
 _MIN_B64_CORE = 4
+# A secret shorter than this cannot be told apart from ordinary text; such a password is refused anyway
+# by any sane policy, and redacting every "p" would make logs useless.
+MIN_SECRET_LENGTH = 4
 
 _lock = threading.Lock()
 _needles: set[str] = set()
@@ -35,11 +38,11 @@ def _serialised_forms(secret: str) -> set[str]:
         if element is not None and element.text:
             forms.add(element.text)
             xml = ET.tostring(element, encoding="unicode")
-            inner = xml[xml.index(">") + 1: xml.rindex("<")]
+            inner = xml[xml.index(">") + 1 : xml.rindex("<")]
             forms.add(inner)
     except Exception:  # noqa: BLE001 - the plain form is still covered; never fail registration
         pass
-    return {f for f in forms if f}
+    return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
 
 
 def _base64_cores(data: bytes) -> set[str]:
@@ -61,7 +64,7 @@ def _base64_cores(data: bytes) -> set[str]:
 
 def register_secret(secret: str | None) -> None:
     """Make sure ``secret`` is replaced by ``[REDACTED]`` in every later log record and error text."""
-    if not secret:
+    if not secret or len(secret) < MIN_SECRET_LENGTH:
         return
     needles: set[str] = set()
     for form in _serialised_forms(secret):

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,69 +98,122 @@ class Connection:
     source: str | None = None
 
     def _bad(self, message: str, field_name: str, value: object, fix: str) -> InputError:
-        return InputError(message, file=self.source, field=f"hosts.{self.host}.{field_name}", value=value, fix=fix)
+        return InputError(
+            message, file=self.source, field=f"hosts.{self.host}.{field_name}", value=value, fix=fix
+        )
 
     def __post_init__(self) -> None:
         from .quoting import check_name
 
         check_name(self.host, field="host", file=self.source)
         if not isinstance(self.address, str) or not self._address_ok(self.address):
-            raise self._bad("not a host name or IP address", "address", self.address,
-                            "give the host's DNS name or IP address, without scheme or port")
+            raise self._bad(
+                "not a host name or IP address",
+                "address",
+                self.address,
+                "give the host's DNS name or IP address, without scheme or port",
+            )
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 1 <= self.port <= 65535:
-            raise self._bad("not a TCP port", "port", self.port, "use 5986 (WinRM over HTTPS) or another 1-65535")
+            raise self._bad(
+                "not a TCP port", "port", self.port, "use 5986 (WinRM over HTTPS) or another 1-65535"
+            )
         auth = str(self.auth).lower()
         if auth == "basic":
-            raise self._bad("Basic authentication sends the password in clear and is refused", "auth", self.auth,
-                            f"use one of {', '.join(AUTH_METHODS)}")
+            raise self._bad(
+                "Basic authentication sends the password in clear and is refused",
+                "auth",
+                self.auth,
+                f"use one of {', '.join(AUTH_METHODS)}",
+            )
         if auth not in AUTH_METHODS:
-            raise self._bad("unknown authentication method", "auth", self.auth,
-                            f"use one of {', '.join(AUTH_METHODS)}")
+            raise self._bad(
+                "unknown authentication method", "auth", self.auth, f"use one of {', '.join(AUTH_METHODS)}"
+            )
         self.auth = auth
         if self.message_encryption not in ENCRYPTION_MODES:
-            raise self._bad("unknown message encryption mode", "message_encryption", self.message_encryption,
-                            f"use one of {', '.join(ENCRYPTION_MODES)}")
+            raise self._bad(
+                "unknown message encryption mode",
+                "message_encryption",
+                self.message_encryption,
+                f"use one of {', '.join(ENCRYPTION_MODES)}",
+            )
         for name in ("connect_timeout_s", "operation_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
-                raise self._bad("timeout must be a number of seconds above 0 and at most 3600", name, value,
-                                "give a number of seconds such as 20")
-        if isinstance(self.max_concurrent, bool) or not isinstance(self.max_concurrent, int) \
-                or not 1 <= self.max_concurrent <= 16:
-            raise self._bad("must be a whole number from 1 to 16", "max_concurrent", self.max_concurrent,
-                            "use 2 unless the host's WinRM quotas were raised")
+                raise self._bad(
+                    "timeout must be a number of seconds above 0 and at most 3600",
+                    name,
+                    value,
+                    "give a number of seconds such as 20",
+                )
+        if (
+            isinstance(self.max_concurrent, bool)
+            or not isinstance(self.max_concurrent, int)
+            or not 1 <= self.max_concurrent <= 16
+        ):
+            raise self._bad(
+                "must be a whole number from 1 to 16",
+                "max_concurrent",
+                self.max_concurrent,
+                "use 2 unless the host's WinRM quotas were raised",
+            )
         if self.insecure_loopback:
             if self.address not in LOOPBACK_ADDRESSES:
-                raise self._bad("insecure_loopback is a test-only switch and only accepted for 127.0.0.1 or ::1",
-                                "insecure_loopback", self.address,
-                                "remove insecure_loopback; real hosts need HTTPS or message encryption")
+                raise self._bad(
+                    "insecure_loopback is a test-only switch and only accepted for 127.0.0.1 or ::1",
+                    "insecure_loopback",
+                    self.address,
+                    "remove insecure_loopback; real hosts need HTTPS or message encryption",
+                )
         elif not self.ssl:
             if self.message_encryption == "never":
-                raise self._bad("plain HTTP without message encryption would expose every script and secret",
-                                "message_encryption", self.message_encryption,
-                                "use ssl: true (port 5986), or message_encryption 'auto' with negotiate/kerberos")
+                raise self._bad(
+                    "plain HTTP without message encryption would expose every script and secret",
+                    "message_encryption",
+                    self.message_encryption,
+                    "use ssl: true (port 5986), or message_encryption 'auto' with negotiate/kerberos",
+                )
             if self.auth == "certificate":
-                raise self._bad("certificate authentication needs HTTPS", "ssl", self.ssl,
-                                "set ssl: true (port 5986)")
+                raise self._bad(
+                    "certificate authentication needs HTTPS", "ssl", self.ssl, "set ssl: true (port 5986)"
+                )
         if self.ssl and self.auth == "certificate" and self.message_encryption == "always":
-            raise self._bad("certificate authentication cannot add message encryption (TLS already encrypts)",
-                            "message_encryption", self.message_encryption, "use 'auto'")
+            raise self._bad(
+                "certificate authentication cannot add message encryption (TLS already encrypts)",
+                "message_encryption",
+                self.message_encryption,
+                "use 'auto'",
+            )
         if isinstance(self.cert_validation, str):
             if not Path(self.cert_validation).is_file():
-                raise self._bad("CA bundle not found", "cert_validation", self.cert_validation,
-                                "give the path of a PEM CA bundle, or true to use the system store")
+                raise self._bad(
+                    "CA bundle not found",
+                    "cert_validation",
+                    self.cert_validation,
+                    "give the path of a PEM CA bundle, or true to use the system store",
+                )
         elif self.cert_validation is not True:
             if self.cert_validation is not False:
-                raise self._bad("must be true, false or a CA bundle path", "cert_validation",
-                                self.cert_validation, "use true")
+                raise self._bad(
+                    "must be true, false or a CA bundle path",
+                    "cert_validation",
+                    self.cert_validation,
+                    "use true",
+                )
             if self.ssl and not self.allow_unvalidated_cert:
-                raise self._bad("turning TLS certificate validation off lets anyone impersonate the host",
-                                "cert_validation", self.cert_validation,
-                                "give a CA bundle path; if you really must, also set allow_unvalidated_cert: true")
+                raise self._bad(
+                    "turning TLS certificate validation off lets anyone impersonate the host",
+                    "cert_validation",
+                    self.cert_validation,
+                    "give a CA bundle path; if you really must, also set allow_unvalidated_cert: true",
+                )
             if self.ssl:
-                log.warning("!!! TLS certificate validation is OFF for host %s (%s): the connection can be "
-                            "intercepted and credentials stolen. Use a CA bundle instead. !!!",
-                            self.host, self.address)
+                log.warning(
+                    "!!! TLS certificate validation is OFF for host %s (%s): the connection can be "
+                    "intercepted and credentials stolen. Use a CA bundle instead. !!!",
+                    self.host,
+                    self.address,
+                )
 
     @staticmethod
     def _address_ok(address: str) -> bool:
@@ -216,16 +269,23 @@ class Credentials:
 
     def __repr__(self) -> str:
         shown = REDACTED if self.password else None
-        return (f"Credentials(username={self.username!r}, password={shown!r}, "
-                f"cert_pem={self.cert_pem!r}, key_pem={self.key_pem!r})")
+        return (
+            f"Credentials(username={self.username!r}, password={shown!r}, "
+            f"cert_pem={self.cert_pem!r}, key_pem={self.key_pem!r})"
+        )
 
     __str__ = __repr__
 
     @classmethod
-    def for_connection(cls, connection: Connection, *, environ: Mapping[str, str] | None = None,
-                       interactive: bool | None = None,
-                       prompt: Callable[[str], str] | None = None,
-                       ask_user: Callable[[str], str] | None = None) -> Credentials:
+    def for_connection(
+        cls,
+        connection: Connection,
+        *,
+        environ: Mapping[str, str] | None = None,
+        interactive: bool | None = None,
+        prompt: Callable[[str], str] | None = None,
+        ask_user: Callable[[str], str] | None = None,
+    ) -> Credentials:
         """Per-host variables win over the global ones; prompt only when a person is at a terminal."""
         env = os.environ if environ is None else environ
         host_key = _env_key(connection.host)
@@ -234,11 +294,15 @@ class Credentials:
             key = env.get("IMAGING_HYPERV_KEY_PEM")
             for name, value in (("IMAGING_HYPERV_CERT_PEM", cert), ("IMAGING_HYPERV_KEY_PEM", key)):
                 if not value:
-                    raise InputError("certificate authentication needs a client certificate and key",
-                                     field=name, fix=f"export {name}=/path/to/file.pem")
+                    raise InputError(
+                        "certificate authentication needs a client certificate and key",
+                        field=name,
+                        fix=f"export {name}=/path/to/file.pem",
+                    )
                 if not Path(value).is_file():
-                    raise InputError("file not found", field=name, value=value,
-                                     fix=f"point {name} at an existing PEM file")
+                    raise InputError(
+                        "file not found", field=name, value=value, fix=f"point {name} at an existing PEM file"
+                    )
             return cls(cert_pem=cert, key_pem=key)
 
         user = env.get(f"IMAGING_HYPERV_{host_key}_USER") or env.get("IMAGING_HYPERV_USER")
@@ -254,10 +318,14 @@ class Credentials:
             interactive = sys.stdin is not None and sys.stdin.isatty()
         if not interactive:
             raise InputError(
-                f"no credentials for host {connection.host}", field="environment",
-                fix=(f"export IMAGING_HYPERV_{host_key}_USER and IMAGING_HYPERV_{host_key}_PASSWORD "
-                     "(or IMAGING_HYPERV_USER / IMAGING_HYPERV_PASSWORD for every host), or run at a terminal "
-                     "to be asked"))
+                f"no credentials for host {connection.host}",
+                field="environment",
+                fix=(
+                    f"export IMAGING_HYPERV_{host_key}_USER and IMAGING_HYPERV_{host_key}_PASSWORD "
+                    "(or IMAGING_HYPERV_USER / IMAGING_HYPERV_PASSWORD for every host), or run at a terminal "
+                    "to be asked"
+                ),
+            )
         if not user:
             user = (ask_user or input)(f"User for {connection.host} ({connection.address}): ").strip()
         if not password:
@@ -309,25 +377,40 @@ def parse_result(output_lines: Iterable[object], *, host: str, step: str) -> dic
     ends = [i for i, line in enumerate(lines) if line.strip() == RESULT_END]
     if not begins and not ends:
         tail = redact(" | ".join(lines[-3:]))[:300]
-        raise ProviderError(f"the script wrote no result: no {RESULT_BEGIN} ... {RESULT_END} block in its "
-                            f"output (last output: {tail or 'nothing'})", host=host, step=step)
+        raise ProviderError(
+            f"the script wrote no result: no {RESULT_BEGIN} ... {RESULT_END} block in its "
+            f"output (last output: {tail or 'nothing'})",
+            host=host,
+            step=step,
+        )
     if len(begins) > 1 or len(ends) > 1:
-        raise ProviderError(f"the script wrote {max(len(begins), len(ends))} results; exactly one is allowed",
-                            host=host, step=step)
+        raise ProviderError(
+            f"the script wrote {max(len(begins), len(ends))} results; exactly one is allowed",
+            host=host,
+            step=step,
+        )
     if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
         missing = RESULT_END if not ends else RESULT_BEGIN if not begins else "marker order"
-        raise ProviderError(f"the script's result block is incomplete ({missing} missing or out of place)",
-                            host=host, step=step)
-    text = "\n".join(lines[begins[0] + 1: ends[0]]).strip()
+        raise ProviderError(
+            f"the script's result block is incomplete ({missing} missing or out of place)",
+            host=host,
+            step=step,
+        )
+    text = "\n".join(lines[begins[0] + 1 : ends[0]]).strip()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         excerpt = redact(text)[:200]
-        raise ProviderError(f"the script's result is not valid JSON ({err.msg} at line {err.lineno} column "
-                            f"{err.colno}): {excerpt!r}", host=host, step=step) from None
+        raise ProviderError(
+            f"the script's result is not valid JSON ({err.msg} at line {err.lineno} column "
+            f"{err.colno}): {excerpt!r}",
+            host=host,
+            step=step,
+        ) from None
     if not isinstance(data, dict):
-        raise ProviderError(f"the script's result must be a JSON object, got {type(data).__name__}",
-                            host=host, step=step)
+        raise ProviderError(
+            f"the script's result must be a JSON object, got {type(data).__name__}", host=host, step=step
+        )
     return data
 
 
@@ -344,8 +427,11 @@ def _prop(obj: object, *names: str) -> Any:
 
 def describe_error_record(record: object) -> str:
     """The script's own words for an error record, with where in the script it happened."""
-    message = _prop(getattr(record, "exception", None), "Message", "to_string") if getattr(
-        record, "exception", None) is not None else None
+    message = (
+        _prop(getattr(record, "exception", None), "Message", "to_string")
+        if getattr(record, "exception", None) is not None
+        else None
+    )
     message = message or _prop(record, "details_message", "message", "reason", "fq_error") or "unknown error"
     where = []
     line_no = getattr(record, "invocation_script_line_number", None)
@@ -374,17 +460,36 @@ def _transport_message(err: BaseException) -> str:
         return "the WinRM endpoint did not answer in time"
     if isinstance(err, requests.exceptions.ConnectionError):
         return f"connection failed ({type(err).__name__}: {err})"
-    if isinstance(err, WinRMTransportError):
-        return f"the WinRM endpoint answered HTTP {err.code}"
+    status = _http_status(err)
+    if status is not None:
+        return f"the WinRM endpoint answered HTTP {status}"
     return f"{type(err).__name__}: {err}"
+
+
+def _http_status(err: BaseException) -> int | None:
+    """The HTTP status behind a failure that carried no real WSMan fault, else None.
+
+    pypsrp turns any XML-looking error body into a ``WSManFaultError``, even a proxy's HTML 503 page; the
+    original ``WinRMTransportError`` survives as the exception's context. A genuine fault has a code.
+    """
+    if isinstance(err, WinRMTransportError):
+        return err.code
+    if (
+        isinstance(err, WSManFaultError)
+        and err.code is None
+        and isinstance(err.__context__, WinRMTransportError)
+    ):
+        return err.__context__.code
+    return None
 
 
 def _is_transient(err: BaseException) -> bool:
     """Connection refused/reset, timeouts, HTTP 5xx without a WSMan fault: the network, not the script."""
     if isinstance(err, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return True
-    if isinstance(err, WinRMTransportError):
-        return err.code >= 500
+    status = _http_status(err)
+    if status is not None:
+        return status >= 500
     return isinstance(err, ConnectionError | TimeoutError)
 
 
@@ -403,16 +508,24 @@ class _HostSlot:
 class SessionPool:
     """Reused PowerShell sessions to many hosts, bounded per host, closed on exit."""
 
-    def __init__(self, connections: Iterable[Connection] | Mapping[str, Connection], *,
-                 credentials: Mapping[str, Credentials] | Callable[[Connection], Credentials] | None = None,
-                 retries: int = 3, backoff_s: float = 0.5, backoff_max_s: float = 10.0,
-                 sleep: Callable[[float], None] = time.sleep,
-                 jitter: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        connections: Iterable[Connection] | Mapping[str, Connection],
+        *,
+        credentials: Mapping[str, Credentials] | Callable[[Connection], Credentials] | None = None,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
         items = connections.values() if isinstance(connections, Mapping) else connections
         self._slots: dict[str, _HostSlot] = {}
         for conn in items:
             if conn.host in self._slots:
-                raise InputError("host listed twice", field="hosts", value=conn.host, fix="list each host once")
+                raise InputError(
+                    "host listed twice", field="hosts", value=conn.host, fix="list each host once"
+                )
             self._slots[conn.host] = _HostSlot(conn, threading.BoundedSemaphore(conn.max_concurrent))
         self._credentials = credentials
         self._retries, self._backoff_s, self._backoff_max_s = retries, backoff_s, backoff_max_s
@@ -473,7 +586,9 @@ class SessionPool:
                 return slot.idle.pop()
         conn = slot.connection
         wsman = WSMan(**conn.wsman_kwargs(self._credentials_for(slot)))
-        pool = RunspacePool(wsman, configuration_name=conn.configuration_name, min_runspaces=1, max_runspaces=1)
+        pool = RunspacePool(
+            wsman, configuration_name=conn.configuration_name, min_runspaces=1, max_runspaces=1
+        )
         try:
             pool.open()
         except Exception as err:
@@ -505,15 +620,16 @@ class SessionPool:
             return err
         if isinstance(err, AuthenticationError):
             text = f"authentication failed while {doing}: {err}"
-        elif isinstance(err, WSManFaultError):
+        elif isinstance(err, WSManFaultError) and _http_status(err) is None:
             text = f"the host refused {doing}: {err.message}"
         else:
             text = f"{doing}: {_transport_message(err)}"
         return ProviderError(redact(text), host=host, step=step, transient=transient)
 
     # -- the call
-    def run_script(self, host: str, script: str, *, step: str, timeout_s: float,
-                   parameters: dict[str, Any] | None = None) -> ScriptResult:
+    def run_script(
+        self, host: str, script: str, *, step: str, timeout_s: float, parameters: dict[str, Any] | None = None
+    ) -> ScriptResult:
         """Run ``script`` on ``host`` and return its parsed result.
 
         ``parameters`` bind to the script's ``param()`` block as pipeline parameters, so secrets never
@@ -523,8 +639,9 @@ class SessionPool:
             raise ProviderError("the session pool is closed", host=host, step=step)
         slot = self._slot(host)
         if not isinstance(timeout_s, int | float) or timeout_s <= 0:
-            raise ProviderError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}",
-                                host=host, step=step)
+            raise ProviderError(
+                f"timeout_s must be a positive number of seconds, got {timeout_s!r}", host=host, step=step
+            )
         params = {k: (v.value if isinstance(v, Secret) else v) for k, v in (parameters or {}).items()}
         started = time.monotonic()
         deadline = started + timeout_s
@@ -533,31 +650,64 @@ class SessionPool:
             attempt += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not slot.semaphore.acquire(timeout=remaining):
-                raise ProviderError(f"timed out after {timeout_s:g}s waiting for a free session "
-                                    f"(max_concurrent={slot.connection.max_concurrent})", host=host, step=step)
+                raise ProviderError(
+                    f"timed out after {timeout_s:g}s waiting for a free session "
+                    f"(max_concurrent={slot.connection.max_concurrent})",
+                    host=host,
+                    step=step,
+                )
             try:
                 output, warnings = self._run_once(slot, script, params, step, deadline, timeout_s)
             except _Transient as err:
                 if attempt > self._retries:
-                    raise ProviderError(redact(f"{err} (gave up after {attempt} attempts)"), host=host,
-                                        step=step, transient=True) from err
+                    raise ProviderError(
+                        redact(f"{err} (gave up after {attempt} attempts)"),
+                        host=host,
+                        step=step,
+                        transient=True,
+                    ) from err
                 delay = min(self._backoff_max_s, self._backoff_s * 2 ** (attempt - 1))
                 delay = delay * (0.5 + self._jitter())
                 if time.monotonic() + delay >= deadline:
-                    raise ProviderError(redact(f"{err}; no time left to retry within {timeout_s:g}s"),
-                                        host=host, step=step, transient=True) from err
-                log.warning("host %s step %s: %s; retrying in %.1fs (attempt %d of %d)", host, step, err,
-                            delay, attempt + 1, self._retries + 1)
+                    raise ProviderError(
+                        redact(f"{err}; no time left to retry within {timeout_s:g}s"),
+                        host=host,
+                        step=step,
+                        transient=True,
+                    ) from err
+                log.warning(
+                    "host %s step %s: %s; retrying in %.1fs (attempt %d of %d)",
+                    host,
+                    step,
+                    err,
+                    delay,
+                    attempt + 1,
+                    self._retries + 1,
+                )
                 self._sleep(delay)
                 continue
             finally:
                 slot.semaphore.release()
             data = parse_result(output, host=host, step=step)
-            return ScriptResult(host=host, step=step, data=data, output=output, warnings=warnings,
-                                attempts=attempt, duration_s=time.monotonic() - started)
+            return ScriptResult(
+                host=host,
+                step=step,
+                data=data,
+                output=output,
+                warnings=warnings,
+                attempts=attempt,
+                duration_s=time.monotonic() - started,
+            )
 
-    def _run_once(self, slot: _HostSlot, script: str, params: dict[str, Any], step: str, deadline: float,
-                  timeout_s: float) -> tuple[list[str], list[str]]:
+    def _run_once(
+        self,
+        slot: _HostSlot,
+        script: str,
+        params: dict[str, Any],
+        step: str,
+        deadline: float,
+        timeout_s: float,
+    ) -> tuple[list[str], list[str]]:
         host = slot.connection.host
         pool = self._checkout(slot, step)
         healthy = False
@@ -577,18 +727,22 @@ class SessionPool:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._stop(ps)
-                    raise ProviderError(f"timed out after {timeout_s:g}s; the script was stopped",
-                                        host=host, step=step)
+                    raise ProviderError(
+                        f"timed out after {timeout_s:g}s; the script was stopped", host=host, step=step
+                    )
                 try:
                     ps.poll_invoke(timeout=max(1, min(op_timeout, math.ceil(remaining))))
                 except Exception as err:
                     # the script may be running or done: its fate is unknown, so it is reported, not re-run
-                    raise self._fail(err, host, step, "waiting for the script", transient=_is_transient(err)) \
-                        from err
+                    raise self._fail(
+                        err, host, step, "waiting for the script", transient=_is_transient(err)
+                    ) from err
             errors = list(ps.streams.error)
             if ps.state != PSInvocationState.COMPLETED or ps.had_errors or errors:
-                details = "; ".join(describe_error_record(e) for e in errors) or \
-                    f"pipeline ended in state {ps.state}"
+                details = (
+                    "; ".join(describe_error_record(e) for e in errors)
+                    or f"pipeline ended in state {ps.state}"
+                )
                 healthy = ps.state in (PSInvocationState.COMPLETED, PSInvocationState.FAILED)
                 if healthy:
                     _close_pipeline(ps)
@@ -626,7 +780,5 @@ def _close_quietly(pool: RunspacePool) -> None:
         pool.close()
     except (WinRMError, requests.exceptions.RequestException, OSError) as err:
         log.debug("closing a runspace pool failed (it is dropped anyway): %s", redact(str(err)))
-    try:
+    with suppress(requests.exceptions.RequestException, OSError):
         pool.connection.close()
-    except (requests.exceptions.RequestException, OSError):
-        pass

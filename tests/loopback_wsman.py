@@ -117,6 +117,7 @@ class LoopbackWSMan:
         self.peak_running = 0
         self._drop: dict[str | None, int] = {}
         self._http_errors: dict[str | None, tuple[int, int]] = {}
+        self._http_error_body = b""
         self._serializer_lock = threading.Lock()
         self._object_id = 0
         self._closing = threading.Event()
@@ -132,10 +133,13 @@ class LoopbackWSMan:
         with self.lock:
             self._drop[action] = count
 
-    def http_errors(self, count: int, status: int = 503, action: str | None = None) -> None:
-        """Answer the next ``count`` requests with a bare HTTP ``status`` (no WSMan fault inside)."""
+    def http_errors(
+        self, count: int, status: int = 503, action: str | None = None, body: bytes = b"Service Unavailable"
+    ) -> None:
+        """Answer the next ``count`` requests with a bare HTTP ``status`` and ``body`` (no WSMan fault)."""
         with self.lock:
             self._http_errors[action] = (count, status)
+            self._http_error_body = body
 
     def count(self, action: str) -> int:
         with self.lock:
@@ -216,14 +220,20 @@ class LoopbackWSMan:
                 return None, b""
             status = self._take(self._http_errors, action)
         if status:
-            return status, b"<html>service unavailable</html>"
+            return status, self._http_error_body
         body_el = request.find(_q(S, "Body"))
         handlers = {
-            "Create": self._create, "Receive": self._receive, "Command": self._command, "Send": self._send,
-            "Signal": self._signal, "Delete": self._delete,
+            "Create": self._create,
+            "Receive": self._receive,
+            "Command": self._command,
+            "Send": self._send,
+            "Signal": self._signal,
+            "Delete": self._delete,
         }
         if action not in handlers:
-            return self._fault(message_id, 2150858771, f"action {action} not supported by the loopback endpoint")
+            return self._fault(
+                message_id, 2150858771, f"action {action} not supported by the loopback endpoint"
+            )
         return handlers[action](message_id, shell_id, body_el, op_timeout)
 
     def _envelope(self, action: str, relates_to: str, body_children: list[ET.Element]) -> bytes:
@@ -266,14 +276,21 @@ class LoopbackWSMan:
             self._object_id += 1
             object_id = self._object_id
         data = ET.tostring(element, encoding="utf-8", method="xml")
-        payload = (struct.pack("<II", Destination.CLIENT, MessageType.PIPELINE_OUTPUT) + uuid.UUID(rpid).bytes_le
-                   + uuid.UUID(pid).bytes_le)
+        payload = (
+            struct.pack("<II", Destination.CLIENT, MessageType.PIPELINE_OUTPUT)
+            + uuid.UUID(rpid).bytes_le
+            + uuid.UUID(pid).bytes_le
+        )
         return Fragment(object_id, 0, payload + data, True, True).pack()
 
     @staticmethod
     def _error_record(spec: ErrorSpec) -> ErrorRecordMessage:
         exception = GenericComplexObject()
-        exception.types = ["System.Management.Automation.RuntimeException", "System.Exception", "System.Object"]
+        exception.types = [
+            "System.Management.Automation.RuntimeException",
+            "System.Exception",
+            "System.Object",
+        ]
         exception.adapted_properties = {"Message": spec.message}
         exception.to_string = spec.message
         record = ErrorRecordMessage(exception=exception)
@@ -301,7 +318,9 @@ class LoopbackWSMan:
         return fragments
 
     # -- actions
-    def _create(self, message_id: str, _shell_id: str | None, body: ET.Element, _t: float) -> tuple[int, bytes]:
+    def _create(
+        self, message_id: str, _shell_id: str | None, body: ET.Element, _t: float
+    ) -> tuple[int, bytes]:
         shell_el = body.find(_q(RSP, "Shell"))
         creation = shell_el.find(_q(PS_NS, "creationXml"))
         fragments = self._parse_fragments(base64.b64decode(creation.text))
@@ -329,15 +348,17 @@ class LoopbackWSMan:
         ET.SubElement(shell_info, _q(RSP, "ShellId")).text = shell_id
         ET.SubElement(shell_info, _q(RSP, "ResourceUri")).text = f"{PS_NS}/Microsoft.PowerShell"
         ET.SubElement(shell_info, _q(RSP, "State")).text = "Connected"
-        return 200, self._envelope("http://schemas.xmlsoap.org/ws/2004/09/transfer/CreateResponse", message_id,
-                                   [created, shell_info])
+        return 200, self._envelope(
+            "http://schemas.xmlsoap.org/ws/2004/09/transfer/CreateResponse", message_id, [created, shell_info]
+        )
 
     def _shell(self, shell_id: str | None) -> _Shell | None:
         with self.lock:
             return self.shells.get(shell_id or "")
 
-    def _command(self, message_id: str, shell_id: str | None, body: ET.Element,
-                 _t: float) -> tuple[int, bytes]:
+    def _command(
+        self, message_id: str, shell_id: str | None, body: ET.Element, _t: float
+    ) -> tuple[int, bytes]:
         shell = self._shell(shell_id)
         if shell is None:
             return self._fault(message_id, 2150858843, "the shell does not exist")
@@ -356,12 +377,17 @@ class LoopbackWSMan:
     def _send(self, message_id: str, shell_id: str | None, body: ET.Element, _t: float) -> tuple[int, bytes]:
         shell = self._shell(shell_id)
         stream = body.find(f"{_q(RSP, 'Send')}/{_q(RSP, 'Stream')}")
-        pipe = shell.pipelines.get((stream.get("CommandId") or "").upper()) if shell and stream is not None \
+        pipe = (
+            shell.pipelines.get((stream.get("CommandId") or "").upper())
+            if shell and stream is not None
             else None
+        )
         if pipe is None:
             return self._fault(message_id, 2150858843, "Send for an unknown command")
         self._feed(shell, pipe, base64.b64decode(stream.text or ""))
-        return 200, self._envelope(SHELL_ACTION + "SendResponse", message_id, [ET.Element(_q(RSP, "SendResponse"))])
+        return 200, self._envelope(
+            SHELL_ACTION + "SendResponse", message_id, [ET.Element(_q(RSP, "SendResponse"))]
+        )
 
     def _feed(self, shell: _Shell, pipe: _Pipeline, data: bytes) -> None:
         """Collect CREATE_PIPELINE fragments; when the message is whole, decide what the pipeline does."""
@@ -394,8 +420,9 @@ class LoopbackWSMan:
             parameters[name] = Serializer().deserialize(arg.find("./MS/*[@N='V']"))
         return script, parameters
 
-    def _receive(self, message_id: str, shell_id: str | None, body: ET.Element,
-                 op_timeout: float) -> tuple[int, bytes]:
+    def _receive(
+        self, message_id: str, shell_id: str | None, body: ET.Element, op_timeout: float
+    ) -> tuple[int, bytes]:
         shell = self._shell(shell_id)
         if shell is None:
             return self._fault(message_id, 2150858843, "the shell does not exist")
@@ -406,7 +433,9 @@ class LoopbackWSMan:
                 chunks, shell.pending = shell.pending, []
             if not chunks:
                 self._closing.wait(op_timeout)
-                return self._fault(message_id, WSMAN_OPERATION_TIMEOUT, "The WS-Management operation timed out")
+                return self._fault(
+                    message_id, WSMAN_OPERATION_TIMEOUT, "The WS-Management operation timed out"
+                )
             return 200, self._receive_response(message_id, None, chunks, done=False)
         pipe = shell.pipelines.get(command_id.upper())
         if pipe is None or pipe.reply is None:
@@ -421,7 +450,9 @@ class LoopbackWSMan:
         chunks += [self._pack(shell.rpid, pipe.pid, WarningRecord(message=text)) for text in reply.warnings]
         chunks += [self._pack(shell.rpid, pipe.pid, self._error_record(spec)) for spec in reply.errors]
         if reply.failed is not None:
-            state = PipelineState(state=PSInvocationState.FAILED, error_record=self._error_record(reply.failed))
+            state = PipelineState(
+                state=PSInvocationState.FAILED, error_record=self._error_record(reply.failed)
+            )
         else:
             state = PipelineState(state=PSInvocationState.COMPLETED)
         chunks.append(self._pack(shell.rpid, pipe.pid, state))
@@ -434,8 +465,9 @@ class LoopbackWSMan:
                 pipe.done = True
                 self.running -= 1
 
-    def _receive_response(self, message_id: str, command_id: str | None, chunks: list[bytes],
-                          done: bool) -> bytes:
+    def _receive_response(
+        self, message_id: str, command_id: str | None, chunks: list[bytes], done: bool
+    ) -> bytes:
         response = ET.Element(_q(RSP, "ReceiveResponse"))
         for chunk in chunks:
             attrs = {"Name": "stdout"}
@@ -443,13 +475,19 @@ class LoopbackWSMan:
                 attrs["CommandId"] = command_id
             ET.SubElement(response, _q(RSP, "Stream"), attrs).text = base64.b64encode(chunk).decode("ascii")
         if command_id:
-            state = ET.SubElement(response, _q(RSP, "CommandState"), CommandId=command_id,
-                                  State=SHELL_ACTION + "CommandState/" + ("Done" if done else "Running"))
+            state = ET.SubElement(
+                response,
+                _q(RSP, "CommandState"),
+                CommandId=command_id,
+                State=SHELL_ACTION + "CommandState/" + ("Done" if done else "Running"),
+            )
             if done:
                 ET.SubElement(state, _q(RSP, "ExitCode")).text = "0"
         return self._envelope(SHELL_ACTION + "ReceiveResponse", message_id, [response])
 
-    def _signal(self, message_id: str, shell_id: str | None, body: ET.Element, _t: float) -> tuple[int, bytes]:
+    def _signal(
+        self, message_id: str, shell_id: str | None, body: ET.Element, _t: float
+    ) -> tuple[int, bytes]:
         shell = self._shell(shell_id)
         signal = body.find(_q(RSP, "Signal"))
         command_id = (signal.get("CommandId") or "").upper() if signal is not None else ""
@@ -460,8 +498,9 @@ class LoopbackWSMan:
         if pipe is not None:
             pipe.stopped.set()
             self._finish(pipe)
-        return 200, self._envelope(SHELL_ACTION + "SignalResponse", message_id,
-                                   [ET.Element(_q(RSP, "SignalResponse"))])
+        return 200, self._envelope(
+            SHELL_ACTION + "SignalResponse", message_id, [ET.Element(_q(RSP, "SignalResponse"))]
+        )
 
     def _delete(self, message_id: str, shell_id: str | None, _b: ET.Element, _t: float) -> tuple[int, bytes]:
         with self.lock:
@@ -472,4 +511,6 @@ class LoopbackWSMan:
             for pipe in shell.pipelines.values():
                 pipe.stopped.set()
                 self._finish(pipe)
-        return 200, self._envelope("http://schemas.xmlsoap.org/ws/2004/09/transfer/DeleteResponse", message_id, [])
+        return 200, self._envelope(
+            "http://schemas.xmlsoap.org/ws/2004/09/transfer/DeleteResponse", message_id, []
+        )
