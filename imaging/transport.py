@@ -449,9 +449,6 @@ def describe_error_record(record: object) -> str:
 class _Transient(Exception):
     """A failure before the script could have started: safe to retry on a fresh pool."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-
 
 def _transport_message(err: BaseException) -> str:
     if isinstance(err, requests.exceptions.ConnectTimeout):
@@ -561,6 +558,12 @@ class SessionPool:
         slot = self._slot(host)
         with slot.mount_lock:
             yield
+
+    def open_sessions(self, host: str) -> int:
+        """How many runspace pools to ``host`` are open right now (idle or in use)."""
+        slot = self._slot(host)
+        with slot.lock:
+            return len(slot.open_pools)
 
     def pools_opened(self, host: str) -> int:
         """How many runspace pools (remote shells) were opened to ``host`` so far."""

@@ -118,6 +118,8 @@ class LoopbackWSMan:
         self._drop: dict[str | None, int] = {}
         self._http_errors: dict[str | None, tuple[int, int]] = {}
         self._http_error_body = b""
+        self._faults: dict[str | None, tuple[int, int]] = {}
+        self._fault_text = ""
         self._serializer_lock = threading.Lock()
         self._object_id = 0
         self._closing = threading.Event()
@@ -140,6 +142,12 @@ class LoopbackWSMan:
         with self.lock:
             self._http_errors[action] = (count, status)
             self._http_error_body = body
+
+    def faults(self, count: int, code: int, text: str, action: str | None = None) -> None:
+        """Answer the next ``count`` requests with a genuine WSMan fault (HTTP 500 + SOAP fault)."""
+        with self.lock:
+            self._faults[action] = (count, code)
+            self._fault_text = text
 
     def count(self, action: str) -> int:
         with self.lock:
@@ -219,6 +227,9 @@ class LoopbackWSMan:
             if self._take(self._drop, action):
                 return None, b""
             status = self._take(self._http_errors, action)
+            fault_code = self._take(self._faults, action)
+        if fault_code:
+            return self._fault(message_id, fault_code, self._fault_text)
         if status:
             return status, self._http_error_body
         body_el = request.find(_q(S, "Body"))

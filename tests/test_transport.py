@@ -432,3 +432,79 @@ def test_passwords_never_reach_logs_or_errors(endpoint, caplog, monkeypatch):
         for k in range(3):  # inside a base64 blob at any alignment
             core = base64.b64encode(b"\0" * k + secret.encode())[4:-4].decode()
             assert core not in text
+
+
+def test_a_genuine_wsman_fault_is_reported_and_not_retried():
+    sleeps = Sleeps()
+    with LoopbackWSMan(ok) as ep:
+        ep.faults(1, code=5, text="Access is denied.", action="Create")
+        with (
+            SessionPool([loopback(ep.port)], credentials=CREDS, sleep=sleeps) as pool,
+            pytest.raises(
+                ProviderError, match="the host refused opening a session: .*Access is denied"
+            ) as err,
+        ):
+            pool.run_script("HV1", "x", step="preflight", timeout_s=30)
+        assert err.value.transient is False
+        assert ep.count("Create") == 1 and sleeps.delays == []
+
+
+def test_a_script_larger_than_one_envelope_arrives_whole_through_send(endpoint):
+    # bigger than the 500 KiB envelope pypsrp negotiates with a PSRP 2.3 server: needs Command + Send
+    script = "# padding\n" + "\n".join(f"$x{i} = '{'y' * 90}'" for i in range(8000)) + "\n'done'"
+    assert len(script) > 700_000
+    with SessionPool([loopback(endpoint.port)], credentials=CREDS) as pool:
+        res = pool.run_script("HV1", script, step="write_settings", timeout_s=30, parameters={"A": 1})
+    assert endpoint.count("Send") >= 1
+    assert endpoint.commands[0].script == script and endpoint.commands[0].parameters == {"A": 1}
+    assert res.data["echo"] == len(script)
+
+
+def test_close_deletes_every_shell_and_refuses_further_calls():
+    with LoopbackWSMan(lambda s, p: Reply(output=result_lines("{}"), delay_s=0.05)) as ep:
+        pool = SessionPool([loopback(ep.port, max_concurrent=3)], credentials=CREDS)
+        threads = [
+            threading.Thread(target=pool.run_script, args=("HV1", "x"), kwargs={"step": "s", "timeout_s": 30})
+            for _ in range(6)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        opened = pool.open_sessions("HV1")
+        assert 1 <= opened == ep.shells_created <= 3
+        pool.close()
+        assert pool.open_sessions("HV1") == 0
+        assert ep.shells_deleted == ep.shells_created
+        with pytest.raises(ProviderError, match="closed"):
+            pool.run_script("HV1", "x", step="s", timeout_s=5)
+
+
+def test_the_step_timeout_covers_waiting_for_a_free_session():
+    def respond(script, params):
+        return Reply(hang=True) if script == "hang" else ok(script, params)
+
+    with (
+        LoopbackWSMan(respond) as ep,
+        SessionPool([loopback(ep.port, max_concurrent=1, operation_timeout_s=1)], credentials=CREDS) as pool,
+    ):
+        started = threading.Event()
+        hung: list[BaseException] = []
+
+        def hang() -> None:
+            started.set()
+            try:
+                pool.run_script("HV1", "hang", step="wait_guest", timeout_s=3)
+            except ProviderError as err:
+                hung.append(err)
+
+        worker = threading.Thread(target=hang)
+        worker.start()
+        started.wait()
+        while not ep.commands:  # the hanging script holds the only session
+            threading.Event().wait(0.01)
+        with pytest.raises(ProviderError, match="waiting for a free session"):
+            pool.run_script("HV1", "quick", step="get_state", timeout_s=0.5)
+        worker.join()
+        assert len(hung) == 1 and "timed out" in str(hung[0])
+        assert [c.script for c in ep.commands] == ["hang"]
