@@ -27,11 +27,11 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from pypsrp.complex_objects import PSInvocationState
@@ -45,11 +45,14 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
 from .errors import InputError, ProviderError
+from .quoting import check_name, windows_command_line
 from .redaction import REDACTED, RedactingFilter, redact, register_secret
+from .winrs import CommandResult, WinRSSession
 
 __all__ = [
     "RESULT_BEGIN",
     "RESULT_END",
+    "CommandResult",
     "Connection",
     "Credentials",
     "RedactingFilter",
@@ -61,6 +64,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 RESULT_BEGIN = "<<<IMAGING-RESULT>>>"
 RESULT_END = "<<<END-IMAGING-RESULT>>>"
@@ -103,8 +107,6 @@ class Connection:
         )
 
     def __post_init__(self) -> None:
-        from .quoting import check_name
-
         check_name(self.host, field="host", file=self.source)
         if not isinstance(self.address, str) or not self._address_ok(self.address):
             raise self._bad(
@@ -497,6 +499,8 @@ class _HostSlot:
     mount_lock: threading.Lock = field(default_factory=threading.Lock)
     lock: threading.Lock = field(default_factory=threading.Lock)
     idle: list[RunspacePool] = field(default_factory=list)
+    idle_winrs: list[WinRSSession] = field(default_factory=list)
+    winrs_opened: int = 0
     open_pools: set[int] = field(default_factory=set)
     credentials: Credentials | None = None
     pools_opened: int = 0
@@ -542,8 +546,12 @@ class SessionPool:
         for slot in self._slots.values():
             with slot.lock:
                 pools, slot.idle = slot.idle, []
+                shells, slot.idle_winrs = slot.idle_winrs, []
             for pool in pools:
                 self._discard(slot, pool)
+            for shell in shells:
+                with suppress(Exception):
+                    shell.close()
 
     # -- per-host helpers
     def _slot(self, host: str) -> _HostSlot:
@@ -638,16 +646,72 @@ class SessionPool:
         ``parameters`` bind to the script's ``param()`` block as pipeline parameters, so secrets never
         appear in script text; wrap secret values in :class:`Secret` to have them redacted from logs.
         """
+        params = {k: (v.value if isinstance(v, Secret) else v) for k, v in (parameters or {}).items()}
+        started = time.monotonic()
+
+        def once(slot: _HostSlot, deadline: float) -> tuple[list[str], list[str]]:
+            return self._run_once(slot, script, params, step, deadline, timeout_s)
+
+        (output, warnings), attempts = self._with_retries(host, step, timeout_s, once)
+        data = parse_result(output, host=host, step=step)
+        return ScriptResult(
+            host=host,
+            step=step,
+            data=data,
+            output=output,
+            warnings=warnings,
+            attempts=attempts,
+            duration_s=time.monotonic() - started,
+        )
+
+    def run_command(
+        self,
+        host: str,
+        argv: Sequence[str],
+        *,
+        step: str = "run_command",
+        timeout_s: float = 60.0,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run one plain program over WinRS (pywinrm, a reused cmd shell); no PowerShell runspace.
+
+        ``argv`` is quoted by :func:`imaging.quoting.windows_command_line`, which refuses cmd.exe
+        metacharacters. With ``check`` a non-zero exit code is a :class:`ProviderError`.
+        """
+        command_line = windows_command_line(argv)
+        started = time.monotonic()
+
+        def once(slot: _HostSlot, deadline: float) -> tuple[bytes, bytes, int]:
+            return self._command_once(slot, command_line, step, deadline, timeout_s)
+
+        (out, err, code), attempts = self._with_retries(host, step, timeout_s, once)
+        result = CommandResult(
+            host=host,
+            step=step,
+            command_line=command_line,
+            stdout=redact(out.decode("utf-8", errors="replace")),
+            stderr=redact(err.decode("utf-8", errors="replace")),
+            exit_code=code,
+            attempts=attempts,
+            duration_s=time.monotonic() - started,
+        )
+        if check and code != 0:
+            tail = " | ".join(result.stderr.strip().splitlines()[-3:]) or "no error output"
+            raise ProviderError(f"{argv[0]} exited with code {code}: {tail}", host=host, step=step)
+        return result
+
+    def _with_retries(
+        self, host: str, step: str, timeout_s: float, once: Callable[[_HostSlot, float], _T]
+    ) -> tuple[_T, int]:
+        """Run ``once`` under the host's concurrency bound; retry only :class:`_Transient` failures."""
         if self._closed:
             raise ProviderError("the session pool is closed", host=host, step=step)
         slot = self._slot(host)
-        if not isinstance(timeout_s, int | float) or timeout_s <= 0:
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
             raise ProviderError(
                 f"timeout_s must be a positive number of seconds, got {timeout_s!r}", host=host, step=step
             )
-        params = {k: (v.value if isinstance(v, Secret) else v) for k, v in (parameters or {}).items()}
-        started = time.monotonic()
-        deadline = started + timeout_s
+        deadline = time.monotonic() + timeout_s
         attempt = 0
         while True:
             attempt += 1
@@ -660,7 +724,7 @@ class SessionPool:
                     step=step,
                 )
             try:
-                output, warnings = self._run_once(slot, script, params, step, deadline, timeout_s)
+                return once(slot, deadline), attempt
             except _Transient as err:
                 if attempt > self._retries:
                     raise ProviderError(
@@ -687,20 +751,55 @@ class SessionPool:
                     attempt + 1,
                     self._retries + 1,
                 )
-                self._sleep(delay)
-                continue
             finally:
                 slot.semaphore.release()
-            data = parse_result(output, host=host, step=step)
-            return ScriptResult(
-                host=host,
-                step=step,
-                data=data,
-                output=output,
-                warnings=warnings,
-                attempts=attempt,
-                duration_s=time.monotonic() - started,
-            )
+            self._sleep(delay)
+
+    def _command_once(
+        self, slot: _HostSlot, command_line: str, step: str, deadline: float, timeout_s: float
+    ) -> tuple[bytes, bytes, int]:
+        host = slot.connection.host
+        with slot.lock:
+            session = slot.idle_winrs.pop() if slot.idle_winrs else None
+        if session is None:
+            session = WinRSSession(slot.connection, self._credentials_for(slot))
+        healthy = False
+        try:
+            try:
+                if not session.is_open:
+                    session.open()
+                    with slot.lock:
+                        slot.winrs_opened += 1
+                command_id = session.start(command_line)
+            except Exception as err:
+                if _is_transient(err):
+                    raise _Transient(f"starting the command: {_transport_message(err)}") from err
+                raise self._fail(err, host, step, "starting the command") from err
+            try:
+                finished = session.wait(command_id, deadline)
+            except Exception as err:
+                raise self._fail(
+                    err, host, step, "waiting for the command", transient=_is_transient(err)
+                ) from err
+            if finished is None:
+                with suppress(Exception):
+                    session.finish(command_id)
+                raise ProviderError(
+                    f"timed out after {timeout_s:g}s; the command was stopped", host=host, step=step
+                )
+            try:
+                session.finish(command_id)
+                healthy = True
+            except Exception as err:  # noqa: BLE001 - the result stands; only the shell is not trusted
+                log.debug("ending a command failed, dropping its shell: %s", redact(str(err)))
+            return finished
+        finally:
+            if healthy and not self._closed:
+                with slot.lock:
+                    slot.idle_winrs.append(session)
+            else:
+                with suppress(Exception):
+                    session.close()
 
     def _run_once(
         self,
