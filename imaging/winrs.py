@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -59,6 +60,13 @@ def endpoint_url(connection: Connection) -> str:
     return f"{scheme}://{server}:{connection.port}/{connection.path}"
 
 
+def _ca_bundle(connection: Connection) -> str | None:
+    """The CA bundle to trust: the configured one, else the one requests would use (as pypsrp does)."""
+    if isinstance(connection.cert_validation, str):
+        return connection.cert_validation
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
+
 def protocol_kwargs(connection: Connection, credentials: Credentials) -> dict:
     """Keyword arguments for ``winrm.protocol.Protocol`` matching the connection's validated settings."""
     operation = max(1, math.ceil(connection.operation_timeout_s))
@@ -66,9 +74,7 @@ def protocol_kwargs(connection: Connection, credentials: Credentials) -> dict:
         "endpoint": endpoint_url(connection),
         "transport": _PYWINRM_AUTH[connection.auth],
         "server_cert_validation": "validate" if connection.cert_validation is not False else "ignore",
-        "ca_trust_path": connection.cert_validation
-        if isinstance(connection.cert_validation, str)
-        else "legacy_requests",
+        "ca_trust_path": _ca_bundle(connection),
         "operation_timeout_sec": operation,
         "read_timeout_sec": operation + max(10, math.ceil(connection.connect_timeout_s)),
         "message_encryption": "never" if connection.insecure_loopback else connection.message_encryption,

@@ -1,5 +1,8 @@
 """A loopback WS-Management + PSRP endpoint, just enough for pypsrp's RunspacePool and PowerShell.
 
+It also speaks the WinRS cmd shell (Create without creationXml, Command, Receive of stdout/stderr with an
+exit code, Signal, Delete) for pywinrm's ``run_command`` path, scripted through ``respond_command``.
+
 It listens on 127.0.0.1 (ephemeral port) over plain HTTP without authentication and answers:
 Create (a PowerShell shell: reads SESSION_CAPABILITY + INIT_RUNSPACEPOOL from creationXml), Receive on the
 shell (SESSION_CAPABILITY, APPLICATION_PRIVATE_DATA, RUNSPACEPOOL_STATE Opened), Command (CREATE_PIPELINE,
@@ -45,6 +48,7 @@ S, WSA, WSMAN, RSP = NAMESPACES["s"], NAMESPACES["wsa"], NAMESPACES["wsman"], NA
 WST, WSMANFAULT = NAMESPACES["wst"], NAMESPACES["wsmanfault"]
 PS_NS = "http://schemas.microsoft.com/powershell"
 SHELL_ACTION = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/"
+CMD_RESOURCE = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
 WSMAN_OPERATION_TIMEOUT = 2150858793
 
 
@@ -70,6 +74,16 @@ class Reply:
 
 
 @dataclass
+class CommandReply:
+    """What a plain (WinRS cmd shell) command does: print, exit with a code, or hang until stopped."""
+
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int = 0
+    hang: bool = False
+
+
+@dataclass
 class ReceivedCommand:
     shell_id: str
     command_id: str
@@ -84,6 +98,7 @@ class _Pipeline:
     pid: str
     buffer: bytes = b""
     reply: Reply | None = None
+    command_reply: CommandReply | None = None
     done: bool = False
     started: bool = False
     stopped: threading.Event = field(default_factory=threading.Event)
@@ -92,7 +107,7 @@ class _Pipeline:
 @dataclass
 class _Shell:
     shell_id: str
-    rpid: str
+    rpid: str | None  # None for a cmd (WinRS) shell
     pending: list[bytes] = field(default_factory=list)
     pipelines: dict[str, _Pipeline] = field(default_factory=dict)
 
@@ -104,8 +119,16 @@ def _q(ns: str, tag: str) -> str:
 class LoopbackWSMan:
     """Start with ``with LoopbackWSMan(respond) as ep:``; ``ep.port`` is the port; counters are public."""
 
-    def __init__(self, respond: Callable[[str, dict[str, Any]], Reply] | None = None) -> None:
+    def __init__(
+        self,
+        respond: Callable[[str, dict[str, Any]], Reply] | None = None,
+        respond_command: Callable[[str], CommandReply] | None = None,
+    ) -> None:
         self.respond = respond or (lambda script, params: Reply())
+        self.respond_command = respond_command or (lambda line: CommandReply())
+        self.command_lines: list[str] = []
+        self.cmd_shells_created = 0
+        self.cmd_shells_deleted = 0
         self.lock = threading.Lock()
         self.shells: dict[str, _Shell] = {}
         self.shells_created = 0
@@ -334,6 +357,8 @@ class LoopbackWSMan:
     ) -> tuple[int, bytes]:
         shell_el = body.find(_q(RSP, "Shell"))
         creation = shell_el.find(_q(PS_NS, "creationXml"))
+        if creation is None:
+            return self._create_cmd(message_id)
         fragments = self._parse_fragments(base64.b64decode(creation.text))
         types = [struct.unpack("<I", f.data[4:8])[0] for f in fragments if f.start]
         if types[:2] != [MessageType.SESSION_CAPABILITY, MessageType.INIT_RUNSPACEPOOL]:
@@ -363,6 +388,58 @@ class LoopbackWSMan:
             "http://schemas.xmlsoap.org/ws/2004/09/transfer/CreateResponse", message_id, [created, shell_info]
         )
 
+    def _create_cmd(self, message_id: str) -> tuple[int, bytes]:
+        shell_id = str(uuid.uuid4()).upper()
+        with self.lock:
+            self.shells[shell_id] = _Shell(shell_id, None)
+            self.cmd_shells_created += 1
+        created = ET.Element(_q(WST, "ResourceCreated"))
+        ET.SubElement(created, _q(WSA, "Address")).text = f"http://127.0.0.1:{self.port}/wsman"
+        ref = ET.SubElement(created, _q(WSA, "ReferenceParameters"))
+        ET.SubElement(ref, _q(WSMAN, "ResourceURI")).text = CMD_RESOURCE
+        selectors = ET.SubElement(ref, _q(WSMAN, "SelectorSet"))
+        ET.SubElement(selectors, _q(WSMAN, "Selector"), Name="ShellId").text = shell_id
+        return 200, self._envelope(
+            "http://schemas.xmlsoap.org/ws/2004/09/transfer/CreateResponse", message_id, [created]
+        )
+
+    def _command_cmd(self, message_id: str, shell: _Shell, line: ET.Element) -> tuple[int, bytes]:
+        text = line.findtext(_q(RSP, "Command")) or ""
+        arguments = line.findtext(_q(RSP, "Arguments"))
+        command_line = f"{text} {arguments}" if arguments else text
+        command_id = str(uuid.uuid4()).upper()
+        pipe = _Pipeline(shell.shell_id, command_id, command_id)
+        with self.lock:
+            self.command_lines.append(command_line)
+            shell.pipelines[command_id] = pipe
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+            pipe.started = True
+        pipe.command_reply = self.respond_command(command_line)
+        response = ET.Element(_q(RSP, "CommandResponse"))
+        ET.SubElement(response, _q(RSP, "CommandId")).text = command_id
+        return 200, self._envelope(SHELL_ACTION + "CommandResponse", message_id, [response])
+
+    def _receive_cmd(self, message_id: str, pipe: _Pipeline, op_timeout: float) -> tuple[int, bytes]:
+        reply = pipe.command_reply
+        if reply.hang:
+            pipe.stopped.wait(op_timeout)
+            return self._fault(message_id, WSMAN_OPERATION_TIMEOUT, "The WS-Management operation timed out")
+        response = ET.Element(_q(RSP, "ReceiveResponse"))
+        for name, text in (("stdout", reply.stdout), ("stderr", reply.stderr)):
+            attrs = {"Name": name, "CommandId": pipe.command_id}
+            ET.SubElement(response, _q(RSP, "Stream"), attrs).text = base64.b64encode(text.encode()).decode()
+            ET.SubElement(response, _q(RSP, "Stream"), {**attrs, "End": "true"})
+        state = ET.SubElement(
+            response,
+            _q(RSP, "CommandState"),
+            CommandId=pipe.command_id,
+            State=SHELL_ACTION + "CommandState/Done",
+        )
+        ET.SubElement(state, _q(RSP, "ExitCode")).text = str(reply.exit_code)
+        self._finish(pipe)
+        return 200, self._envelope(SHELL_ACTION + "ReceiveResponse", message_id, [response])
+
     def _shell(self, shell_id: str | None) -> _Shell | None:
         with self.lock:
             return self.shells.get(shell_id or "")
@@ -374,6 +451,8 @@ class LoopbackWSMan:
         if shell is None:
             return self._fault(message_id, 2150858843, "the shell does not exist")
         line = body.find(_q(RSP, "CommandLine"))
+        if shell.rpid is None:
+            return self._command_cmd(message_id, shell, line)
         command_id = line.get("CommandId") or str(uuid.uuid4()).upper()
         data = base64.b64decode(line.findtext(_q(RSP, "Arguments")) or "")
         pid = str(uuid.UUID(bytes_le=self._parse_fragments(data)[0].data[24:40]))
@@ -449,6 +528,8 @@ class LoopbackWSMan:
                 )
             return 200, self._receive_response(message_id, None, chunks, done=False)
         pipe = shell.pipelines.get(command_id.upper())
+        if pipe is not None and pipe.command_reply is not None:
+            return self._receive_cmd(message_id, pipe, op_timeout)
         if pipe is None or pipe.reply is None:
             return self._fault(message_id, 2150858843, "Receive for an unknown or unstarted command")
         reply = pipe.reply
@@ -516,7 +597,9 @@ class LoopbackWSMan:
     def _delete(self, message_id: str, shell_id: str | None, _b: ET.Element, _t: float) -> tuple[int, bytes]:
         with self.lock:
             shell = self.shells.pop(shell_id or "", None)
-            if shell is not None:
+            if shell is not None and shell.rpid is None:
+                self.cmd_shells_deleted += 1
+            elif shell is not None:
                 self.shells_deleted += 1
         if shell is not None:
             for pipe in shell.pipelines.values():

@@ -8,7 +8,7 @@ import logging
 import threading
 
 import pytest
-from loopback_wsman import ErrorSpec, LoopbackWSMan, Reply
+from loopback_wsman import CommandReply, ErrorSpec, LoopbackWSMan, Reply
 
 from imaging.errors import InputError, ProviderError
 from imaging.redaction import REDACTED
@@ -508,3 +508,59 @@ def test_the_step_timeout_covers_waiting_for_a_free_session():
         worker.join()
         assert len(hung) == 1 and "timed out" in str(hung[0])
         assert [c.script for c in ep.commands] == ["hang"]
+
+
+# ------------------------------------------------------------------------------- run_command over WinRS
+def test_run_command_runs_in_one_reused_cmd_shell():
+    def respond_command(line: str) -> CommandReply:
+        return CommandReply(stdout=f"ran {line}\r\n", exit_code=0)
+
+    with LoopbackWSMan(ok, respond_command) as ep:
+        with SessionPool([loopback(ep.port)], credentials=CREDS) as pool:
+            first = pool.run_command("HV1", ["whoami.exe", "/all"], timeout_s=20)
+            second = pool.run_command(
+                "HV1", [r"C:\Program Files (x86)\Tool\tool.exe", "a b\\", ""], step="get_state", timeout_s=20
+            )
+            assert ep.cmd_shells_created == 1
+            assert ep.shells_created == 0  # no PowerShell runspace was needed
+        assert ep.cmd_shells_deleted == 1
+    assert first.stdout == "ran whoami.exe /all\r\n" and first.exit_code == 0 and first.step == "run_command"
+    assert ep.command_lines[1] == '"C:\\Program Files (x86)\\Tool\\tool.exe" "a b\\\\" ""'
+    assert second.command_line == ep.command_lines[1]
+
+
+def test_run_command_non_zero_exit_is_an_error_unless_unchecked():
+    with (
+        LoopbackWSMan(ok, lambda line: CommandReply(stderr="Access is denied.\r\n", exit_code=5)) as ep,
+        SessionPool([loopback(ep.port)], credentials=CREDS) as pool,
+    ):
+        with pytest.raises(
+            ProviderError, match=r"host HV1 step icacls: icacls.exe exited with code 5: Access"
+        ):
+            pool.run_command("HV1", ["icacls.exe", r"D:\Imaging"], step="icacls", timeout_s=20)
+        res = pool.run_command("HV1", ["icacls.exe", r"D:\Imaging"], step="icacls", timeout_s=20, check=False)
+        assert res.exit_code == 5 and "Access is denied." in res.stderr
+        assert len(ep.command_lines) == 2  # a failed command is not retried
+
+
+def test_run_command_refuses_cmd_metacharacters_before_connecting(endpoint):
+    with SessionPool([loopback(endpoint.port)], credentials=CREDS) as pool:
+        for bad in ("a & del C:\\x", "%PATH%", "x|y", 'say "hi"', "a > b", "line\nbreak"):
+            with pytest.raises(InputError, match="cmd.exe would interpret"):
+                pool.run_command("HV1", ["echo.exe", bad], timeout_s=20)
+    assert endpoint.actions == []
+
+
+def test_run_command_retries_transient_failures_and_times_out_hanging_commands():
+    sleeps = Sleeps()
+    with LoopbackWSMan(ok, lambda line: CommandReply(hang=line == "hang.exe", stdout="ok")) as ep:
+        ep.drop_connections(1, action="Create")
+        with SessionPool(
+            [loopback(ep.port, operation_timeout_s=1)], credentials=CREDS, sleep=sleeps, jitter=lambda: 0.5
+        ) as pool:
+            assert pool.run_command("HV1", ["fine.exe"], timeout_s=20).attempts == 2
+            with pytest.raises(ProviderError, match="timed out after 1.5s; the command was stopped"):
+                pool.run_command("HV1", ["hang.exe"], timeout_s=1.5)
+            assert any(code.lower().endswith("signal/terminate") for code in ep.signals)
+            assert pool.run_command("HV1", ["fine.exe"], timeout_s=20).stdout == "ok"
+    assert sleeps.delays == [0.5]
