@@ -116,7 +116,7 @@ def check_relpath(value: object, *, field: str, file: str | None = None) -> str:
 # escape that works in every cmd.exe context, so arguments containing them are refused, never "repaired".
 _CMD_FORBIDDEN = set('%!^&|<>"\r\n\x00')
 # Characters that split or end an argument for cmd.exe or CommandLineToArgvW unless quoted.
-_CMD_NEEDS_QUOTES = set(" \t(),;=")
+_CMD_NEEDS_QUOTES = set(" \t(),;=\x0b\x0c\xa0\xff")
 
 
 def windows_command_line(argv: Sequence[str], *, field: str = "argv") -> str:
