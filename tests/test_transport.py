@@ -404,9 +404,9 @@ def test_passwords_never_reach_logs_or_errors(endpoint, caplog, monkeypatch):
     guest = "Guest-Secret-987"
     monkeypatch.setenv("IMAGING_HYPERV_HV1_USER", "svc-imaging")
     monkeypatch.setenv("IMAGING_HYPERV_HV1_PASSWORD", password)
-    for name in ("pypsrp", "requests", "urllib3", "imaging"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
     caplog.set_level(logging.DEBUG)
+    for name in ("pypsrp", "requests", "urllib3", "winrm", "imaging"):
+        caplog.set_level(logging.DEBUG, logger=name)  # restored after the test
     errors = []
     with SessionPool([loopback(endpoint.port)]) as pool:  # credentials from the environment
         pool.run_script(
@@ -501,8 +501,11 @@ def test_the_step_timeout_covers_waiting_for_a_free_session():
         worker = threading.Thread(target=hang)
         worker.start()
         started.wait()
-        while not ep.commands:  # the hanging script holds the only session
+        for _ in range(1000):  # until the hanging script holds the only session
+            if ep.commands:
+                break
             threading.Event().wait(0.01)
+        assert ep.commands, "the hanging script never started"
         with pytest.raises(ProviderError, match="waiting for a free session"):
             pool.run_script("HV1", "quick", step="get_state", timeout_s=0.5)
         worker.join()
