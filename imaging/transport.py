@@ -1,17 +1,19 @@
 """PowerShell remoting to Hyper-V hosts: safe connection settings, credentials, reused sessions, results.
 
-Why it looks like this (see docs/DESIGN.md "Lessons"):
+Why it looks like this (the design notes' "Lessons"):
 - one shell per call exhausts the server's shell quota, so runspace pools are opened once per host and
   reused; concurrency per host is bounded;
 - scripts return one JSON object between fixed markers; free text is never parsed;
-- only failures that happened before a script could have started are retried: a script that ran and
-  failed, or whose fate is unknown, is reported, never silently run again;
+- only transient connection failures (refused/reset, timeouts, bare HTTP 5xx) before a script was started
+  are retried, with exponential back-off and jitter, on a fresh session; a script that ran and failed, or
+  whose fate is unknown because the connection broke while it ran, is reported and never run again;
 - secrets never reach a log record or an error message.
 
 pypsrp's ``RunspacePool`` keeps unsynchronised per-call state (serializer reference maps, fragment
 counters), so one pool must not be driven by two threads at once. A host therefore gets up to
 ``max_concurrent`` pools, each opened lazily and reused one call at a time: sequential calls use exactly
-one shell, and a host never has more than ``max_concurrent`` shells open from us.
+one shell, and a host never has more than ``max_concurrent`` PowerShell shells open from us (plus, if
+``run_command`` is used, at most as many WinRS cmd shells).
 """
 
 from __future__ import annotations
@@ -72,9 +74,8 @@ RESULT_END = "<<<END-IMAGING-RESULT>>>"
 AUTH_METHODS = ("negotiate", "kerberos", "ntlm", "credssp", "certificate")
 ENCRYPTION_MODES = ("auto", "always", "never")
 LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
-# WSMan fault code for "the operation timed out": the server's answer to a long-poll Receive with no news.
-_WSMAN_OPERATION_TIMEOUT = 0x80338029
 _ADDRESS_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+_URL_PATH_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 
 
 # --------------------------------------------------------------------------------------------- connection
@@ -119,6 +120,12 @@ class Connection:
             raise self._bad(
                 "not a TCP port", "port", self.port, "use 5986 (WinRM over HTTPS) or another 1-65535"
             )
+        for flag in ("ssl", "allow_unvalidated_cert", "insecure_loopback"):
+            if not isinstance(getattr(self, flag), bool):
+                raise self._bad("must be true or false", flag, getattr(self, flag), "write true or false")
+        if not isinstance(self.path, str) or not _URL_PATH_RE.match(self.path):
+            raise self._bad("not a WinRM URL path", "path", self.path, "leave it at the default, wsman")
+        check_name(self.configuration_name, field=f"hosts.{self.host}.configuration_name", file=self.source)
         auth = str(self.auth).lower()
         if auth == "basic":
             raise self._bad(

@@ -567,3 +567,13 @@ def test_run_command_retries_transient_failures_and_times_out_hanging_commands()
             assert any(code.lower().endswith("signal/terminate") for code in ep.signals)
             assert pool.run_command("HV1", ["fine.exe"], timeout_s=20).stdout == "ok"
     assert sleeps.delays == [0.5]
+
+
+def test_flags_paths_and_configuration_names_are_checked():
+    with pytest.raises(InputError, match="hosts.HV1.ssl"):
+        Connection(host="HV1", address="hv1", ssl="yes")
+    with pytest.raises(InputError, match="hosts.HV1.path"):
+        Connection(host="HV1", address="hv1", path="../x?y")
+    with pytest.raises(InputError, match="configuration_name"):
+        Connection(host="HV1", address="hv1", configuration_name="bad name; rm")
+    assert Connection(host="HV1", address="hv1", configuration_name="Imaging.JEA").configuration_name
