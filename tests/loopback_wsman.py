@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import re
+import socket
 import struct
 import threading
 import uuid
@@ -150,7 +151,12 @@ class LoopbackWSMan:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, name="loopback-wsman", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="loopback-wsman",
+            daemon=True,
+        )
 
     # -- scripting the endpoint
     def drop_connections(self, count: int, action: str | None = None) -> None:
@@ -199,6 +205,11 @@ class LoopbackWSMan:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # headers and body go out in separate writes; without this Nagle + delayed ACK add ~40 ms
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
                 return
