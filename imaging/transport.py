@@ -107,8 +107,21 @@ class Connection:
             message, file=self.source, field=f"hosts.{self.host}.{field_name}", value=value, fix=fix
         )
 
+    @classmethod
+    def from_inventory(cls, host: Any, *, source: str | None = None, **overrides: Any) -> Connection:
+        """Settings from an inventory host entry (``imaging.inventory.Host``: name, address, port, ssl, auth,
+        cert_validation, max_concurrent); timeouts and the rest keep their defaults unless overridden."""
+        values: dict[str, Any] = {"host": host.name, "address": host.address, "source": source}
+        for name in ("port", "ssl", "auth", "cert_validation", "max_concurrent"):
+            if getattr(host, name, None) is not None:
+                values[name] = getattr(host, name)
+        values.update(overrides)
+        return cls(**values)
+
     def __post_init__(self) -> None:
         check_name(self.host, field="host", file=self.source)
+        if isinstance(self.address, str) and self.address.startswith("[") and self.address.endswith("]"):
+            self.address = self.address[1:-1]  # the inventory may bracket IPv6; the libraries add their own
         if not isinstance(self.address, str) or not self._address_ok(self.address):
             raise self._bad(
                 "not a host name or IP address",
@@ -158,10 +171,10 @@ class Connection:
         if (
             isinstance(self.max_concurrent, bool)
             or not isinstance(self.max_concurrent, int)
-            or not 1 <= self.max_concurrent <= 16
+            or not 1 <= self.max_concurrent <= 32
         ):
             raise self._bad(
-                "must be a whole number from 1 to 16",
+                "must be a whole number from 1 to 32",
                 "max_concurrent",
                 self.max_concurrent,
                 "use 2 unless the host's WinRM quotas were raised",

@@ -577,3 +577,24 @@ def test_flags_paths_and_configuration_names_are_checked():
     with pytest.raises(InputError, match="configuration_name"):
         Connection(host="HV1", address="hv1", configuration_name="bad name; rm")
     assert Connection(host="HV1", address="hv1", configuration_name="Imaging.JEA").configuration_name
+
+
+def test_connection_from_an_inventory_host_entry():
+    from types import SimpleNamespace
+
+    entry = SimpleNamespace(
+        name="HVHOST04",
+        address="[::1]",
+        port=5986,
+        ssl=True,
+        auth="kerberos",
+        cert_validation=True,
+        max_concurrent=3,
+        storage_root="E:\\Imaging",
+    )
+    conn = Connection.from_inventory(entry, source="instruments/hosts.yaml", operation_timeout_s=60)
+    assert (conn.host, conn.address, conn.auth, conn.max_concurrent) == ("HVHOST04", "::1", "kerberos", 3)
+    assert conn.operation_timeout_s == 60
+    entry.auth = "basic"
+    with pytest.raises(InputError, match=r"instruments/hosts.yaml: field 'hosts.HVHOST04.auth'"):
+        Connection.from_inventory(entry, source="instruments/hosts.yaml")
