@@ -161,3 +161,41 @@ def check_ntfs_name(value: object, *, field: str, file: str | None = None) -> st
         raise InputError(f"file name is {units} UTF-16 units long; NTFS allows 255", file=file,
                          field=field, value=value, fix="shorten it")
     return value
+
+# cmd.exe expands or redirects on these even inside double quotes (% and !), or outside them; there is no
+# escape that works in every cmd.exe context, so arguments containing them are refused, never "repaired".
+_CMD_FORBIDDEN = set('%!^&|<>"\r\n\x00')
+# Characters that split or end an argument for cmd.exe or CommandLineToArgvW unless quoted.
+_CMD_NEEDS_QUOTES = set(" \t(),;=\x0b\x0c\xa0\xff")
+
+
+def windows_command_line(argv: Sequence[str], *, field: str = "argv") -> str:
+    """Join ``argv`` into one Windows command line that cmd.exe passes on unchanged and that the program's
+    CommandLineToArgvW splits back into exactly ``argv``.
+
+    WinRS runs commands through ``cmd /c``; arguments with cmd.exe metacharacters are refused.
+    """
+    if isinstance(argv, str) or not isinstance(argv, Sequence) or not argv:
+        raise InputError("a command needs a non-empty list of arguments", field=field, value=argv,
+                         fix="pass the program and its arguments as a list of strings")
+    parts = []
+    for i, arg in enumerate(argv):
+        if not isinstance(arg, str):
+            raise InputError("arguments must be strings", field=f"{field}[{i}]", value=arg,
+                             fix="convert the value to a string first")
+        bad = sorted(set(arg) & _CMD_FORBIDDEN)
+        if bad:
+            raise InputError(f"argument contains characters cmd.exe would interpret: {''.join(bad)!r}",
+                             field=f"{field}[{i}]", value=arg,
+                             fix="run it as a PowerShell script with parameters instead")
+        if i == 0 and (not arg or arg.endswith("\\")):
+            raise InputError("not a program name", field=f"{field}[0]", value=arg,
+                             fix=r"give the program name or full path, e.g. C:\Windows\System32\whoami.exe")
+        if arg and not set(arg) & _CMD_NEEDS_QUOTES:
+            parts.append(arg)
+            continue
+        # inside quotes, backslashes only matter before a quote: double the trailing run so the closing
+        # quote stays a quote
+        trailing = len(arg) - len(arg.rstrip("\\"))
+        parts.append('"' + arg + "\\" * trailing + '"')
+    return " ".join(parts)
