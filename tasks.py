@@ -59,14 +59,16 @@ class StepPrinter:
         self.started = time.monotonic()
 
     def __call__(self, ev: Any) -> None:
-        label = "undo" if ev.phase == "undo" else f"{ev.index + 1:2d}/{ev.total}"
+        label = {"undo": "undo", "stage": "stage"}.get(ev.phase, f"{ev.index + 1:2d}/{ev.total}")
         if ev.ok is None:
             if sys.stdout.isatty():
                 console.print(f"[dim]{ev.instrument} {label} … {ev.step.summary}[/]", end="\r")
             return
         mark = "[green]ok[/]" if ev.ok else "[bold red]FAILED[/]"
+        from imaging.steps import CHECK_ACTIONS
+
         extra = ""
-        if ev.result and not ev.result.get("changed", True):
+        if ev.result and not ev.result.get("changed", True) and ev.step.action not in CHECK_ACTIONS:
             extra = " [dim](already done)[/]"
         if ev.result and ev.step.action == "rescue_user_files" and ev.result.get("files"):
             extra += "\n      rescued: " + ", ".join(ev.result["files"])
@@ -76,9 +78,17 @@ class StepPrinter:
                       soft_wrap=True)
 
 
-def _print_outcome(outcome: Any, instrument: str) -> None:
+def _print_outcome(outcome: Any, instrument: str, journal: Any = None) -> None:
     if outcome.ok:
         console.print(f"[bold green]{instrument}: done[/] in {outcome.seconds:.1f}s (operation {outcome.op_id})")
+        if journal is not None:
+            op = journal.operation(outcome.op_id)
+            changed = sum(1 for r in journal.steps(op.id) if r.phase == "do" and r.changed)
+            rescued = [f for r in journal.steps(op.id) if r.action == "rescue_user_files" and r.result
+                       for f in r.result.get("files", [])]
+            console.print(f"  {op.kind}: {op.from_release or 'nothing recorded'} -> {op.to_release}; "
+                          f"{changed} steps changed something; "
+                          + (f"{len(rescued)} user file(s) rescued to Var" if rescued else "no user files to rescue"))
         return
     err_console.print(f"[bold red]{instrument}: failed at {outcome.failed_step}[/]: {outcome.error}",
                       soft_wrap=True)
@@ -109,6 +119,9 @@ def status(c, json=False, instruments=""):  # noqa: ANN001
         last = f"{r.last_operation} {r.last_result}" if r.last_operation else ""
         table.add_row(r.instrument, r.host, r.vm, r.power, r.running or "-", r.desired or "?", last, r.pending)
     console.print(table)
+    for r in rows:
+        if r.hint:
+            console.print(f"{r.instrument}: {r.pending}: finish it with {r.hint}", soft_wrap=True)
 
 
 
@@ -175,7 +188,7 @@ def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False):  # n
             console.print("[dim]dry run: nothing was changed[/]")
             return
         outcome = operations.reimage(ctx, instrument, release, listener=StepPrinter(), allow_dirty=allow_dirty)
-        _print_outcome(outcome, ctx.inventory.instrument(instrument).name)
+        _print_outcome(outcome, ctx.inventory.instrument(instrument).name, ctx.journal)
 
 
 @task(help={"instrument": "the instrument whose interrupted operation should be finished"})

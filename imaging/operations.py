@@ -16,7 +16,7 @@ from . import layout, samples
 from .artifacts import ArtifactStore
 from .config import Paths
 from .errors import ArtifactError, ImagingError, InputError
-from .executor import Executor, Listener, Outcome, is_live
+from .executor import Executor, Listener, Outcome, StepEvent, is_live
 from .hashing import manifest_digest, sha256_bytes
 from .inventory import Instrument, Inventory, load_inventory
 from .journal import OK, RUNNING, Journal, Operation, who
@@ -215,7 +215,9 @@ def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Li
     if host.provider == "lab":
         publish(ctx, plan.to_release or "", inst.host)
     for s in stage_steps(ctx, plan.to_release or "", inst.host):
-        ctx.providers.run(s)  # idempotent: copies nothing when the images are already staged
+        res = ctx.providers.run(s)  # idempotent: copies nothing when the images are already staged
+        if listener and res.get("changed"):
+            listener(StepEvent(inst.name, "stage", 0, 0, s, ok=True, result=res))
     outcome = ctx.executor(listener).execute(plan, op_id=op_id, batch=batch)
     if outcome.ok:
         retire_old_generations(ctx, inst)

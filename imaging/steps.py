@@ -35,6 +35,9 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "write_record": ("vm", "record"),
 }
 
+# Actions that only look and never change anything (their "changed" is always false).
+CHECK_ACTIONS = frozenset({"preflight", "get_state", "wait_guest", "health_check"})
+
 
 @dataclass(frozen=True)
 class Step:

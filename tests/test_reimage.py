@@ -183,7 +183,8 @@ def test_killed_at_every_step_then_rollback_restores(project: Path, index: int) 
         operations.reimage(ctx_for(project, fault=fail_nth_plan_step(index, actions, Crash)), "ZOOM", "2026C3.0")
     inst = ctx.inventory.instrument("ZOOM")
     [row] = fleet_status(ctx, ["ZOOM"])
-    assert "invoke resume --instrument=ZOOM" in row.pending and "invoke rollback --instrument=ZOOM" in row.pending
+    assert "interrupted reimage" in row.pending
+    assert "invoke resume --instrument=ZOOM" in row.hint and "invoke rollback --instrument=ZOOM" in row.hint
     with pytest.raises(ImagingError, match="interrupted"):
         operations.reimage(ctx_for(project), "ZOOM")
     op = operations.interrupted(ctx, inst)

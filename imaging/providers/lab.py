@@ -13,6 +13,7 @@ import os
 import shutil
 import tarfile
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,44 @@ def faults_from_env(spec: str | None) -> FaultHook | None:
     return hook
 
 
+def _changed_files(root: str, template: str, skip: set[str]) -> list[str]:
+    """Files under ``root`` that its template lacks or holds with other bytes (links are not followed).
+
+    Unchanged files of a clone are hard links to the template's, so a folder costs two directory reads
+    (the inode numbers come with the entries) and only files that differ are hashed.
+    """
+    found: list[str] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        tdir = os.path.join(template, rel_dir) if rel_dir else template
+        try:
+            with os.scandir(tdir) as it:
+                twins = {e.name: e for e in it}
+        except (FileNotFoundError, NotADirectoryError):
+            twins = {}
+        with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
+            for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if rel.lower() in skip or entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(rel)
+                    continue
+                twin = twins.get(entry.name)
+                if twin is None or not twin.is_file(follow_symlinks=False):
+                    found.append(rel)
+                    continue
+                if entry.inode() == twin.inode():
+                    continue  # still the template's own file (clones live on the template's file system)
+                a, b = entry.stat(follow_symlinks=False), twin.stat(follow_symlinks=False)
+                if (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev):
+                    continue
+                if a.st_size != b.st_size or sha256_file(Path(entry.path)) != sha256_file(Path(twin.path)):
+                    found.append(rel)
+    return sorted(found)
+
+
 class LabProvider:
     """Steps carried out on ``lab`` (a folder). Thread-safe: a host's VM and disk records change under that
     host's lock, so instruments on different hosts proceed in parallel, as on real hosts."""
@@ -61,9 +100,16 @@ class LabProvider:
         self.fault = fault
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
+        self._purger: threading.Thread | None = None
+        self._purge_again = False
+        if (self.lab / ".trash").exists():
+            self._start_purge()
 
     def close(self) -> None:
-        """Nothing to release: the lab holds no sessions."""
+        """The lab holds no sessions; wait for deleted disks to be freed."""
+        purger = self._purger
+        if purger is not None:
+            purger.join()
 
     # --- paths ---------------------------------------------------------------------------------------
     def path(self, host: str, winpath: str) -> Path:
@@ -291,8 +337,34 @@ class LabProvider:
         if meta.get("attached_to"):
             raise ProviderError(f"refusing to delete {path}: attached to {meta['attached_to']}", host=host,
                                 step="delete_disk")
-        shutil.rmtree(d)
+        self._discard(d)
         return {"changed": True}
+
+    def _discard(self, d: Path) -> None:
+        """Delete a disk folder the way Hyper-V deletes a file: at once. The lab renames it into a trash
+        folder (one rename) and frees the space in the background; leftovers are purged on the next start."""
+        trash = self.lab / ".trash"
+        trash.mkdir(exist_ok=True)
+        os.replace(d, trash / f"{d.name}.{uuid.uuid4().hex[:8]}")
+        self._start_purge()
+
+    def _start_purge(self) -> None:
+        with self._locks_guard:
+            if self._purger is not None and self._purger.is_alive():
+                self._purge_again = True
+                return
+            self._purge_again = False
+            self._purger = threading.Thread(target=self._purge, name="lab-trash", daemon=True)
+            self._purger.start()
+
+    def _purge(self) -> None:
+        while True:
+            for entry in list((self.lab / ".trash").glob("*")):
+                shutil.rmtree(entry, ignore_errors=True)
+            with self._locks_guard:
+                if not self._purge_again:
+                    return
+                self._purge_again = False
 
     def _do_attach_disk(self, host: str, vm: str, slot: int, path: str) -> dict:
         rec = self._vm(host, vm, step="attach_disk")
@@ -369,27 +441,8 @@ class LabProvider:
         if listing.exists():
             return {"changed": False, "files": read_json(listing)["files"]}
         skip = {"/".join(guest_rel(x)).lower() for x in exclude} | {"volumes"}
-        root, tpl = os_dir / "content", tpl_dir / "content"
-        found: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-            rel_dir = "" if rel_dir == "." else rel_dir
-            dirnames[:] = [d for d in dirnames
-                           if f"{rel_dir}/{d}".lstrip("/").lower() not in skip
-                           and not os.path.islink(os.path.join(dirpath, d))]
-            for f in filenames:
-                rel = f"{rel_dir}/{f}".lstrip("/")
-                full = Path(dirpath) / f
-                if rel.lower() in skip or full.is_symlink():
-                    continue
-                twin = tpl / rel
-                if twin.exists():
-                    a, b = full.stat(), twin.stat()
-                    if (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev):
-                        continue  # still the template's own file
-                    if a.st_size == b.st_size and sha256_file(full) == sha256_file(twin):
-                        continue
-                found.append(rel)
+        found = _changed_files(str(os_dir / "content"), str(tpl_dir / "content"), skip)
+        root = os_dir / "content"
         if not found:
             return {"changed": False, "files": []}
         for rel in found:
