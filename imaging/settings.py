@@ -180,7 +180,7 @@ def _read_source(repo: Path, ref: str, subdir: str, allow_dirty: bool,
     commit = gitrepo.resolve_commit(top, ref)
     dirty: list[str] = []
     if commit == gitrepo.head_commit(top):
-        dirty = gitrepo.dirty_paths(top, [f":(top){rel_sub}" if rel_sub else ":(top)."])
+        dirty = gitrepo.dirty_paths(top, [rel_sub or "."])
     if dirty and not allow_dirty:
         shown = ", ".join(dirty[:8]) + (" ..." if len(dirty) > 8 else "")
         raise InputError(f"{what} has uncommitted changes: {shown}", file=str(top / rel_sub),
@@ -202,7 +202,7 @@ def _read_overlay(settings_repo: Path, vm: str, allow_dirty: bool) -> tuple[dict
                          value=vm, fix=f"create it: git -C {repo} branch {vm} <base> (one branch per VM)")
     checked_out = vm in gitrepo.checked_out_branches(repo)
     if checked_out and gitrepo.resolve_commit(repo, "HEAD") == gitrepo.resolve_commit(repo, f"refs/heads/{vm}"):
-        dirty = gitrepo.dirty_paths(repo, [":(top)."])
+        dirty = gitrepo.dirty_paths(gitrepo.toplevel(repo), ["."])
         if dirty and not allow_dirty:
             raise InputError(f"branch {vm} of the settings repository has uncommitted changes: "
                              + ", ".join(dirty[:8]), file=str(repo),
