@@ -228,6 +228,12 @@ def run_migrations(tree: Path, target: int, *, commit: Callable[[Migration, Path
     tree = Path(tree)
     current = read_version(tree)
     steps = plan_migrations(current, target, migrations)
+    if steps:
+        try:
+            check_tree(tree)
+        except MigrationError as exc:
+            raise InputError(f"the settings are already damaged before migrating: {exc}", file=str(tree),
+                             fix="repair the file (or capture the instrument's real version of it) first") from None
     done: list[str] = []
     for step in steps:
         try:

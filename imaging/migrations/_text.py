@@ -23,14 +23,14 @@ class MigrationError(ImagingError):
 @dataclass
 class Section:
     name: str | None  # None for the lines before the first section header
-    lines: list[str]  # the header (if any) and the body, without trailing blank lines
+    lines: list[str]  # the header (if any), the body and any blank lines after it, exactly as written
 
     def text(self) -> str:
         return "".join(line + "\n" for line in self.lines)
 
 
 def split_sections(text: str) -> list[Section]:
-    """Cut an ini file into sections, keeping every line as written (blank lines between them dropped)."""
+    """Cut an ini file into sections; joining them all again gives the file back unchanged."""
     sections: list[Section] = [Section(None, [])]
     for line in text.splitlines():
         m = _HEADER.match(line)
@@ -38,15 +38,13 @@ def split_sections(text: str) -> list[Section]:
             sections.append(Section(m.group("name").strip(), [line]))
         else:
             sections[-1].lines.append(line)
-    for s in sections:
-        while s.lines and not s.lines[-1].strip():
-            s.lines.pop()
     return [s for s in sections if s.lines]
 
 
 def join_sections(sections: list[Section]) -> str:
-    """Sections separated by one blank line, the file ending in a newline (the templates' layout)."""
-    return "\n".join(s.text() for s in sections)
+    """Put (some of) the sections back together as one file ending in exactly one newline."""
+    text = "".join(s.text() for s in sections)
+    return text.rstrip("\n").rstrip() + "\n" if text.strip() else ""
 
 
 def parse_ini(text: str, *, file: str) -> configparser.ConfigParser:
