@@ -1,0 +1,84 @@
+"""Benchmark: reimage one lab instrument (20,000-file OS template, 10,000-file Apps) against the floor.
+
+The floor is cloning the same two trees the same way (hard links) with nothing else: no plan, journal,
+backup, rescue, guest configuration or health check. Both are measured side by side, alternating, and
+the ratio of medians is printed. Images are staged once beforehand, as they are before a shutdown.
+
+    .venv/bin/python benchmarks/bench_reimage.py [--os-files 20000] [--apps-files 10000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from imaging import operations  # noqa: E402
+from imaging.config import Paths  # noqa: E402
+from imaging.providers.labfs import clone_tree  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--os-files", type=int, default=20000)
+    ap.add_argument("--apps-files", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="imaging-bench-") as tmp:
+        proj = Path(tmp) / "project"
+        proj.mkdir()
+        for name in ("instruments", "releases", "templates"):
+            shutil.copytree(ROOT / name, proj / name)
+        env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+               "GIT_COMMITTER_EMAIL": "b@b"}
+        for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
+            subprocess.run(["git", "-C", str(proj), *cmd], check=True, env=env)
+        ctx = operations.Context.load(Paths.from_env(proj))
+        ctx.sample_sizes = (args.os_files, args.apps_files)
+        inst = ctx.inventory.instrument("ZOOM")
+        release = operations.desired_release(ctx, inst)
+        t0 = time.perf_counter()
+        operations.stage(ctx, release, inst.host)
+        print(f"staging {args.os_files} + {args.apps_files} files once: {time.perf_counter() - t0:.2f} s")
+        assert operations.reimage(ctx, "ZOOM").ok  # first provisioning: creates the VM, Var and Data
+        os_img, apps_img = operations.artifacts_of(ctx, release, lab=True)
+        host = ctx.inventory.host_of(inst)
+        from imaging import layout
+
+        tpl = ctx.providers.lab.path(inst.host, layout.image_path(host, os_img.name, os_img.sha256)) / "content"
+        apps = ctx.providers.lab.path(inst.host, layout.image_path(host, apps_img.name, apps_img.sha256)) / "content"
+
+        reimage_times, floor_times = [], []
+        for r in range(args.rounds):
+            for which in (("reimage", "floor") if r % 2 == 0 else ("floor", "reimage")):
+                if which == "reimage":
+                    t0 = time.perf_counter()
+                    out = operations.reimage(ctx, "ZOOM")
+                    reimage_times.append(time.perf_counter() - t0)
+                    assert out.ok, out.error
+                else:
+                    dst = Path(tmp) / f"floor-{r}"
+                    t0 = time.perf_counter()
+                    clone_tree(tpl, dst / "os")
+                    clone_tree(apps, dst / "apps")
+                    floor_times.append(time.perf_counter() - t0)
+                    shutil.rmtree(dst)
+        ctx.close()
+    rm, fm = statistics.median(reimage_times), statistics.median(floor_times)
+    print(f"reimage (median of {args.rounds}): {rm:.3f} s   runs: {', '.join(f'{t:.3f}' for t in reimage_times)}")
+    print(f"floor   (median of {args.rounds}): {fm:.3f} s   runs: {', '.join(f'{t:.3f}' for t in floor_times)}")
+    print(f"ratio reimage/floor: {rm / fm:.2f}x (target: under 2x)")
+
+
+if __name__ == "__main__":
+    main()
