@@ -74,3 +74,14 @@ def dir_hash(path: Path) -> dict[str, str]:
     from imaging.hashing import tree_manifest
 
     return tree_manifest(path)
+
+
+def inv(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run an invoke task of this checkout against the project copy at ``project``."""
+    import sys
+
+    exe = Path(sys.executable).with_name("invoke")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "invoke"]
+    return subprocess.run([*cmd, "--search-root", str(ROOT), *args], capture_output=True, text=True,
+                          env={**os.environ, **GIT_ENV, "IMAGING_ROOT": str(project), "COLUMNS": "200"},
+                          timeout=300, check=False)
