@@ -243,12 +243,14 @@ def _jsonable(value: Any) -> Any:
 
 def render_settings(*, repo: Path, instrument: str, vm: str, variables: Mapping[str, Any], ref: str = "HEAD",
                     settings_repo: Path | None = None, allow_dirty: bool = False,
-                    templates_dir: str = TEMPLATES_DIR) -> RenderedSettings:
+                    templates_dir: str = TEMPLATES_DIR,
+                    overlay: Mapping[str, bytes] | None = None) -> RenderedSettings:
     """Render one instrument's settings from ``templates_dir`` of ``repo`` at ``ref``.
 
     ``variables`` holds the instrument's variables plus the builtins instrument, vm, host, group, release.
     Refuses uncommitted template changes unless ``allow_dirty`` (then the working tree is used and the
-    result is marked dirty).
+    result is marked dirty). ``overlay`` replaces the instrument branch by files held in memory (a dry run
+    of migrations that were not committed); such output is marked dirty, as no commit holds it.
     """
     sources, commit, dirty = _read_source(Path(repo), ref, templates_dir, allow_dirty, "the settings templates")
     if not sources:
@@ -258,9 +260,13 @@ def render_settings(*, repo: Path, instrument: str, vm: str, variables: Mapping[
     values = {**dict(variables), "instrument": instrument, "vm": vm}
     files = render_templates(sources, instrument=instrument, variables=values, prefix=templates_dir)
     overlay_info = None
-    if settings_repo is not None:
-        overlay, ocommit, odirty = _read_overlay(Path(settings_repo), vm, allow_dirty)
-        files = apply_overlay(files, overlay, version=version, source=f"{settings_repo}@{vm}")
+    if overlay is not None:
+        files = apply_overlay(files, overlay, version=version, source=f"{vm} (in memory)")
+        overlay_info = {"repo": None, "branch": vm, "commit": None, "dirty_paths": ["(in memory)"]}
+        dirty = dirty + [f"{vm}:(in memory)"]
+    elif settings_repo is not None:
+        branch_files, ocommit, odirty = _read_overlay(Path(settings_repo), vm, allow_dirty)
+        files = apply_overlay(files, branch_files, version=version, source=f"{settings_repo}@{vm}")
         overlay_info = {"repo": _repo_name(Path(settings_repo)), "branch": vm, "commit": ocommit,
                         "dirty_paths": odirty}
         dirty = dirty + [f"{vm}:{p}" for p in odirty]

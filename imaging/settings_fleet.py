@@ -6,15 +6,24 @@ functions of :mod:`imaging.settings` and :mod:`imaging.migrations`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import gitrepo, migrations
+from .drift import DriftCapture, DriftFound, DriftReport, capture_drift, detect_drift
 from .errors import ImagingError, InputError
 from .inventory import Instrument, Inventory
-from .settings import RenderedSettings, render_settings
+from .settings import (
+    PROVENANCE_FILE,
+    VERSION_FILE,
+    RenderedSettings,
+    parse_version,
+    render_settings,
+    rerender_from_provenance,
+)
 
 BUILTINS = ("instrument", "vm", "host", "group", "release")
 # Every instrument's `variables:` must define these (the templates have no default for them).
@@ -102,3 +111,105 @@ def migrate_instrument(inventory: Inventory, inst: Instrument, target: int, *,
     if inventory.settings_repo is None:
         return None
     return migrations.migrate_branch(inventory.settings_repo, inst.vm, target, dry_run=dry_run)
+
+
+# --- what a reimage does with settings ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeployedSettings:
+    """What the provider read from the instrument's current Settings volume (before it is replaced)."""
+
+    manifest: dict[str, Any]  # the volume's .imaging/manifest.json
+    files: dict[str, bytes]  # every file on the volume (posix relpaths)
+
+    @property
+    def version(self) -> int | None:
+        raw = self.files.get(VERSION_FILE)
+        return parse_version(raw, source="the Settings volume") if raw is not None else None
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        raw = self.files.get(PROVENANCE_FILE)
+        try:
+            return json.loads(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class ReimageSettings:
+    """Everything the reimage needs about settings, gathered before its plan is made."""
+
+    rendered: RenderedSettings  # what write_settings writes (files) and health_check expects (sha256)
+    drift: DriftReport | None  # None on a first deployment
+    captured: DriftCapture | None  # drift saved: a branch commit, or var_files the provider writes to Var first
+    migration: migrations.BranchMigration | None  # steps run on the settings branch (before_commit: rollback)
+    post_boot: list[migrations.PostBootStep]  # run in the guest after wait_guest; markers go on Var
+    deployed_version: int | None
+    target_version: int
+
+
+def prepare_reimage_settings(*, repo: Path, inventory: Inventory, inst: Instrument, release: str,
+                             settings_version: int | None, deployed: DeployedSettings | None,
+                             capture: bool = False, dry_run: bool = False, allow_dirty: bool = False,
+                             ref: str = "HEAD", post_boot_done: Iterable[str] = (),
+                             stamp: str | None = None) -> ReimageSettings:
+    """Drift check, drift capture, migrations, render: the settings half of a reimage, in that order.
+
+    Raises DriftFound (nothing changed) if the volume was edited and ``capture`` is off. With ``dry_run``
+    nothing is committed: migrations run in memory and the render uses their result.
+    ``settings_version`` is the version the release needs (None: the newest the migrations reach).
+    """
+    target = settings_version if settings_version is not None else migrations.latest_version()
+    report = captured = None
+    deployed_version = deployed.version if deployed else None
+    if deployed is not None:
+        before = None
+        if deployed.provenance:
+            before = rerender_from_provenance(repo, deployed.provenance, inventory.settings_repo)
+        report = detect_drift(deployed.manifest, deployed.files, deployed_files=before)
+        if not report.clean:
+            if not capture:
+                raise DriftFound(inst.name, report)
+            if deployed_version is None:
+                raise InputError("the Settings volume has no version file, so its drift cannot be filed",
+                                 field=VERSION_FILE, fix="copy the changed files off the volume by hand")
+            if not dry_run:
+                captured = capture_drift(report, deployed.files, instrument=inst.name, vm=inst.vm,
+                                         settings_repo=inventory.settings_repo, deployed_version=deployed_version,
+                                         stamp=stamp)
+    migration = None
+    overlay = None
+    if inventory.settings_repo is not None:
+        migration = migrations.migrate_branch(inventory.settings_repo, inst.vm, target, dry_run=dry_run)
+        if dry_run and migration.steps:
+            overlay, _ = migrations.migrate_files(
+                gitrepo.read_tree(inventory.settings_repo, f"refs/heads/{inst.vm}"), target)
+    rendered = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
+                               variables=instrument_variables(inst, release), ref=ref,
+                               settings_repo=inventory.settings_repo, allow_dirty=allow_dirty, overlay=overlay)
+    if rendered.version != target:
+        raise InputError(f"release {release} needs settings version {target}, but the templates at {ref} are at "
+                         f"version {rendered.version}", field="settings_version", value=target,
+                         fix="render from the git ref the release was made from, or update the release")
+    steps = []
+    if deployed_version is not None and deployed_version < target:
+        steps = migrations.post_boot_steps(deployed_version, target, rendered.files, set(post_boot_done))
+    return ReimageSettings(rendered=rendered, drift=report, captured=captured, migration=migration,
+                           post_boot=steps, deployed_version=deployed_version, target_version=target)
+
+
+def rollback_settings(inventory: Inventory, inst: Instrument, before_commit: str | None) -> str | None:
+    """Restore the instrument's settings branch as it was before a reimage's migrations (None: nothing to do).
+
+    The Settings volume itself is restored by the reimage's undo (the old disk is kept until it succeeds).
+    """
+    if inventory.settings_repo is None or not before_commit:
+        return None
+    def tree(ref: str) -> str:
+        return gitrepo.run_git(inventory.settings_repo, "rev-parse", f"{ref}^{{tree}}").decode().strip()
+
+    if tree(f"refs/heads/{inst.vm}") == tree(gitrepo.resolve_commit(inventory.settings_repo, before_commit)):
+        return None  # already as it was (a rollback run twice)
+    return migrations.restore_branch(inventory.settings_repo, inst.vm, before_commit)
