@@ -227,10 +227,12 @@ def temporary_worktree(repo: Path, ref: str) -> Iterator[Path]:
 
 
 def read_dir(root: Path) -> dict[str, bytes]:
-    """All regular files under ``root`` as {posix relpath: bytes} (a settings tree on disk)."""
+    """All regular files under ``root`` as {posix relpath: bytes} (a settings tree on disk), without ``.git``."""
     root = Path(root)
     out: dict[str, bytes] = {}
     for p in sorted(root.rglob("*")):
+        if p.relative_to(root).parts[0] == ".git":
+            continue  # a working tree's git metadata is never part of a settings tree
         if p.is_symlink():
             raise InputError("symbolic links are not allowed in a settings tree", file=str(p),
                              fix="replace the link by the file it points to")

@@ -210,8 +210,7 @@ def _read_overlay(settings_repo: Path, vm: str, allow_dirty: bool) -> tuple[dict
         if dirty:
             return gitrepo.read_dir(gitrepo.toplevel(repo)), gitrepo.resolve_commit(repo, vm), dirty
     commit = gitrepo.resolve_commit(repo, f"refs/heads/{vm}")
-    files = gitrepo.read_tree(repo, commit)
-    return {k: v for k, v in files.items() if not k.startswith(".git/")}, commit, []
+    return gitrepo.read_tree(repo, commit), commit, []
 
 
 def apply_overlay(rendered: dict[str, bytes], overlay: Mapping[str, bytes], *, version: int,

@@ -229,6 +229,7 @@ def test_a_dirty_checked_out_instrument_branch_is_refused(tmp_path: Path) -> Non
         render(repo, settings_repo=srepo)
     r = render(repo, settings_repo=srepo, allow_dirty=True)
     assert r.dirty and r.files["a.txt"] == b"edited\n"
+    assert not any(k.startswith(".git") for k in r.files)
 
 
 def test_what_was_deployed_can_be_rendered_again_from_its_provenance(tmp_path: Path) -> None:
