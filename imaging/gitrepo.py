@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ImagingError, InputError
-from .quoting import check_relpath
+from .quoting import check_name, check_relpath
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
@@ -63,6 +63,7 @@ def resolve_commit(repo: Path, ref: str) -> str:
 
 
 def branch_exists(repo: Path, branch: str) -> bool:
+    check_name(branch, field="branch", file=str(repo))
     out = run_git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}", check=False)
     return bool(out.strip())
 
@@ -161,6 +162,7 @@ def commit_files(repo: Path, branch: str, files: Mapping[str, bytes | None], mes
     a new root commit. The branch moves with a compare-and-swap, so a concurrent change is refused, not
     lost. Returns the new commit id (or the old one when nothing changed).
     """
+    check_name(branch, field="branch", file=str(repo))
     if branch in checked_out_branches(repo):
         raise InputError(f"branch {branch} is checked out in a worktree of {repo}", field="branch", value=branch,
                          fix="check out another branch there (settings branches are written by the tool)")
