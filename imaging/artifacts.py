@@ -1,0 +1,423 @@
+"""The content-addressed artifact store: OS templates, Apps masters and hotfix payloads, stored once.
+
+Layout under ``root``::
+
+    blobs/<sha256[:2]>/<sha256>     the bytes, read-only, named by their hash (so stored once)
+    manifests/<name>.json           name, kind, size, sha256, created, source, suffix
+    tmp/                            files being written; renamed into place only when complete
+
+Every byte is hashed in the same pass that copies it (no second read), with constant memory: a pair of
+reusable buffers, one hashed by a helper thread while the other is read and written (hashlib and file I/O
+both release the GIL, so on two cores hashing overlaps the copy). Files appear under their final name only
+through an atomic rename after fsync, so a crash leaves at worst a temporary file, never a half blob or a
+half staged image.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+import json
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ArtifactError, InputError
+from .quoting import check_name, check_sha256
+
+CHUNK = 4 * 1024 * 1024
+"""Bytes per read. 4 MiB keeps the hashing thread busy without hurting cache locality."""
+
+Progress = Callable[[int, int], None]
+"""``progress(done_bytes, total_bytes)``, called after every chunk (for the CLI's progress bars)."""
+
+_KIND_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_SUFFIX_RE = re.compile(r"^(\.[A-Za-z0-9]{1,10}){0,2}$")
+KNOWN_KINDS = ("os-template", "apps", "hotfix")
+
+
+class ArtifactManifest(BaseModel):
+    """What the store knows about one artifact; written once as ``manifests/<name>.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: str
+    size: int = Field(ge=0)
+    sha256: str
+    created: datetime
+    source: str | None = None
+    suffix: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _as_value_error(check_name, v, field="name")
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str) -> str:
+        return _as_value_error(check_sha256, v)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if not _KIND_RE.match(v):
+            raise ValueError(f"kind must be a short lower-case word such as {', '.join(KNOWN_KINDS)}")
+        return v
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, v: str) -> str:
+        if not _SUFFIX_RE.match(v):
+            raise ValueError("suffix must be empty or like '.vhdx' or '.tar.gz'")
+        return v
+
+    @property
+    def staged_name(self) -> str:
+        """File name on a host: ``<name>-<sha256[:12]><suffix>`` (unique per content, readable)."""
+        return f"{self.name}-{self.sha256[:12]}{self.suffix}"
+
+
+def _as_value_error(check: Callable[..., str], value: str, **kw: str) -> str:
+    try:
+        return check(value, **kw)
+    except InputError as e:
+        raise ValueError(str(e)) from None
+
+
+def _advise(fd: int, advice_name: str) -> None:
+    """Tell the kernel how we read (sequentially, once); harmless where unsupported."""
+    advice = getattr(os, advice_name, None)
+    if advice is not None and hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, advice)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (POSIX); Windows has no directory fsync and needs none."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pump(src: BinaryIO, dst: BinaryIO | None, digest: hashlib._Hash, *, done: int, total: int,
+          progress: Progress | None, limit: int | None = None) -> int:
+    """Copy ``src`` to ``dst`` (or only read, when ``dst`` is None) while feeding ``digest``.
+
+    Two reusable buffers: while a helper thread hashes one chunk, this thread writes it and reads the next
+    into the other buffer. Digest updates stay in order because each is awaited before the next is queued.
+    Returns the number of bytes moved; stops after ``limit`` bytes when given.
+    """
+    bufs = (bytearray(CHUNK), bytearray(CHUNK))
+    views = (memoryview(bufs[0]), memoryview(bufs[1]))
+    moved = 0
+    pending: Future[None] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
+        try:
+            i = 0
+            while limit is None or moved < limit:
+                view = views[i & 1]
+                if limit is not None and limit - moved < CHUNK:
+                    view = view[: limit - moved]
+                n = src.readinto(view)
+                if not n:
+                    break
+                chunk = view[:n]
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(digest.update, chunk)
+                if dst is not None:
+                    written = 0
+                    while written < n:  # raw files may write short
+                        written += dst.write(chunk[written:]) or 0
+                moved += n
+                i += 1
+                if progress is not None:
+                    progress(done + moved, total)
+        finally:
+            if pending is not None:
+                pending.result()
+    return moved
+
+
+def _hash_file(path: Path, *, progress: Progress | None = None) -> tuple[str, int]:
+    with open(path, "rb", buffering=0) as f:
+        _advise(f.fileno(), "POSIX_FADV_SEQUENTIAL")
+        h = hashlib.sha256()
+        size = os.fstat(f.fileno()).st_size
+        n = _pump(f, None, h, done=0, total=size, progress=progress)
+    return h.hexdigest(), n
+
+
+class ArtifactStore:
+    """Content-addressed store of immutable artifacts under one root folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.blobs = self.root / "blobs"
+        self.manifests = self.root / "manifests"
+        self.tmp = self.root / "tmp"
+
+    # --- layout ------------------------------------------------------------------------------------------
+
+    def _ensure_dirs(self) -> None:
+        for d in (self.blobs, self.manifests, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, sha256: str) -> Path:
+        check_sha256(sha256)
+        return self.blobs / sha256[:2] / sha256
+
+    def _manifest_path(self, name: str) -> Path:
+        return self.manifests / f"{check_name(name, field='name')}.json"
+
+    # --- adding ------------------------------------------------------------------------------------------
+
+    def add(self, path: Path, *, name: str, kind: str, source: str | None = None, suffix: str | None = None,
+            progress: Progress | None = None) -> ArtifactManifest:
+        """Store the file at ``path`` as artifact ``name`` in one streaming pass; return its manifest.
+
+        Artifacts are immutable: adding an existing name again is accepted only with identical content
+        (and returns the existing manifest); different content is refused. Content already stored under
+        another name is not stored twice. ``suffix`` defaults to the source file's suffix.
+        """
+        check_name(name, field="name")
+        path = Path(path)
+        if suffix is None:
+            suffix = path.suffix if _SUFFIX_RE.match(path.suffix) else ""
+        if not _KIND_RE.match(kind):
+            raise InputError("not an artifact kind", field="kind", value=kind,
+                             fix=f"use a short lower-case word such as {', '.join(KNOWN_KINDS)}")
+        if not _SUFFIX_RE.match(suffix):
+            raise InputError("not a file suffix", field="suffix", value=suffix, fix="use e.g. '.vhdx' or ''")
+        if not path.is_file():
+            raise InputError("artifact source file not found", file=str(path), fix="check the path")
+        self._ensure_dirs()
+
+        fd, tmp_name = tempfile.mkstemp(prefix=f"add-{name}-", dir=self.tmp)
+        tmp = Path(tmp_name)
+        try:
+            h = hashlib.sha256()
+            with open(path, "rb", buffering=0) as src, os.fdopen(fd, "wb", buffering=0) as out:
+                _advise(src.fileno(), "POSIX_FADV_SEQUENTIAL")
+                total = os.fstat(src.fileno()).st_size
+                size = _pump(src, out, h, done=0, total=total, progress=progress)
+                os.fsync(out.fileno())
+            sha = h.hexdigest()
+
+            existing = self._read_manifest(name) if self._manifest_path(name).exists() else None
+            if existing is not None:
+                if existing.sha256 != sha:
+                    raise ArtifactError(
+                        f"artifact {name} already exists with different content (stored sha256 "
+                        f"{existing.sha256}, new file {path} has {sha}); artifacts are immutable: "
+                        f"add it under a new name")
+                self._store_blob(tmp, sha, size)
+                return existing
+
+            self._store_blob(tmp, sha, size)
+            manifest = ArtifactManifest(name=name, kind=kind, size=size, sha256=sha,
+                                        created=datetime.now(UTC).replace(microsecond=0),
+                                        source=source if source is not None else str(path.resolve()),
+                                        suffix=suffix)
+            return self._publish_manifest(manifest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _store_blob(self, tmp: Path, sha: str, size: int) -> None:
+        """Move a complete, fsynced temp file to its blob path unless an intact-looking blob is there."""
+        blob = self.blob_path(sha)
+        try:
+            if blob.stat().st_size == size:
+                return  # already stored: keep one copy (verify() would catch a same-size corruption)
+            blob.chmod(stat.S_IRUSR | stat.S_IWUSR)  # wrong size: a damaged blob, replace it below
+        except FileNotFoundError:
+            pass
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.replace(tmp, blob)
+        _fsync_dir(blob.parent)
+
+    def _publish_manifest(self, manifest: ArtifactManifest) -> ArtifactManifest:
+        """Write the manifest without ever overwriting one (link fails if another add won the race)."""
+        final = self._manifest_path(manifest.name)
+        fd, tmp_name = tempfile.mkstemp(prefix=f"manifest-{manifest.name}-", dir=self.tmp)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp_name, final)
+            except FileExistsError:
+                other = self._read_manifest(manifest.name)
+                if other.sha256 != manifest.sha256:
+                    raise ArtifactError(f"artifact {manifest.name} was added concurrently with different "
+                                        f"content ({other.sha256}); artifacts are immutable") from None
+                return other
+            _fsync_dir(final.parent)
+            return manifest
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def _read_manifest(self, name: str) -> ArtifactManifest:
+        path = self._manifest_path(name)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact {name} is not in the store at {self.root}") from None
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"manifest {path} is not valid JSON: {e}") from None
+        try:
+            manifest = ArtifactManifest.model_validate(data)
+        except ValidationError as e:
+            raise ArtifactError(f"manifest {path} is invalid: {e.errors()[0]['msg']}") from None
+        if manifest.name != name:
+            raise ArtifactError(f"manifest {path} names artifact {manifest.name}, not {name}")
+        return manifest
+
+    def get(self, name: str) -> ArtifactManifest:
+        """The manifest of artifact ``name``; ArtifactError if absent."""
+        return self._read_manifest(name)
+
+    def list(self) -> builtins.list[ArtifactManifest]:
+        """All manifests, sorted by name."""
+        if not self.manifests.is_dir():
+            return []
+        return [self._read_manifest(p.stem) for p in sorted(self.manifests.glob("*.json"))]
+
+    def path_of(self, name: str, *, verify: bool = False) -> Path:
+        """The blob of ``name``. Always checks it exists with the right size (cheap); re-hashes it only
+        with ``verify=True`` (a full read), so callers pay for a hash where they rely on one."""
+        m = self.get(name)
+        blob = self.blob_path(m.sha256)
+        try:
+            size = blob.stat().st_size
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact {name}: blob {blob} is missing (expected sha256 {m.sha256}); "
+                                f"add the artifact again") from None
+        if size != m.size:
+            raise ArtifactError(f"artifact {name}: blob {blob} has {size} bytes, expected {m.size}; "
+                                f"it is damaged: add the artifact again from its source")
+        if verify:
+            self.verify(name)
+        return blob
+
+    def verify(self, name: str, *, progress: Progress | None = None) -> ArtifactManifest:
+        """Re-hash the blob; ArtifactError naming the artifact, expected and actual hash on mismatch."""
+        m = self.get(name)
+        blob = self.blob_path(m.sha256)
+        if not blob.is_file():
+            raise ArtifactError(f"artifact {name}: blob {blob} is missing (expected sha256 {m.sha256})")
+        actual, _ = _hash_file(blob, progress=progress)
+        if actual != m.sha256:
+            raise ArtifactError(f"artifact {name} is corrupted: expected sha256 {m.sha256}, actual {actual} "
+                                f"({blob}); add it again from its source")
+        return m
+
+    @contextlib.contextmanager
+    def open_verified(self, name: str) -> Iterator[BinaryIO]:
+        """Open the blob, hash it through the same open file, then hand it over rewound.
+
+        Hashing the very descriptor we return leaves no window in which another file could be swapped in
+        between the check and the use.
+        """
+        m = self.get(name)
+        blob = self.blob_path(m.sha256)
+        try:
+            f = open(blob, "rb")  # noqa: SIM115 - closed below, after the caller is done
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact {name}: blob {blob} is missing (expected sha256 {m.sha256})") \
+                from None
+        with f:
+            h = hashlib.sha256()
+            _pump(f, None, h, done=0, total=m.size, progress=None)
+            if h.hexdigest() != m.sha256:
+                raise ArtifactError(f"artifact {name} is corrupted: expected sha256 {m.sha256}, "
+                                    f"actual {h.hexdigest()} ({blob})")
+            f.seek(0)
+            yield f
+
+    # --- staging -----------------------------------------------------------------------------------------
+
+    def stage(self, name: str, dest_dir: Path, *, progress: Progress | None = None) -> Path:
+        """Copy artifact ``name`` into ``dest_dir`` as ``<name>-<sha256[:12]><suffix>``; return that path.
+
+        Idempotent: a staged file with the right size and hash is left alone (nothing copied); one with
+        the wrong size or hash is replaced. The copy is hashed while it is written and compared with the
+        manifest before an atomic rename, so a wrong file never appears under the final name; a corrupted
+        blob is therefore refused here too.
+
+        Resuming: a leftover ``<staged name>.partial`` is continued, not discarded. Its bytes are hashed
+        (a local read, cheaper than copying again), the copy carries on from its end, and the whole is
+        checked against the manifest. If a continued copy does not match, it is thrown away and copied
+        once more from the start; if a fresh copy does not match, the blob is corrupt and the staging fails.
+        """
+        m = self.get(name)
+        blob = self.path_of(name)  # exists with the right size
+        dest_dir = Path(dest_dir)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        final = dest_dir / m.staged_name
+        partial = dest_dir / (m.staged_name + ".partial")
+
+        if final.exists():
+            if final.stat().st_size == m.size and _hash_file(final)[0] == m.sha256:
+                if progress is not None:
+                    progress(m.size, m.size)
+                return final
+            _make_writable(final)
+            final.unlink()
+
+        resumed = partial.exists()
+        if resumed and partial.stat().st_size > m.size:
+            partial.unlink()
+            resumed = False
+        ok = self._copy_to_partial(m, blob, partial, progress=progress)
+        if not ok and resumed:
+            partial.unlink(missing_ok=True)
+            ok = self._copy_to_partial(m, blob, partial, progress=progress)
+        if not ok:
+            partial.unlink(missing_ok=True)
+            raise ArtifactError(f"artifact {name}: the copy to {final} does not match sha256 {m.sha256}; "
+                                f"the stored blob {blob} is corrupted: add the artifact again")
+        os.chmod(partial, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.replace(partial, final)
+        _fsync_dir(dest_dir)
+        return final
+
+    def _copy_to_partial(self, m: ArtifactManifest, blob: Path, partial: Path, *,
+                         progress: Progress | None) -> bool:
+        """Bring ``partial`` up to the full artifact (continuing what is there); True if the hash matches."""
+        h = hashlib.sha256()
+        with open(partial, "ab+", buffering=0) as out, open(blob, "rb", buffering=0) as src:
+            _advise(src.fileno(), "POSIX_FADV_SEQUENTIAL")
+            have = os.fstat(out.fileno()).st_size
+            if have:
+                out.seek(0)
+                _pump(out, None, h, done=0, total=m.size, progress=progress, limit=have)
+                src.seek(have)
+            _pump(src, out, h, done=have, total=m.size, progress=progress)
+            os.fsync(out.fileno())
+            size = os.fstat(out.fileno()).st_size
+        return size == m.size and h.hexdigest() == m.sha256
+
+
+def _make_writable(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
