@@ -236,6 +236,22 @@ def apply_overlay(rendered: dict[str, bytes], overlay: Mapping[str, bytes], *, v
     return out
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_variables(variables: Mapping[str, Any], instrument: str) -> None:
+    """Values land in one-line settings (ini keys, KEY=value lines, XML attributes): no line breaks or other
+    control characters, and only plain types, so no file format can be broken by a value."""
+    for name, value in variables.items():
+        where = {"file": f"instruments/fleet/{instrument}.yaml", "field": f"variables.{name}"}
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise InputError("line breaks and control characters are not allowed in a settings variable",
+                             value=value, fix="write the value on one line", **where)
+        if not isinstance(value, str | int | float | bool | type(None)):
+            raise InputError(f"a settings variable must be text, a number or true/false, not a "
+                             f"{type(value).__name__}", fix="give a plain value", **where)
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
@@ -256,6 +272,7 @@ def render_settings(*, repo: Path, instrument: str, vm: str, variables: Mapping[
         raise InputError(f"no settings templates found at {ref}", file=str(Path(repo) / templates_dir),
                          fix=f"commit the template set to {templates_dir}/")
     version = parse_version(sources.get(VERSION_FILE), source=f"{repo}/{templates_dir}")
+    check_variables(variables, instrument)
     values = {**dict(variables), "instrument": instrument, "vm": vm}
     files = render_templates(sources, instrument=instrument, variables=values, prefix=templates_dir)
     overlay_info = None

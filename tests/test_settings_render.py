@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from settings_support import GIT_ENV, commit_all, fleet, git, init_repo, project_repo, without_provenance
 
 from imaging.errors import InputError
@@ -255,3 +257,43 @@ def test_a_project_that_is_not_in_git_needs_allow_dirty(tmp_path: Path) -> None:
     r = render(plain, allow_dirty=True)
     assert r.dirty and r.provenance["commit"] is None
     assert re.match(r"^[0-9a-f]{64}$", r.sha256)
+
+
+def test_a_variable_with_a_line_break_or_a_list_is_refused_naming_file_and_field(tmp_path: Path) -> None:
+    repo = project_repo(tmp_path)
+    with pytest.raises(InputError, match=r"instruments/fleet/ZOOM.yaml: field 'variables.technique': line breaks"):
+        render(repo, variables={**ZOOM_VARS, "technique": "one\n[Injected]"})
+    with pytest.raises(InputError, match=r"field 'variables.detector_banks': a settings variable must be text"):
+        render(repo, variables={**ZOOM_VARS, "detector_banks": [1, 2]})
+
+
+_ONE_LINE = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_ONE_LINE)
+def test_any_one_line_value_renders_to_well_formed_files_that_read_back_the_value(tmp_path_factory, value) -> None:  # noqa: ANN001
+    import ast
+    import xml.etree.ElementTree as ET
+
+    repo = _shared_repo(tmp_path_factory)
+    r = render(repo, variables={**ZOOM_VARS, "sample_environment": value})
+    out = tmp_path_factory.mktemp("render")
+    for rel, data in r.files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    check_tree(out)
+    root = ET.fromstring(r.files["configurations/ioc/sample_environment.xml"])
+    assert root.find(".//macro[@name='DEVICE']").get("value") == value
+    tree = ast.parse(r.files["python/init_zoom.py"])
+    consts = {n.targets[0].id: n.value.value for n in tree.body if isinstance(n, ast.Assign)}
+    assert consts["SAMPLE_ENVIRONMENT"] == value
+
+
+_REPOS: dict[str, Path] = {}
+
+
+def _shared_repo(factory) -> Path:  # noqa: ANN001
+    if "repo" not in _REPOS:
+        _REPOS["repo"] = project_repo(factory.mktemp("shared"))
+    return _REPOS["repo"]
