@@ -208,7 +208,7 @@ def _read_overlay(settings_repo: Path, vm: str, allow_dirty: bool) -> tuple[dict
                              + ", ".join(dirty[:8]), file=str(repo),
                              fix="commit them, or pass --allow-dirty (the output is then marked dirty)")
         if dirty:
-            return gitrepo.read_dir(gitrepo.toplevel(repo)), gitrepo.resolve_commit(repo, vm), dirty
+            return gitrepo.read_dir(gitrepo.toplevel(repo)), gitrepo.resolve_commit(repo, f"refs/heads/{vm}"), dirty
     commit = gitrepo.resolve_commit(repo, f"refs/heads/{vm}")
     return gitrepo.read_tree(repo, commit), commit, []
 

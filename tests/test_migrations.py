@@ -265,3 +265,14 @@ def test_a_badly_declared_migration_is_refused_with_its_file_and_field(tmp_path:
                                        "def migrate(tree):\n    pass\n")
     with pytest.raises(InputError, match="do not form one chain"):
         discover(folder)
+
+
+def test_a_bug_in_a_migration_is_reported_as_that_step_failing(tmp_path: Path) -> None:
+    folder = tmp_path / "buggy"
+    folder.mkdir()
+    (folder / "m0001_buggy.py").write_text("FROM_VERSION = 1\nTO_VERSION = 2\nDESCRIPTION = 'buggy'\n"
+                                           "def migrate(tree):\n    return tree.nonexistent\n")
+    chain = discover(folder)
+    result = rehearse_all({"ZOOM": {VERSION_FILE: b"1\n"}}, 2, migrations=chain)[0]
+    assert not result.ok and "m0001_buggy" in result.error and "AttributeError" in result.error
+    assert result.from_version == 1

@@ -241,8 +241,10 @@ def run_migrations(tree: Path, target: int, *, commit: Callable[[Migration, Path
             if step.check:
                 step.check(tree)
             check_tree(tree)
-        except (MigrationError, InputError, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        except (MigrationError, InputError) as exc:
             raise MigrationFailed(step, read_version(tree), str(exc), done) from exc
+        except Exception as exc:  # a bug or an unexpected file in one step must not hide which step it was
+            raise MigrationFailed(step, read_version(tree), f"{type(exc).__name__}: {exc}", done) from exc
         write_version(tree, step.to_version)
         if commit is not None:
             commit(step, tree)
