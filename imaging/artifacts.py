@@ -292,6 +292,10 @@ class ArtifactStore:
             raise ArtifactError(f"manifest {path} names artifact {manifest.name}, not {name}")
         return manifest
 
+    def exists(self, name: str) -> bool:
+        """Whether an artifact of that name has been added (its content is verified when used)."""
+        return self._manifest_path(name).exists()
+
     def get(self, name: str) -> ArtifactManifest:
         """The manifest of artifact ``name``; ArtifactError if absent."""
         return self._read_manifest(name)

@@ -83,8 +83,11 @@ def desired_release(ctx: Context, inst: Instrument, override: str | None = None)
     return release
 
 
-def artifacts_of(ctx: Context, release: str, *, lab: bool) -> tuple[Artifact, Artifact]:
-    """The OS template and Apps image of a release, from the store; on the lab, made on first use."""
+def artifacts_of(ctx: Context, release: str, *, lab: bool, create: bool = True) -> tuple[Artifact, Artifact]:
+    """The OS template and Apps image of a release, from the store; on the lab, made on first use.
+
+    With ``create=False`` (dry runs) a missing lab sample is described but not stored.
+    """
     rel = ctx.releases[release]
     out = []
     for ref, kind in ((rel.os_template, "os-template"), (rel.apps, "apps")):
@@ -95,6 +98,10 @@ def artifacts_of(ctx: Context, release: str, *, lab: bool) -> tuple[Artifact, Ar
             os_files, apps_files = ctx.sample_sizes
             files = (samples.os_tree_files(ref.name, os_files) if kind == "os-template"
                      else samples.apps_tree_files(ref.name, rel.apps.version, apps_files))
+            if not create:
+                sha, size = samples.sample_identity(files)
+                out.append(Artifact(name=ref.name, sha256=sha, size=size, suffix=".tar"))
+                continue
             samples.ensure_sample(ctx.store, name=ref.name, kind=kind, files=files)
         man = ctx.store.get(ref.name)
         if ref.sha256 and ref.sha256 != man.sha256:
@@ -184,12 +191,12 @@ def render_for(ctx: Context, inst: Instrument, release: str, *, allow_dirty: boo
 
 
 def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_id: str | None = None,
-                     allow_dirty: bool = False) -> Plan:
-    """Gather the inputs (reading only) and compute the plan. Touches nothing."""
+                     allow_dirty: bool = False, dry_run: bool = True) -> Plan:
+    """Gather the inputs (reading only) and compute the plan. Touches nothing when ``dry_run``."""
     inst = ctx.inventory.instrument(name)
     host = ctx.inventory.host_of(inst)
     target = desired_release(ctx, inst, release)
-    os_img, apps_img = artifacts_of(ctx, target, lab=host.provider == "lab")
+    os_img, apps_img = artifacts_of(ctx, target, lab=host.provider == "lab", create=not dry_run)
     files, digest, commit = render_for(ctx, inst, target, allow_dirty=allow_dirty)
     return plan_reimage(ReimageInputs(
         inst=inst, host=host, release=target, apps_version=ctx.releases[target].apps.version,
@@ -203,7 +210,7 @@ def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Li
     inst = ctx.inventory.instrument(name)
     refuse_if_interrupted(ctx, inst)
     op_id = new_op_id()
-    plan = plan_for_reimage(ctx, name, release, op_id=op_id, allow_dirty=allow_dirty)
+    plan = plan_for_reimage(ctx, name, release, op_id=op_id, allow_dirty=allow_dirty, dry_run=False)
     host = ctx.inventory.host_of(inst)
     if host.provider == "lab":
         publish(ctx, plan.to_release or "", inst.host)

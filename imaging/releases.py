@@ -230,6 +230,10 @@ def load_release(path: Path) -> ReleaseDefinition:
     return rel
 
 
+# Files in releases/ that are not release definitions (labels live beside the releases they name).
+NOT_RELEASES = frozenset({"labels.yaml"})
+
+
 def load_releases(directory: Path) -> dict[str, ReleaseDefinition]:
     """Load every ``<id>.yaml`` in ``directory``; keyed by id string."""
     if not directory.is_dir():
@@ -240,7 +244,7 @@ def load_releases(directory: Path) -> dict[str, ReleaseDefinition]:
         if path.suffix == ".yml":
             raise InputError("release files must end in .yaml", file=str(path),
                              fix=f"rename it to {path.stem}.yaml")
-        if path.suffix != ".yaml":
+        if path.suffix != ".yaml" or path.name in NOT_RELEASES:
             continue
         rel = load_release(path)
         out[rel.id] = rel

@@ -85,3 +85,12 @@ def ensure_sample(store, *, name: str, kind: str, files: dict[str, bytes]):  # n
     with tempfile.TemporaryDirectory(prefix="imaging-sample-") as tmp:
         tar = write_tar(files, Path(tmp) / f"{name}.tar")
         return store.add(tar, name=name, kind=kind, source="generated lab sample", suffix=".tar")
+
+
+def sample_identity(files: dict[str, bytes]) -> tuple[str, int]:
+    """The sha256 and size the sample would have in the store, without storing it (for dry runs)."""
+    from .hashing import sha256_file
+
+    with tempfile.TemporaryDirectory(prefix="imaging-sample-") as tmp:
+        tar = write_tar(files, Path(tmp) / "sample.tar")
+        return sha256_file(tar), tar.stat().st_size

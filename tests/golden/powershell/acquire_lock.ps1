@@ -1,0 +1,84 @@
+# A step script rendered by imaging.powershell; every value in it came through ps_literal.
+Set-StrictMode -Version 3
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+
+function Write-ImagingResult {
+    # The only way a step reports: one compressed JSON line between two marker lines.
+    param([Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result)
+    $json = ConvertTo-Json -InputObject $Result -Depth 8 -Compress
+    Write-Output '<<<IMAGING-RESULT>>>'
+    Write-Output $json
+    Write-Output '<<<END-IMAGING-RESULT>>>'
+}
+
+function Write-ImagingFailure {
+    # A failed step still reports in the same frame, saying whether it had already changed something.
+    param(
+        [Parameter(Mandatory = $true)] [System.Management.Automation.ErrorRecord] $ErrorRecord,
+        [Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result
+    )
+    $where = ''
+    if ($null -ne $ErrorRecord.InvocationInfo) { $where = [string]$ErrorRecord.InvocationInfo.PositionMessage }
+    $Result['ok'] = $false
+    $Result['error'] = [string]$ErrorRecord.Exception.Message
+    $Result['where'] = $where
+    Write-ImagingResult -Result $Result
+}
+
+function Initialize-ImagingFolder {
+    # Creates a folder (and its parents) if it is missing; never touches an existing one.
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    if (-not (Test-Path -LiteralPath $Path -PathType Container)) {
+        New-Item -ItemType Directory -Path $Path -Force | Out-Null
+    }
+}
+
+function Get-ImagingSha256 {
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
+}
+
+$ImagingAction = 'acquire_lock'
+$Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
+try {
+    # Takes the instrument's lock file. Creation is atomic (CreateNew), so two operations cannot both win.
+    # Taking a lock this operation already holds is a no-op; a lock held by another is reported, not broken.
+    $Vm = 'NDXZOOM'
+    $LockPath = 'D:\Imaging\locks\NDXZOOM.lock'
+    $OpId = 'reimage-20261121-1930-ab12'
+    $Owner = 'jbloggs@ndw1234'
+    Initialize-ImagingFolder -Path (Split-Path -Path $LockPath -Parent)
+    $body = ConvertTo-Json -Compress -InputObject ([ordered]@{
+        vm = $Vm; op_id = $OpId; owner = $Owner; host = $env:COMPUTERNAME
+        since = [DateTime]::UtcNow.ToString('o')
+    })
+    $stream = $null
+    try { $stream = [System.IO.File]::Open($LockPath, [System.IO.FileMode]::CreateNew, [System.IO.FileAccess]::Write, [System.IO.FileShare]::None) }
+    catch {
+        # CreateNew failed: either the lock exists (held) or something else went wrong (rethrown).
+        if (-not (Test-Path -LiteralPath $LockPath -PathType Leaf)) { throw }
+        $stream = $null
+    }
+    if ($null -ne $stream) {
+        try {
+            $bytes = (New-Object System.Text.UTF8Encoding -ArgumentList $false).GetBytes($body)
+            $stream.Write($bytes, 0, $bytes.Length)
+        }
+        finally { $stream.Dispose() }
+        $Result['changed'] = $true
+    }
+    else {
+        $held = ConvertFrom-Json -InputObject ([System.IO.File]::ReadAllText($LockPath))
+        if ([string]$held.op_id -ne $OpId) {
+            $Result['ok'] = $false
+            $Result['held_by'] = $held
+            $Result['error'] = "instrument $Vm is locked by $($held.owner) (operation $($held.op_id)) since $($held.since)"
+        }
+    }
+    $Result['lock_path'] = $LockPath
+    Write-ImagingResult -Result $Result
+}
+catch {
+    Write-ImagingFailure -ErrorRecord $_ -Result $Result
+}

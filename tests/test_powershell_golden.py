@@ -1,0 +1,46 @@
+"""Every step script, rendered for the sample instrument NDXZOOM on HVHOST01 (storage root D:\\Imaging),
+must equal its reviewed golden file. After a deliberate template change, refresh and review the diff:
+
+    python -m imaging.powershell --refresh-golden tests/golden/powershell
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imaging.powershell import GOLDEN_INPUTS, refresh_golden, render_script
+from imaging.steps import ACTIONS
+
+GOLDEN = Path(__file__).parent / "golden" / "powershell"
+SAMPLES = json.loads((GOLDEN / GOLDEN_INPUTS).read_text(encoding="utf-8"))
+
+
+def test_every_action_has_sample_inputs_and_a_golden_file():
+    assert set(SAMPLES) == set(ACTIONS)
+    assert {p.stem for p in GOLDEN.glob("*.ps1")} == set(ACTIONS)
+
+
+@pytest.mark.parametrize("action", list(ACTIONS))
+def test_rendered_script_matches_golden(action):
+    expected = (GOLDEN / f"{action}.ps1").read_bytes().decode("utf-8")
+    actual = render_script(action, SAMPLES[action])
+    assert actual == expected, (
+        f"{action}.ps1 differs from its golden file; if the change is intended, run "
+        "'python -m imaging.powershell --refresh-golden tests/golden/powershell' and review the diff")
+
+
+def test_refresh_writes_what_render_produces(tmp_path):
+    (tmp_path / GOLDEN_INPUTS).write_text(json.dumps(SAMPLES), encoding="utf-8")
+    written = refresh_golden(tmp_path)
+    assert len(written) == len(ACTIONS)
+    for path in written:
+        assert path.read_bytes() == render_script(path.stem, SAMPLES[path.stem]).encode("utf-8")
+
+
+def test_sample_values_appear_only_as_literals():
+    # The settings text holds $(...) and a backtick: it must arrive inside one verbatim string.
+    script = render_script("write_settings", SAMPLES["write_settings"])
+    assert "'<blocks name=\"ZOOM''s\">$(not expanded) `n</blocks>\n'" in script
