@@ -42,6 +42,9 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
                              keep_trailing_newline=True)
     env.filters["ps"] = ps_literal
+    from imaging.powershell import RESULT_BEGIN, RESULT_END
+
+    env.globals.update(result_begin=RESULT_BEGIN, result_end=RESULT_END)
     return env
 
 
@@ -83,7 +86,7 @@ def test_hostile_values_stay_literal(name: str) -> None:
 
 
 def test_missing_input_is_an_error() -> None:
-    values = dict(CASES["create_disk.ps1.j2"])
+    values = dict(CASES["build_apps_disk.ps1.j2"])
     del values["label"]
     with pytest.raises((jinja2.UndefinedError, InputError)):
-        _env().get_template("create_disk.ps1.j2").render(**values)
+        _env().get_template("build_apps_disk.ps1.j2").render(**values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,17 @@ class Dispatcher:
         self._lab_dir = lab
         self._fault = fault if fault is not None else faults_from_env(os.environ.get("IMAGING_LAB_FAULTS"))
         self._providers: dict[str, Provider] = {}
+        self._guard = threading.RLock()
 
     def for_host(self, host: str) -> Provider:
         try:
             kind = self.inventory.hosts[host].provider
         except KeyError:
             raise ProviderError(f"unknown host {host}") from None
+        with self._guard:
+            return self._provider(kind)
+
+    def _provider(self, kind: str) -> Provider:
         if kind not in self._providers:
             if kind == "lab":
                 self._providers[kind] = LabProvider(self._lab_dir, fault=self._fault)
@@ -40,9 +46,8 @@ class Dispatcher:
 
     @property
     def lab(self) -> LabProvider:
-        p = self._providers.get("lab") or LabProvider(self._lab_dir, fault=self._fault)
-        self._providers["lab"] = p
-        return p  # type: ignore[return-value]
+        with self._guard:
+            return self._provider("lab")  # type: ignore[return-value]
 
     def run(self, step: Step) -> dict[str, Any]:
         return self.for_host(step.host).run(step)

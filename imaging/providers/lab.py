@@ -50,7 +50,8 @@ def faults_from_env(spec: str | None) -> FaultHook | None:
 
 
 class LabProvider:
-    """Steps carried out on ``lab`` (a folder). Thread-safe: VM and disk records change under one lock."""
+    """Steps carried out on ``lab`` (a folder). Thread-safe: a host's VM and disk records change under that
+    host's lock, so instruments on different hosts proceed in parallel, as on real hosts."""
 
     name = "lab"
 
@@ -58,7 +59,8 @@ class LabProvider:
         self.lab = Path(lab)
         self.lab.mkdir(parents=True, exist_ok=True)
         self.fault = fault
-        self._lock = threading.RLock()
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
 
     def close(self) -> None:
         """Nothing to release: the lab holds no sessions."""
@@ -106,7 +108,9 @@ class LabProvider:
         handler = getattr(self, f"_do_{step.action}", None)
         if handler is None:
             raise ProviderError(f"the lab cannot carry out {step.action}", host=step.host, step=step.action)
-        with self._lock:
+        with self._locks_guard:
+            lock = self._locks.setdefault(step.host, threading.RLock())
+        with lock:
             return handler(step.host, **step.inputs)
 
     # --- host-level actions --------------------------------------------------------------------------
