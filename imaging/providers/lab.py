@@ -8,6 +8,7 @@ per VM and action to rehearse what happens when a real host misbehaves.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -471,6 +472,32 @@ class LabProvider:
                                                                   "digest": manifest_digest(expected)})
         return {"changed": True, "files": len(wanted)}
 
+    def _do_read_volume(self, host: str, path: str, max_bytes: int) -> dict:
+        d, _ = self._disk(host, path, step="read_volume")
+        files: dict[str, str] = {}
+        total = 0
+        for rel in tree_manifest(d / "content"):
+            data = (d / "content" / rel).read_bytes()
+            total += len(data)
+            if total > max_bytes:
+                raise ProviderError(f"{path} holds more than {max_bytes} bytes; it is not a settings volume",
+                                    host=host, step="read_volume")
+            files[rel] = base64.b64encode(data).decode("ascii")
+        return {"changed": False, "files": files}
+
+    def _do_write_volume_files(self, host: str, path: str, files: dict[str, str]) -> dict:
+        """Add files to a volume (never removes any): how captured drift reaches Var before a reimage."""
+        d, _ = self._disk(host, path, step="write_volume_files")
+        written = []
+        for rel, b64 in sorted(files.items()):
+            data = base64.b64decode(b64)
+            target = d.joinpath("content", *rel.split("/"))
+            if target.exists() and target.read_bytes() == data:
+                continue
+            atomic_write(target, data)
+            written.append(rel)
+        return {"changed": bool(written), "written": written}
+
     # --- the guest -----------------------------------------------------------------------------------
     def _running_guest(self, host: str, vm: str, step: str) -> tuple[dict[str, Any], Path]:
         rec = self._vm(host, vm, step=step)
@@ -554,6 +581,27 @@ class LabProvider:
             return {"changed": False}
         write_json(f.parent.resolve() / f.name, record)
         return {"changed": True}
+
+    def _do_run_guest_command(self, host: str, vm: str, command: list[str], var_path: str, marker: str,
+                              record: dict[str, Any]) -> dict:
+        """Run a program in the guest, then record its completion on Var (the marker makes it run once).
+
+        The lab guest has no Windows programs to run: it checks the program exists in the guest, where the
+        release installed it, and logs the invocation on Var; on Hyper-V the same step runs it for real.
+        """
+        _, groot = self._running_guest(host, vm, "run_guest_command")
+        var_dir, _ = self._disk(host, var_path, step="run_guest_command")
+        done = var_dir.joinpath("content", *marker.split("/"))
+        if done.exists():
+            return {"changed": False}
+        program = groot.joinpath(*guest_rel(command[0]))
+        if not program.exists():
+            raise ProviderError(f"{command[0]} is not installed in the guest", host=host, step="run_guest_command")
+        log = var_dir / "content" / "imaging" / "guest-commands.log"
+        previous = log.read_bytes() if log.exists() else b""
+        atomic_write(log, previous + (json.dumps(command) + "\n").encode())
+        write_json(done, record)
+        return {"changed": True, "exit_code": 0}
 
     # --- observation helpers for status and tests ----------------------------------------------------
     def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
