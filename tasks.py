@@ -170,15 +170,20 @@ def releases(c):  # noqa: ANN001
 @task(help={"instrument": "the instrument to reimage (name like ZOOM or VM name like NDXZOOM)",
             "release": "release id or label to go to (default: the instrument's desired release)",
             "dry_run": "print the plan and change nothing",
-            "allow_dirty": "render settings from a git tree with uncommitted changes (marked dirty)"})
+            "allow_dirty": "render settings from a git tree with uncommitted changes (marked dirty)",
+            "capture_drift": "save settings changed on the instrument (to its settings branch, or to "
+                             "Var\\settings-drift\\<time>\\) before replacing them, instead of stopping",
+            "settings_ref": "git ref (branch, tag, commit) to render settings templates from (default HEAD)"})
 @reports_errors
-def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False):  # noqa: ANN001
+def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, capture_drift=False,  # noqa: ANN001
+            settings_ref="HEAD"):
     """Reimage one instrument: new OS and Apps disks from the release, fresh Settings, Var and Data kept."""
     from imaging import operations
 
     with _context() as ctx:
         if dry_run:
-            plan = operations.plan_for_reimage(ctx, instrument, release, allow_dirty=allow_dirty)
+            plan = operations.plan_for_reimage(ctx, instrument, release, allow_dirty=allow_dirty,
+                                               capture_drift=capture_drift, settings_ref=settings_ref)
             console.print(f"[bold]Plan: reimage {plan.instrument} ({plan.vm} on {plan.host}) "
                           f"from {plan.from_release or 'nothing recorded'} to {plan.to_release}[/]")
             for line in plan.describe():
@@ -187,7 +192,8 @@ def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False):  # n
                 console.print(f"  note: {note}", soft_wrap=True)
             console.print("[dim]dry run: nothing was changed[/]")
             return
-        outcome = operations.reimage(ctx, instrument, release, listener=StepPrinter(), allow_dirty=allow_dirty)
+        outcome = operations.reimage(ctx, instrument, release, listener=StepPrinter(), allow_dirty=allow_dirty,
+                                     capture_drift=capture_drift, settings_ref=settings_ref)
         _print_outcome(outcome, ctx.inventory.instrument(instrument).name, ctx.journal)
 
 

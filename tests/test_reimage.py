@@ -206,3 +206,46 @@ def test_killed_at_every_step_then_resume_completes(project: Path, index: int) -
     [row] = fleet_status(ctx, ["ZOOM"])
     assert row.running == "2026C3.1" and row.power == "Running"
     assert user_data(ctx) == data_before
+
+
+def test_settings_changed_on_the_instrument_block_the_reimage_until_captured(project: Path) -> None:
+    from imaging.drift import DriftFound
+
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    lab = ctx.providers.lab
+    settings_file = r"C:\Instrument\Settings\labview\dae.ini"
+    edited = lab.guest_path("HVHOST04", "NDXZOOM", settings_file).read_bytes() + b"; tuned during the cycle\n"
+    lab.guest_write("HVHOST04", "NDXZOOM", settings_file, edited)
+    state = project / ".state"
+    before = tree_manifest(state / "lab", exclude=("locks",))
+    with pytest.raises(DriftFound) as exc:
+        operations.reimage(ctx, "ZOOM", "2026C3.1")
+    assert "labview/dae.ini" in str(exc.value) and "+; tuned during the cycle" in str(exc.value)
+    assert "--capture-drift" in str(exc.value)
+    assert tree_manifest(state / "lab", exclude=("locks",)) == before  # refused before any change
+    out = operations.reimage(ctx, "ZOOM", "2026C3.1", capture_drift=True)
+    assert out.ok, out.error
+    saved = list((var_dir(ctx) / "settings-drift").glob("*/files/labview/dae.ini"))
+    assert [p.read_bytes() for p in saved] == [edited]
+    # the new Settings volume holds the rendered file again, and the next reimage goes through
+    assert b"tuned during the cycle" not in lab.guest_path("HVHOST04", "NDXZOOM", settings_file).read_bytes()
+    assert operations.reimage(ctx, "ZOOM").ok
+
+
+def test_post_boot_step_runs_in_the_guest_once_and_leaves_its_marker_on_var(project: Path) -> None:
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    step = Step("run_guest_command", "HVHOST04", {
+        "vm": "NDXZOOM", "command": [r"C:\Instrument\Apps\MySQL\bin\mysql.exe", "--execute=SELECT 1"],
+        "var_path": r"E:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx", "marker": "imaging/migrations/m.json",
+        "record": {"migration": "m"}}, "post-boot")
+    assert ctx.providers.run(step)["changed"] is True
+    assert ctx.providers.run(step)["changed"] is False
+    assert (var_dir(ctx) / "imaging/migrations/m.json").exists()
+    log = (var_dir(ctx) / "imaging/guest-commands.log").read_text()
+    assert "SELECT 1" in log
+    missing = Step("run_guest_command", "HVHOST04", {**step.inputs, "command": [r"C:\nope.exe"],
+                                                     "marker": "imaging/migrations/n.json"}, "post-boot")
+    with pytest.raises(ImagingError, match="not installed in the guest"):
+        ctx.providers.run(missing)
