@@ -43,8 +43,10 @@ def store(tmp_path: Path) -> ArtifactStore:
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small chunks so that multi-chunk paths (double buffering, resume) run on small files."""
+    """Small chunks so that multi-chunk paths (double buffering, early writeback, resume) run on small
+    files."""
     monkeypatch.setattr(artifacts, "CHUNK", 4096)
+    monkeypatch.setattr(artifacts, "WRITEBACK_EVERY", 3 * 4096)
 
 
 def test_add_get_verify(store: ArtifactStore, tmp_path: Path, small_chunks: None) -> None:
@@ -64,6 +66,16 @@ def test_add_get_verify(store: ArtifactStore, tmp_path: Path, small_chunks: None
     assert seen[-1] == (50_000, 50_000) and len(seen) == 13
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert list(store.tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_hashing_inline_or_in_a_thread_agree(store: ArtifactStore, tmp_path: Path, small_chunks: None,
+                                             monkeypatch: pytest.MonkeyPatch, threaded: bool) -> None:
+    monkeypatch.setattr(artifacts, "HASH_IN_THREAD", threaded)
+    src = _file(tmp_path / "f.tar", 100_003)
+    m = store.add(src, name="f", kind="hotfix")
+    assert m.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert store.stage("f", tmp_path / "host").read_bytes() == src.read_bytes()
 
 
 def test_manifest_round_trip(store: ArtifactStore, tmp_path: Path) -> None:
