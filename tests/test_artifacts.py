@@ -78,6 +78,13 @@ def test_hashing_inline_or_in_a_thread_agree(store: ArtifactStore, tmp_path: Pat
     assert store.stage("f", tmp_path / "host").read_bytes() == src.read_bytes()
 
 
+def test_source_defaults_to_the_file_path(store: ArtifactStore, tmp_path: Path) -> None:
+    src = _file(tmp_path / "f.tar", 10)
+    m = store.add(src, name="f", kind="apps")
+    assert m.source == str(src.resolve()) and m.suffix == ".tar"
+    assert store.add(_file(tmp_path / "g.tar", 10, 3), name="g", kind="apps", suffix="").suffix == ""
+
+
 def test_manifest_round_trip(store: ArtifactStore, tmp_path: Path) -> None:
     m = store.add(_file(tmp_path / "a.tar", 1000), name="apps-2026C3.0", kind="apps")
     path = store.root / "manifests" / "apps-2026C3.0.json"
@@ -226,6 +233,19 @@ def test_stage_continues_a_partial(store: ArtifactStore, tmp_path: Path, small_c
     assert staged.read_bytes() == src.read_bytes()
     assert not partial.exists()
     assert calls[-1] == (40_000, 40_000)
+
+
+def test_stage_really_continues_from_the_partial(store: ArtifactStore, tmp_path: Path,
+                                                 small_chunks: None) -> None:
+    """Damage the blob only inside the range the partial already holds: a continued copy never reads
+    that range and succeeds, a copy from scratch would fail."""
+    src = _file(tmp_path / "a.vhdx", 40_000)
+    m = store.add(src, name="a", kind="apps")
+    dest = tmp_path / "host"
+    dest.mkdir()
+    (dest / (m.staged_name + ".partial")).write_bytes(src.read_bytes()[:17_000])
+    _flip(store.path_of("a"), 100)
+    assert store.stage("a", dest).read_bytes() == src.read_bytes()
 
 
 @pytest.mark.parametrize("bad_partial", ["wrong-prefix", "too-long"])
