@@ -236,6 +236,9 @@ class ArtifactStore:
             raise InputError("not a file suffix", field="suffix", value=suffix, fix="use e.g. '.vhdx' or ''")
         if not path.is_file():
             raise InputError("artifact source file not found", file=str(path), fix="check the path")
+        existing = self._read_manifest(name) if self._manifest_path(name).exists() else None
+        if existing is not None and self._same_as_existing(existing, path, progress):
+            return existing
         self._ensure_dirs()
 
         fd, tmp_name = tempfile.mkstemp(prefix=f"add-{name}-", dir=self.tmp)
@@ -249,14 +252,10 @@ class ArtifactStore:
                 os.fsync(out.fileno())
             sha = h.hexdigest()
 
-            existing = self._read_manifest(name) if self._manifest_path(name).exists() else None
             if existing is not None:
-                if existing.sha256 != sha:
-                    raise ArtifactError(
-                        f"artifact {name} already exists with different content (stored sha256 "
-                        f"{existing.sha256}, new file {path} has {sha}); artifacts are immutable: "
-                        f"add it under a new name")
-                self._store_blob(tmp, sha, size)
+                if existing.sha256 != sha:  # the source changed while we read it
+                    raise self._immutable(existing, path, sha)
+                self._store_blob(tmp, sha, size)  # same content, damaged blob: this repairs it
                 return existing
 
             self._store_blob(tmp, sha, size)
@@ -267,6 +266,28 @@ class ArtifactStore:
             return self._publish_manifest(manifest)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _same_as_existing(self, existing: ArtifactManifest, path: Path, progress: Progress | None) -> bool:
+        """Re-adding a name: refuse other content; True when the stored blob is intact and identical (no
+        copy needed); False when the content is identical but the blob is damaged (copy to repair it)."""
+        size = path.stat().st_size
+        if size != existing.size:
+            raise self._immutable(existing, path, f"a {size}-byte file, not {existing.size} bytes")
+        sha, _ = _hash_file(path, progress=progress)
+        if sha != existing.sha256:
+            raise self._immutable(existing, path, sha)
+        try:
+            self.path_of(existing.name)
+        except ArtifactError:
+            return False
+        return True
+
+    @staticmethod
+    def _immutable(existing: ArtifactManifest, path: Path, new: str) -> ArtifactError:
+        return ArtifactError(
+            f"artifact {existing.name} already exists with different content (stored sha256 "
+            f"{existing.sha256}, new file {path} has {new}); artifacts are immutable: "
+            f"add it under a new name")
 
     def _store_blob(self, tmp: Path, sha: str, size: int) -> None:
         """Move a complete, fsynced temp file to its blob path unless an intact-looking blob is there."""

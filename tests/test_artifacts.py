@@ -116,11 +116,14 @@ def test_same_content_under_two_names_is_stored_once(store: ArtifactStore, tmp_p
 
 def test_artifacts_are_immutable(store: ArtifactStore, tmp_path: Path) -> None:
     first = store.add(_file(tmp_path / "v1", 1000, 1), name="apps-x", kind="apps")
+    inode = store.path_of("apps-x").stat().st_ino
     again = store.add(_file(tmp_path / "v1-copy", 1000, 1), name="apps-x", kind="apps")
-    assert again == first
+    assert again == first and store.path_of("apps-x").stat().st_ino == inode
     with pytest.raises(ArtifactError) as info:
         store.add(_file(tmp_path / "v2", 1000, 2), name="apps-x", kind="apps")
     assert "apps-x" in str(info.value) and first.sha256 in str(info.value) and "immutable" in str(info.value)
+    with pytest.raises(ArtifactError, match="1001-byte file"):
+        store.add(_file(tmp_path / "v3", 1001, 1), name="apps-x", kind="apps")
     assert store.get("apps-x") == first
     assert store.verify("apps-x") == first
     assert list(store.tmp.iterdir()) == []
