@@ -41,6 +41,9 @@ CHUNK = 1024 * 1024
 WRITEBACK_EVERY = 16 * 1024 * 1024
 """Start writeback of copied data every this many bytes (see :func:`_start_writeback`)."""
 
+BUFFERS = 4
+"""Chunks in flight when hashing in a thread: enough that the hashing thread never waits for work."""
+
 HASH_IN_THREAD = True
 """Hash in a helper thread while this one copies (hashlib and file I/O release the GIL). On the 2-core
 build machine this brought a 2 GiB add from about 2.4 s to 1.5-2.1 s (see benchmarks/bench_store.py)."""
@@ -126,25 +129,31 @@ def _pump(src: BinaryIO, dst: BinaryIO | None, digest: hashlib._Hash, *, done: i
           progress: Progress | None, limit: int | None = None) -> int:
     """Copy ``src`` to ``dst`` (or only read, when ``dst`` is None) while feeding ``digest``.
 
-    Reads into reusable buffers (constant memory, no per-chunk allocation). With ``HASH_IN_THREAD`` a
-    helper thread hashes one chunk while this thread writes it and reads the next into the other buffer;
-    digest updates stay in order because each is awaited before the next is queued. Every
-    ``WRITEBACK_EVERY`` bytes the kernel is asked to start writing the copied range to disk, so the final
-    fsync does not wait for the whole file. Returns the bytes moved; stops after ``limit`` when given.
+    Reads into a small ring of reusable buffers (constant memory, no per-chunk allocation). With
+    ``HASH_IN_THREAD`` each chunk is queued to one helper thread that hashes while this thread writes it
+    and reads the next ones; a single worker takes its queue in order, so the digest sees the chunks in
+    order, and a buffer is reused only after its hash is done. Every ``WRITEBACK_EVERY`` bytes the kernel
+    is asked to start writing the copied range to disk, so the final fsync does not wait for the whole
+    file. Returns the bytes moved; stops after ``limit`` when given.
     """
     chunk_size = CHUNK
-    bufs = (bytearray(chunk_size), bytearray(chunk_size))
-    views = (memoryview(bufs[0]), memoryview(bufs[1]))
+    ring = BUFFERS if HASH_IN_THREAD else 1
+    views = [memoryview(bytearray(chunk_size)) for _ in range(ring)]
+    hashed: list[Future[None] | None] = [None] * ring
     moved = 0
     flushed = 0
     dst_fd = dst.fileno() if dst is not None else -1
     dst_start = os.lseek(dst_fd, 0, os.SEEK_CUR) if dst is not None else 0
-    pending: Future[None] | None = None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") if HASH_IN_THREAD else None
     try:
         i = 0
         while limit is None or moved < limit:
-            view = views[i & 1]
+            slot = i % ring
+            pending = hashed[slot]
+            if pending is not None:
+                pending.result()  # this buffer's previous chunk is hashed: safe to overwrite
+                hashed[slot] = None
+            view = views[slot]
             if limit is not None and limit - moved < chunk_size:
                 view = view[: limit - moved]
             n = src.readinto(view)
@@ -152,9 +161,7 @@ def _pump(src: BinaryIO, dst: BinaryIO | None, digest: hashlib._Hash, *, done: i
                 break
             chunk = view[:n]
             if pool is not None:
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(digest.update, chunk)
+                hashed[slot] = pool.submit(digest.update, chunk)
             else:
                 digest.update(chunk)
             if dst is not None:
@@ -169,10 +176,11 @@ def _pump(src: BinaryIO, dst: BinaryIO | None, digest: hashlib._Hash, *, done: i
             if progress is not None:
                 progress(done + moved, total)
     finally:
-        if pending is not None:
-            pending.result()
         if pool is not None:
-            pool.shutdown()
+            pool.shutdown(wait=True)
+    for pending in hashed:
+        if pending is not None:
+            pending.result()  # surface a hashing error, if any
     return moved
 
 

@@ -282,6 +282,6 @@ def test_memory_stays_constant(store: ArtifactStore, tmp_path: Path) -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # two reusable chunk buffers plus bookkeeping: far below the file size
-    assert peak < 3 * artifacts.CHUNK + 1024 * 1024 < size // 4
+    # the ring of reusable chunk buffers plus bookkeeping: far below the file size
+    assert peak < artifacts.BUFFERS * artifacts.CHUNK + 1024 * 1024 < size // 4
     store.verify("big")
