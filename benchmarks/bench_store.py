@@ -74,12 +74,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="where to work (default: a temp dir)")
     ap.add_argument("--chunk", type=parse_size, default=None, help="override the store's chunk size")
+    ap.add_argument("--buffers", type=int, default=None, help="ring size when hashing in a thread (BUFFERS)")
     ap.add_argument("--no-hash-thread", action="store_true", help="hash inline (HASH_IN_THREAD off)")
     ap.add_argument("--writeback", type=parse_size, default=None,
                     help="start writeback every N bytes (WRITEBACK_EVERY); 0 disables it")
     args = ap.parse_args()
     if args.chunk:
         artifacts.CHUNK = args.chunk
+    if args.buffers:
+        artifacts.BUFFERS = args.buffers
     if args.no_hash_thread:
         artifacts.HASH_IN_THREAD = False
     if args.writeback is not None:
@@ -89,7 +92,8 @@ def main() -> None:
     print("      source; both methods see the same conditions, alternating order each round.")
     wb = "off" if artifacts.WRITEBACK_EVERY >= 1 << 62 else f"{artifacts.WRITEBACK_EVERY / 1024**2:.0f} MiB"
     print(f"size {args.size / 1024**2:.0f} MiB, chunk {artifacts.CHUNK / 1024:.0f} KiB, "
-          f"hash thread {'on' if artifacts.HASH_IN_THREAD else 'off'}, early writeback every {wb}, "
+          f"hash thread {f'on, {artifacts.BUFFERS} buffers' if artifacts.HASH_IN_THREAD else 'off'}, "
+          f"early writeback every {wb}, "
           f"{args.rounds} rounds, {os.cpu_count()} CPUs")
 
     work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.dir))
