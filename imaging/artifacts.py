@@ -7,11 +7,10 @@ Layout under ``root``::
     tmp/                            files being written; renamed into place only when complete
 
 Every byte is hashed in the same pass that copies it (no second read), with constant memory: each chunk is
-read into one of two reusable buffers, hashed from a memoryview (by a helper thread, overlapping the copy)
-and written from the same buffer, and the kernel is told to start writing it to disk early so the final
-fsync is short. Files appear under their final name only
-through an atomic rename after fsync, so a crash leaves at worst a temporary file, never a half blob or a
-half staged image.
+read into one of a small ring of reusable buffers, hashed from a memoryview (by a helper thread,
+overlapping the copy) and written from the same buffer, and the kernel is told to start writing it to disk
+early so the final fsync is short. Files appear under their final name only through an atomic rename after
+fsync, so a crash leaves at worst a temporary file in ``tmp/``, never a half blob or a half staged image.
 """
 
 from __future__ import annotations
@@ -263,7 +262,7 @@ class ArtifactStore:
             if existing is not None:
                 if existing.sha256 != sha:  # the source changed while we read it
                     raise self._immutable(existing, path, sha)
-                self._store_blob(tmp, sha, size)  # same content, damaged blob: this repairs it
+                self._store_blob(tmp, sha, size, replace=True)  # same content, damaged blob: repair it
                 return existing
 
             self._store_blob(tmp, sha, size)
@@ -285,7 +284,7 @@ class ArtifactStore:
         if sha != existing.sha256:
             raise self._immutable(existing, path, sha)
         try:
-            self.path_of(existing.name)
+            self.verify(existing.name)
         except ArtifactError:
             return False
         return True
@@ -297,15 +296,21 @@ class ArtifactStore:
             f"{existing.sha256}, new file {path} has {new}); artifacts are immutable: "
             f"add it under a new name")
 
-    def _store_blob(self, tmp: Path, sha: str, size: int) -> None:
-        """Move a complete, fsynced temp file to its blob path unless an intact-looking blob is there."""
+    def _store_blob(self, tmp: Path, sha: str, size: int, *, replace: bool = False) -> None:
+        """Move a complete, fsynced temp file to its blob path, unless an intact blob is already there.
+
+        An existing blob is checked (size, then hash) before the new copy is dropped, so deduplication
+        never points a new artifact at damaged bytes; a damaged one is replaced.
+        """
         blob = self.blob_path(sha)
         try:
-            if blob.stat().st_size == size:
-                return  # already stored: keep one copy (verify() would catch a same-size corruption)
-            blob.chmod(stat.S_IRUSR | stat.S_IWUSR)  # wrong size: a damaged blob, replace it below
+            intact = not replace and blob.stat().st_size == size and _hash_file(blob)[0] == sha
         except FileNotFoundError:
-            pass
+            intact = False
+        if intact:
+            return
+        if blob.exists():
+            _make_writable(blob)
         blob.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         os.replace(tmp, blob)

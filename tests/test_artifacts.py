@@ -183,6 +183,22 @@ def test_truncated_blob_found_without_hashing(store: ArtifactStore, tmp_path: Pa
     assert store.verify("f").size == 5000
 
 
+def test_re_adding_repairs_a_flipped_blob(store: ArtifactStore, tmp_path: Path) -> None:
+    src = _file(tmp_path / "f", 5000)
+    store.add(src, name="f", kind="apps")
+    _flip(store.path_of("f"), 10)
+    store.add(src, name="f", kind="apps")
+    assert store.verify("f").size == 5000
+
+
+def test_dedupe_never_points_at_a_damaged_blob(store: ArtifactStore, tmp_path: Path) -> None:
+    src = _file(tmp_path / "f", 5000)
+    store.add(src, name="a", kind="apps")
+    _flip(store.path_of("a"), 10)
+    store.add(src, name="b", kind="apps")
+    assert store.verify("b") and store.verify("a")  # the shared blob was replaced with good bytes
+
+
 def test_open_verified_yields_the_content(store: ArtifactStore, tmp_path: Path, small_chunks: None) -> None:
     src = _file(tmp_path / "f", 10_000)
     store.add(src, name="f", kind="apps")
