@@ -77,15 +77,6 @@ class ReleaseId:
             return NotImplemented
         return self._key() < other._key()
 
-    @property
-    def base(self) -> ReleaseId:
-        """Patch 0 of the same cycle: the release this one patches."""
-        return ReleaseId(self.year, self.cycle, 0)
-
-    def is_patch_of(self, other: ReleaseId) -> bool:
-        """True when this is a later patch of ``other``'s cycle (``2026C3.1`` patches ``2026C3.0``)."""
-        return self.base == other.base and self.patch > other.patch
-
 
 class _Refused(ValueError):
     """Carries one of our InputErrors through pydantic (which only collects ValueErrors)."""
