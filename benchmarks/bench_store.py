@@ -101,11 +101,15 @@ def main() -> None:
         src = work / "source.vhdx"
         make_source(src, args.size)
         times: dict[str, list[float]] = {"copyfile": [], "copyfile+fsync": [], "store.add": []}
+        # CPU seconds of this process (all threads, user + kernel): shows the work each method does,
+        # which other load on the machine does not inflate the way it inflates wall time.
+        cpu: dict[str, list[float]] = {k: [] for k in times}
         for r in range(args.rounds):
             order = ["store.add", "copyfile+fsync", "copyfile"]
             if r % 2:
                 order.reverse()
             for what in order:
+                c0 = time.process_time()
                 if what == "store.add":
                     # a fresh store each round: otherwise the blob exists and dedupe skips the rename
                     root = work / f"store-{r}"
@@ -116,15 +120,17 @@ def main() -> None:
                     dt = plain_copy(src, dst, sync=what.endswith("fsync"))
                     dst.unlink()
                 times[what].append(dt)
+                cpu[what].append(time.process_time() - c0)
             row = "  ".join(f"{k} {times[k][-1]:6.2f}s" for k in times)
             print(f"round {r + 1}: {row}")
 
         mib = args.size / 1024**2
         print()
-        print(f"{'method':16} {'median s':>9} {'best s':>8} {'MiB/s (median)':>15}")
+        print(f"{'method':16} {'median s':>9} {'best s':>8} {'MiB/s (median)':>15} {'CPU s (median)':>15}")
         for k, v in times.items():
             med = statistics.median(v)
-            print(f"{k:16} {med:9.2f} {min(v):8.2f} {mib / med:15.0f}")
+            print(f"{k:16} {med:9.2f} {min(v):8.2f} {mib / med:15.0f} {statistics.median(cpu[k]):15.2f}")
+        print(f"load average now: {os.getloadavg()[0]:.1f} (figures mean little above the CPU count)")
         add = statistics.median(times["store.add"])
         for base in ("copyfile+fsync", "copyfile"):
             ratio = add / statistics.median(times[base])
