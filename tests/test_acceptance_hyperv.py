@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from imaging.errors import ProviderError
+from imaging.powershell import RESULT_BEGIN, RESULT_END
 from imaging.providers.hyperv import HypervProvider
 from imaging.quoting import ps_literal
 from imaging.steps import Step
@@ -111,6 +112,9 @@ def _remove_throwaway(provider: HypervProvider, vm: str, folder: str) -> None:
         "    Remove-VM -VM $found -Force",
         "}",
         "if (Test-Path -LiteralPath $folder) { Remove-Item -LiteralPath $folder -Recurse -Force }",
+        f"Write-Output {ps_literal(RESULT_BEGIN)}",
+        "Write-Output '{\"changed\": true}'",
+        f"Write-Output {ps_literal(RESULT_END)}",
         "",
     ])
     provider.pool.run_script(HOST, script, step="acceptance cleanup", timeout_s=300)
