@@ -271,6 +271,32 @@ class Connection:
         return kwargs
 
 
+# Optional Python packages an authentication method needs (pyspnego speaks NTLM by itself; Kerberos needs
+# python-gssapi or pykrb5, CredSSP needs requests-credssp), and the extra of this project that brings them.
+_AUTH_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "kerberos": (("gssapi", "krb5"), "kerberos"),
+    "credssp": (("requests_credssp",), "credssp"),
+}
+
+
+def missing_auth_package(auth: str) -> str | None:
+    """Why ``auth`` cannot work on this machine (a missing optional package, with the fix), else None."""
+    if auth not in _AUTH_PACKAGES:
+        return None
+    modules, extra = _AUTH_PACKAGES[auth]
+    for module in modules:
+        try:
+            __import__(module)
+            return None
+        except ImportError:
+            continue
+    return (
+        f"auth '{auth}' needs the Python package {' or '.join(modules)}, which is not installed here; "
+        f"install it with `pip install 'imaging[{extra}]'` (Kerberos also needs the system's krb5 "
+        "libraries and a /etc/krb5.conf for the domain), or use another auth for this host"
+    )
+
+
 # -------------------------------------------------------------------------------------------- credentials
 def _env_key(host: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", host.upper())
@@ -664,6 +690,9 @@ class SessionPool:
             if slot.idle:
                 return slot.idle.pop()
         conn = slot.connection
+        missing = missing_auth_package(conn.auth)
+        if missing:
+            raise ProviderError(missing, host=conn.host, step=step)
         wsman = WSMan(**conn.wsman_kwargs(self._credentials_for(slot)))
         pool = RunspacePool(
             wsman, configuration_name=conn.configuration_name, min_runspaces=1, max_runspaces=1

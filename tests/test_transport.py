@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 
 import pytest
@@ -632,3 +633,21 @@ def test_connection_from_an_inventory_host_entry():
     entry.auth = "basic"
     with pytest.raises(InputError, match=r"instruments/hosts.yaml: field 'hosts.HVHOST04.auth'"):
         Connection.from_inventory(entry, source="instruments/hosts.yaml")
+
+
+@pytest.mark.parametrize(("auth", "modules", "extra"), [
+    ("kerberos", ("gssapi", "krb5"), "imaging[kerberos]"),
+    ("credssp", ("requests_credssp",), "imaging[credssp]"),
+])
+def test_an_auth_whose_package_is_missing_says_what_to_install(endpoint, monkeypatch, auth, modules, extra):
+    import sys
+
+    for module in modules:
+        monkeypatch.setitem(sys.modules, module, None)  # makes the import fail, whatever is installed
+    with (
+        SessionPool([loopback(endpoint.port, auth=auth)], credentials=CREDS) as pool,
+        pytest.raises(ProviderError, match=re.escape(extra)) as err,
+    ):
+        pool.run_script("HV1", "x", step="preflight", timeout_s=5)
+    assert err.value.transient is False and "host HV1 step preflight" in str(err.value)
+    assert endpoint.actions == []  # refused before anything was sent
