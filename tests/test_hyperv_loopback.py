@@ -247,10 +247,44 @@ def test_host_credentials_come_from_the_environment_per_host(endpoint, monkeypat
         provider.run(Step("start_vm", "HVHOST01", {"vm": "NDXALF"}, "start"))
         provider.run(Step("start_vm", "HVHOST02", {"vm": "NDXARGUS"}, "start"))
         creds = {h: provider.pool._slot(h).credentials for h in ("HVHOST01", "HVHOST02")}
+        assert ep.shells_created == 2 and ep.shells_deleted == 0  # one reused session per host
     finally:
         provider.close()
+    assert ep.shells_deleted == 2  # closing the provider closed the pool's sessions
     assert (creds["HVHOST01"].username, creds["HVHOST01"].password) == ("CONTROLS\\svc-all", "env-all-pw-1")
     assert (creds["HVHOST02"].username, creds["HVHOST02"].password) == ("CONTROLS\\svc-two", "env-two-pw-2")
+
+
+def test_only_transient_failures_are_retried(endpoint):
+    ep, script = endpoint
+    sleeps: list[float] = []
+    provider = HypervProvider.from_inventory(
+        loopback_inventory(ep.port), connection_overrides=LOOPBACK, credentials=lambda conn: HOST_CREDS,
+        sleep=sleeps.append, jitter=lambda: 0.5)
+    step = Step("start_vm", "HVHOST01", {"vm": "NDXALF"}, "start")
+    try:
+        ep.drop_connections(2, action="Create")  # the host is briefly unreachable: retried, then fine
+        assert provider.run(step)["changed"] is True
+        assert ep.count("Create") == 3 and len(ep.commands) == 1 and sleeps == [0.5, 1.0]
+        script.fail_once("start_vm", "script_error")  # a script that ran and failed: never retried
+        with pytest.raises(ProviderError, match="in use by another virtual machine"):
+            provider.run(step)
+        assert len(ep.commands) == 2 and len(sleeps) == 2
+    finally:
+        provider.close()
+
+
+def test_credentials_in_the_inventory_are_refused(tmp_path):
+    import shutil
+
+    from imaging.errors import ValidationFailed
+
+    copy = tmp_path / "inventory"
+    shutil.copytree(EXAMPLE, copy)
+    hosts = copy / "hosts.yaml"
+    hosts.write_text(hosts.read_text().replace("    auth: kerberos\n", "    auth: kerberos\n    password: x1\n", 1))
+    with pytest.raises(ValidationFailed, match=r"hosts\.HVHOST01\.password"):
+        load_inventory(copy)
 
 
 # -------------------------------------------------------------------------- a whole plan, one step fails
