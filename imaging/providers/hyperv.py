@@ -1,3 +1,14 @@
+"""The ``hyperv`` provider: each step becomes one PowerShell script run on its host over remoting.
+
+The provider renders the step (``imaging.powershell``), runs it through the transport's session pool on
+the step's host (sessions reused per host, retries only for transient failures, the result read by
+``imaging.transport.parse_result``, the one parser), and turns every way that can go wrong (the script
+failed, printed no result, printed a broken one, the host did not answer in time) into one
+``ProviderError`` naming host and step. Actions that mount disks or change drive letters on the host run
+under the pool's per-host mount lock, because those operations race each other on one host. The guest
+credential travels as pipeline parameters wrapped in ``transport.Secret``, never in the script text.
+"""
+
 from __future__ import annotations
 
 import contextlib
