@@ -77,6 +77,15 @@ def desired_release(ctx: Context, inst: Instrument, override: str | None = None)
     source = "--release" if override else (inst.source if inst.release else str(ctx.paths.inventory / "groups.yaml"))
     release = resolve(name, group=inst.group, labels=ctx.labels, releases=ctx.releases, source=source)
     rel = ctx.releases[release]
+    if not override:
+        from .hotfix_ops import bad_releases
+
+        bad = bad_releases(ctx, inst.name).get(release)
+        if bad:
+            raise InputError(f"release {release} is marked bad for {inst.name} (rolled back {bad['when']} by "
+                             f"{bad['who']}, operation {bad['operation']}); it is not chosen by default",
+                             field="release", value=release,
+                             fix=f"give --release={release} to use it anyway, or point the label elsewhere")
     if rel.revoked:
         raise InputError(f"release {release} is revoked ({rel.revoked.reason})", field="release", value=release,
                          fix="choose another release or label")
@@ -191,7 +200,7 @@ def render_for(ctx: Context, inst: Instrument, release: str, *, allow_dirty: boo
 
 
 def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_id: str | None = None,
-                     allow_dirty: bool = False, dry_run: bool = True) -> Plan:
+                     allow_dirty: bool = False, dry_run: bool = True, hotfixes: tuple[str, ...] = ()) -> Plan:
     """Gather the inputs (reading only) and compute the plan. Touches nothing when ``dry_run``."""
     inst = ctx.inventory.instrument(name)
     host = ctx.inventory.host_of(inst)
@@ -202,15 +211,24 @@ def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_
         inst=inst, host=host, release=target, apps_version=ctx.releases[target].apps.version,
         os_template=os_img, apps_image=apps_img, settings_files=files, settings_digest=digest,
         settings_commit=commit, observed=observe(ctx, inst), op_id=op_id or new_op_id(), owner=who(),
-        stamp=stamp(), from_release=running_release(ctx, inst)))
+        stamp=stamp(), from_release=running_release(ctx, inst), hotfixes=hotfixes))
 
 
 def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Listener | None = None,
-            batch: str | None = None, allow_dirty: bool = False) -> Outcome:
+            batch: str | None = None, allow_dirty: bool = False, drop_hotfixes: tuple[str, ...] = ()) -> Outcome:
+    """Reimage one instrument. Hotfixes it carries that the target release lacks stop it before anything
+    changes, unless declared for the target (re-applied after the reimage) or dropped by the caller."""
+    from .hotfix_ops import hotfixes_to_reapply, reapply_after_reimage, refuse_dropped_hotfixes
+
     inst = ctx.inventory.instrument(name)
     refuse_if_interrupted(ctx, inst)
+    target = desired_release(ctx, inst, release)
+    refuse_dropped_hotfixes(ctx, inst, target, drop_hotfixes)
+    carry = hotfixes_to_reapply(ctx, inst, target, drop_hotfixes)
+    included = tuple(ctx.releases[target].includes_hotfixes)
     op_id = new_op_id()
-    plan = plan_for_reimage(ctx, name, release, op_id=op_id, allow_dirty=allow_dirty, dry_run=False)
+    plan = plan_for_reimage(ctx, name, target, op_id=op_id, allow_dirty=allow_dirty, dry_run=False,
+                            hotfixes=included + tuple(carry))
     host = ctx.inventory.host_of(inst)
     if host.provider == "lab":
         publish(ctx, plan.to_release or "", inst.host)
@@ -219,6 +237,9 @@ def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Li
     outcome = ctx.executor(listener).execute(plan, op_id=op_id, batch=batch)
     if outcome.ok:
         retire_old_generations(ctx, inst)
+        for hid, out in reapply_after_reimage(ctx, inst, carry, listener=listener).items():
+            if not out.ok:
+                outcome.error = f"reimaged, but re-applying hotfix {hid} failed: {out.error}"
     return outcome
 
 
@@ -245,9 +266,15 @@ def retire_old_generations(ctx: Context, inst: Instrument) -> list[str]:
             gens.append(op.rollback_point["new"])
     current_disks = set(observe(ctx, inst).disks.values())
     keep = {p for g in gens[-2:] for p in g.values()} | current_disks
-    last = ctx.journal.last(inst.name, kinds=("reimage",), statuses=(OK,))
-    if last and last.rollback_point:
-        keep |= set(last.rollback_point.get("disks", {}).values())
+    # What the last finished reimage or rollback would return to is the previous generation: keep it.
+    for kind in ("reimage", "rollback"):
+        last = ctx.journal.last(inst.name, kinds=(kind,), statuses=(OK,))
+        if last and last.rollback_point:
+            keep |= set(last.rollback_point.get("disks", {}).values())
+    # An unfinished operation may still need what it started from.
+    for op in ctx.journal.operations(instrument=inst.name):
+        if op.status == RUNNING and op.rollback_point:
+            keep |= set(op.rollback_point.get("disks", {}).values()) | set(op.rollback_point.get("new", {}).values())
     deleted = []
     for g in gens[:-2]:
         for role, path in g.items():
