@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # operations imports this module lazily
 
 T = TypeVar("T")
 ALREADY = "already-applied"
+_PUBLISH = threading.Lock()
 
 
 # --- what an instrument carries, from the journal --------------------------------------------------
@@ -118,7 +119,8 @@ def stage_package(ctx: Context, name: str, sha: str, host_name: str) -> str:
     share = layout.share_path(host, name, sha, ".tar")
     dest = layout.hotfix_stage_path(host, name, sha)
     if host.provider == "lab":
-        ctx.store.stage(name, ctx.providers.lab.path(host_name, share).parent)
+        with _PUBLISH:  # hosts share one share folder: publish one copy at a time
+            ctx.store.stage(name, ctx.providers.lab.path(host_name, share).parent)
     ctx.providers.run(Step("stage_artifact", host_name, {"name": name, "sha256": sha, "share_path": share,
                                                           "dest_path": dest},
                            f"stage {name} on {host_name} (pull from the share, verify sha256)"))
@@ -321,8 +323,8 @@ def bad_releases(ctx: Context, inst_name: str) -> dict[str, dict[str, Any]]:
 
 
 def mark_bad(ctx: Context, inst_name: str, release: str, *, op_id: str, reason: str) -> None:
-    from .labfs import write_json
     from .operations import stamp
+    from .providers.labfs import write_json
 
     f = _bad_file(ctx)
     doc = json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
