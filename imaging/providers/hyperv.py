@@ -32,6 +32,7 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
     "create_child_disk": 300, "create_disk": 900, "delete_disk": 300, "attach_disk": 120,
     "detach_disk": 120, "backup_volume": 4 * 3600, "rescue_user_files": 2 * 3600, "write_settings": 900,
     "configure_guest": 600, "health_check": 600, "write_record": 300,
+    "apply_hotfix": 1800, "revert_hotfix": 1800, "restart_services": 600,
 }
 _TIMEOUT_FROM_INPUT = ("stop_vm", "wait_guest")
 
