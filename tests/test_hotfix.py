@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tarfile
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import yaml
@@ -319,3 +321,25 @@ def test_retention_keeps_current_and_previous_never_counts_failed_or_what_a_roll
     assert operations.retire_old_generations(ctx, inst) == []
     assert exists(gens[1]) and exists(gens[2])
     assert set(operations.observe(ctx, inst).disks.values()) >= set(gens[1].values())
+
+
+# --- the front door --------------------------------------------------------------------------------
+
+
+def test_cli_hotfix_list_revert_and_rollback_dry_run(project: Path) -> None:
+    from tests.test_cli import inv
+
+    example = Path(__file__).resolve().parent.parent / "hotfixes" / "examples" / "HF-2026C1-001"
+    assert inv(project, "reimage", "--instrument=ZOOM").returncode == 0
+    res = inv(project, "hotfix", f"--patch={example}", "--instruments=ZOOM")
+    assert res.returncode == 0, res.stderr
+    assert "ZOOM: hotfix done" in res.stdout
+    res = inv(project, "hotfixes", "--json")
+    assert json.loads(res.stdout) == {"ZOOM": {"HF-2026C1-001": ANY}}
+    res = inv(project, "reimage", "--instrument=ZOOM", "--release=2026C3.0")
+    assert res.returncode == 1 and "--drop-hotfix=HF-2026C1-001" in res.stderr
+    res = inv(project, "rollback", "--instrument=ZOOM", "--dry-run")
+    assert res.returncode == 0 and "revert_hotfix" not in res.stdout and "put back the files" in res.stdout
+    res = inv(project, "hotfix", "--revert=HF-2026C1-001", "--instruments=ZOOM")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(inv(project, "hotfixes", "--json").stdout) == {}
