@@ -65,8 +65,10 @@ def plan_hotfix(x: HotfixInputs) -> Plan:
     entry = {"description": x.hotfix.description, "operation": x.op_id, "who": x.owner, "when": x.stamp,
              "release": x.release}
     revert = Step("revert_hotfix", h, dict(common), f"put back the files {x.hotfix.id} replaced")
+    scripts = [{"phase": phase, "path": path} for phase, path in (("pre", x.hotfix.pre_script),
+                                                                   ("post", x.hotfix.post_script)) if path]
     steps.append(Step("apply_hotfix", h, {**common, "package_path": x.package_path, "files": files,
-                                          "entry": entry},
+                                          "entry": entry, "scripts": scripts},
                       f"back up the {len(files)} file(s) {x.hotfix.id} replaces to Var, put the new ones in "
                       "place on Apps and record it in the ledger on Var", undo=revert))
     _finish(x, steps, restart=True)

@@ -200,6 +200,11 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
         for i, f in enumerate(inputs["files"]):
             check_relpath(f.get("path"), field=f"files[{i}].path", file=where)
             check_sha256(f.get("sha256"), field=f"files[{i}].sha256", file=where)
+        for i, sc in enumerate(inputs["scripts"]):
+            if sc.get("phase") not in ("pre", "post"):
+                raise InputError("a script phase is pre or post", file=where, field=f"scripts[{i}].phase",
+                                 value=sc.get("phase"), fix="use pre or post")
+            check_relpath(sc.get("path"), field=f"scripts[{i}].path", file=where)
     if action == "restart_services":
         for i, name in enumerate(inputs["services"]):
             check_name(name, field=f"services[{i}]", file=where)

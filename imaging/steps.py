@@ -35,7 +35,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "write_record": ("vm", "record"),
     # Hotfixes: files put in place on the running guest's Apps volume, the replaced ones backed up on Var.
     "apply_hotfix": ("vm", "hotfix_id", "package_path", "files", "backup_rel", "ledger", "apps_generation",
-                     "entry"),
+                     "entry", "scripts"),
     "revert_hotfix": ("vm", "hotfix_id", "backup_rel", "ledger", "apps_generation"),
     "restart_services": ("vm", "services"),
 }

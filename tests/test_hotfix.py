@@ -19,7 +19,7 @@ from imaging.hotfixes import build_manifest, open_package, write_package
 from imaging.operations import Context
 from imaging.providers.lab import InjectedFault
 from imaging.steps import Step
-from tests.test_reimage import put_user_data, user_data
+from tests.test_reimage import put_user_data, user_data, var_dir
 
 RELEASES = ("2025C5.0", "2026C1.0", "2026C3.0")
 GROUP_A = "WISH"
@@ -343,3 +343,19 @@ def test_cli_hotfix_list_revert_and_rollback_dry_run(project: Path) -> None:
     res = inv(project, "hotfix", "--revert=HF-2026C1-001", "--instruments=ZOOM")
     assert res.returncode == 0, res.stderr
     assert json.loads(inv(project, "hotfixes", "--json").stdout) == {}
+
+
+def test_pre_and_post_scripts_are_carried_to_the_guest_in_order(project: Path, tmp_path: Path) -> None:
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    folder = make_pkg(tmp_path, pre_script="scripts/pre.ps1", post_script="scripts/post.ps1")
+    (folder / "scripts").mkdir()
+    (folder / "scripts/pre.ps1").write_text("Stop-Service InstrumentServer\n")
+    (folder / "scripts/post.ps1").write_text("Write-Output done\n")
+    assert hotfix_ops.hotfix(ctx, ["ZOOM"], folder)["ZOOM"].ok
+    runs = json.loads((var_dir(ctx) / "imaging" / "hotfix-scripts.json").read_text())["runs"]
+    assert [(r["phase"], r["script"]) for r in runs] == [("pre", "scripts/pre.ps1"), ("post", "scripts/post.ps1")]
+    assert runs[0]["sha256"] == sha256_bytes(b"Stop-Service InstrumentServer\n")
+    missing = make_pkg(tmp_path / "m", post_script="scripts/absent.ps1")
+    with pytest.raises(InputError, match="the script is not in the package"):
+        open_package(missing, releases=RELEASES, scratch=tmp_path / "s")

@@ -525,7 +525,7 @@ class LabProvider:
 
     def _do_apply_hotfix(self, host: str, vm: str, hotfix_id: str, package_path: str,
                          files: list[dict[str, str]], backup_rel: str, ledger: str, apps_generation: str,
-                         entry: dict[str, Any]) -> dict:
+                         entry: dict[str, Any], scripts: list[dict[str, str]]) -> dict:
         """Back up what each file replaces (once), put the new files in place by rename, verify, record."""
         self._running_guest(host, vm, "apply_hotfix")
         apps = self._guest_dir(host, vm, self.APPS_LINK, "apply_hotfix")
@@ -550,6 +550,7 @@ class LabProvider:
                     atomic_write(backup / "files" / f["path"], src.read_bytes())
                 saved.append({"path": f["path"], "previous_sha256": current[f["path"]]})
             write_json(listing, {"hotfix": hotfix_id, "generation": apps_generation, "files": saved})
+        self._hotfix_scripts(host, package.parent, var, hotfix_id, scripts, "pre")
         for f in files:
             src = package / f["path"]
             if not src.is_file() or sha256_file(src) != f["sha256"]:
@@ -560,12 +561,30 @@ class LabProvider:
         if problems:
             raise ProviderError(f"after writing, {', '.join(problems)} do not match their sha256", host=host,
                                 step="apply_hotfix")
+        self._hotfix_scripts(host, package.parent, var, hotfix_id, scripts, "post")
         gens = doc["generations"].setdefault(apps_generation, {})
         gens[hotfix_id] = {**entry, "files": [{"path": f["path"], "sha256": f["sha256"],
                                                 "previous_sha256": current[f["path"]]} for f in files],
                            "backup": backup_rel}
         write_json(ledger_file, doc)
         return {"changed": True, "files": len(files)}
+
+    def _hotfix_scripts(self, host: str, package: Path, var: Path, hotfix_id: str,
+                        scripts: list[dict[str, str]], phase: str) -> None:
+        """The lab guest cannot run PowerShell: it checks the script is in the staged package and records, on
+        Var, the script (and its sha256) a real guest runs at this point, as the hyperv template does."""
+        for sc in scripts:
+            if sc["phase"] != phase:
+                continue
+            src = package / sc["path"]
+            if not src.is_file():
+                raise ProviderError(f"the staged package of {hotfix_id} lacks its {phase} script {sc['path']}",
+                                    host=host, step="apply_hotfix")
+            log = var / "imaging" / "hotfix-scripts.json"
+            doc = read_json(log) if log.exists() else {"runs": []}
+            doc["runs"].append({"hotfix": hotfix_id, "phase": phase, "script": sc["path"],
+                                "sha256": sha256_file(src), "when": datetime.now(UTC).isoformat(timespec="seconds")})
+            write_json(log, doc)
 
     def _do_revert_hotfix(self, host: str, vm: str, hotfix_id: str, backup_rel: str, ledger: str,
                           apps_generation: str) -> dict:

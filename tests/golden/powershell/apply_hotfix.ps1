@@ -53,6 +53,7 @@ try {
     # PowerShell Direct session (Copy-Item -ToSession: no network share, no drive letter). Inside the guest,
     # each file the hotfix replaces is backed up once to the Var volume, the new file is written beside its
     # target and renamed over it (atomic on NTFS), hashes are checked, and the ledger on Var is updated.
+    # The package's pre script runs in the guest before any file is placed, its post script after all are.
     # Running it again after success changes nothing; after a failure it resumes without re-backing up.
     $Vm = 'NDXZOOM'
     $HotfixId = 'HF-2026C1-001'
@@ -62,6 +63,7 @@ try {
     $Ledger = 'C:\Instrument\Var\imaging\hotfixes.json'
     $Generation = '2026C1.0-ab12cd34'
     $Entry = [ordered]@{'description' = 'Fix the run-number race'; 'operation' = '0123456789ab'; 'who' = 'jbloggs'; 'when' = '20261121T193000Z'; 'release' = '2026C1.0'}
+    $Scripts = @([ordered]@{'phase' = 'pre'; 'path' = 'scripts/stop-server.ps1'}, [ordered]@{'phase' = 'post'; 'path' = 'scripts/check-runlock.ps1'})
     $AppsLink = 'C:\Instrument\Apps'
     if (-not (Test-Path -LiteralPath $PackagePath -PathType Leaf)) { throw "the hotfix package $PackagePath is not staged on this host" }
     $unpacked = $PackagePath + '.d'
@@ -94,9 +96,14 @@ try {
             Copy-Item -LiteralPath $src -Destination (Join-Path -Path ([string]$incoming) -ChildPath ([string]$i)) -ToSession $session
             $i++
         }
+        foreach ($sc in @($Scripts)) {
+            $src = Join-Path -Path $unpacked -ChildPath (([string]$sc.path).Replace('/', '\'))
+            if (-not (Test-Path -LiteralPath $src -PathType Leaf)) { throw "the package lacks its $($sc.phase) script $($sc.path)" }
+            Copy-Item -LiteralPath $src -Destination (Join-Path -Path ([string]$incoming) -ChildPath ([string]$sc.phase + '.ps1')) -ToSession $session
+        }
         $request = ConvertTo-Json -Depth 6 -Compress -InputObject ([ordered]@{
             id = $HotfixId; files = @($Files); backup_rel = $BackupRel; ledger = $Ledger; generation = $Generation
-            entry = $Entry; apps = $AppsLink; incoming = [string]$incoming
+            entry = $Entry; apps = $AppsLink; incoming = [string]$incoming; scripts = @($Scripts)
         })
         $answer = Invoke-Command -Session $session -ErrorAction Stop -ArgumentList $request -ScriptBlock {
             param([string] $RequestJson)
@@ -140,6 +147,8 @@ try {
                 }
                 Write-Atomic $listing (ConvertTo-Json -Depth 5 -InputObject ([ordered]@{ hotfix = $r.id; generation = $r.generation; files = @($saved.ToArray()) }))
             }
+            $phases = @(@($r.scripts) | ForEach-Object { [string]$_.phase })
+            if ($phases -contains 'pre') { & (Join-Path -Path $r.incoming -ChildPath 'pre.ps1') }
             $i = 0
             foreach ($f in @($r.files)) {
                 $target = Join-Path -Path $apps -ChildPath ([string]$f.path).Replace('/', '\')
@@ -150,6 +159,7 @@ try {
                 if ((Get-Sha $target) -ne [string]$f.sha256) { throw "after writing, $($f.path) does not match its sha256" }
                 $i++
             }
+            if ($phases -contains 'post') { & (Join-Path -Path $r.incoming -ChildPath 'post.ps1') }
             if ($null -eq $gens.PSObject.Properties[$r.generation]) { $gens | Add-Member -NotePropertyName $r.generation -NotePropertyValue ([pscustomobject]@{}) }
             $entry = [ordered]@{}
             foreach ($p in $r.entry.PSObject.Properties) { $entry[$p.Name] = $p.Value }
