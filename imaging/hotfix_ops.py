@@ -296,8 +296,11 @@ def refuse_dropped_hotfixes(ctx: Context, inst: Instrument, target_release: str,
                 + " ".join(f"--drop-hotfix={h}" for h in blocking))
 
 
-def reapply_after_reimage(ctx: Context, inst: Instrument, ids: list[str], *, listener: Listener | None = None
-                          ) -> dict[str, Outcome]:
+CARRY = "carry-"  # batch prefix of hotfixes re-applied after a reimage: they belong to that reimage
+
+
+def reapply_after_reimage(ctx: Context, inst: Instrument, ids: list[str], *, listener: Listener | None = None,
+                          reimage_op: str = "") -> dict[str, Outcome]:
     """Put declared hotfixes back on the new Apps generation, from the packages kept in the store."""
     out = {}
     for hid in ids:
@@ -305,7 +308,8 @@ def reapply_after_reimage(ctx: Context, inst: Instrument, ids: list[str], *, lis
         if hf is None:
             raise ImagingError(f"hotfix {hid} has no manifest in the journal; apply it again with `invoke hotfix`")
         name = f"hotfix-{hid}"
-        out[hid] = hotfix_one(ctx, inst.name, hf, (name, ctx.store.get(name).sha256), listener=listener)
+        out[hid] = hotfix_one(ctx, inst.name, hf, (name, ctx.store.get(name).sha256), listener=listener,
+                              batch=CARRY + reimage_op)
     return out
 
 
@@ -334,8 +338,13 @@ def mark_bad(ctx: Context, inst_name: str, release: str, *, op_id: str, reason: 
 
 
 def last_operation(ctx: Context, inst: Instrument) -> Operation | None:
-    """The last finished operation that changed the instrument (reimage, hotfix, revert or rollback)."""
-    return ctx.journal.last(inst.name, kinds=("reimage", "hotfix", "hotfix-revert", "rollback"), statuses=(OK,))
+    """The last finished operation that changed the instrument (reimage, hotfix, revert or rollback).
+
+    Hotfixes re-applied right after a reimage are part of that reimage: rolling back returns past both."""
+    ops = [o for o in ctx.journal.operations(instrument=inst.name)
+           if o.status == OK and o.kind in ("reimage", "hotfix", "hotfix-revert", "rollback")
+           and not (o.batch or "").startswith(CARRY)]
+    return ops[-1] if ops else None
 
 
 def plan_for_rollback(ctx: Context, name: str, *, op_id: str | None = None) -> Plan:

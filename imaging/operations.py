@@ -237,7 +237,7 @@ def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Li
     outcome = ctx.executor(listener).execute(plan, op_id=op_id, batch=batch)
     if outcome.ok:
         retire_old_generations(ctx, inst)
-        for hid, out in reapply_after_reimage(ctx, inst, carry, listener=listener).items():
+        for hid, out in reapply_after_reimage(ctx, inst, carry, listener=listener, reimage_op=op_id).items():
             if not out.ok:
                 outcome.error = f"reimaged, but re-applying hotfix {hid} failed: {out.error}"
     return outcome

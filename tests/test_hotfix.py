@@ -213,6 +213,9 @@ def test_hotfix_declared_for_the_new_release_is_present_after_the_reimage(projec
     assert set(hotfix_ops.list_hotfixes(ctx)["ZOOM"]) == {"HF-001"}
     record = ctx.providers.lab.read_record("HVHOST04", "NDXZOOM", r"E:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx")
     assert record["hotfixes"] == ["HF-001"]
+    # the re-application belongs to the reimage: a rollback returns past both, to the hotfixed 2026C1.0
+    plan = hotfix_ops.plan_for_rollback(ctx, "ZOOM")
+    assert plan.kind == "rollback" and plan.to_release == "2026C1.0"
 
 
 # --- rollback --------------------------------------------------------------------------------------
