@@ -38,7 +38,13 @@ ACTIONS: dict[str, tuple[str, ...]] = {
                      "entry", "scripts"),
     "revert_hotfix": ("vm", "hotfix_id", "backup_rel", "ledger", "apps_generation"),
     "restart_services": ("vm", "services"),
+    "read_volume": ("path", "max_bytes"),
+    "write_volume_files": ("path", "files"),
+    "run_guest_command": ("vm", "command", "var_path", "marker", "record"),
 }
+
+# Actions that only look and never change anything (their "changed" is always false).
+CHECK_ACTIONS = frozenset({"preflight", "get_state", "wait_guest", "health_check", "read_volume"})
 
 
 @dataclass(frozen=True)

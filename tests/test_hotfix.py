@@ -21,7 +21,7 @@ from imaging.providers.lab import InjectedFault
 from imaging.steps import Step
 from tests.test_reimage import put_user_data, user_data, var_dir
 
-RELEASES = ("2025C5.0", "2026C1.0", "2026C3.0")
+RELEASES = ("2025C5.0", "2026C1.0", "2026C3.0", "2026C3.1")
 GROUP_A = "WISH"
 NEW_FILES = {"server/bin/module00000.bin": b"patched server module\n" * 20,
              "server/lib/hotfix-added.dll": b"\x4d\x5a new file added by the hotfix"}
@@ -33,7 +33,7 @@ def ctx_for(project: Path, **kw: object) -> Context:
     return ctx
 
 
-def make_pkg(tmp: Path, hid: str = "HF-001", applies: tuple[str, ...] = ("2026C1.0",), **over: object) -> Path:
+def make_pkg(tmp: Path, hid: str = "HF-001", applies: tuple[str, ...] = ("2026C3.0",), **over: object) -> Path:
     man = build_manifest(hid, "fix the run-number race", list(applies), NEW_FILES, restart=["InstrumentServer"])
     man.update(over)
     return write_package(tmp / hid, man, NEW_FILES)
@@ -97,7 +97,7 @@ def test_archive_with_dotdot_member_is_refused_and_a_good_archive_loads(tmp_path
 
 
 def test_shipped_example_package_is_valid(project: Path) -> None:
-    example = Path(__file__).resolve().parent.parent / "hotfixes" / "examples" / "HF-2026C1-001"
+    example = Path(__file__).resolve().parent.parent / "hotfixes" / "examples" / "HF-2026C3-001"
     pkg = open_package(example, releases=RELEASES, scratch=project / "s")
     assert pkg.hotfix.applies_to and pkg.hotfix.files
 
@@ -155,8 +155,8 @@ def test_bad_hotfix_changes_nothing(project: Path, tmp_path: Path) -> None:
     (folder / "files/server/bin/module00000.bin").write_bytes(b"tampered")
     with pytest.raises(InputError, match="sha256"):
         hotfix_ops.hotfix(ctx, ["ZOOM"], folder)
-    with pytest.raises(InputError, match="applies to 2026C3.0 only; ZOOM runs 2026C1.0"):
-        hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path / "x", applies=("2026C3.0",)))
+    with pytest.raises(InputError, match="applies to 2026C3.1 only; ZOOM runs 2026C3.0"):
+        hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path / "x", applies=("2026C3.1",)))
     assert apps_tree(ctx) == before
     now = tree_manifest(project / ".state", exclude=("locks", "hotfixes"))
     assert now == {k: v for k, v in state.items() if not k.startswith("hotfixes/")}
@@ -165,7 +165,7 @@ def test_bad_hotfix_changes_nothing(project: Path, tmp_path: Path) -> None:
 def test_failure_on_one_instrument_restores_its_files_and_others_proceed(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
     for name in ("ZOOM", "WISH"):
-        assert operations.reimage(ctx, name, "2026C1.0").ok
+        assert operations.reimage(ctx, name, "2026C3.0").ok
     before = apps_tree(ctx, "ZOOM")
 
     def fail_zoom_health(step: Step) -> None:
@@ -191,10 +191,10 @@ def test_release_lacking_a_hotfix_is_refused_before_any_change_then_dropped(proj
     state = operations.observe(ctx, inst)
     n_ops = len(ctx.journal.operations(instrument="ZOOM"))
     with pytest.raises(InputError, match=r"ZOOM carries hotfix HF-001.*--drop-hotfix=HF-001"):
-        operations.reimage(ctx, "ZOOM", "2026C3.0")
+        operations.reimage(ctx, "ZOOM", "2026C3.1")
     assert operations.observe(ctx, inst) == state
     assert len(ctx.journal.operations(instrument="ZOOM")) == n_ops
-    out = operations.reimage(ctx, "ZOOM", "2026C3.0", drop_hotfixes=("HF-001",))
+    out = operations.reimage(ctx, "ZOOM", "2026C3.1", drop_hotfixes=("HF-001",))
     assert out.ok, out.error
     assert hotfix_ops.list_hotfixes(ctx) == {}
     assert "server/lib/hotfix-added.dll" not in apps_tree(ctx)
@@ -203,19 +203,19 @@ def test_release_lacking_a_hotfix_is_refused_before_any_change_then_dropped(proj
 def test_hotfix_declared_for_the_new_release_is_present_after_the_reimage(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
     assert operations.reimage(ctx, "ZOOM").ok
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path, applies=("2026C1.0", "2026C3.0")))["ZOOM"].ok
-    out = operations.reimage(ctx, "ZOOM", "2026C3.0")
+    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path, applies=("2026C3.0", "2026C3.1")))["ZOOM"].ok
+    out = operations.reimage(ctx, "ZOOM", "2026C3.1")
     assert out.ok and out.error is None, out.error
     tree = apps_tree(ctx)
-    assert tree["version.txt"] == sha256_bytes(b"2026C3.0\n")
+    assert tree["version.txt"] == sha256_bytes(b"2026C3.1\n")
     for rel, data in NEW_FILES.items():
         assert tree[rel] == sha256_bytes(data)
     assert set(hotfix_ops.list_hotfixes(ctx)["ZOOM"]) == {"HF-001"}
     record = ctx.providers.lab.read_record("HVHOST04", "NDXZOOM", r"E:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx")
     assert record["hotfixes"] == ["HF-001"]
-    # the re-application belongs to the reimage: a rollback returns past both, to the hotfixed 2026C1.0
+    # the re-application belongs to the reimage: a rollback returns past both, to the hotfixed 2026C3.0
     plan = hotfix_ops.plan_for_rollback(ctx, "ZOOM")
-    assert plan.kind == "rollback" and plan.to_release == "2026C1.0"
+    assert plan.kind == "rollback" and plan.to_release == "2026C3.0"
 
 
 # --- rollback --------------------------------------------------------------------------------------
@@ -239,31 +239,31 @@ def test_reimage_then_rollback_returns_os_apps_settings_keeps_var_and_data(proje
     disks_before = operations.observe(ctx, inst).disks
     before = (os_tree(ctx), apps_tree(ctx), settings_tree(ctx))
     data_before = user_data(ctx)
-    assert operations.reimage(ctx, "ZOOM", "2026C3.0").ok
+    assert operations.reimage(ctx, "ZOOM", "2026C3.1").ok
     assert apps_tree(ctx) != before[1] and user_data(ctx) == data_before
     plan = hotfix_ops.plan_for_rollback(ctx, "ZOOM")
-    assert plan.kind == "rollback" and plan.to_release == "2026C1.0" and plan.from_release == "2026C3.0"
+    assert plan.kind == "rollback" and plan.to_release == "2026C3.0" and plan.from_release == "2026C3.1"
     assert operations.observe(ctx, inst).disks != disks_before  # the dry run changed nothing
     out = hotfix_ops.rollback_last(ctx, "ZOOM")
     assert out.ok, out.error
     assert operations.observe(ctx, inst).disks == disks_before
     assert (os_tree(ctx), apps_tree(ctx), settings_tree(ctx)) == before
     assert user_data(ctx) == data_before
-    assert operations.running_release(ctx, inst) == "2026C1.0"
+    assert operations.running_release(ctx, inst) == "2026C3.0"
     assert user_data(ctx) == data_before
 
 
 def test_rolled_away_release_is_marked_bad_and_not_chosen_by_default(project: Path) -> None:
     ctx = ctx_for(project)
     inst = ctx.inventory.instrument(GROUP_A)
-    assert operations.desired_release(ctx, inst) == "2026C3.0"
-    assert operations.reimage(ctx, GROUP_A, "2026C1.0").ok
+    assert operations.desired_release(ctx, inst) == "2026C3.1"
+    assert operations.reimage(ctx, GROUP_A, "2026C3.0").ok
     assert operations.reimage(ctx, GROUP_A).ok
     assert hotfix_ops.rollback_last(ctx, GROUP_A).ok
-    assert operations.running_release(ctx, inst) == "2026C1.0"
-    with pytest.raises(InputError, match=f"2026C3.0 is marked bad for {GROUP_A}.*--release=2026C3.0"):
+    assert operations.running_release(ctx, inst) == "2026C3.0"
+    with pytest.raises(InputError, match=f"2026C3.1 is marked bad for {GROUP_A}.*--release=2026C3.1"):
         operations.reimage(ctx, GROUP_A)
-    assert operations.reimage(ctx, GROUP_A, "2026C3.0").ok
+    assert operations.reimage(ctx, GROUP_A, "2026C3.1").ok
 
 
 def test_rollback_of_a_hotfix_reverts_it_and_rollback_with_nothing_to_return_to_is_refused(
@@ -285,7 +285,7 @@ def test_rollback_brings_back_the_hotfixes_of_the_previous_generation(project: P
     assert operations.reimage(ctx, "ZOOM").ok
     assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path))["ZOOM"].ok
     hotfixed = apps_tree(ctx)
-    assert operations.reimage(ctx, "ZOOM", "2026C3.0", drop_hotfixes=("HF-001",)).ok
+    assert operations.reimage(ctx, "ZOOM", "2026C3.1", drop_hotfixes=("HF-001",)).ok
     assert hotfix_ops.list_hotfixes(ctx) == {}
     assert hotfix_ops.rollback_last(ctx, "ZOOM").ok
     assert apps_tree(ctx) == hotfixed
@@ -302,7 +302,7 @@ def test_retention_keeps_current_and_previous_never_counts_failed_or_what_a_roll
     inst = ctx.inventory.instrument("ZOOM")
     lab = ctx.providers.lab
     gens = []
-    for release in ("2026C1.0", "2026C3.0", "2026C1.0"):
+    for release in ("2026C3.0", "2026C3.1", "2026C3.0"):
         assert operations.reimage(ctx, "ZOOM", release).ok
         gens.append(ctx.journal.last("ZOOM", kinds=("reimage",), statuses=("ok",)).rollback_point["new"])
 
@@ -316,7 +316,7 @@ def test_retention_keeps_current_and_previous_never_counts_failed_or_what_a_roll
             raise InjectedFault("injected health failure", host=step.host, step=step.action)
 
     fctx = ctx_for(project, fault=fail_health)
-    assert not operations.reimage(fctx, "ZOOM", "2026C3.0").ok
+    assert not operations.reimage(fctx, "ZOOM", "2026C3.1").ok
     assert operations.retire_old_generations(ctx, inst) == []
     assert exists(gens[1]) and exists(gens[2])
     # after a rollback, the generation rolled back to is in use and the one rolled away from is its undo
@@ -332,18 +332,18 @@ def test_retention_keeps_current_and_previous_never_counts_failed_or_what_a_roll
 def test_cli_hotfix_list_revert_and_rollback_dry_run(project: Path) -> None:
     from tests.test_cli import inv
 
-    example = Path(__file__).resolve().parent.parent / "hotfixes" / "examples" / "HF-2026C1-001"
+    example = Path(__file__).resolve().parent.parent / "hotfixes" / "examples" / "HF-2026C3-001"
     assert inv(project, "reimage", "--instrument=ZOOM").returncode == 0
     res = inv(project, "hotfix", f"--patch={example}", "--instruments=ZOOM")
     assert res.returncode == 0, res.stderr
     assert "ZOOM: hotfix done" in res.stdout
     res = inv(project, "hotfixes", "--json")
-    assert json.loads(res.stdout) == {"ZOOM": {"HF-2026C1-001": ANY}}
-    res = inv(project, "reimage", "--instrument=ZOOM", "--release=2026C3.0")
-    assert res.returncode == 1 and "--drop-hotfix=HF-2026C1-001" in res.stderr
+    assert json.loads(res.stdout) == {"ZOOM": {"HF-2026C3-001": ANY}}
+    res = inv(project, "reimage", "--instrument=ZOOM", "--release=2026C3.1")
+    assert res.returncode == 1 and "--drop-hotfix=HF-2026C3-001" in res.stderr
     res = inv(project, "rollback", "--instrument=ZOOM", "--dry-run")
     assert res.returncode == 0 and "revert_hotfix" not in res.stdout and "put back the files" in res.stdout
-    res = inv(project, "hotfix", "--revert=HF-2026C1-001", "--instruments=ZOOM")
+    res = inv(project, "hotfix", "--revert=HF-2026C3-001", "--instruments=ZOOM")
     assert res.returncode == 0, res.stderr
     assert json.loads(inv(project, "hotfixes", "--json").stdout) == {}
 

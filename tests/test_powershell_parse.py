@@ -75,7 +75,7 @@ def hostile_inputs(action: str) -> dict[str, Any]:
     for key in ("owner", "op_id", "switch", "expect_apps_version"):
         if key in inputs:
             inputs[key] = HOSTILE
-    if action == "write_settings":
+    if isinstance(inputs.get("files"), dict):  # write_settings, write_volume_files: relpath -> text
         inputs["files"] = {"a/b.txt": HOSTILE, "c.xml": ""}
     if "entry" in inputs:  # apply_hotfix: free text recorded in the ledger
         inputs["entry"] = {"description": HOSTILE, HOSTILE: HOSTILE}

@@ -1,4 +1,4 @@
-# Post script of HF-2026C1-001: runs in the guest after the files are in place, before the service restart.
+# Post script of HF-2026C3-001: runs in the guest after the files are in place, before the service restart.
 # A throw here fails the hotfix, and the instrument's files are put back.
 $ErrorActionPreference = 'Stop'
 $cfg = 'C:\Instrument\Apps\server\lib\runlock.cfg'
