@@ -403,4 +403,16 @@ def rollback_last(ctx: Context, name: str, *, listener: Listener | None = None) 
     outcome = ctx.executor(listener).execute(plan, op_id=op_id)
     if outcome.ok and plan.kind == "rollback" and plan.from_release:
         mark_bad(ctx, inst.name, plan.from_release, op_id=op_id, reason=f"rolled back by {who()}")
+        restore_settings_branch(ctx, inst, plan.rollback_point.get("undoes"))
     return outcome
+
+
+def restore_settings_branch(ctx: Context, inst: Instrument, undone_op: str | None) -> str | None:
+    """The previous Settings disk is back; put the instrument's settings branch (if there is a settings
+    repository) back to where it was before the undone reimage migrated it, so git and the disk agree."""
+    from .settings_fleet import rollback_settings
+
+    if not undone_op:
+        return None
+    before = (ctx.journal.operation(undone_op).rollback_point or {}).get("settings_before_commit")
+    return rollback_settings(ctx.inventory, inst, before)

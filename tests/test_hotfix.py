@@ -362,3 +362,22 @@ def test_pre_and_post_scripts_are_carried_to_the_guest_in_order(project: Path, t
     missing = make_pkg(tmp_path / "m", post_script="scripts/absent.ps1")
     with pytest.raises(InputError, match="the script is not in the package"):
         open_package(missing, releases=RELEASES, scratch=tmp_path / "s")
+
+
+def test_rollback_puts_the_settings_branch_back_before_the_migrations(project: Path, tmp_path: Path) -> None:
+    from imaging import gitrepo
+    from tests.test_reimage_settings import branch_repo
+
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    assert operations.reimage(ctx, "ZOOM", "2026C3.1").ok
+    srepo = branch_repo(tmp_path, {"NDXZOOM": {"globals.txt": b"v4 settings\n"}})
+    before = gitrepo.run_git(srepo, "rev-parse", "NDXZOOM").decode().strip()
+    gitrepo.commit_files(srepo, "NDXZOOM", {"globals.txt": b"v5 settings (migrated)\n"}, "migrate", replace=True)
+    # what a migrating reimage records: the branch before its migrations
+    last = ctx.journal.last("ZOOM", kinds=("reimage",), statuses=("ok",))
+    ctx.journal.set_rollback_point(last.id, {**last.rollback_point, "settings_before_commit": before})
+    ctx.inventory = ctx.inventory.model_copy(update={"settings_repo": srepo})
+    assert hotfix_ops.rollback_last(ctx, "ZOOM").ok
+    tree = gitrepo.run_git(srepo, "show", "NDXZOOM:globals.txt")
+    assert tree == b"v4 settings\n"
