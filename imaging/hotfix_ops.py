@@ -216,7 +216,7 @@ def run_over_instruments(ctx: Context, names: list[str], fn: Callable[[str], T],
         with sem:
             try:
                 return fn(n)
-            except ImagingError as exc:
+            except Exception as exc:  # noqa: BLE001 - one instrument's failure, whatever it is, is its own
                 return exc
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
@@ -304,12 +304,15 @@ def reapply_after_reimage(ctx: Context, inst: Instrument, ids: list[str], *, lis
     """Put declared hotfixes back on the new Apps generation, from the packages kept in the store."""
     out = {}
     for hid in ids:
-        hf = known_hotfix(ctx, hid)
-        if hf is None:
-            raise ImagingError(f"hotfix {hid} has no manifest in the journal; apply it again with `invoke hotfix`")
-        name = f"hotfix-{hid}"
-        out[hid] = hotfix_one(ctx, inst.name, hf, (name, ctx.store.get(name).sha256), listener=listener,
-                              batch=CARRY + reimage_op)
+        try:
+            hf = known_hotfix(ctx, hid)
+            if hf is None:
+                raise ImagingError(f"hotfix {hid} has no manifest in the journal; apply it with `invoke hotfix`")
+            name = f"hotfix-{hid}"
+            out[hid] = hotfix_one(ctx, inst.name, hf, (name, ctx.store.get(name).sha256), listener=listener,
+                                  batch=CARRY + reimage_op)
+        except ImagingError as exc:  # the reimage stands; the caller reports which hotfix is missing
+            out[hid] = Outcome(op_id="", instrument=inst.name, ok=False, status="failed", error=str(exc))
     return out
 
 

@@ -299,8 +299,9 @@ def resume(ctx: Context, name: str, *, listener: Listener | None = None) -> Outc
 def retire_old_generations(ctx: Context, inst: Instrument) -> list[str]:
     """Keep the current and the previous generation of OS/Apps/Settings disks; delete older ones.
 
-    Only generations made by operations that finished are counted, and nothing attached or used by a
-    rollback point is deleted (the provider refuses attached disks anyway).
+    Only generations made by reimages that finished are counted (failed, rolled-back and unfinished ones
+    never are), and nothing attached, used by the rollback point of the last finished reimage or rollback,
+    or touched by an unfinished operation is deleted (the provider refuses attached disks anyway).
     """
     gens: list[dict[str, str]] = []
     for op in ctx.journal.operations(instrument=inst.name):
