@@ -381,3 +381,19 @@ def test_rollback_puts_the_settings_branch_back_before_the_migrations(project: P
     assert hotfix_ops.rollback_last(ctx, "ZOOM").ok
     tree = gitrepo.run_git(srepo, "show", "NDXZOOM:globals.txt")
     assert tree == b"v4 settings\n"
+
+
+def test_hyperv_scripts_refuse_unsafe_hotfix_inputs_before_rendering() -> None:
+    from imaging.powershell import render_script
+
+    samples = json.loads((Path(__file__).parent / "golden/powershell/_inputs.json").read_text())
+    good = samples["apply_hotfix"]
+    assert "Copy-Item -LiteralPath $src" in render_script("apply_hotfix", good)
+    for field, bad in (("files", [{"path": "../Windows/x.dll", "sha256": "0" * 64}]),
+                       ("files", [{"path": "server/x.dll", "sha256": "not-a-hash"}]),
+                       ("backup_rel", "C:/elsewhere"), ("hotfix_id", "HF 1; rm"),
+                       ("scripts", [{"phase": "during", "path": "a.ps1"}])):
+        with pytest.raises(InputError):
+            render_script("apply_hotfix", {**good, field: bad})
+    with pytest.raises(InputError, match="services"):
+        render_script("restart_services", {"vm": "NDXZOOM", "services": ["ok", "bad name"]})
