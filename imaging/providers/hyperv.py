@@ -38,6 +38,7 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
     "stop_vm": 120, "start_vm": 300, "wait_guest": 60, "stage_artifact": 6 * 3600,
     "create_child_disk": 300, "create_disk": 900, "delete_disk": 300, "attach_disk": 120,
     "detach_disk": 120, "backup_volume": 4 * 3600, "rescue_user_files": 2 * 3600, "write_settings": 900,
+    "apply_hotfix": 1800, "revert_hotfix": 1800, "restart_services": 600,
     "configure_guest": 600, "health_check": 600, "write_record": 300, "read_volume": 600,
     "write_volume_files": 900, "run_guest_command": 3600,
 }
