@@ -257,7 +257,7 @@ def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Li
     """Reimage one instrument. Hotfixes it carries that the target release lacks stop it before anything
     changes (settings capture included), unless declared for the target (re-applied after the reimage) or
     dropped by the caller."""
-    from .hotfix_ops import hotfixes_to_reapply, reapply_after_reimage, refuse_dropped_hotfixes
+    from .hotfix_ops import hotfixes_to_reapply, refuse_dropped_hotfixes
 
     inst = ctx.inventory.instrument(name)
     refuse_if_interrupted(ctx, inst)
@@ -278,11 +278,29 @@ def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Li
             listener(StepEvent(inst.name, "stage", 0, 0, s, ok=True, result=res))
     outcome = ctx.executor(listener).execute(plan, op_id=op_id, batch=batch)
     if outcome.ok:
-        retire_old_generations(ctx, inst)
-        for hid, out in reapply_after_reimage(ctx, inst, carry, listener=listener, reimage_op=op_id).items():
-            if not out.ok:
-                outcome.error = f"reimaged, but re-applying hotfix {hid} failed: {out.error}"
+        _after_reimage(ctx, inst, outcome, carry, listener)
     return outcome
+
+
+def _after_reimage(ctx: Context, inst: Instrument, outcome: Outcome, carry: list[str],
+                   listener: Listener | None) -> None:
+    """Once a reimage finished: retire old generations, put carried hotfixes back on the new Apps disk."""
+    from .hotfix_ops import reapply_after_reimage
+
+    retire_old_generations(ctx, inst)
+    for hid, out in reapply_after_reimage(ctx, inst, carry, listener=listener, reimage_op=outcome.op_id).items():
+        if not out.ok:
+            outcome.error = f"reimaged, but re-applying hotfix {hid} failed: {out.error}"
+
+
+def _carried_by_plan(ctx: Context, op: Operation) -> list[str]:
+    """The hotfixes a reimage plan promised to carry (recorded in its write_record step, minus those the
+    release already includes), so that a resumed reimage re-applies them too."""
+    for d in op.plan:
+        if d["action"] == "write_record":
+            included = set(ctx.releases[op.to_release].includes_hotfixes) if op.to_release in ctx.releases else set()
+            return sorted(h for h in d["inputs"]["record"].get("hotfixes", []) if h not in included)
+    return []
 
 
 def resume(ctx: Context, name: str, *, listener: Listener | None = None) -> Outcome:
@@ -291,8 +309,8 @@ def resume(ctx: Context, name: str, *, listener: Listener | None = None) -> Outc
     if op is None:
         raise ImagingError(f"{inst.name} has no interrupted operation to resume")
     outcome = ctx.executor(listener).resume(op.id)
-    if outcome.ok:
-        retire_old_generations(ctx, inst)
+    if outcome.ok and op.kind == "reimage":
+        _after_reimage(ctx, inst, outcome, _carried_by_plan(ctx, op), listener)
     return outcome
 
 

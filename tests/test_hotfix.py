@@ -218,6 +218,30 @@ def test_hotfix_declared_for_the_new_release_is_present_after_the_reimage(projec
     assert plan.kind == "rollback" and plan.to_release == "2026C3.0"
 
 
+def test_a_resumed_reimage_also_reapplies_the_declared_hotfix(project: Path, tmp_path: Path) -> None:
+
+    class Killed(BaseException):
+        pass
+
+    def kill_at_health_check(step: Step) -> None:
+        if step.action == "health_check":
+            raise Killed()
+
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path, applies=("2026C3.0", "2026C3.1")))["ZOOM"].ok
+    killed = ctx_for(project)
+    killed.providers.lab.fault = kill_at_health_check
+    with pytest.raises(Killed):
+        operations.reimage(killed, "ZOOM", "2026C3.1")
+    out = operations.resume(ctx_for(project), "ZOOM")
+    assert out.ok and out.error is None, out.error
+    tree = apps_tree(ctx)
+    assert tree["version.txt"] == sha256_bytes(b"2026C3.1\n")
+    for rel, data in NEW_FILES.items():
+        assert tree[rel] == sha256_bytes(data)
+
+
 # --- rollback --------------------------------------------------------------------------------------
 
 
