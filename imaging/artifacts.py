@@ -358,6 +358,38 @@ class ArtifactStore:
             f.seek(0)
             yield f
 
+    # --- pruning -----------------------------------------------------------------------------------------
+
+    def pruned_manifests(self) -> builtins.list[ArtifactManifest]:
+        """Manifests of artifacts whose bytes were pruned (kept so that a rebuild can be checked)."""
+        folder = self.root / "pruned"
+        if not folder.is_dir():
+            return []
+        return [ArtifactManifest.model_validate(json.loads(p.read_text(encoding="utf-8")))
+                for p in sorted(folder.glob("*.json"))]
+
+    def prune(self, name: str) -> bool:
+        """Remove artifact ``name``'s bytes; its manifest moves to ``pruned/<name>-<sha256[:12]>.json``.
+
+        The blob is deleted only when no other artifact still names the same content (the store keeps
+        each content once). Returns whether a blob was deleted. The name becomes free for a rebuild.
+        """
+        m = self.get(name)
+        folder = self.root / "pruned"
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = folder / f"{name}-{m.sha256[:12]}.json"
+        kept.write_text(json.dumps(m.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        self._manifest_path(name).unlink()
+        _fsync_dir(self.manifests)
+        if any(other.sha256 == m.sha256 for other in self.list()):
+            return False
+        blob = self.blob_path(m.sha256)
+        if blob.exists():
+            _make_writable(blob)
+            blob.unlink()
+            return True
+        return False
+
     # --- staging -----------------------------------------------------------------------------------------
 
     def stage(self, name: str, dest_dir: Path, *, progress: Progress | None = None) -> Path:

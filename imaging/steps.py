@@ -33,6 +33,11 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "configure_guest": ("vm", "volumes"),
     "health_check": ("vm", "expect_apps_version", "links", "expect_settings_sha256"),
     "write_record": ("vm", "record"),
+    # Build hosts (release management): images are made here, then registered in the store.
+    "build_apps_disk": ("vhd_path", "source_path", "label", "size_gb", "work_root", "expect_version"),
+    "build_template": ("vm", "version", "iso_path", "image_index", "vhd_path", "work_root", "size_gb", "memory_mb",
+                       "switch", "unattend", "provision", "timeout_s"),
+    "remove_image": ("path", "sha256"),
 }
 
 
