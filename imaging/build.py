@@ -181,10 +181,17 @@ def build_apps_on_host(*, records: BuildRecords, run: Any, host: Host, rel: Rele
     except BaseException as exc:
         records.fail(rec, str(exc) or type(exc).__name__)
         raise
-    manifest = result.get("manifest")
+    manifest = None
+    if isinstance(result.get("files"), list):
+        manifest = ImageManifest.from_dict({
+            "format": 1, "label": APPS_LABEL, "partition_name": "Basic data partition",
+            "disk_size": int(result.get("disk_size") or 0), "volume_size": int(result.get("volume_size") or 0),
+            "image_size": int(result["size"]), "image_sha256": result["sha256"], "files": result["files"],
+            "directories": result.get("directories") or [], "tools": {"builder": f"{host.provider}:{host.name}"},
+        }, file=f"result of build_apps_disk on {host.name}").to_dict()
+    rec.inputs["location"] = f"{host.name}:{step.inputs['vhd_path']}"
     return records.finish(rec, sha256=result["sha256"], size=int(result["size"]),
-                          tools={"builder": f"{host.provider}:{host.name}"},
-                          manifest=manifest if isinstance(manifest, dict) else None)
+                          tools={"builder": f"{host.provider}:{host.name}"}, manifest=manifest)
 
 
 # --- OS templates ------------------------------------------------------------------------------------

@@ -138,10 +138,8 @@ def _set_label_line(lines: list[str], group: str, label: str, value: str) -> lis
         child_indent = " " * ind
         m = _KEY_RE.match(ln)
         if m and m.group("key").strip().strip("'\"") == label:
-            comment = ""
-            hash_at = m.group("rest").find(" #")
-            if hash_at >= 0:
-                comment = m.group("rest")[hash_at:].rstrip("\n")
+            found = re.search(r"\s+#.*$", m.group("rest").rstrip("\n"))
+            comment = found.group(0) if found else ""
             newline = "\n" if ln.endswith("\n") else ""
             return [*lines[:i], f"{m.group('indent')}{label}: {value}{comment}{newline}", *lines[i + 1:]]
     insert = block_end
