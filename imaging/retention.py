@@ -60,9 +60,13 @@ def usage(*, labels: dict[str, dict[str, str]], running: dict[str, str | None], 
     for inst, rel in sorted(running.items()):
         if rel:
             uses.setdefault(rel, []).append(f"{inst} runs it")
+    wanted: dict[str, list[str]] = {}
     for inst, rel in sorted(desired.items()):
         if rel:
-            uses.setdefault(rel, []).append(f"{inst} wants it")
+            wanted.setdefault(rel, []).append(inst)
+    for rel, insts in wanted.items():
+        names = ", ".join(insts) if len(insts) <= 3 else f"{len(insts)} instruments ({', '.join(insts[:3])}, ...)"
+        uses.setdefault(rel, []).append(f"wanted by {names}")
     for inst, rels in sorted(rollback.items()):
         for rel in sorted(set(rels)):
             uses.setdefault(rel, []).append(f"{inst} rollback point")

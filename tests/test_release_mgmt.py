@@ -108,7 +108,7 @@ def test_failed_and_unfinished_builds_never_count_towards_the_two() -> None:
 def test_never_removes_what_a_label_an_instrument_or_a_rollback_point_uses() -> None:
     d = _decide(labels={"A": {"previous": "2025C1.0"}}, running={"ZOOM": "2025C2.0"}, desired={"LET": "2025C3.0"},
                 rollback={"WISH": ["2025C4.0"]})
-    for rid, why in (("2025C1.0", "label A:previous"), ("2025C2.0", "ZOOM runs it"), ("2025C3.0", "LET wants it"),
+    for rid, why in (("2025C1.0", "label A:previous"), ("2025C2.0", "ZOOM runs it"), ("2025C3.0", "wanted by LET"),
                      ("2025C4.0", "WISH rollback point")):
         assert d[f"apps-{rid}"].keep and any(why in r for r in d[f"apps-{rid}"].reasons)
     assert d["win-0"].keep  # the OS template of a used release stays too
