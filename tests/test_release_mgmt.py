@@ -238,3 +238,18 @@ def test_prune_apply_refuses_to_remove_an_image_a_disk_still_uses(project: Path)
                                    {"path": layout.image_path(host, "apps-2025C5.0", sha), "sha256": sha}, "t"))
     finally:
         ctx.close()
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("build-apps", ("--release", "--source", "--host", "--size-gb", "--workdir", "--dry-run")),
+    ("verify-image", ("--release", "--image", "--manifest", "--workdir")),
+    ("build-template", ("--version", "--base", "--host", "--iso", "--image-index", "--dry-run")),
+    ("promote", ("--release", "--label", "--group", "--force", "--dry-run")),
+    ("revoke", ("--release", "--reason", "--dry-run")),
+    ("prune", ("--apply",)),
+])
+def test_release_tasks_have_help_for_every_option(project: Path, name: str, options: tuple[str, ...]) -> None:
+    out = inv(project, "--help", name).stdout
+    for opt in options:
+        line = next((ln for ln in out.splitlines() if ln.lstrip().startswith("-") and opt in ln), "")
+        assert line and len(line.split(opt, 1)[1].strip()) > 10, f"{name} {opt} has no help: {line!r}"
