@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -251,5 +252,5 @@ def test_prune_apply_refuses_to_remove_an_image_a_disk_still_uses(project: Path)
 def test_release_tasks_have_help_for_every_option(project: Path, name: str, options: tuple[str, ...]) -> None:
     out = inv(project, "--help", name).stdout
     for opt in options:
-        line = next((ln for ln in out.splitlines() if ln.lstrip().startswith("-") and opt in ln), "")
+        line = next((ln for ln in out.splitlines() if re.match(r"\s*-[a-zA-Z][ ,]", ln) and opt in ln), "")
         assert line and len(line.split(opt, 1)[1].strip()) > 10, f"{name} {opt} has no help: {line!r}"
