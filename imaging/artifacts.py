@@ -188,12 +188,16 @@ class ArtifactStore:
     # --- adding ------------------------------------------------------------------------------------------
 
     def add(self, path: Path, *, name: str, kind: str, source: str | None = None, suffix: str | None = None,
-            progress: Progress | None = None) -> ArtifactManifest:
+            progress: Progress | None = None, move: bool = False) -> ArtifactManifest:
         """Store the file at ``path`` as artifact ``name`` in one streaming pass; return its manifest.
 
         Artifacts are immutable: adding an existing name again is accepted only with identical content
         (and returns the existing manifest); different content is refused. Content already stored under
         another name is not stored twice. ``suffix`` defaults to the source file's suffix.
+
+        ``move=True`` (for a file the caller made and will not keep, e.g. a fresh build): when ``path`` is on
+        the store's file system it is hashed in place and renamed into the store instead of copied; the
+        file is gone afterwards either way.
         """
         check_name(name, field="name")
         path = Path(path)
@@ -207,6 +211,24 @@ class ArtifactStore:
         if not path.is_file():
             raise InputError("artifact source file not found", file=str(path), fix="check the path")
         self._ensure_dirs()
+        if source is None:
+            source = str(path.resolve())
+        if move and os.stat(path).st_dev == os.stat(self.tmp).st_dev:
+            handle, moved_name = tempfile.mkstemp(prefix=f"move-{name}-", dir=self.tmp)
+            os.close(handle)
+            moved = Path(moved_name)
+            os.replace(path, moved)
+            try:
+                fd = os.open(moved, os.O_RDONLY)
+                try:
+                    os.fsync(fd)  # the maker may not have flushed it; the store's files are always durable
+                finally:
+                    os.close(fd)
+                sha, size = _hash_file(moved, progress=progress)
+                return self._finish_add(moved, sha, size, name=name, kind=kind, suffix=suffix, source=source,
+                                        path=path)
+            finally:
+                moved.unlink(missing_ok=True)
 
         fd, tmp_name = tempfile.mkstemp(prefix=f"add-{name}-", dir=self.tmp)
         tmp = Path(tmp_name)
@@ -218,25 +240,30 @@ class ArtifactStore:
                 size = _pump(src, out, h, done=0, total=total, progress=progress)
                 os.fsync(out.fileno())
             sha = h.hexdigest()
-
-            existing = self._read_manifest(name) if self._manifest_path(name).exists() else None
-            if existing is not None:
-                if existing.sha256 != sha:
-                    raise ArtifactError(
-                        f"artifact {name} already exists with different content (stored sha256 "
-                        f"{existing.sha256}, new file {path} has {sha}); artifacts are immutable: "
-                        f"add it under a new name")
-                self._store_blob(tmp, sha, size)
-                return existing
-
-            self._store_blob(tmp, sha, size)
-            manifest = ArtifactManifest(name=name, kind=kind, size=size, sha256=sha,
-                                        created=datetime.now(UTC).replace(microsecond=0),
-                                        source=source if source is not None else str(path.resolve()),
-                                        suffix=suffix)
-            return self._publish_manifest(manifest)
+            return self._finish_add(tmp, sha, size, name=name, kind=kind, suffix=suffix, source=source,
+                                    path=path)
         finally:
             tmp.unlink(missing_ok=True)
+            if move:
+                path.unlink(missing_ok=True)
+
+    def _finish_add(self, tmp: Path, sha: str, size: int, *, name: str, kind: str, suffix: str, source: str,
+                    path: Path) -> ArtifactManifest:
+        """Put a complete, hashed file under its blob name and publish the manifest (or accept the same)."""
+        existing = self._read_manifest(name) if self._manifest_path(name).exists() else None
+        if existing is not None:
+            if existing.sha256 != sha:
+                raise ArtifactError(
+                    f"artifact {name} already exists with different content (stored sha256 "
+                    f"{existing.sha256}, new file {path} has {sha}); artifacts are immutable: "
+                    f"add it under a new name")
+            self._store_blob(tmp, sha, size)
+            return existing
+        self._store_blob(tmp, sha, size)
+        manifest = ArtifactManifest(name=name, kind=kind, size=size, sha256=sha,
+                                    created=datetime.now(UTC).replace(microsecond=0), source=source,
+                                    suffix=suffix)
+        return self._publish_manifest(manifest)
 
     def _store_blob(self, tmp: Path, sha: str, size: int) -> None:
         """Move a complete, fsynced temp file to its blob path unless an intact-looking blob is there."""

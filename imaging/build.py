@@ -100,7 +100,7 @@ def build_apps(*, store: ArtifactStore, records: BuildRecords, releases: dict[st
             manifest = vhdx.build_volume_image(source, out, label=APPS_LABEL, size_bytes=size_bytes,
                                                workdir=Path(tmp))
             stored = store.add(out, name=name, kind="apps", source=f"build-apps {release} from {source}",
-                               suffix=".vhdx")
+                               suffix=".vhdx", move=True)
             if stored.sha256 != manifest.image_sha256:
                 raise ArtifactError(f"the store holds {stored.sha256} for {name}, the build made "
                                     f"{manifest.image_sha256}")
