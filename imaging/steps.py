@@ -38,7 +38,13 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "build_template": ("vm", "version", "iso_path", "image_index", "vhd_path", "work_root", "size_gb", "memory_mb",
                        "switch", "unattend", "provision", "timeout_s"),
     "remove_image": ("path", "sha256"),
+    "read_volume": ("path", "max_bytes"),
+    "write_volume_files": ("path", "files"),
+    "run_guest_command": ("vm", "command", "var_path", "marker", "record"),
 }
+
+# Actions that only look and never change anything (their "changed" is always false).
+CHECK_ACTIONS = frozenset({"preflight", "get_state", "wait_guest", "health_check", "read_volume"})
 
 
 @dataclass(frozen=True)
