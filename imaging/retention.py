@@ -106,8 +106,13 @@ def select(*, releases: Iterable[ReleaseImages], builds: dict[tuple[str, str], s
         why = reasons.get(name, [])
         if not why:
             revoked = [r.id for r in rels if r.images.get(kind) == name and r.revoked]
-            why_not = ["revoked and unused" if revoked and len(revoked) == len(owners[name])
-                       else "older than the newest good releases and unused"]
+            status = builds.get((kind, name))
+            if revoked and len(revoked) == len(owners[name]):
+                why_not = ["revoked and unused"]
+            elif status not in (None, "ok"):
+                why_not = [f"its build is {status} and it is unused"]
+            else:
+                why_not = ["older than the newest good releases and unused"]
             out.append(Decision(name, kind, False, why_not, sorted(owners[name])))
         else:
             out.append(Decision(name, kind, True, why, sorted(owners[name])))

@@ -19,6 +19,28 @@ from imaging.retention import ReleaseImages, select, usage
 from tests.conftest import git
 from tests.test_cli import inv
 
+LABELS = """# Labels for these tests (the shipped file changes as releases are made).
+labels:
+  A:
+    current: 2026C3.0
+    previous: 2026C1.0
+    qa: 2026C3.0
+    recommended: 2026C3.0
+  B:
+    current: 2026C1.0  # ZOOM's group
+    previous: 2025C5.0
+    qa: 2026C3.0
+    recommended: 2026C1.0
+"""
+
+
+@pytest.fixture
+def labelled(project: Path) -> Path:
+    """The project with a known labels file, committed."""
+    (project / "releases" / "labels.yaml").write_text(LABELS)
+    git(project, "commit", "-q", "-m", "test labels", "--", "releases/labels.yaml")
+    return project
+
 
 def ctx_for(project: Path) -> Context:
     ctx = Context.load(Paths.from_env(project))
@@ -132,7 +154,8 @@ def test_artifacts_of_no_release_are_kept() -> None:
 
 # --- end to end through the CLI ------------------------------------------------------------------------
 
-def test_promote_refuses_without_canary_then_moves_and_commits_after_one(project: Path) -> None:
+def test_promote_refuses_without_canary_then_moves_and_commits_after_one(labelled: Path) -> None:
+    project = labelled
     before = (project / "releases" / "labels.yaml").read_text()
     res = inv(project, "promote", "--release=2026C3.0", "--label=current", "--group=B")
     assert res.returncode == 1 and "no canary" in res.stderr and "--force" in res.stderr
@@ -151,13 +174,14 @@ def test_promote_refuses_without_canary_then_moves_and_commits_after_one(project
     labels = load_labels(project / "releases")
     assert labels["B"]["current"] == "2026C3.0" and labels["B"]["previous"] == "2026C1.0"
     assert labels["A"] == yaml.safe_load(before)["labels"]["A"]
-    assert "# Labels: movable names" in (project / "releases" / "labels.yaml").read_text()
+    assert "current: 2026C3.0  # ZOOM's group" in (project / "releases" / "labels.yaml").read_text()
     log = git(project, "log", "-1", "--name-only", "--format=%s")
     assert "promote 2026C3.0 to B:current" in log and log.strip().splitlines()[-1] == "releases/labels.yaml"
     assert git(project, "status", "--porcelain", "--", "releases").strip() == ""
 
 
-def test_promote_without_git_identity_leaves_the_change_uncommitted(project: Path, monkeypatch) -> None:
+def test_promote_without_git_identity_leaves_the_change_uncommitted(labelled: Path, monkeypatch) -> None:
+    project = labelled
     for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
         monkeypatch.delenv(var)
     res = inv(project, "promote", "--release=2026C1.0", "--label=qa", "--group=B", "--force")
@@ -166,7 +190,8 @@ def test_promote_without_git_identity_leaves_the_change_uncommitted(project: Pat
     assert " M releases/labels.yaml" in git(project, "status", "--porcelain")
 
 
-def test_revoke_blocks_deploys_flags_labels_and_commits(project: Path) -> None:
+def test_revoke_blocks_deploys_flags_labels_and_commits(labelled: Path) -> None:
+    project = labelled
     res = inv(project, "revoke", "--release=2026C3.0", "--reason=motion driver crash", "--dry-run")
     assert res.returncode == 0 and "would revoke" in res.stdout
     assert git(project, "status", "--porcelain", "--", "releases").strip() == ""
@@ -184,59 +209,82 @@ def test_revoke_blocks_deploys_flags_labels_and_commits(project: Path) -> None:
     assert res.returncode == 1 and "already revoked" in res.stderr
 
 
-def test_prune_dry_run_then_apply_keeps_what_is_used(project: Path) -> None:
+def test_prune_dry_run_then_apply_keeps_what_is_used(labelled: Path) -> None:
+    project = labelled
     ctx = ctx_for(project)
     try:
-        assert operations.reimage(ctx, "ZOOM", "2025C5.0").ok  # stores the lab samples of 2025C5.0
-        assert operations.reimage(ctx, "ZOOM", "2026C1.0").ok  # ZOOM runs 2026C1.0, rollback point 2025C5.0
-        for rid in ("2026C3.0",):
-            operations.artifacts_of(ctx, rid, lab=True)
+        for rid in ("2025C5.0", "2026C1.0"):  # older releases: their images are in the store and on the host
+            operations.stage(ctx, rid, ctx.inventory.instrument("ZOOM").host)
+        assert operations.reimage(ctx, "ZOOM", "2026C3.0").ok
+        assert operations.reimage(ctx, "ZOOM", "2026C3.1").ok  # ZOOM runs 2026C3.1, rollback point 2026C3.0
     finally:
         ctx.close()
-    # Drop every label on 2025C5.0 and the rollback point's protection is what remains.
     res = inv(project, "prune")
     assert res.returncode == 0, res.stderr
-    assert "dry run" in res.stdout and "apps-2025C5.0" in res.stdout
+    assert "dry run: 0 to prune" in res.stdout and "apps-2025C5.0" in res.stdout
     ctx = ctx_for(project)
     try:
         decisions = {d.artifact: d for d in release_ops.prune_decisions(ctx)}
+        assert decisions["apps-2025C5.0"].keep and decisions["apps-2025C5.0"].reasons == [
+            "2025C5.0: label B:previous"]
+        assert any("ZOOM rollback point" in r for r in decisions["apps-2026C3.0"].reasons)
+        assert any("ZOOM runs it" in r for r in decisions["apps-2026C3.1"].reasons)
     finally:
         ctx.close()
-    assert decisions["apps-2025C5.0"].keep  # label B:previous and ZOOM's rollback point
-    assert any("rollback point" in r for r in decisions["apps-2025C5.0"].reasons)
-    # Move B:previous off 2025C5.0 and give ZOOM a newer deploy: now nothing uses 2025C5.0.
+    # Move B:previous off 2025C5.0: now nothing uses it, and two newer releases are good.
     labels_path = project / "releases" / "labels.yaml"
     labels_path.write_text(labels_path.read_text().replace("previous: 2025C5.0", "previous: 2026C1.0"))
+    res = inv(project, "prune")
+    assert res.returncode == 0 and "dry run: 1 to prune" in res.stdout
+    ctx = ctx_for(project)
+    try:
+        staged_before = list((project / ".state" / "lab" / "hosts").rglob("apps-2025C5.0-*"))
+        assert staged_before
+        report = release_ops.prune(ctx, apply=True)
+        assert [d.artifact for d in report.to_remove] == ["apps-2025C5.0"]
+        assert report.removed_blobs == ["apps-2025C5.0"] and report.unstaged
+        assert not any(p.exists() for p in staged_before)
+        assert not ctx.store.exists("apps-2025C5.0")
+        assert any(m.name == "apps-2025C5.0" for m in ctx.store.pruned_manifests())
+        for kept in ("apps-2026C1.0", "apps-2026C3.0", "apps-2026C3.1", "win11-ltsc-2025.1"):
+            ctx.store.verify(kept)
+        # the second pass finds nothing more to do
+        assert release_ops.prune(ctx, apply=True).to_remove == []
+    finally:
+        ctx.close()
+
+
+def test_prune_counts_no_failed_build(labelled: Path) -> None:
+    project = labelled
+    ctx = ctx_for(project)
+    try:
+        for rid in ("2025C5.0", "2026C1.0", "2026C3.0", "2026C3.1"):
+            operations.artifacts_of(ctx, rid, lab=True)
+        records = release_ops.records(ctx)
+        rec = records.start(kind="apps", name="apps-2026C3.1", release="2026C3.1", inputs={})
+        records.fail(rec, "robocopy failed")
+        decisions = {d.artifact: d for d in release_ops.prune_decisions(ctx)}
+    finally:
+        ctx.close()
+    # 2026C3.1's Apps build failed, so the two newest good Apps images are 2026C3.0 and 2026C1.0
+    assert any("newest good apps images (2026C1.0)" in r for r in decisions["apps-2026C1.0"].reasons)
+    assert decisions["apps-2026C3.1"].reasons == ["its build is failed and it is unused"]
+
+
+def test_prune_apply_refuses_to_remove_an_image_a_disk_still_uses(labelled: Path) -> None:
+    project = labelled
     ctx = ctx_for(project)
     try:
         assert operations.reimage(ctx, "ZOOM", "2026C3.0").ok
-        staged_before = list((project / ".state" / "lab" / "hosts").rglob("apps-2025C5.0-*"))
-        decisions = {d.artifact: d for d in release_ops.prune_decisions(ctx)}
-        assert not decisions["apps-2025C5.0"].keep, decisions["apps-2025C5.0"]
-        report = release_ops.prune(ctx, apply=True)
-        assert "apps-2025C5.0" in report.removed_blobs
-        assert staged_before and not any(p.exists() for p in staged_before)
-        assert not ctx.store.exists("apps-2025C5.0")
-        assert any(m.name == "apps-2025C5.0" for m in ctx.store.pruned_manifests())
-        for kept in ("apps-2026C1.0", "apps-2026C3.0"):
-            ctx.store.verify(kept)
-    finally:
-        ctx.close()
-
-
-def test_prune_apply_refuses_to_remove_an_image_a_disk_still_uses(project: Path) -> None:
-    ctx = ctx_for(project)
-    try:
-        assert operations.reimage(ctx, "ZOOM", "2025C5.0").ok
         inst = ctx.inventory.instrument("ZOOM")
         host = ctx.inventory.host_of(inst)
-        sha = ctx.store.get("apps-2025C5.0").sha256
+        sha = ctx.store.get("apps-2026C3.0").sha256
         from imaging import layout
         from imaging.steps import Step
 
         with pytest.raises(ImagingError, match="child of"):
             ctx.providers.run(Step("remove_image", inst.host,
-                                   {"path": layout.image_path(host, "apps-2025C5.0", sha), "sha256": sha}, "t"))
+                                   {"path": layout.image_path(host, "apps-2026C3.0", sha), "sha256": sha}, "t"))
     finally:
         ctx.close()
 
