@@ -262,3 +262,38 @@ def test_lab_build_host_steps_build_register_and_remove(tmp_path: Path) -> None:
     assert rec.status == "ok" and rec.manifest and len(rec.manifest["files"]) == 5
     removed = lab.run(Step("remove_image", "HV1", {"path": step.inputs["vhd_path"], "sha256": first["sha256"]}, "t"))
     assert removed["changed"] and not lab.path("HV1", step.inputs["vhd_path"]).exists()
+
+
+def test_cli_build_template_lab_base_tree_and_build_host(project: Path, tmp_path: Path, monkeypatch) -> None:
+    base = tmp_path / "base"
+    (base / "Windows" / "System32").mkdir(parents=True)
+    (base / "Windows" / "System32" / "ntoskrnl.exe").write_bytes(b"nt" * 500)
+    res = inv(project, "build-template", "--version=win11-ltsc-2027.1", f"--base={base}")
+    assert res.returncode == 0, res.stderr
+    assert ArtifactStore(project / ".state" / "store").get("win11-ltsc-2027.1").kind == "os-template"
+    (base / "Windows" / "System32" / "ntoskrnl.exe").write_bytes(b"changed")
+    res = inv(project, "build-template", "--version=win11-ltsc-2027.1", f"--base={base}")
+    assert res.returncode == 1 and "never modified" in res.stderr
+    res = inv(project, "build-template", "--version=Win11-2027", f"--base={base}")
+    assert res.returncode == 1 and "win11-ltsc-2026.1" in res.stderr
+
+    # The build-host path: the step rendered for a host, carried out here by the lab provider.
+    iso = project / ".state" / "lab" / "hosts" / "HVHOST01" / "D" / "iso" / "ltsc"
+    (iso / "Windows").mkdir(parents=True)
+    (iso / "Windows" / "explorer.exe").write_bytes(b"MZ")
+    args = ("build-template", "--version=win11-ltsc-2027.2", "--host=HVHOST01", "--iso=D:\\iso\\ltsc")
+    monkeypatch.delenv("IMAGING_TEMPLATE_PASSWORD", raising=False)
+    res = inv(project, *args, "--dry-run")
+    assert res.returncode == 1 and "IMAGING_TEMPLATE_PASSWORD" in res.stderr
+    monkeypatch.setenv("IMAGING_TEMPLATE_PASSWORD", "example-<&>-pw")
+    res = inv(project, *args, "--dry-run")
+    assert res.returncode == 0 and "would run on HVHOST01" in res.stdout
+    res = inv(project, *args)
+    assert res.returncode == 0, res.stderr
+    rec = BuildRecords(project / ".state" / "builds").get("os-template", "win11-ltsc-2027.2")
+    assert rec.status == "ok" and rec.sha256
+    built = next((project / ".state" / "lab" / "hosts" / "HVHOST01").rglob("win11-ltsc-2027.2.vhdx"))
+    answer = ET.fromstring((built / "content" / "Windows" / "Panther" / "unattend.xml").read_bytes())
+    ns = {"u": "urn:schemas-microsoft-com:unattend"}
+    assert answer.find(".//u:AdministratorPassword/u:Value", ns).text == "example-<&>-pw"
+    assert (built / "content" / "Windows" / "Setup" / "Scripts" / "provision.ps1").exists()
