@@ -73,7 +73,7 @@ def check_apps_source(source: Path, rel: ReleaseDefinition) -> Path:
     return source
 
 
-def _refuse_existing(store: ArtifactStore, records: BuildRecords, kind: str, name: str) -> None:
+def _refuse_existing(store: ArtifactStore, name: str) -> None:
     """Release images are immutable: an artifact already in the store with its blob is never rebuilt."""
     if store.exists(name):
         try:
@@ -90,7 +90,7 @@ def build_apps(*, store: ArtifactStore, records: BuildRecords, releases: dict[st
     rel = _release(releases, release)
     source = check_apps_source(source, rel)
     name = rel.apps.name
-    _refuse_existing(store, records, "apps", name)
+    _refuse_existing(store, name)
     rec = records.start(kind="apps", name=name, release=release,
                         inputs={"source": str(source.resolve()), "label": APPS_LABEL, "size_bytes": size_bytes,
                                 "builder": "linux"})
