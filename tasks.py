@@ -157,14 +157,18 @@ def releases(c):  # noqa: ANN001
         for col in ("release", "settings", "labels", "running on", "notes"):
             table.add_column(col)
         for rel in newest_first(ctx.releases.values()):
-            labels = [f"{g}:{label}" for g, m in sorted(ctx.labels.items()) for label, rid in m.items()
-                      if rid == rel.id]
+            labels = [f"{g}:{label}" + ("!" if rel.revoked else "") for g, m in sorted(ctx.labels.items())
+                      for label, rid in m.items() if rid == rel.id]
             note = rel.notes.strip().splitlines()[0] if rel.notes.strip() else ""
             if rel.revoked:
                 note = f"REVOKED: {rel.revoked.reason}"
             table.add_row(rel.id, str(rel.settings_version), " ".join(labels),
                           ", ".join(sorted(runs.get(rel.id, []))) or "-", note)
         console.print(table)
+        from imaging.release_ops import revoked_labels
+
+        for flag in revoked_labels(ctx):
+            console.print(f"[bold red]label points to a revoked release:[/] {flag}", soft_wrap=True)
 
 
 @task(help={"instrument": "the instrument to reimage (name like ZOOM or VM name like NDXZOOM)",
@@ -475,3 +479,209 @@ def hotfixes(c, json=False):  # noqa: ANN001
         for hid, man in sorted(entries.items()):
             table.add_row(inst, hid, ", ".join(man["applies_to"]), man["description"])
     console.print(table)
+# --- release management tasks ---
+
+def _records(ctx: Any) -> Any:
+    from imaging.builds import BuildRecords
+
+    return BuildRecords(ctx.paths.state / "builds")
+
+
+def _commit_note(result: Any) -> None:
+    if result is None:
+        return
+    if result.committed:
+        console.print(f"committed {result.detail}")
+    else:
+        console.print(f"[yellow]not committed:[/] {result.detail}", soft_wrap=True)
+
+
+@task(help={"release": "the release whose Apps disk to build (an id with a releases/<id>.yaml)",
+            "source": "the software tree (server, client, python, version.txt): a local folder, or with "
+                      "--host a Windows or UNC path the build host can read",
+            "host": "build on this inventory host (a hyperv host runs New-VHD, Format-Volume and a copy); "
+                    "default: build here with qemu-utils, ntfs-3g and wimtools",
+            "size_gb": "virtual disk size in GiB (default: the tree's size plus room; required with --host)",
+            "workdir": "scratch folder for a local build (default: the state folder's tmp)",
+            "dry_run": "check the inputs and say what would be built; build nothing"})
+@reports_errors
+def build_apps(c, release, source, host=None, size_gb=None, workdir=None, dry_run=False):  # noqa: ANN001
+    """Build the Apps disk of a release into a VHDX (GPT, one NTFS partition labelled Apps), with its manifest."""
+    from pathlib import Path
+
+    from imaging import build
+
+    with _context() as ctx:
+        recs = _records(ctx)
+        if release not in ctx.releases:
+            raise ImagingError(f"no release {release}; known: {', '.join(sorted(ctx.releases))}")
+        rel = ctx.releases[release]
+        if host:
+            h = ctx.inventory.hosts.get(host)
+            if h is None:
+                raise ImagingError(f"no host {host} in the inventory; known: {', '.join(sorted(ctx.inventory.hosts))}")
+            if not size_gb:
+                raise ImagingError("--size-gb is required when building on a host")
+            step = build.apps_build_step(h, rel, source_path=source, size_gb=int(size_gb))
+            if dry_run:
+                console.print(f"would run on {host}: {step.summary} into {step.inputs['vhd_path']}")
+                return
+            rec = build.build_apps_on_host(records=recs, run=ctx.providers.run, host=h, rel=rel,
+                                           source_path=source, size_gb=int(size_gb))
+            console.print(f"[green]built[/] {rel.apps.name} on {host}: sha256 {rec.sha256}, {rec.size} bytes "
+                          f"(record {recs.path('apps', rel.apps.name)})")
+            return
+        src = build.check_apps_source(Path(source), rel)
+        size = int(size_gb) * 1024 ** 3 if size_gb else None
+        if dry_run:
+            console.print(f"would build {rel.apps.name} ({rel.apps.version}) from {src} and add it to the store")
+            return
+        t0 = time.monotonic()
+        result = build.build_apps(store=ctx.store, records=recs, releases=ctx.releases, release=release,
+                                  source=src, workdir=Path(workdir) if workdir else ctx.paths.state / "tmp",
+                                  size_bytes=size)
+        m = result.manifest
+        console.print(f"[green]built[/] {rel.apps.name}: {len(m.files)} files, image {m.image_size} bytes, "
+                      f"sha256 {m.image_sha256} in {time.monotonic() - t0:.1f}s")
+
+
+@task(help={"release": "verify the stored Apps image of this release against its build manifest",
+            "image": "verify this VHDX file instead (with --manifest)",
+            "manifest": "the manifest JSON for --image",
+            "workdir": "scratch folder (default: the state folder's tmp)"})
+@reports_errors
+def verify_image(c, release=None, image=None, manifest=None, workdir=None):  # noqa: ANN001
+    """Read a built image back (without mounting) and compare every file with its manifest."""
+    from pathlib import Path
+
+    from imaging import build, vhdx
+    from imaging.image_manifest import ImageManifest
+
+    with _context() as ctx:
+        scratch = Path(workdir) if workdir else ctx.paths.state / "tmp"
+        if image:
+            if not manifest:
+                raise ImagingError("--image needs --manifest")
+            problems = vhdx.verify_image(Path(image), ImageManifest.load(Path(manifest)), workdir=scratch)
+            what = image
+        elif release:
+            if release not in ctx.releases:
+                raise ImagingError(f"no release {release}")
+            what = ctx.releases[release].apps.name
+            problems = build.verify_stored(store=ctx.store, records=_records(ctx), name=what, workdir=scratch)
+        else:
+            raise ImagingError("give --release, or --image with --manifest")
+    if problems:
+        for p in problems:
+            err_console.print(f"[red]{what}:[/] {p}", soft_wrap=True)
+        raise Exit(code=1)
+    console.print(f"[green]{what}: matches its manifest[/]")
+
+
+@task(help={"version": "template version, e.g. win11-ltsc-2026.1",
+            "base": "lab: the folder holding the template's C: drive",
+            "host": "hyperv: the build host",
+            "iso": "hyperv: the Windows installation ISO on the build host (Windows path)",
+            "image_index": "hyperv: the edition's index in install.wim (default 1)",
+            "dry_run": "render and print what would be done; build nothing"})
+@reports_errors
+def build_template(c, version, base=None, host=None, iso=None, image_index=1, dry_run=False):  # noqa: ANN001
+    """Build a read-only, versioned OS template (lab: from a base tree; hyperv: from an installation ISO)."""
+    import os
+    from pathlib import Path
+
+    from imaging import build
+    from imaging.unattend import TemplateSettings, render_provision, render_unattend
+
+    with _context() as ctx:
+        recs = _records(ctx)
+        build.check_template_version(version, field="--version")
+        if base:
+            if dry_run:
+                console.print(f"would register lab template {version} from {base}")
+                return
+            rec = build.build_lab_template(store=ctx.store, records=recs, version=version, base=Path(base),
+                                           workdir=ctx.paths.state / "tmp")
+            console.print(f"[green]template {version}[/]: sha256 {rec.sha256}, {rec.size} bytes")
+            return
+        if not (host and iso):
+            raise ImagingError("give --base (lab) or --host and --iso (hyperv)")
+        h = ctx.inventory.hosts.get(host)
+        if h is None:
+            raise ImagingError(f"no host {host} in the inventory")
+        settings = TemplateSettings(version=version, admin_password=os.environ.get("IMAGING_TEMPLATE_PASSWORD", ""))
+        step = build.template_build_step(h, version, iso_path=iso, image_index=int(image_index),
+                                         unattend=render_unattend(settings, templates=ctx.paths.templates),
+                                         provision=render_provision(settings, templates=ctx.paths.templates))
+        if dry_run:
+            console.print(f"would run on {host}: {step.summary} into {step.inputs['vhd_path']}")
+            return
+        rec = build.build_template_on_host(records=recs, run=ctx.providers.run, step=step)
+        console.print(f"[green]template {version}[/] built on {host}: sha256 {rec.sha256}")
+
+
+@task(help={"release": "the release to point the label at",
+            "label": "current, qa or recommended (current moves the old current to previous)",
+            "group": "the release group whose label moves",
+            "force": "promote even without a successful canary deploy in the group",
+            "dry_run": "say what would move; change nothing"})
+@reports_errors
+def promote(c, release, label, group, force=False, dry_run=False):  # noqa: ANN001
+    """Move a label to a release (refused without a successful canary in the group unless --force); commits."""
+    from imaging import release_ops
+
+    with _context() as ctx:
+        promo, commit = release_ops.promote(ctx, release=release, label=label, group=group, force=force,
+                                            dry_run=dry_run)
+    for note in promo.notes:
+        console.print(note)
+    for mv in promo.moves:
+        console.print(("would move " if dry_run else "moved ") + mv.describe())
+    if promo.canaries:
+        console.print(f"canary: {', '.join(promo.canaries)}")
+    elif promo.forced:
+        console.print("[yellow]no canary: forced[/]")
+    if dry_run:
+        console.print("[dim]dry run: nothing was changed[/]")
+    _commit_note(commit)
+
+
+@task(help={"release": "the release to revoke", "reason": "why it is bad (kept in releases/<id>.yaml)",
+            "dry_run": "say what would happen; change nothing"})
+@reports_errors
+def revoke(c, release, reason, dry_run=False):  # noqa: ANN001
+    """Mark a release bad: deploys to it are refused and labels pointing to it are flagged; commits."""
+    from imaging import release_ops
+
+    with _context() as ctx:
+        rev, commit, pointing = release_ops.revoke(ctx, release=release, reason=reason, dry_run=dry_run)
+    if dry_run:
+        console.print(f"would revoke {release}: {reason}")
+    else:
+        console.print(f"[bold]revoked {release}[/]: {rev.reason} ({rev.who}, {rev.when.isoformat()})")
+    if pointing:
+        console.print(f"[yellow]labels still pointing to it:[/] {', '.join(pointing)}; move them with "
+                      f"`invoke promote`")
+    _commit_note(commit)
+
+
+@task(help={"apply": "remove what is not kept (default: dry run, only list)"})
+@reports_errors
+def prune(c, apply=False):  # noqa: ANN001
+    """Keep the two newest good releases per image kind plus everything in use; remove the rest's images."""
+    from imaging import release_ops
+
+    with _context() as ctx:
+        report = release_ops.prune(ctx, apply=apply)
+    table = Table(title="Retention")
+    for col in ("artifact", "kind", "releases", "decision", "why"):
+        table.add_column(col)
+    for d in report.decisions:
+        table.add_row(d.artifact, d.kind, ", ".join(d.releases) or "-", "keep" if d.keep else "prune",
+                      "; ".join(d.reasons))
+    console.print(table)
+    if not apply:
+        console.print(f"[dim]dry run: {len(report.to_remove)} to prune; run with --apply to remove them[/]")
+        return
+    console.print(f"pruned {len(report.to_remove)}: blobs removed {', '.join(report.removed_blobs) or '-'}; "
+                  f"staged copies removed {', '.join(report.unstaged) or '-'}; manifests and build records kept")

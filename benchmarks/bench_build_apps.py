@@ -8,6 +8,10 @@ side by side, and prints both times and their ratio (target: within 1.2x).
 
     /work/venv/bin/python benchmarks/bench_build_apps.py                      # 1 GiB, 20,000 files
     /work/venv/bin/python benchmarks/bench_build_apps.py --files 2000 --size 100M
+    /work/venv/bin/python benchmarks/bench_build_apps.py --through-store   # time `invoke build-apps`'s path
+
+``--through-store`` times ``imaging.build.build_apps`` instead: the same build plus the tool's bookkeeping
+(version check, build record, the image moved into the artifact store and hashed there).
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imaging import imagetools, vhdx  # noqa: E402
+from imaging import build, imagetools, vhdx  # noqa: E402
+from imaging.artifacts import ArtifactStore  # noqa: E402
+from imaging.builds import BuildRecords  # noqa: E402
+from imaging.releases import load_releases  # noqa: E402
 
 MIB = 1024 * 1024
 UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB}
@@ -82,6 +89,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder, removed)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each, best time kept (default 1)")
+    ap.add_argument("--through-store", action="store_true",
+                    help="time imaging.build.build_apps (record + artifact store) instead of build_volume_image")
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="bench-apps-", dir=args.workdir))
@@ -89,6 +98,9 @@ def main() -> int:
         tree = base / "tree"
         t0 = time.perf_counter()
         make_tree(tree, args.files, args.size, args.seed)
+        releases = load_releases(Path(__file__).resolve().parents[1] / "releases")
+        if args.through_store:
+            (tree / "version.txt").write_text(releases["2026C3.0"].apps.version + "\n")
         print(f"tree: {args.files} files, {args.size / MIB:.0f} MiB, generated in "
               f"{time.perf_counter() - t0:.1f} s")
         volume_size = vhdx.estimate_volume_size(vhdx.scan_tree(tree))
@@ -103,7 +115,15 @@ def main() -> int:
                 scratch = Path(tempfile.mkdtemp(dir=base))
                 t = time.perf_counter()
                 # both timings end in the same state: the image written and the scratch files gone
-                if which == "module":
+                if which == "module" and args.through_store:
+                    # the store and records live outside the scratch, as the floor's image does
+                    manifest = build.build_apps(store=ArtifactStore(base / f"store{i}"),
+                                                records=BuildRecords(base / f"builds{i}"), releases=releases,
+                                                release="2026C3.0", source=tree, workdir=scratch,
+                                                size_bytes=volume_size + 2 * MIB).manifest
+                    shutil.rmtree(scratch)
+                    best_mod = min(best_mod, time.perf_counter() - t)
+                elif which == "module":
                     manifest = vhdx.build_volume_image(tree, out, label="Apps", workdir=scratch,
                                                        size_bytes=volume_size + 2 * MIB)
                     shutil.rmtree(scratch)
@@ -118,7 +138,8 @@ def main() -> int:
         assert manifest is not None
         print(f"image: {manifest.disk_size / MIB:.0f} MiB virtual, {manifest.image_size / MIB:.0f} MiB file, "
               f"{len(manifest.files)} files in the manifest")
-        print(f"{'imaging.vhdx.build_volume_image':34s} {best_mod:8.2f} s")
+        what = "imaging.build.build_apps" if args.through_store else "imaging.vhdx.build_volume_image"
+        print(f"{what:34s} {best_mod:8.2f} s")
         print(f"{'floor (tools by hand + cleanup)':34s} {best_floor:8.2f} s")
         print(f"{'  of which the tools alone':34s} {best_floor_tools:8.2f} s")
         print(f"{'ratio':34s} {best_mod / best_floor:8.2f} x  (target <= 1.20)")

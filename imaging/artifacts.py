@@ -225,13 +225,26 @@ class ArtifactStore:
     # --- adding ------------------------------------------------------------------------------------------
 
     def add(self, path: Path, *, name: str, kind: str, source: str | None = None, suffix: str | None = None,
-            progress: Progress | None = None) -> ArtifactManifest:
+            progress: Progress | None = None, move: bool = False) -> ArtifactManifest:
         """Store the file at ``path`` as artifact ``name`` in one streaming pass; return its manifest.
 
         Artifacts are immutable: adding an existing name again is accepted only with identical content
         (and returns the existing manifest); different content is refused. Content already stored under
         another name is not stored twice. ``suffix`` defaults to the source file's suffix.
+
+        ``move=True`` (for a file the caller made and will not keep, e.g. a fresh build): when ``path`` is on
+        the store's file system it is hashed in place and renamed into the store instead of copied; the
+        file is consumed: gone afterwards, whether it was stored, already there, or refused.
         """
+        try:
+            return self._add(Path(path), name=name, kind=kind, source=source, suffix=suffix, progress=progress,
+                             move=move)
+        finally:
+            if move:
+                Path(path).unlink(missing_ok=True)
+
+    def _add(self, path: Path, *, name: str, kind: str, source: str | None, suffix: str | None,
+             progress: Progress | None, move: bool) -> ArtifactManifest:
         check_name(name, field="name")
         path = Path(path)
         if suffix is None:
@@ -247,6 +260,24 @@ class ArtifactStore:
         if existing is not None and self._same_as_existing(existing, path, progress):
             return existing
         self._ensure_dirs()
+        if source is None:
+            source = str(path.resolve())
+        if move and os.stat(path).st_dev == os.stat(self.tmp).st_dev:
+            handle, moved_name = tempfile.mkstemp(prefix=f"move-{name}-", dir=self.tmp)
+            os.close(handle)
+            moved = Path(moved_name)
+            os.replace(path, moved)
+            try:
+                fd = os.open(moved, os.O_RDONLY)
+                try:
+                    os.fsync(fd)  # the maker may not have flushed it; the store's files are always durable
+                finally:
+                    os.close(fd)
+                sha, size = _hash_file(moved, progress=progress)
+                return self._finish_add(moved, sha, size, name=name, kind=kind, suffix=suffix, source=source,
+                                        path=path)
+            finally:
+                moved.unlink(missing_ok=True)
 
         fd, tmp_name = tempfile.mkstemp(prefix=f"add-{name}-", dir=self.tmp)
         tmp = Path(tmp_name)
@@ -258,21 +289,25 @@ class ArtifactStore:
                 size = _pump(src, out, h, done=0, total=total, progress=progress)
                 os.fsync(out.fileno())
             sha = h.hexdigest()
-
-            if existing is not None:
-                if existing.sha256 != sha:  # the source changed while we read it
-                    raise self._immutable(existing, path, sha)
-                self._store_blob(tmp, sha, size, replace=True)  # same content, damaged blob: repair it
-                return existing
-
-            self._store_blob(tmp, sha, size)
-            manifest = ArtifactManifest(name=name, kind=kind, size=size, sha256=sha,
-                                        created=datetime.now(UTC).replace(microsecond=0),
-                                        source=source if source is not None else str(path.resolve()),
-                                        suffix=suffix)
-            return self._publish_manifest(manifest)
+            return self._finish_add(tmp, sha, size, name=name, kind=kind, suffix=suffix, source=source,
+                                    path=path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _finish_add(self, tmp: Path, sha: str, size: int, *, name: str, kind: str, suffix: str, source: str,
+                    path: Path) -> ArtifactManifest:
+        """Put a complete, hashed file under its blob name and publish the manifest (or accept the same)."""
+        existing = self._read_manifest(name) if self._manifest_path(name).exists() else None
+        if existing is not None:
+            if existing.sha256 != sha:  # the source changed while we read it
+                raise self._immutable(existing, path, sha)
+            self._store_blob(tmp, sha, size, replace=True)  # same content, damaged blob: repair it
+            return existing
+        self._store_blob(tmp, sha, size)
+        manifest = ArtifactManifest(name=name, kind=kind, size=size, sha256=sha,
+                                    created=datetime.now(UTC).replace(microsecond=0), source=source,
+                                    suffix=suffix)
+        return self._publish_manifest(manifest)
 
     def _same_as_existing(self, existing: ArtifactManifest, path: Path, progress: Progress | None) -> bool:
         """Re-adding a name: refuse other content; True when the stored blob is intact and identical (no
@@ -421,6 +456,38 @@ class ArtifactStore:
                                     f"actual {h.hexdigest()} ({blob})")
             f.seek(0)
             yield f
+
+    # --- pruning -----------------------------------------------------------------------------------------
+
+    def pruned_manifests(self) -> builtins.list[ArtifactManifest]:
+        """Manifests of artifacts whose bytes were pruned (kept so that a rebuild can be checked)."""
+        folder = self.root / "pruned"
+        if not folder.is_dir():
+            return []
+        return [ArtifactManifest.model_validate(json.loads(p.read_text(encoding="utf-8")))
+                for p in sorted(folder.glob("*.json"))]
+
+    def prune(self, name: str) -> bool:
+        """Remove artifact ``name``'s bytes; its manifest moves to ``pruned/<name>-<sha256[:12]>.json``.
+
+        The blob is deleted only when no other artifact still names the same content (the store keeps
+        each content once). Returns whether a blob was deleted. The name becomes free for a rebuild.
+        """
+        m = self.get(name)
+        folder = self.root / "pruned"
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = folder / f"{name}-{m.sha256[:12]}.json"
+        kept.write_text(json.dumps(m.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        self._manifest_path(name).unlink()
+        _fsync_dir(self.manifests)
+        if any(other.sha256 == m.sha256 for other in self.list()):
+            return False
+        blob = self.blob_path(m.sha256)
+        if blob.exists():
+            _make_writable(blob)
+            blob.unlink()
+            return True
+        return False
 
     # --- staging -----------------------------------------------------------------------------------------
 

@@ -121,7 +121,8 @@ def _env() -> jinja2.Environment:
 # --- input validation: refuse values that would make a wrong path or name, before any script exists ---
 
 _PATH_KEYS = ("lock_path", "share_path", "dest_path", "path", "parent_path", "os_path", "template_path",
-              "var_path", "package_path", "ledger", "apps_link")
+              "var_path", "package_path", "ledger", "apps_link", "vhd_path", "source_path", "work_root",
+              "iso_path")
 
 
 def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
@@ -146,7 +147,7 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
     if "slot" in inputs and (type(inputs["slot"]) is not int or not 0 <= inputs["slot"] <= 63):
         raise InputError("not a SCSI slot", file=where, field="slot", value=inputs["slot"],
                          fix="use an integer 0-63 (os=0, apps=1, settings=2, var=3, data=4)")
-    for key in ("timeout_s", "keep", "size_gb", "need_bytes", "memory_mb", "cpus", "generation"):
+    for key in ("timeout_s", "keep", "size_gb", "need_bytes", "memory_mb", "cpus", "generation", "image_index"):
         if key in inputs and (type(inputs[key]) is not int or inputs[key] < 1):
             raise InputError("must be a positive integer", file=where, field=key, value=inputs[key],
                              fix="give a whole number greater than zero")
@@ -208,6 +209,14 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
     if action == "restart_services":
         for i, name in enumerate(inputs["services"]):
             check_name(name, field=f"services[{i}]", file=where)
+    if action == "build_template":
+        from .build import check_template_version
+
+        check_template_version(inputs["version"], field="version", file=where)
+    for key in ("expect_version", "unattend", "provision", "switch"):
+        if key in inputs and (not isinstance(inputs[key], str) or not inputs[key]):
+            raise InputError("must be non-empty text", file=where, field=key, value=inputs[key],
+                             fix="render or give the text before planning")
     if action == "write_record" and not isinstance(inputs["record"], Mapping):
         raise InputError("record must be a mapping", file=where, field="record", fix="pass a dict")
 

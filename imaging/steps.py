@@ -38,6 +38,11 @@ ACTIONS: dict[str, tuple[str, ...]] = {
                      "entry", "scripts"),
     "revert_hotfix": ("vm", "hotfix_id", "backup_rel", "ledger", "apps_generation"),
     "restart_services": ("vm", "services"),
+    # Build hosts (release management): images are made here, then registered in the store.
+    "build_apps_disk": ("vhd_path", "source_path", "label", "size_gb", "work_root", "expect_version"),
+    "build_template": ("vm", "version", "iso_path", "image_index", "vhd_path", "work_root", "size_gb", "memory_mb",
+                       "switch", "unattend", "provision", "timeout_s"),
+    "remove_image": ("path", "sha256"),
     "read_volume": ("path", "max_bytes"),
     "write_volume_files": ("path", "files"),
     "run_guest_command": ("vm", "command", "var_path", "marker", "record"),

@@ -301,3 +301,18 @@ def test_memory_stays_constant(store: ArtifactStore, tmp_path: Path) -> None:
     # the ring of reusable chunk buffers plus bookkeeping: far below the file size
     assert peak < artifacts.BUFFERS * artifacts.CHUNK + 1024 * 1024 < size // 4
     store.verify("big")
+
+
+def test_add_by_move_renames_into_the_store_and_keeps_immutability(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    src = tmp_path / "built.vhdx"
+    src.write_bytes(b"image bytes" * 1000)
+    m = store.add(src, name="apps-x", kind="apps", move=True)
+    assert not src.exists() and m.size == 11000 and m.suffix == ".vhdx"
+    assert store.verify("apps-x").sha256 == m.sha256
+    assert not list(store.tmp.iterdir())
+    other = tmp_path / "other.vhdx"
+    other.write_bytes(b"different")
+    with pytest.raises(ArtifactError, match="immutable"):
+        store.add(other, name="apps-x", kind="apps", move=True)
+    assert not other.exists() and store.verify("apps-x").sha256 == m.sha256

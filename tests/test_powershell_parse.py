@@ -72,7 +72,7 @@ HOSTILE = "it's ‘quoted’ ‚low‛ `backtick` $(Remove-Item C:\\) ; # <# not
 def hostile_inputs(action: str) -> dict[str, Any]:
     """The sample inputs with every free-text value replaced by something that would break naive quoting."""
     inputs = json.loads(json.dumps(SAMPLES[action]))
-    for key in ("owner", "op_id", "switch", "expect_apps_version"):
+    for key in ("owner", "op_id", "switch", "expect_apps_version", "expect_version", "unattend", "provision"):
         if key in inputs:
             inputs[key] = HOSTILE
     if isinstance(inputs.get("files"), dict):  # write_settings, write_volume_files: relpath -> text

@@ -29,7 +29,7 @@ from ..transport import Secret, SessionPool
 
 # Actions that mount a VHDX on the host (Mount-VHD, access paths, Initialize-Disk/Format-Volume).
 MOUNT_ACTIONS = frozenset({"create_disk", "backup_volume", "rescue_user_files", "write_settings", "read_volume",
-                           "write_volume_files"})
+                           "write_volume_files", "build_apps_disk", "build_template"})
 
 # Whole-step time limits in seconds. Copies and backups of large disks get hours; quick Hyper-V calls get
 # minutes. stop_vm and wait_guest get their own timeout_s input plus a margin.
@@ -41,8 +41,9 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
     "apply_hotfix": 1800, "revert_hotfix": 1800, "restart_services": 600,
     "configure_guest": 600, "health_check": 600, "write_record": 300, "read_volume": 600,
     "write_volume_files": 900, "run_guest_command": 3600,
+    "build_apps_disk": 6 * 3600, "remove_image": 600, "build_template": 600,
 }
-_TIMEOUT_FROM_INPUT = ("stop_vm", "wait_guest")
+_TIMEOUT_FROM_INPUT = ("stop_vm", "wait_guest", "build_template")
 
 
 class ScriptResultLike(Protocol):
