@@ -50,7 +50,7 @@ from .scheduler import (
     run_waves,
 )
 from .scheduler import OK as JOB_OK
-from .simulate import TimeModel
+from .simulate import Prediction, TimeModel, predict
 
 DEPLOYS_DIR = "deploys"
 DEPLOY_LOCKS = "deploy"
@@ -475,3 +475,17 @@ def report_markdown(record: dict[str, Any]) -> str:
         lines.append(f"| {name} | {record['before'].get(name) or '-'} | {record.get('after', {}).get(name) or '-'} | "
                      f"{r['status']} | {r.get('seconds', '')} | {r.get('step') or ''} | {detail} |")
     return "\n".join(lines) + "\n"
+
+
+# --- prediction ----------------------------------------------------------------------------------------
+
+
+def simulate(ctx: Context, insts: list[Instrument], release: str, options: Options, model: TimeModel, *,
+             failing: set[str] | None = None) -> Prediction:
+    """Predict the deploy with the same waves and limits it would use, on a virtual clock. Touches nothing."""
+    targets = {i.name: operations.desired_release(ctx, i, release) for i in insts}
+    staged = {h for h in {i.host for i in insts}
+              if all(not_staged(ctx, targets[i.name], h) == [] for i in insts if i.host == h)}
+    jobs = [Job(i.name, i.host, model.alone_s(i.host, staged=model.staged or i.host in staged)) for i in insts]
+    waves = plan_waves(jobs, canary=options.canary, batches=parse_batches(options.batches))
+    return predict(waves, model, limits_for(ctx, options), staged_hosts=staged, failing=failing)
