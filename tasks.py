@@ -311,6 +311,8 @@ class _DeployDisplay:
 
 
 def _fmt_s(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

@@ -484,8 +484,11 @@ def simulate(ctx: Context, insts: list[Instrument], release: str, options: Optio
              failing: set[str] | None = None) -> Prediction:
     """Predict the deploy with the same waves and limits it would use, on a virtual clock. Touches nothing."""
     targets = {i.name: operations.desired_release(ctx, i, release) for i in insts}
-    staged = {h for h in {i.host for i in insts}
-              if all(not_staged(ctx, targets[i.name], h) == [] for i in insts if i.host == h)}
-    jobs = [Job(i.name, i.host, model.alone_s(i.host, staged=model.staged or i.host in staged)) for i in insts]
+    staged = set()
+    for h in {i.host for i in insts}:
+        seen = [not_staged(ctx, targets[i.name], h) for i in insts if i.host == h]
+        if all(m == [] or (m is None and model.staged) for m in seen):
+            staged.add(h)  # staged as observed, or (hosts the tool cannot look at) as the model assumes
+    jobs = [Job(i.name, i.host, model.alone_s(i.host, staged=i.host in staged)) for i in insts]
     waves = plan_waves(jobs, canary=options.canary, batches=parse_batches(options.batches))
     return predict(waves, model, limits_for(ctx, options), staged_hosts=staged, failing=failing)

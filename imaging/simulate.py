@@ -266,10 +266,13 @@ def lower_bound(jobs: list[Job], model: TimeModel, limits: Limits, *, staged_hos
 
 def predict(waves: list[list[Job]], model: TimeModel, limits: Limits, *, staged_hosts: set[str] | None = None,
             failing: set[str] | None = None) -> Prediction:
-    """Run the real scheduler over the waves on the virtual clock; return the predicted makespan and more."""
-    staged = set(staged_hosts or ())
-    if model.staged:
-        staged |= {j.host for w in waves for j in w}
+    """Run the real scheduler over the waves on the virtual clock; return the predicted makespan and more.
+
+    ``staged_hosts``: the hosts known to hold the images; None means "as the model's ``staged`` says"."""
+    if staged_hosts is None:  # nothing observed: the model's assumption holds for every host
+        staged = {j.host for w in waves for j in w} if model.staged else set()
+    else:
+        staged = set(staged_hosts)
     runner = SimRunner(model, staged_hosts=staged, failing=failing)
     slot_time: dict[str, float] = {}
 
