@@ -242,6 +242,7 @@ class Prediction:
     bound_resource: str
     utilisation: dict[str, float]   # resource -> busy share of the makespan
     slot_use: dict[str, float]      # host -> average busy slots / limit
+    parallel_use: float = 0.0       # average running instruments / --parallel
 
 
 def lower_bound(jobs: list[Job], model: TimeModel, limits: Limits, *, staged_hosts: set[str]) -> tuple[float, str]:
@@ -257,6 +258,13 @@ def lower_bound(jobs: list[Job], model: TimeModel, limits: Limits, *, staged_hos
         # slot-seconds: staging is shared by the host's instruments, so count it once
         slot = sum(model.alone_s(h, staged=True) for _ in mine)
         cands[f"slots {h}"] = slot / limits.per_host.get(h, 1)
+    unstaged = [h for h in hosts if h not in staged_hosts]
+    if unstaged:
+        # the host whose pull ends last (not before the share has delivered everything) still has all of
+        # its instruments' work ahead of it
+        tail = min(max(sum(model.alone_s(h, staged=True) for j in jobs if j.host == h) / limits.per_host.get(h, 1),
+                       model.alone_s(h, staged=True)) for h in unstaged)
+        cands["image share, then the last host's work"] = cands["image share"] + tail
     total = sum(model.alone_s(j.host, staged=True) for j in jobs)
     cands["--parallel"] = total / limits.parallel
     cands["longest instrument"] = max(model.alone_s(j.host, staged=j.host in staged_hosts) for j in jobs)
@@ -286,13 +294,15 @@ def predict(waves: list[list[Job]], model: TimeModel, limits: Limits, *, staged_
     util = {r: b / span for r, b in sorted(runner.busy.items())}
     slots = {h: s / span / limits.per_host.get(h, 1) for h, s in sorted(slot_time.items())}
     return Prediction(summary=summary, makespan=summary.makespan, lower_bound=bound, bound_resource=what,
-                      utilisation=util, slot_use=slots)
+                      utilisation=util, slot_use=slots,
+                      parallel_use=sum(slot_time.values()) / span / limits.parallel)
 
 
 def critical_resource(p: Prediction) -> tuple[str, float]:
     """The resource closest to saturation over the run: a disk, the share, a host's slots."""
     cands = {f"{k} bandwidth": v for k, v in p.utilisation.items()}
     cands.update({f"slots {h}": v for h, v in p.slot_use.items()})
+    cands["--parallel"] = p.parallel_use
     if not cands:
         return "none", 0.0
     k = max(cands, key=lambda x: cands[x])
