@@ -59,14 +59,16 @@ class StepPrinter:
         self.started = time.monotonic()
 
     def __call__(self, ev: Any) -> None:
-        label = "undo" if ev.phase == "undo" else f"{ev.index + 1:2d}/{ev.total}"
+        label = {"undo": "undo", "stage": "stage"}.get(ev.phase, f"{ev.index + 1:2d}/{ev.total}")
         if ev.ok is None:
             if sys.stdout.isatty():
                 console.print(f"[dim]{ev.instrument} {label} … {ev.step.summary}[/]", end="\r")
             return
         mark = "[green]ok[/]" if ev.ok else "[bold red]FAILED[/]"
+        from imaging.steps import CHECK_ACTIONS
+
         extra = ""
-        if ev.result and not ev.result.get("changed", True):
+        if ev.result and not ev.result.get("changed", True) and ev.step.action not in CHECK_ACTIONS:
             extra = " [dim](already done)[/]"
         if ev.result and ev.step.action == "rescue_user_files" and ev.result.get("files"):
             extra += "\n      rescued: " + ", ".join(ev.result["files"])
@@ -76,9 +78,17 @@ class StepPrinter:
                       soft_wrap=True)
 
 
-def _print_outcome(outcome: Any, instrument: str) -> None:
+def _print_outcome(outcome: Any, instrument: str, journal: Any = None) -> None:
     if outcome.ok:
         console.print(f"[bold green]{instrument}: done[/] in {outcome.seconds:.1f}s (operation {outcome.op_id})")
+        if journal is not None:
+            op = journal.operation(outcome.op_id)
+            changed = sum(1 for r in journal.steps(op.id) if r.phase == "do" and r.changed)
+            rescued = [f for r in journal.steps(op.id) if r.action == "rescue_user_files" and r.result
+                       for f in r.result.get("files", [])]
+            console.print(f"  {op.kind}: {op.from_release or 'nothing recorded'} -> {op.to_release}; "
+                          f"{changed} steps changed something; "
+                          + (f"{len(rescued)} user file(s) rescued to Var" if rescued else "no user files to rescue"))
         return
     err_console.print(f"[bold red]{instrument}: failed at {outcome.failed_step}[/]: {outcome.error}",
                       soft_wrap=True)
@@ -109,6 +119,9 @@ def status(c, json=False, instruments=""):  # noqa: ANN001
         last = f"{r.last_operation} {r.last_result}" if r.last_operation else ""
         table.add_row(r.instrument, r.host, r.vm, r.power, r.running or "-", r.desired or "?", last, r.pending)
     console.print(table)
+    for r in rows:
+        if r.hint:
+            console.print(f"{r.instrument}: {r.pending}: finish it with {r.hint}", soft_wrap=True)
 
 
 
@@ -157,15 +170,20 @@ def releases(c):  # noqa: ANN001
 @task(help={"instrument": "the instrument to reimage (name like ZOOM or VM name like NDXZOOM)",
             "release": "release id or label to go to (default: the instrument's desired release)",
             "dry_run": "print the plan and change nothing",
-            "allow_dirty": "render settings from a git tree with uncommitted changes (marked dirty)"})
+            "allow_dirty": "render settings from a git tree with uncommitted changes (marked dirty)",
+            "capture_drift": "save settings changed on the instrument (to its settings branch, or to "
+                             "Var\\settings-drift\\<time>\\) before replacing them, instead of stopping",
+            "settings_ref": "git ref (branch, tag, commit) to render settings templates from (default HEAD)"})
 @reports_errors
-def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False):  # noqa: ANN001
+def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, capture_drift=False,  # noqa: ANN001
+            settings_ref="HEAD"):
     """Reimage one instrument: new OS and Apps disks from the release, fresh Settings, Var and Data kept."""
     from imaging import operations
 
     with _context() as ctx:
         if dry_run:
-            plan = operations.plan_for_reimage(ctx, instrument, release, allow_dirty=allow_dirty)
+            plan = operations.plan_for_reimage(ctx, instrument, release, allow_dirty=allow_dirty,
+                                               capture_drift=capture_drift, settings_ref=settings_ref)
             console.print(f"[bold]Plan: reimage {plan.instrument} ({plan.vm} on {plan.host}) "
                           f"from {plan.from_release or 'nothing recorded'} to {plan.to_release}[/]")
             for line in plan.describe():
@@ -174,8 +192,9 @@ def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False):  # n
                 console.print(f"  note: {note}", soft_wrap=True)
             console.print("[dim]dry run: nothing was changed[/]")
             return
-        outcome = operations.reimage(ctx, instrument, release, listener=StepPrinter(), allow_dirty=allow_dirty)
-        _print_outcome(outcome, ctx.inventory.instrument(instrument).name)
+        outcome = operations.reimage(ctx, instrument, release, listener=StepPrinter(), allow_dirty=allow_dirty,
+                                     capture_drift=capture_drift, settings_ref=settings_ref)
+        _print_outcome(outcome, ctx.inventory.instrument(instrument).name, ctx.journal)
 
 
 @task(help={"instrument": "the instrument whose interrupted operation should be finished"})
@@ -259,6 +278,129 @@ def stage(c, release, group=None, instruments=""):  # noqa: ANN001
         console.print(f"{len(pairs)} host(s), {sum(1 for s in summary if s[2].get('changed'))} image(s) copied, "
                       f"{copied} bytes")
 
+
+
+# --- settings tasks ---
+from invoke import task  # noqa: E402
+
+
+def _settings_setup(instrument: str | None, all_: bool, release: str | None) -> tuple[Any, Any, list, dict]:
+    """Inventory, paths, the chosen instruments and their releases (reads only; opens no journal)."""
+    from imaging.config import Paths
+    from imaging.errors import InputError
+    from imaging.inventory import load_inventory
+    from imaging.labels import load_labels
+    from imaging.settings_fleet import release_name
+
+    if bool(instrument) == bool(all_):
+        raise InputError("give exactly one of --instrument=NAME or --all", field="--instrument",
+                         fix="name one instrument (ZOOM or NDXZOOM), or pass --all for the whole fleet")
+    paths = Paths.from_env()
+    inventory = load_inventory(paths.inventory)
+    chosen = [inventory.instrument(instrument)] if instrument else inventory.select()
+    labels = load_labels(paths.releases)
+    releases = {i.name: release_name(i, inventory, labels, release) for i in chosen}
+    return paths, inventory, chosen, releases
+
+
+@task(help={"instrument": "the instrument to render (ZOOM or NDXZOOM)",
+            "all": "render every instrument of the inventory",
+            "ref": "git branch, tag or commit of the project to render the templates from (default HEAD)",
+            "out": "folder to write into (one sub-folder per instrument; default .state/rendered-settings)",
+            "check": "render only to check for errors; write nothing",
+            "release": "release id or label the settings are for (default: each instrument's desired release)",
+            "allow_dirty": "render uncommitted template changes from the working tree (output marked dirty)"})
+@reports_errors
+def render(c, instrument=None, all=False, ref="HEAD", out=None, check=False, release=None,  # noqa: A002
+           allow_dirty=False):  # noqa: ANN001
+    """Render instrument settings from git into a folder for review, or check that every instrument renders."""
+    from pathlib import Path
+
+    from imaging.settings_fleet import render_many, write_rendered
+
+    paths, inventory, chosen, releases = _settings_setup(instrument, all, release)
+    results = render_many(paths.root, inventory, chosen, releases, ref=ref, allow_dirty=allow_dirty)
+    dest = Path(out) if out else paths.state / "rendered-settings"
+    failed = 0
+    for res in results:
+        if res.rendered is None:
+            failed += 1
+            err_console.print(f"[bold red]{res.instrument}: FAILED[/] {res.error}", soft_wrap=True)
+            continue
+        r = res.rendered
+        where = ""
+        if not check:
+            write_rendered(r, dest / res.instrument)
+            where = f" -> {dest / res.instrument}"
+        dirty = " [yellow]DIRTY[/]" if r.dirty else ""
+        commit = (r.provenance.get("commit") or "no commit")[:12]
+        console.print(f"{res.instrument}: {len(r.files)} files, settings v{r.version}, {commit}, "
+                      f"sha256 {r.sha256[:16]}{dirty}{where}", soft_wrap=True)
+    console.print(f"{len(results) - failed} rendered, {failed} failed" + (" (check only: nothing written)"
+                                                                        if check else ""))
+    if failed:
+        raise Exit(code=1)
+
+
+@task(help={"instrument": "the instrument whose settings branch to migrate (ZOOM or NDXZOOM)",
+            "all": "every instrument (only with --check)",
+            "dry_run": "show the diff the migrations would make and commit nothing",
+            "check": "rehearse the migrations on throw-away copies and report which would fail; changes nothing",
+            "target": "settings version to migrate to (default: the newest the migrations reach)",
+            "ref": "git ref of the project templates (used with --check when there is no settings repository)",
+            "restore": "roll back: restore the instrument's branch to this commit (the one before the migrations)"})
+@reports_errors
+def migrate(c, instrument=None, all=False, dry_run=False, check=False, target=None, ref="HEAD",  # noqa: A002
+            restore=None):  # noqa: ANN001
+    """Run pending settings migrations on an instrument's settings branch, one commit per step."""
+    from imaging import migrations
+    from imaging.errors import InputError
+    from imaging.settings_fleet import migrate_instrument, rehearse_fleet
+
+    if all and not check:
+        raise InputError("--all is for rehearsals only", field="--all",
+                         fix="use --all --check before a shutdown; migrate instruments one by one, or let "
+                             "reimage migrate each instrument it reimages")
+    paths, inventory, chosen, releases = _settings_setup(instrument, all, None)
+    goal = int(target) if target is not None else migrations.latest_version()
+    if restore:
+        if inventory.settings_repo is None:
+            raise InputError("there is no settings repository to restore", field="--restore",
+                             fix="without one, roll back the instrument itself (`invoke rollback`)")
+        new = migrations.restore_branch(inventory.settings_repo, chosen[0].vm, restore)
+        console.print(f"{chosen[0].name}: branch {chosen[0].vm} restored to {restore[:12]} (commit {new[:12]})")
+        return
+    if check:
+        results = rehearse_fleet(paths.root, inventory, chosen, releases, goal, ref=ref)
+        for r in results:
+            if r.ok:
+                what = (f"v{r.from_version} -> v{r.to_version} via {', '.join(r.steps)}; "
+                        f"{len(r.changed_files)} files change") if r.steps else f"already at v{r.to_version}"
+                console.print(f"{r.name}: [green]ok[/] {what}", soft_wrap=True)
+            else:
+                err_console.print(f"{r.name}: [bold red]WOULD FAIL[/] {r.error}", soft_wrap=True)
+        bad = [r for r in results if not r.ok]
+        console.print(f"{len(results) - len(bad)} ok, {len(bad)} would fail; rehearsal only, nothing was changed")
+        if bad:
+            raise Exit(code=1)
+        return
+    inst = chosen[0]
+    result = migrate_instrument(inventory, inst, goal, dry_run=dry_run)
+    if result is None:
+        console.print(f"{inst.name}: no settings repository; its settings are rendered from the templates "
+                      f"(version {migrations.latest_version()}), so there is nothing to migrate")
+        return
+    if not result.steps:
+        console.print(f"{inst.name}: branch {result.branch} is already at settings v{result.from_version}")
+        return
+    if dry_run:
+        console.print(result.diff, markup=False, highlight=False, soft_wrap=True)
+        console.print(f"{inst.name}: would run {', '.join(result.steps)} (v{result.from_version} -> "
+                      f"v{result.to_version}); dry run: nothing was committed")
+        return
+    console.print(f"{inst.name}: ran {', '.join(result.steps)} (v{result.from_version} -> v{result.to_version}); "
+                  f"branch {result.branch} now at {result.after_commit[:12]}. To roll back: invoke migrate "
+                  f"--instrument={inst.name} --restore={result.before_commit}")
 
 # --- deploy tasks ---
 

@@ -95,14 +95,19 @@ def hotfixes_dropped(ctx: Context, inst: Instrument, target: ReleaseDefinition) 
 
 
 def migrations_needed(ctx: Context, inst: Instrument, current: str | None, target: ReleaseDefinition) -> list[str]:
-    """Settings-format migrations the move needs, as ``v1->v2`` steps (from the release definitions).
+    """The settings migrations the move runs, by id, from the settings version of the running release to the
+    target's (``imaging.migrations``); a move with no known path is named as such rather than hidden."""
+    from .migrations import plan_migrations
 
-    The migrations feature extends this with the named migrations it will run.
-    """
     if current is None or current not in ctx.releases:
         return []
     start, end = ctx.releases[current].settings_version, target.settings_version
-    return [f"settings v{v}->v{v + 1}" for v in range(start, end)]
+    if start >= end:
+        return []
+    try:
+        return [m.id for m in plan_migrations(start, end)]
+    except ImagingError as exc:
+        return [f"NO PATH v{start}->v{end}: {exc}"]
 
 
 def instrument_record(ctx: Context, inst: Instrument) -> dict[str, Any] | None:

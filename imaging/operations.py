@@ -6,6 +6,8 @@ asks the planner for the plan, and hands it to the executor. Printing belongs to
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,19 +15,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import layout, samples
+from . import layout, migrations, samples
 from .artifacts import ArtifactStore
 from .config import Paths
 from .errors import ArtifactError, ImagingError, InputError
-from .executor import Executor, Listener, Outcome, is_live
+from .executor import Executor, Listener, Outcome, StepEvent, is_live
 from .hashing import manifest_digest, sha256_bytes
-from .inventory import Instrument, Inventory, load_inventory
+from .inventory import SLOTS, Instrument, Inventory, load_inventory
 from .journal import OK, RUNNING, Journal, Operation, who
 from .labels import load_labels, resolve
-from .plan import Artifact, Observed, Plan, ReimageInputs, generation, plan_reimage
+from .plan import SETTINGS_MANIFEST, Artifact, Observed, Plan, ReimageInputs, generation, plan_reimage
 from .providers import Dispatcher
 from .providers.lab import FaultHook
 from .releases import ReleaseDefinition, load_releases
+from .settings_fleet import DeployedSettings, ReimageSettings, prepare_reimage_settings
 from .steps import Step
 
 LAB_OS_FILES = 400
@@ -206,50 +209,87 @@ def refuse_if_interrupted(ctx: Context, inst: Instrument) -> None:
 
 # --- settings ------------------------------------------------------------------------------------
 
+SETTINGS_READ_LIMIT = 64 * 1024 * 1024
 
-def render_for(ctx: Context, inst: Instrument, release: str, *, allow_dirty: bool = False,
-               ref: str = "HEAD") -> tuple[dict[str, str], str, str | None]:
-    """The instrument's settings files as text, their digest and the git commit they came from."""
-    from .settings import render_settings
 
-    variables = {**inst.variables, "instrument": inst.name, "vm": inst.vm, "host": inst.host,
-                 "group": inst.group, "release": release}
-    rendered = render_settings(repo=ctx.paths.root, instrument=inst.name, vm=inst.vm, variables=variables,
-                               ref=ref, settings_repo=ctx.inventory.settings_repo, allow_dirty=allow_dirty)
-    files = {rel: data.decode("utf-8") for rel, data in sorted(rendered.files.items())}
-    digest = manifest_digest({rel: sha256_bytes(data) for rel, data in rendered.files.items()})
-    return files, digest, rendered.provenance.get("commit")
+def deployed_settings(ctx: Context, inst: Instrument, observed: Observed) -> DeployedSettings | None:
+    """What is on the instrument's Settings volume now (None before its first deployment)."""
+    path = observed.disks.get(SLOTS["settings"])
+    if not path:
+        return None
+    res = ctx.providers.run(Step("read_volume", inst.host, {"path": path, "max_bytes": SETTINGS_READ_LIMIT},
+                                 f"read the Settings volume of {inst.name}"))
+    files = {rel: base64.b64decode(b64) for rel, b64 in res["files"].items()}
+    raw = files.pop(SETTINGS_MANIFEST, None)
+    manifest = json.loads(raw) if raw else {"files": {}}
+    return DeployedSettings(manifest=manifest, files=files)
+
+
+def settings_for(ctx: Context, inst: Instrument, release: str, observed: Observed, *, dry_run: bool,
+                 capture_drift: bool = False, allow_dirty: bool = False, ref: str = "HEAD",
+                 stamp_: str | None = None) -> ReimageSettings:
+    """Drift check (refuses before any change), drift capture, migrations, render: see settings_fleet."""
+    return prepare_reimage_settings(
+        repo=ctx.paths.root, inventory=ctx.inventory, inst=inst, release=release,
+        settings_version=ctx.releases[release].settings_version, deployed=deployed_settings(ctx, inst, observed),
+        capture=capture_drift, dry_run=dry_run, allow_dirty=allow_dirty, ref=ref, stamp=stamp_)
 
 
 # --- reimage -------------------------------------------------------------------------------------
 
 
 def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_id: str | None = None,
-                     allow_dirty: bool = False, dry_run: bool = True) -> Plan:
-    """Gather the inputs (reading only) and compute the plan. Touches nothing when ``dry_run``."""
+                     allow_dirty: bool = False, dry_run: bool = True, capture_drift: bool = False,
+                     settings_ref: str = "HEAD") -> Plan:
+    """Gather the inputs (reading only) and compute the plan. Touches nothing when ``dry_run``.
+
+    Without ``dry_run`` the settings half may already act before the plan runs, and only in ways that
+    lose nothing: captured drift is committed to the instrument's settings branch, and pending migrations
+    are committed to it one step at a time (the branch's previous commit is kept for rollback).
+    """
     inst = ctx.inventory.instrument(name)
     host = ctx.inventory.host_of(inst)
     target = desired_release(ctx, inst, release)
     os_img, apps_img = artifacts_of(ctx, target, lab=host.provider == "lab", create=not dry_run)
-    files, digest, commit = render_for(ctx, inst, target, allow_dirty=allow_dirty)
+    observed = observe(ctx, inst)
+    op_id = op_id or new_op_id()
+    when = stamp()
+    rs = settings_for(ctx, inst, target, observed, dry_run=dry_run, capture_drift=capture_drift,
+                      allow_dirty=allow_dirty, ref=settings_ref, stamp_=when)
+    files = {rel: data.decode("utf-8") for rel, data in sorted(rs.rendered.files.items())}
+    digest = manifest_digest({rel: sha256_bytes(data) for rel, data in rs.rendered.files.items()})
+    drift_files = ({rel: base64.b64encode(data).decode("ascii") for rel, data in rs.captured.var_files.items()}
+                   if rs.captured else {})
+    post_boot = []
+    for pb in rs.post_boot:
+        _, body = migrations.completion_record(pb, op_id=op_id, result={"exit_code": 0})
+        post_boot.append({"migration": pb.migration, "description": pb.description, "command": pb.command,
+                          "marker": pb.marker, "record": json.loads(body)})
     return plan_reimage(ReimageInputs(
         inst=inst, host=host, release=target, apps_version=ctx.releases[target].apps.version,
         os_template=os_img, apps_image=apps_img, settings_files=files, settings_digest=digest,
-        settings_commit=commit, observed=observe(ctx, inst), op_id=op_id or new_op_id(), owner=who(),
-        stamp=stamp(), from_release=running_release(ctx, inst)))
+        settings_commit=rs.rendered.provenance.get("commit"), observed=observed, op_id=op_id, owner=who(),
+        stamp=when, from_release=running_release(ctx, inst),
+        migrations=tuple(rs.migration.steps) if rs.migration else (), settings_version=rs.target_version,
+        settings_before_commit=rs.migration.before_commit if rs.migration else None, drift_files=drift_files,
+        post_boot=tuple(post_boot)))
 
 
 def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Listener | None = None,
-            batch: str | None = None, allow_dirty: bool = False) -> Outcome:
+            batch: str | None = None, allow_dirty: bool = False, capture_drift: bool = False,
+            settings_ref: str = "HEAD") -> Outcome:
     inst = ctx.inventory.instrument(name)
     refuse_if_interrupted(ctx, inst)
     op_id = new_op_id()
-    plan = plan_for_reimage(ctx, name, release, op_id=op_id, allow_dirty=allow_dirty, dry_run=False)
+    plan = plan_for_reimage(ctx, name, release, op_id=op_id, allow_dirty=allow_dirty, dry_run=False,
+                            capture_drift=capture_drift, settings_ref=settings_ref)
     host = ctx.inventory.host_of(inst)
     if host.provider == "lab":
         publish(ctx, plan.to_release or "", inst.host)
     for s in stage_steps(ctx, plan.to_release or "", inst.host):
-        ctx.providers.run(s)  # idempotent: copies nothing when the images are already staged
+        res = ctx.providers.run(s)  # idempotent: copies nothing when the images are already staged
+        if listener and res.get("changed"):
+            listener(StepEvent(inst.name, "stage", 0, 0, s, ok=True, result=res))
     outcome = ctx.executor(listener).execute(plan, op_id=op_id, batch=batch)
     if outcome.ok:
         retire_old_generations(ctx, inst)

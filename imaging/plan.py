@@ -64,6 +64,10 @@ class ReimageInputs:
     from_release: str | None = None
     hotfixes: tuple[str, ...] = ()
     migrations: tuple[str, ...] = ()
+    settings_version: int | None = None
+    settings_before_commit: str | None = None  # the settings branch before migrations (rollback restores it)
+    drift_files: dict[str, str] = field(default_factory=dict)  # captured drift for Var (posix rel -> base64)
+    post_boot: tuple[dict[str, Any], ...] = ()  # {migration, description, command, marker, record}
 
 
 @dataclass
@@ -140,6 +144,9 @@ def plan_reimage(x: ReimageInputs) -> Plan:
             vm=vm, path=var_path, role="var", label=disks["var"].label,
             dest_path=layout.backup_path(host, inst, backup_id, "var"), keep=BACKUPS_KEPT)
     notes.append(f"the Data disk ({disks['data'].label}) is kept attached and untouched; it is never copied")
+    if x.drift_files:
+        add("write_volume_files", f"save the settings changes made on the instrument to Var "
+            f"({len(x.drift_files)} files under settings-drift\\)", path=var_path, files=x.drift_files)
     if old["os"] and obs.parents.get(SLOTS["os"]):
         exclude = [d.link for d in disks.values()] + list(inst.rescue_exclude) + ["C:\\volumes"]
         add("rescue_user_files", f"rescue files users left on the old OS disk to "
@@ -181,16 +188,22 @@ def plan_reimage(x: ReimageInputs) -> Plan:
     volumes = [{"label": s.label, "mount": layout.mount_point(s.label), "link": s.link} for s in disks.values()]
     add("configure_guest", "mount each volume by label under C:\\volumes\\<Label> and link "
         + ", ".join(f"{v['link']}" for v in volumes), vm=vm, volumes=volumes)
+    for pb in x.post_boot:
+        add("run_guest_command", f"post-boot migration {pb['migration']}: {pb['description']}", vm=vm,
+            command=pb["command"], var_path=var_path, marker=pb["marker"], record=pb["record"])
     add("health_check", f"check the Apps version is {x.apps_version}, every link leads to its volume and the "
         "Settings are the ones rendered", vm=vm, expect_apps_version=x.apps_version,
         links=[{"link": v["link"], "label": v["label"]} for v in volumes], expect_settings_sha256=x.settings_digest)
     record = {"release": x.release, "apps_version": x.apps_version, "settings_commit": x.settings_commit,
-              "settings_digest": x.settings_digest, "hotfixes": list(x.hotfixes), "migrations": list(x.migrations),
+              "settings_digest": x.settings_digest, "settings_version": x.settings_version,
+              "settings_before_commit": x.settings_before_commit,
+              "hotfixes": list(x.hotfixes), "migrations": list(x.migrations),
               "operation": x.op_id, "generation": gen, "os_template": x.os_template.name, "when": x.stamp}
     add("write_record", f"record on the Var disk that {inst.name} runs {x.release}", vm=vm, record=record)
     add("release_lock", f"unlock {inst.name}", **lock)
     return Plan(kind="reimage", instrument=inst.name, vm=vm, host=h, from_release=x.from_release,
                 to_release=x.release, steps=steps, notes=notes,
                 rollback_point={"power": obs.power, "disks": {str(k): v for k, v in obs.disks.items()},
-                                "release": x.from_release, "generation": gen, "new": new})
+                                "release": x.from_release, "generation": gen, "new": new,
+                                "settings_before_commit": x.settings_before_commit})
 

@@ -41,7 +41,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "powershel
 
 # Actions whose script runs inside the guest over PowerShell Direct; they take the guest credential as
 # script parameters ($GuestUser, $GuestPassword), never as rendered text.
-GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record"})
+GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record", "run_guest_command"})
 
 ROLES = ("os", "apps", "settings", "var", "data")
 SLOTS = {"os": 0, "apps": 1, "settings": 2, "var": 3, "data": 4}

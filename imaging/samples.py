@@ -44,8 +44,9 @@ def os_tree_files(name: str, files: int = 400) -> dict[str, bytes]:
 
 def apps_tree_files(name: str, version: str, files: int = 300) -> dict[str, bytes]:
     """An instrument software release: server, client, a Python distribution and the version file."""
-    tree: dict[str, bytes] = {"version.txt": f"{version}\n".encode()}
-    for i in range(files - 1):
+    tree: dict[str, bytes] = {"version.txt": f"{version}\n".encode(),
+                              "MySQL/bin/mysql.exe": _blob(f"{name}/mysql", 4096)}
+    for i in range(files - len(tree)):
         d = APPS_DIRS[i % len(APPS_DIRS)]
         tree[f"{d}/module{i:05d}.bin"] = _blob(f"{name}/{version}/{i}", 32 + (i * 53) % 4096)
     return tree

@@ -20,6 +20,7 @@ class InstrumentStatus:
     last_result: str | None
     last_when: str | None
     pending: str
+    hint: str = ""  # the command that resolves the pending work, when there is one
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -39,9 +40,10 @@ def fleet_status(ctx: Context, names: list[str] | None = None) -> list[Instrumen
         running = running_release(ctx, inst)
         last = ctx.journal.last(inst.name)
         stuck = interrupted(ctx, inst)
+        hint = ""
         if stuck:
-            pending = (f"interrupted {stuck.kind} {stuck.id}: `invoke resume --instrument={inst.name}` or "
-                       f"`invoke rollback --instrument={inst.name}`")
+            pending = f"interrupted {stuck.kind} {stuck.id}"
+            hint = (f"`invoke resume --instrument={inst.name}` or `invoke rollback --instrument={inst.name}`")
         elif last and last.status == "running":
             pending = f"{last.kind} in progress"
         elif desired is None:
@@ -53,5 +55,5 @@ def fleet_status(ctx: Context, names: list[str] | None = None) -> list[Instrumen
         rows.append(InstrumentStatus(
             instrument=inst.name, host=inst.host, vm=inst.vm, power=power, running=running, desired=desired,
             last_operation=last.kind if last else None, last_result=last.status if last else None,
-            last_when=last.ended or last.started if last else None, pending=pending))
+            last_when=last.ended or last.started if last else None, pending=pending, hint=hint))
     return rows

@@ -33,7 +33,13 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "configure_guest": ("vm", "volumes"),
     "health_check": ("vm", "expect_apps_version", "links", "expect_settings_sha256"),
     "write_record": ("vm", "record"),
+    "read_volume": ("path", "max_bytes"),
+    "write_volume_files": ("path", "files"),
+    "run_guest_command": ("vm", "command", "var_path", "marker", "record"),
 }
+
+# Actions that only look and never change anything (their "changed" is always false).
+CHECK_ACTIONS = frozenset({"preflight", "get_state", "wait_guest", "health_check", "read_volume"})
 
 
 @dataclass(frozen=True)

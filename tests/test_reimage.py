@@ -56,10 +56,10 @@ def test_reimage_fresh_then_status_shows_release(project: Path) -> None:
     out = operations.reimage(ctx, "ZOOM")
     assert out.ok, out.error
     [row] = fleet_status(ctx, ["ZOOM"])
-    assert row.running == row.desired == "2026C1.0"
+    assert row.running == row.desired == "2026C3.0"
     assert row.power == "Running" and row.pending == ""
     record = ctx.providers.lab.read_record("HVHOST04", "NDXZOOM", r"E:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx")
-    assert record["release"] == "2026C1.0"
+    assert record["release"] == "2026C3.0"
 
 
 def test_reimage_twice_keeps_var_and_data_byte_for_byte(project: Path) -> None:
@@ -69,7 +69,7 @@ def test_reimage_twice_keeps_var_and_data_byte_for_byte(project: Path) -> None:
     before = user_data(ctx)
     assert len(before) == 3
     assert operations.reimage(ctx, "ZOOM").ok
-    assert operations.reimage(ctx, "ZOOM", "2026C3.0").ok
+    assert operations.reimage(ctx, "ZOOM", "2026C3.1").ok
     assert user_data(ctx) == before
 
 
@@ -91,7 +91,7 @@ def test_dry_run_changes_nothing(project: Path) -> None:
     assert operations.reimage(ctx, "ZOOM").ok
     state = project / ".state"
     before = tree_manifest(state, exclude=("locks",))
-    plan = operations.plan_for_reimage(ctx, "ZOOM", "2026C3.0")
+    plan = operations.plan_for_reimage(ctx, "ZOOM", "2026C3.1")
     text = "\n".join(plan.describe())
     for word in ("stop", "create the new OS disk", "attach", "rescue", "back up", "keep"):
         assert word in text
@@ -152,7 +152,7 @@ def prepared(project: Path) -> tuple[Context, list[str], dict[str, str], object]
     assert operations.reimage(ctx, "ZOOM").ok
     put_user_data(ctx)
     ctx.providers.lab.guest_write("HVHOST04", "NDXZOOM", r"C:\Users\operator\Desktop\todo.txt", b"todo")
-    actions = [s.action for s in operations.plan_for_reimage(ctx, "ZOOM", "2026C3.0").steps]
+    actions = [s.action for s in operations.plan_for_reimage(ctx, "ZOOM", "2026C3.1").steps]
     assert len(actions) <= PLAN_LEN
     return ctx, actions, user_data(ctx), operations.observe(ctx, ctx.inventory.instrument("ZOOM"))
 
@@ -163,15 +163,14 @@ def test_failure_at_every_step_restores_the_previous_release(project: Path, inde
     if index >= len(actions):
         pytest.skip(f"the plan has {len(actions)} steps")
     fctx = ctx_for(project, fault=fail_nth_plan_step(index, actions, InjectedFault))
-    out = operations.reimage(fctx, "ZOOM", "2026C3.0")
+    out = operations.reimage(fctx, "ZOOM", "2026C3.1")
     assert not out.ok and out.failed_step == actions[index]
     assert out.restored, out
     assert operations.observe(ctx, ctx.inventory.instrument("ZOOM")) == state_before
     assert user_data(ctx) == data_before
     [row] = fleet_status(ctx, ["ZOOM"])
-    assert row.running == "2026C1.0" and row.power == "Running" and row.pending == "reimage to 2026C1.0" \
-        or row.pending == ""
-    assert operations.reimage(ctx_for(project), "ZOOM", "2026C3.0").ok
+    assert row.running == "2026C3.0" and row.power == "Running" and row.pending == ""
+    assert operations.reimage(ctx_for(project), "ZOOM", "2026C3.1").ok
 
 
 @pytest.mark.parametrize("index", range(PLAN_LEN))
@@ -180,10 +179,11 @@ def test_killed_at_every_step_then_rollback_restores(project: Path, index: int) 
     if index >= len(actions):
         pytest.skip(f"the plan has {len(actions)} steps")
     with pytest.raises(Crash):
-        operations.reimage(ctx_for(project, fault=fail_nth_plan_step(index, actions, Crash)), "ZOOM", "2026C3.0")
+        operations.reimage(ctx_for(project, fault=fail_nth_plan_step(index, actions, Crash)), "ZOOM", "2026C3.1")
     inst = ctx.inventory.instrument("ZOOM")
     [row] = fleet_status(ctx, ["ZOOM"])
-    assert "invoke resume --instrument=ZOOM" in row.pending and "invoke rollback --instrument=ZOOM" in row.pending
+    assert "interrupted reimage" in row.pending
+    assert "invoke resume --instrument=ZOOM" in row.hint and "invoke rollback --instrument=ZOOM" in row.hint
     with pytest.raises(ImagingError, match="interrupted"):
         operations.reimage(ctx_for(project), "ZOOM")
     op = operations.interrupted(ctx, inst)
@@ -191,7 +191,7 @@ def test_killed_at_every_step_then_rollback_restores(project: Path, index: int) 
     assert out.restored
     assert operations.observe(ctx, inst) == state_before
     assert user_data(ctx) == data_before
-    assert operations.reimage(ctx_for(project), "ZOOM", "2026C3.0").ok
+    assert operations.reimage(ctx_for(project), "ZOOM", "2026C3.1").ok
 
 
 @pytest.mark.parametrize("index", range(PLAN_LEN))
@@ -200,9 +200,52 @@ def test_killed_at_every_step_then_resume_completes(project: Path, index: int) -
     if index >= len(actions):
         pytest.skip(f"the plan has {len(actions)} steps")
     with pytest.raises(Crash):
-        operations.reimage(ctx_for(project, fault=fail_nth_plan_step(index, actions, Crash)), "ZOOM", "2026C3.0")
+        operations.reimage(ctx_for(project, fault=fail_nth_plan_step(index, actions, Crash)), "ZOOM", "2026C3.1")
     out = operations.resume(ctx_for(project), "ZOOM")
     assert out.ok, out
     [row] = fleet_status(ctx, ["ZOOM"])
-    assert row.running == "2026C3.0" and row.power == "Running"
+    assert row.running == "2026C3.1" and row.power == "Running"
     assert user_data(ctx) == data_before
+
+
+def test_settings_changed_on_the_instrument_block_the_reimage_until_captured(project: Path) -> None:
+    from imaging.drift import DriftFound
+
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    lab = ctx.providers.lab
+    settings_file = r"C:\Instrument\Settings\labview\dae.ini"
+    edited = lab.guest_path("HVHOST04", "NDXZOOM", settings_file).read_bytes() + b"; tuned during the cycle\n"
+    lab.guest_write("HVHOST04", "NDXZOOM", settings_file, edited)
+    state = project / ".state"
+    before = tree_manifest(state / "lab", exclude=("locks",))
+    with pytest.raises(DriftFound) as exc:
+        operations.reimage(ctx, "ZOOM", "2026C3.1")
+    assert "labview/dae.ini" in str(exc.value) and "+; tuned during the cycle" in str(exc.value)
+    assert "--capture-drift" in str(exc.value)
+    assert tree_manifest(state / "lab", exclude=("locks",)) == before  # refused before any change
+    out = operations.reimage(ctx, "ZOOM", "2026C3.1", capture_drift=True)
+    assert out.ok, out.error
+    saved = list((var_dir(ctx) / "settings-drift").glob("*/files/labview/dae.ini"))
+    assert [p.read_bytes() for p in saved] == [edited]
+    # the new Settings volume holds the rendered file again, and the next reimage goes through
+    assert b"tuned during the cycle" not in lab.guest_path("HVHOST04", "NDXZOOM", settings_file).read_bytes()
+    assert operations.reimage(ctx, "ZOOM").ok
+
+
+def test_post_boot_step_runs_in_the_guest_once_and_leaves_its_marker_on_var(project: Path) -> None:
+    ctx = ctx_for(project)
+    assert operations.reimage(ctx, "ZOOM").ok
+    step = Step("run_guest_command", "HVHOST04", {
+        "vm": "NDXZOOM", "command": [r"C:\Instrument\Apps\MySQL\bin\mysql.exe", "--execute=SELECT 1"],
+        "var_path": r"E:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx", "marker": "imaging/migrations/m.json",
+        "record": {"migration": "m"}}, "post-boot")
+    assert ctx.providers.run(step)["changed"] is True
+    assert ctx.providers.run(step)["changed"] is False
+    assert (var_dir(ctx) / "imaging/migrations/m.json").exists()
+    log = (var_dir(ctx) / "imaging/guest-commands.log").read_text()
+    assert "SELECT 1" in log
+    missing = Step("run_guest_command", "HVHOST04", {**step.inputs, "command": [r"C:\nope.exe"],
+                                                     "marker": "imaging/migrations/n.json"}, "post-boot")
+    with pytest.raises(ImagingError, match="not installed in the guest"):
+        ctx.providers.run(missing)

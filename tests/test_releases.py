@@ -126,8 +126,8 @@ def _write(tmp_path: Path, data: object, name: str = "2026C3.1.yaml") -> Path:
 
 def test_shipped_samples_load_newest_first() -> None:
     rels = load_releases(REPO / "releases")
-    assert [r.id for r in newest_first(rels)] == ["2026C3.0", "2026C1.0", "2025C5.0"]
-    assert [rels[i].settings_version for i in ("2025C5.0", "2026C1.0", "2026C3.0")] == [1, 2, 3]
+    assert [r.id for r in newest_first(rels)] == ["2026C3.1", "2026C3.0", "2026C1.0", "2025C5.0"]
+    assert [rels[i].settings_version for i in ("2025C5.0", "2026C1.0", "2026C3.0", "2026C3.1")] == [3, 4, 5, 5]
     for rid, rel in rels.items():
         assert rel.apps.version == rid and rel.apps.name == f"apps-{rid}"
         assert rel.notes.strip()

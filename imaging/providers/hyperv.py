@@ -22,7 +22,8 @@ from ..powershell import GUEST_ACTIONS, RESULT_BEGIN, RESULT_END, render_script
 from ..steps import Step
 
 # Actions that mount a VHDX on the host (Mount-VHD, access paths, Initialize-Disk/Format-Volume).
-MOUNT_ACTIONS = frozenset({"create_disk", "backup_volume", "rescue_user_files", "write_settings"})
+MOUNT_ACTIONS = frozenset({"create_disk", "backup_volume", "rescue_user_files", "write_settings", "read_volume",
+                           "write_volume_files"})
 
 # Whole-step time limits in seconds. Copies and backups of large disks get hours; quick Hyper-V calls get
 # minutes. stop_vm and wait_guest get their own timeout_s input plus a margin.
@@ -31,7 +32,8 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
     "stop_vm": 120, "start_vm": 300, "wait_guest": 60, "stage_artifact": 6 * 3600,
     "create_child_disk": 300, "create_disk": 900, "delete_disk": 300, "attach_disk": 120,
     "detach_disk": 120, "backup_volume": 4 * 3600, "rescue_user_files": 2 * 3600, "write_settings": 900,
-    "configure_guest": 600, "health_check": 600, "write_record": 300,
+    "configure_guest": 600, "health_check": 600, "write_record": 300, "read_volume": 600,
+    "write_volume_files": 900, "run_guest_command": 3600,
 }
 _TIMEOUT_FROM_INPUT = ("stop_vm", "wait_guest")
 

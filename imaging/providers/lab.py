@@ -8,11 +8,13 @@ per VM and action to rehearse what happens when a real host misbehaves.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import tarfile
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +51,44 @@ def faults_from_env(spec: str | None) -> FaultHook | None:
     return hook
 
 
+def _changed_files(root: str, template: str, skip: set[str]) -> list[str]:
+    """Files under ``root`` that its template lacks or holds with other bytes (links are not followed).
+
+    Unchanged files of a clone are hard links to the template's, so a folder costs two directory reads
+    (the inode numbers come with the entries) and only files that differ are hashed.
+    """
+    found: list[str] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        tdir = os.path.join(template, rel_dir) if rel_dir else template
+        try:
+            with os.scandir(tdir) as it:
+                twins = {e.name: e for e in it}
+        except (FileNotFoundError, NotADirectoryError):
+            twins = {}
+        with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
+            for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if rel.lower() in skip or entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(rel)
+                    continue
+                twin = twins.get(entry.name)
+                if twin is None or not twin.is_file(follow_symlinks=False):
+                    found.append(rel)
+                    continue
+                if entry.inode() == twin.inode():
+                    continue  # still the template's own file (clones live on the template's file system)
+                a, b = entry.stat(follow_symlinks=False), twin.stat(follow_symlinks=False)
+                if (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev):
+                    continue
+                if a.st_size != b.st_size or sha256_file(Path(entry.path)) != sha256_file(Path(twin.path)):
+                    found.append(rel)
+    return sorted(found)
+
+
 class LabProvider:
     """Steps carried out on ``lab`` (a folder). Thread-safe: a host's VM and disk records change under that
     host's lock, so instruments on different hosts proceed in parallel, as on real hosts."""
@@ -61,9 +101,16 @@ class LabProvider:
         self.fault = fault
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
+        self._purger: threading.Thread | None = None
+        self._purge_again = False
+        if (self.lab / ".trash").exists():
+            self._start_purge()
 
     def close(self) -> None:
-        """Nothing to release: the lab holds no sessions."""
+        """The lab holds no sessions; wait for deleted disks to be freed."""
+        purger = self._purger
+        if purger is not None:
+            purger.join()
 
     # --- paths ---------------------------------------------------------------------------------------
     def path(self, host: str, winpath: str) -> Path:
@@ -291,8 +338,34 @@ class LabProvider:
         if meta.get("attached_to"):
             raise ProviderError(f"refusing to delete {path}: attached to {meta['attached_to']}", host=host,
                                 step="delete_disk")
-        shutil.rmtree(d)
+        self._discard(d)
         return {"changed": True}
+
+    def _discard(self, d: Path) -> None:
+        """Delete a disk folder the way Hyper-V deletes a file: at once. The lab renames it into a trash
+        folder (one rename) and frees the space in the background; leftovers are purged on the next start."""
+        trash = self.lab / ".trash"
+        trash.mkdir(exist_ok=True)
+        os.replace(d, trash / f"{d.name}.{uuid.uuid4().hex[:8]}")
+        self._start_purge()
+
+    def _start_purge(self) -> None:
+        with self._locks_guard:
+            if self._purger is not None and self._purger.is_alive():
+                self._purge_again = True
+                return
+            self._purge_again = False
+            self._purger = threading.Thread(target=self._purge, name="lab-trash", daemon=True)
+            self._purger.start()
+
+    def _purge(self) -> None:
+        while True:
+            for entry in list((self.lab / ".trash").glob("*")):
+                shutil.rmtree(entry, ignore_errors=True)
+            with self._locks_guard:
+                if not self._purge_again:
+                    return
+                self._purge_again = False
 
     def _do_attach_disk(self, host: str, vm: str, slot: int, path: str) -> dict:
         rec = self._vm(host, vm, step="attach_disk")
@@ -369,27 +442,8 @@ class LabProvider:
         if listing.exists():
             return {"changed": False, "files": read_json(listing)["files"]}
         skip = {"/".join(guest_rel(x)).lower() for x in exclude} | {"volumes"}
-        root, tpl = os_dir / "content", tpl_dir / "content"
-        found: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-            rel_dir = "" if rel_dir == "." else rel_dir
-            dirnames[:] = [d for d in dirnames
-                           if f"{rel_dir}/{d}".lstrip("/").lower() not in skip
-                           and not os.path.islink(os.path.join(dirpath, d))]
-            for f in filenames:
-                rel = f"{rel_dir}/{f}".lstrip("/")
-                full = Path(dirpath) / f
-                if rel.lower() in skip or full.is_symlink():
-                    continue
-                twin = tpl / rel
-                if twin.exists():
-                    a, b = full.stat(), twin.stat()
-                    if (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev):
-                        continue  # still the template's own file
-                    if a.st_size == b.st_size and sha256_file(full) == sha256_file(twin):
-                        continue
-                found.append(rel)
+        found = _changed_files(str(os_dir / "content"), str(tpl_dir / "content"), skip)
+        root = os_dir / "content"
         if not found:
             return {"changed": False, "files": []}
         for rel in found:
@@ -417,6 +471,32 @@ class LabProvider:
         write_json(content.joinpath(*manifest_name.split("/")), {"files": expected,
                                                                   "digest": manifest_digest(expected)})
         return {"changed": True, "files": len(wanted)}
+
+    def _do_read_volume(self, host: str, path: str, max_bytes: int) -> dict:
+        d, _ = self._disk(host, path, step="read_volume")
+        files: dict[str, str] = {}
+        total = 0
+        for rel in tree_manifest(d / "content"):
+            data = (d / "content" / rel).read_bytes()
+            total += len(data)
+            if total > max_bytes:
+                raise ProviderError(f"{path} holds more than {max_bytes} bytes; it is not a settings volume",
+                                    host=host, step="read_volume")
+            files[rel] = base64.b64encode(data).decode("ascii")
+        return {"changed": False, "files": files}
+
+    def _do_write_volume_files(self, host: str, path: str, files: dict[str, str]) -> dict:
+        """Add files to a volume (never removes any): how captured drift reaches Var before a reimage."""
+        d, _ = self._disk(host, path, step="write_volume_files")
+        written = []
+        for rel, b64 in sorted(files.items()):
+            data = base64.b64decode(b64)
+            target = d.joinpath("content", *rel.split("/"))
+            if target.exists() and target.read_bytes() == data:
+                continue
+            atomic_write(target, data)
+            written.append(rel)
+        return {"changed": bool(written), "written": written}
 
     # --- the guest -----------------------------------------------------------------------------------
     def _running_guest(self, host: str, vm: str, step: str) -> tuple[dict[str, Any], Path]:
@@ -501,6 +581,27 @@ class LabProvider:
             return {"changed": False}
         write_json(f.parent.resolve() / f.name, record)
         return {"changed": True}
+
+    def _do_run_guest_command(self, host: str, vm: str, command: list[str], var_path: str, marker: str,
+                              record: dict[str, Any]) -> dict:
+        """Run a program in the guest, then record its completion on Var (the marker makes it run once).
+
+        The lab guest has no Windows programs to run: it checks the program exists in the guest, where the
+        release installed it, and logs the invocation on Var; on Hyper-V the same step runs it for real.
+        """
+        _, groot = self._running_guest(host, vm, "run_guest_command")
+        var_dir, _ = self._disk(host, var_path, step="run_guest_command")
+        done = var_dir.joinpath("content", *marker.split("/"))
+        if done.exists():
+            return {"changed": False}
+        program = groot.joinpath(*guest_rel(command[0]))
+        if not program.exists():
+            raise ProviderError(f"{command[0]} is not installed in the guest", host=host, step="run_guest_command")
+        log = var_dir / "content" / "imaging" / "guest-commands.log"
+        previous = log.read_bytes() if log.exists() else b""
+        atomic_write(log, previous + (json.dumps(command) + "\n").encode())
+        write_json(done, record)
+        return {"changed": True, "exit_code": 0}
 
     # --- observation helpers for status and tests ----------------------------------------------------
     def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:

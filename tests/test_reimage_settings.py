@@ -1,0 +1,146 @@
+"""The settings half of a reimage: drift blocks it, --capture-drift keeps the change, migrations run first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from settings_support import GIT_ENV, ROOT, V1_TEMPLATES, commit_all, fleet, git, init_repo, project_repo
+
+from imaging import gitrepo
+from imaging.drift import DriftFound
+from imaging.errors import InputError
+from imaging.hashing import manifest_digest, sha256_bytes
+from imaging.inventory import load_inventory
+from imaging.settings import render_settings
+from imaging.settings_fleet import DeployedSettings, prepare_reimage_settings, rollback_settings
+
+INI = "labview/sample_environment.ini"
+
+
+@pytest.fixture(autouse=True)
+def _git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in GIT_ENV.items():
+        monkeypatch.setenv(k, v)
+
+
+def inventory(settings_repo: Path | None = None):  # noqa: ANN201
+    inv = load_inventory(ROOT / "instruments")
+    return inv.model_copy(update={"settings_repo": settings_repo})
+
+
+def volume(files: dict[str, bytes]) -> DeployedSettings:
+    """A Settings volume as the provider wrote it: the files plus the manifest of what it wrote."""
+    shas = {rel: sha256_bytes(d) for rel, d in files.items()}
+    manifest = {"files": shas, "digest": manifest_digest(shas)}
+    return DeployedSettings(manifest=manifest, files={**files, ".imaging/manifest.json": json.dumps(manifest).encode()})
+
+
+def edited(v: DeployedSettings, rel: str, data: bytes) -> DeployedSettings:
+    return DeployedSettings(manifest=v.manifest, files={**v.files, rel: data})
+
+
+def test_an_edit_on_the_volume_blocks_the_reimage_and_capture_keeps_it_on_var(tmp_path: Path) -> None:
+    repo = project_repo(tmp_path)
+    inv = inventory()
+    zoom = inv.instrument("ZOOM")
+    vm, variables = fleet()["ZOOM"]
+    deployed = volume(render_settings(repo=repo, instrument="ZOOM", vm=vm, variables=variables).files)
+    changed = edited(deployed, INI, deployed.files[INI].replace(b"1000", b"200"))
+    with pytest.raises(DriftFound) as err:
+        prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                 deployed=changed)
+    assert "-Poll Interval ms = 1000\n+Poll Interval ms = 200" in str(err.value)  # a real diff (re-rendered)
+    out = prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                   deployed=changed, capture=True, stamp="20261121T200000Z")
+    assert out.captured is not None and out.captured.commit is None
+    assert out.captured.var_files[f"settings-drift/20261121T200000Z/files/{INI}"] == changed.files[INI]
+    assert out.rendered.files[INI] == deployed.files[INI]  # the new settings come from git again
+    clean = prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                     deployed=deployed)
+    assert clean.drift is not None and clean.drift.clean and clean.post_boot == []
+
+
+def branch_repo(tmp_path: Path, branches: dict[str, dict[str, bytes]]) -> Path:
+    srepo = init_repo(tmp_path / "settings-repo")
+    (srepo / "README.md").write_text("one branch per instrument\n")
+    commit_all(srepo, "root")
+    for b, files in branches.items():
+        gitrepo.commit_files(srepo, b, files, f"{b} initial", replace=True)
+    return srepo
+
+
+def test_with_a_settings_repository_the_captured_change_is_in_the_branch_and_in_the_new_settings(
+        tmp_path: Path) -> None:
+    repo = project_repo(tmp_path)
+    vm, variables = fleet()["ZOOM"]
+    srepo = branch_repo(tmp_path, {vm: {".imaging/settings-version": b"5\n"}})
+    inv = inventory(srepo)
+    zoom = inv.instrument("ZOOM")
+    deployed = volume(render_settings(repo=repo, instrument="ZOOM", vm=vm, variables=variables,
+                                      settings_repo=srepo).files)
+    changed = edited(deployed, INI, b'[Sample Environment]\nDevice = "spare cryostat"\n')
+    with pytest.raises(DriftFound):
+        prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                 deployed=changed)
+    out = prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                   deployed=changed, capture=True, stamp="s1")
+    assert out.captured.commit == git(srepo, "rev-parse", vm).strip()
+    assert gitrepo.read_tree(srepo, vm)[INI] == changed.files[INI]
+    assert out.rendered.files[INI] == changed.files[INI]
+    assert out.migration is not None and out.migration.steps == []
+
+
+def test_pending_migrations_run_before_rendering_and_can_be_rolled_back(tmp_path: Path) -> None:
+    repo = project_repo(tmp_path)
+    vm, variables = fleet()["ZOOM"]
+    v1 = render_settings(repo=project_repo(tmp_path, V1_TEMPLATES, name="v1"), instrument="ZOOM", vm=vm,
+                         variables=variables).files
+    tuned = {"configurations/ioc/motors.xml": v1["configurations/ioc/motors.xml"].replace(
+        b"zoom-mc01.controls", b"zoom-mc01-spare.controls"), ".imaging/settings-version": b"1\n"}
+    srepo = branch_repo(tmp_path, {vm: tuned})
+    inv = inventory(srepo)
+    zoom = inv.instrument("ZOOM")
+    original = git(srepo, "rev-parse", vm).strip()
+
+    dry = prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                   deployed=None, dry_run=True)
+    assert git(srepo, "rev-parse", vm).strip() == original and len(dry.migration.steps) == 4
+    assert b'name="MOTOR_HOST" value="zoom-mc01-spare.controls' in dry.rendered.files["configurations/ioc/motors.xml"]
+    assert dry.rendered.dirty  # held in memory only
+
+    out = prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                   deployed=None)
+    assert out.migration.before_commit == original and len(out.migration.steps) == 4
+    assert not out.rendered.dirty and out.rendered.files == {**dry.rendered.files,
+                                                              ".imaging/provenance.json": out.rendered.files[
+                                                                  ".imaging/provenance.json"]}
+    assert rollback_settings(inv, zoom, out.migration.before_commit) is not None
+    assert gitrepo.read_tree(srepo, vm) == tuned
+    assert rollback_settings(inv, zoom, out.migration.before_commit) is None  # already there
+
+
+def test_a_database_schema_step_is_handed_to_the_provider_after_boot(tmp_path: Path) -> None:
+    repo = project_repo(tmp_path)
+    inv = inventory()
+    zoom = inv.instrument("ZOOM")
+    vm, variables = fleet()["ZOOM"]
+    old = render_settings(repo=repo, instrument="ZOOM", vm=vm, variables=variables).files
+    v4 = {k: v for k, v in old.items() if k != ".imaging/provenance.json"}
+    v4[".imaging/settings-version"] = b"4\n"
+    out = prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                   deployed=volume(v4))
+    assert [s.migration for s in out.post_boot] == ["m0004_database_schema_v2"]
+    assert out.deployed_version == 4 and out.target_version == 5
+    done = prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                    deployed=volume(v4), post_boot_done=[out.post_boot[0].marker])
+    assert done.post_boot == []
+
+
+def test_a_release_needing_another_settings_version_than_the_templates_is_refused(tmp_path: Path) -> None:
+    repo = project_repo(tmp_path)
+    inv = inventory()
+    with pytest.raises(InputError, match="needs settings version 4, but the templates at HEAD are at version 5"):
+        prepare_reimage_settings(repo=repo, inventory=inv, inst=inv.instrument("ZOOM"), release="2026C3.0",
+                                 settings_version=4, deployed=None)
