@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from imaging import fleet, operations  # noqa: E402
 from imaging.config import Paths  # noqa: E402
 
-OLD, NEW = "2026C1.0", "2026C3.0"
+OLD, NEW = "2026C3.0", "2026C3.1"
 
 
 def project(tmp: Path, name: str, sizes: tuple[int, int]) -> operations.Context:

@@ -25,7 +25,7 @@ from imaging.simulate import SimRunner, TimeModel, predict
 from imaging.steps import Step
 
 ROOT = Path(__file__).resolve().parent.parent
-OLD, NEW = "2026C1.0", "2026C3.0"
+OLD, NEW = "2026C3.0", "2026C3.1"
 
 
 def ctx_for(project: Path, **kw: object) -> Context:
