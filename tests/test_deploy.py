@@ -354,3 +354,38 @@ def test_cli_deploy_plan_simulate_and_confirmation(project: Path) -> None:
     assert not (project / ".state" / "deploys").exists()
     bad = inv("deploy", "--release=2026C3.0", "--all", "--batches=0", "--dry-run")
     assert bad.returncode == 1 and "--batches" in bad.stderr
+
+
+def test_stage_reports_progress_and_copies_once(project: Path) -> None:
+    ctx = ctx_for(project)
+    events: list[operations.StageEvent] = []
+    first = operations.stage(ctx, NEW, "HVHOST01", progress=events.append)
+    assert [r["changed"] for r in first] == [True, True] and all(r["bytes"] > 0 for r in first)
+    assert {e.phase for e in events} == {"publish", "stage"}
+    ended = [e for e in events if e.phase == "stage" and e.result is not None]
+    assert sorted(e.artifact for e in ended) == sorted(r["name"] for r in first)
+    again = operations.stage(ctx, NEW, "HVHOST01")
+    assert [(r["changed"], r["bytes"]) for r in again] == [(False, 0), (False, 0)]
+    assert fleet.not_staged(ctx, NEW, "HVHOST01") == [] and len(fleet.not_staged(ctx, NEW, "HVHOST02")) == 2
+
+
+def test_fleet_plan_shows_dropped_hotfixes_migrations_and_staging(project: Path) -> None:
+    from imaging.providers.labfs import write_json
+    from imaging.simulate import TimeModel
+
+    ctx = ctx_for(project)
+    res = fleet.deploy(ctx, fleet.select(ctx, instruments="ALF"), OLD, fleet.Options(parallel=1))
+    assert res.summary.names("ok") == ["ALF"]
+    host, vm, var = _var(ctx, "ALF")
+    rec_file = ctx.providers.lab.path(host, var) / "content" / "imaging" / "record.json"
+    record = json.loads(rec_file.read_text())
+    write_json(rec_file, {**record, "hotfixes": [{"id": "HF-2026-007"}]})
+    [row] = fleet.fleet_plan(ctx, fleet.select(ctx, instruments="ALF"), NEW, TimeModel())
+    assert (row.now, row.after) == (OLD, NEW)
+    assert row.hotfixes_dropped == ["HF-2026-007"]
+    assert row.migrations == []  # 2026C3.0 and 2026C3.1 share settings format 5
+    inst = ctx.inventory.instrument("ALF")
+    older = fleet.migrations_needed(ctx, inst, "2025C5.0", ctx.releases[NEW])
+    assert len(older) == 2 and all(m.startswith("m000") for m in older)  # formats 3 -> 4 -> 5
+    assert row.not_staged == [f"apps-{NEW}"]  # the OS template is shared with 2026C3.0, already there
+    assert row.estimate_s > TimeModel().alone_s(host, staged=True)
