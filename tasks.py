@@ -524,11 +524,12 @@ def _print_recap(result: Any) -> None:
             "resume": "continue the interrupted deploy (its record and the journal say where)",
             "simulate": "predict the deploy on a virtual clock with the time model; change nothing",
             "model": "a YAML file overriding the time model's defaults (see docs/deploy.md)",
-            "force": "reimage instruments that already run the release"})
+            "force": "reimage instruments that already run the release",
+            "pulls": "hosts pulling images from the share at once, for hosts not staged beforehand"})
 @reports_errors
 def deploy(c, release="", group=None, instruments="", all=False, canary=None, batches="100%",  # noqa: A002, ANN001
            parallel=4, max_fail_percent=100.0, yes=False, dry_run=False, resume=False, simulate=False,
-           model=None, force=False):
+           model=None, force=False, pulls=4):
     """Reimage many instruments in waves: plan, confirm, canary, batches, limits, recap and report."""
     from pathlib import Path
 
@@ -552,7 +553,8 @@ def deploy(c, release="", group=None, instruments="", all=False, canary=None, ba
         if not release:
             raise ImagingError("--release is required (a release id like 2026C3.0 or a label)")
         options = fleet.Options(parallel=int(parallel), max_fail_percent=float(max_fail_percent),
-                                canary="" if canary == "none" else canary, batches=batches, force=force)
+                                canary="" if canary == "none" else canary, batches=batches, force=force,
+                                pulls=int(pulls))
         insts = fleet.select(ctx, group=group, instruments=instruments, everything=all)
         prediction = fleet.simulate(ctx, insts, release, options, tm)
         if simulate:

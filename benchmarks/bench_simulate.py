@@ -26,7 +26,8 @@ from imaging.simulate import TimeModel, critical_resource, lower_bound, predict 
 def fleet(n: int, hosts: int, model: TimeModel, *, staged: bool) -> list[Job]:
     names = [f"H{h:02d}" for h in range(hosts)]
     # uneven hosts, as in a real facility: every fifth host has slower disks
-    return [Job(f"I{i:03d}", names[i % hosts], model.alone_s(names[i % hosts], staged=staged))
+    return [Job(f"I{i:03d}", names[i % hosts], model.alone_s(names[i % hosts], staged=staged),
+                unstaged=not staged)
             for i in range(n)]
 
 

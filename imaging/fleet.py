@@ -38,6 +38,7 @@ from .releases import ReleaseDefinition
 from .scheduler import (
     FAILED,
     NOT_STARTED,
+    PULLED,
     SKIPPED,
     Batch,
     Event,
@@ -225,6 +226,7 @@ class Options:
     canary: str | None = None    # None: the first of the selection; "": no canary wave
     batches: str = "100%"
     force: bool = False
+    pulls: int = 4               # hosts pulling images from the share at once (hosts not staged beforehand)
 
 
 @dataclass
@@ -245,7 +247,7 @@ ProgressFn = Callable[[str, Any], None]
 class ThreadRunner:
     """A ``scheduler.Runner`` on the real clock: each job is a thread running one instrument's work."""
 
-    def __init__(self, work: Callable[[Job], Result]) -> None:
+    def __init__(self, work: Callable[[Job, Callable[[Result], None]], Result]) -> None:
         self.work = work
         self.done: queue.Queue[Result] = queue.Queue()
         self.threads: list[threading.Thread] = []
@@ -256,7 +258,7 @@ class ThreadRunner:
     def start(self, job: Job) -> None:
         def body() -> None:
             try:
-                res = self.work(job)
+                res = self.work(job, self.done.put)
             except Exception as exc:  # noqa: BLE001 - a job's failure is a result, never a crash of the deploy
                 res = Result(job.name, FAILED, f"{type(exc).__name__}: {exc}")
             self.done.put(res)
@@ -283,13 +285,13 @@ def _instrument_outcomes(ctx: Context, deploy_id: str) -> dict[str, Any]:
 
 
 def _work(ctx: Context, deploy_id: str, targets: dict[str, str], options: Options,
-          progress: ProgressFn) -> Callable[[Job], Result]:
+          progress: ProgressFn) -> Callable[[Job, Callable[[Result], None]], Result]:
     guard_dir = ctx.paths.locks / DEPLOY_LOCKS
 
     def listener(ev: StepEvent) -> None:
         progress("step", ev)
 
-    def work(job: Job) -> Result:
+    def work(job: Job, notify: Callable[[Result], None]) -> Result:
         name = job.name
         inst = ctx.inventory.instrument(name)
         try:
@@ -306,6 +308,12 @@ def _work(ctx: Context, deploy_id: str, targets: dict[str, str], options: Option
                 elif not options.force and operations.running_release(ctx, inst) == targets[name]:
                     return Result(name, SKIPPED, f"already on {targets[name]}")
                 else:
+                    if job.unstaged:  # this job pulls the images for its host; the scheduler holds the others
+                        try:
+                            operations.stage(ctx, targets[name], inst.host)
+                        except ImagingError as exc:
+                            return Result(name, FAILED, f"staging on {inst.host}: {exc}", step="stage_artifact")
+                        notify(Result(name, PULLED, inst.host))
                     outcome = operations.reimage(ctx, name, targets[name], listener=listener, batch=deploy_id)
         except (Busy, LockHeld) as exc:
             return Result(name, SKIPPED, f"busy: {exc}")
@@ -336,12 +344,12 @@ def jobs_for(ctx: Context, insts: list[Instrument], model: TimeModel, targets: d
     jobs = []
     for inst in insts:
         missing = not_staged(ctx, targets[inst.name], inst.host)
-        jobs.append(Job(inst.name, inst.host, model.alone_s(inst.host, staged=not missing)))
+        jobs.append(Job(inst.name, inst.host, model.alone_s(inst.host, staged=not missing), unstaged=bool(missing)))
     return jobs
 
 
 def limits_for(ctx: Context, options: Options) -> Limits:
-    return Limits(parallel=options.parallel, max_fail_percent=options.max_fail_percent,
+    return Limits(parallel=options.parallel, max_fail_percent=options.max_fail_percent, pulls=options.pulls,
                   per_host={h.name: h.max_concurrent for h in ctx.inventory.hosts.values()})
 
 
@@ -494,6 +502,7 @@ def simulate(ctx: Context, insts: list[Instrument], release: str, options: Optio
         seen = [not_staged(ctx, targets[i.name], h) for i in insts if i.host == h]
         if all(m == [] or (m is None and model.staged) for m in seen):
             staged.add(h)  # staged as observed, or (hosts the tool cannot look at) as the model assumes
-    jobs = [Job(i.name, i.host, model.alone_s(i.host, staged=i.host in staged)) for i in insts]
+    jobs = [Job(i.name, i.host, model.alone_s(i.host, staged=i.host in staged), unstaged=i.host not in staged)
+            for i in insts]
     waves = plan_waves(jobs, canary=options.canary, batches=parse_batches(options.batches))
     return predict(waves, model, limits_for(ctx, options), staged_hosts=staged, failing=failing)

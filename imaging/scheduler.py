@@ -21,6 +21,7 @@ from typing import Protocol
 from .errors import InputError
 
 OK, FAILED, SKIPPED, NOT_STARTED = "ok", "failed", "skipped", "not_started"
+PULLED = "pulled"  # not an end: a running job reports that its host now holds the release's images
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Job:
     name: str
     host: str
     estimate: float = 1.0
+    unstaged: bool = False  # the host lacks the images: the first job there pulls them from the share
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ class Runner(Protocol):
         """Begin the job; it runs until ``wait`` reports it."""
 
     def wait(self) -> list[Result]:
-        """Block until at least one started job has ended; return every job that ended since the last call."""
+        """Block until at least one started job has ended (or reported PULLED); return every such result since
+        the last call."""
 
 
 @dataclass(frozen=True)
@@ -128,11 +131,15 @@ class Limits:
     parallel: int
     per_host: dict[str, int]
     max_fail_percent: float = 100.0
+    pulls: int = 4  # hosts pulling images from the share at once (the share serves every host)
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
             raise InputError("--parallel must be at least 1", field="--parallel", value=str(self.parallel),
                              fix="use --parallel=1 or more")
+        if self.pulls < 1:
+            raise InputError("--pulls must be at least 1", field="--pulls", value=str(self.pulls),
+                             fix="use --pulls=1 or more")
         if not 0 <= self.max_fail_percent <= 100:
             raise InputError("--max-fail-percent must be between 0 and 100", field="--max-fail-percent",
                              value=str(self.max_fail_percent), fix="use a share like 10")
@@ -193,6 +200,7 @@ def run_waves(waves: list[list[Job]], runner: Runner, limits: Limits, *,
     summary.results.update(done or {})
     running: dict[str, Job] = {}
     per_host: dict[str, int] = {}
+    pull = _Pulls(limits.pulls)
     for w, wave in enumerate(waves):
         pending = [j for j in wave if j.name not in summary.results]
         if not pending and not _too_many_failures(wave, summary.results, limits.max_fail_percent):
@@ -201,7 +209,8 @@ def run_waves(waves: list[list[Job]], runner: Runner, limits: Limits, *,
         stopped = _too_many_failures(wave, summary.results, limits.max_fail_percent)
         while True:
             if not stopped:
-                for job in _startable(pending, running, per_host, limits):
+                for job in _startable(pending, running, per_host, limits, pull):
+                    pull.started(job)
                     pending.remove(job)
                     running[job.name] = job
                     per_host[job.host] = per_host.get(job.host, 0) + 1
@@ -211,7 +220,11 @@ def run_waves(waves: list[list[Job]], runner: Runner, limits: Limits, *,
             if not running:
                 break
             for res in runner.wait():
+                if res.status == PULLED:
+                    pull.done(running[res.name].host)
+                    continue
                 job = running.pop(res.name)
+                pull.ended(job)
                 per_host[job.host] -= 1
                 summary.results[res.name] = res
                 summary.ended[res.name] = runner.now()
@@ -232,11 +245,40 @@ def run_waves(waves: list[list[Job]], runner: Runner, limits: Limits, *,
     return summary
 
 
-def _startable(pending: list[Job], running: dict[str, Job], per_host: dict[str, int],
-               limits: Limits) -> Iterable[Job]:
-    """The jobs to start now, in priority order, within the global and per-host limits."""
+@dataclass
+class _Pulls:
+    """Which hosts are pulling images and which have them. On a host without the images only the job that
+    pulls runs until the pull is done (the others could only wait for it while holding slots), and at most
+    ``limit`` hosts pull at once, so the share delivers whole hosts early instead of every host late."""
+
+    limit: int
+    pulling: dict[str, str] = field(default_factory=dict)  # host -> the job pulling
+    pulled: set[str] = field(default_factory=set)
+
+    def blocked(self, job: Job, extra: set[str]) -> bool:
+        if not job.unstaged or job.host in self.pulled:
+            return False
+        return job.host in self.pulling or job.host in extra or len(self.pulling) + len(extra) >= self.limit
+
+    def started(self, job: Job) -> None:
+        if job.unstaged and job.host not in self.pulled:
+            self.pulling[job.host] = job.name
+
+    def done(self, host: str) -> None:
+        self.pulling.pop(host, None)
+        self.pulled.add(host)
+
+    def ended(self, job: Job) -> None:
+        if self.pulling.get(job.host) == job.name:  # ended without pulling (failed early): the next one pulls
+            del self.pulling[job.host]
+
+
+def _startable(pending: list[Job], running: dict[str, Job], per_host: dict[str, int], limits: Limits,
+               pull: _Pulls) -> Iterable[Job]:
+    """The jobs to start now, in priority order, within the global, per-host and share limits."""
     chosen: list[Job] = []
     busy = dict(per_host)
+    new_pulls: set[str] = set()
     slots = limits.parallel - len(running)
     remaining: dict[str, float] = {}
     for j in pending:
@@ -245,7 +287,7 @@ def _startable(pending: list[Job], running: dict[str, Job], per_host: dict[str, 
         best: Job | None = None
         best_key: tuple[float, float] | None = None
         for j in pending:
-            if j in chosen or busy.get(j.host, 0) >= limits.per_host.get(j.host, 1):
+            if j in chosen or busy.get(j.host, 0) >= limits.per_host.get(j.host, 1) or pull.blocked(j, new_pulls):
                 continue
             key = (remaining[j.host] / limits.per_host.get(j.host, 1), j.estimate)
             if best_key is None or key > best_key:
@@ -254,6 +296,8 @@ def _startable(pending: list[Job], running: dict[str, Job], per_host: dict[str, 
             break
         chosen.append(best)
         busy[best.host] = busy.get(best.host, 0) + 1
+        if best.unstaged and best.host not in pull.pulled:
+            new_pulls.add(best.host)
         remaining[best.host] -= best.estimate
         slots -= 1
     return chosen

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import InputError
-from .scheduler import FAILED, OK, Job, Limits, Result, Summary, run_waves
+from .scheduler import FAILED, OK, PULLED, Job, Limits, Result, Summary, run_waves
 
 GB = 1e9
 MB = 1e6
@@ -226,6 +226,7 @@ class SimRunner:
                 host = k.partition(":")[2]
                 self.staged.add(host)
                 for name in self.stage_waiters.pop(host, []):
+                    self.finished.append(Result(name, PULLED, host))
                     self._next_phase(name)
             else:
                 self._next_phase(k)

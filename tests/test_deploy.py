@@ -389,3 +389,37 @@ def test_fleet_plan_shows_dropped_hotfixes_migrations_and_staging(project: Path)
     assert len(older) == 2 and all(m.startswith("m000") for m in older)  # formats 3 -> 4 -> 5
     assert row.not_staged == [f"apps-{NEW}"]  # the OS template is shared with 2026C3.0, already there
     assert row.estimate_s > TimeModel().alone_s(host, staged=True)
+
+
+def test_unstaged_hosts_pull_first_and_only_a_few_at_once() -> None:
+    hosts = [f"H{i}" for i in range(6)]
+    jobs = [Job(f"I{i:02d}", hosts[i % 6], 1.0, unstaged=True) for i in range(24)]
+    limits = Limits(parallel=12, per_host={h: 3 for h in hosts}, pulls=2)
+    runner = SimRunner(TimeModel(staged=False))
+    running: dict[str, str] = {}
+    pulled: set[str] = set()
+    violations = []
+    real_wait = runner.wait
+
+    def wait():  # noqa: ANN202 - watch the PULLED reports go by
+        out = real_wait()
+        pulled.update(r.detail for r in out if r.status == "pulled")
+        return out
+
+    runner.wait = wait  # type: ignore[method-assign]
+
+    def observe(ev) -> None:  # noqa: ANN001
+        if ev.kind == "job_start":
+            running[ev.job.name] = ev.job.host
+            unpulled = [h for h in set(running.values()) if h not in pulled]
+            if len(unpulled) > 2:
+                violations.append(f"{len(unpulled)} hosts pulling at {ev.time}")
+            if ev.job.host not in pulled and list(running.values()).count(ev.job.host) > 1:
+                violations.append(f"second job on {ev.job.host} before its pull ended")
+        elif ev.kind == "job_end":
+            running.pop(ev.job.name)
+
+    s = run_waves(plan_waves(jobs, canary="", batches=[]), runner, limits, observe=observe)
+    assert len(s.names("ok")) == 24
+    assert violations == []
+    assert pulled == set(hosts)
