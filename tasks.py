@@ -173,15 +173,20 @@ def releases(c):  # noqa: ANN001
             "allow_dirty": "render settings from a git tree with uncommitted changes (marked dirty)",
             "capture_drift": "save settings changed on the instrument (to its settings branch, or to "
                              "Var\\settings-drift\\<time>\\) before replacing them, instead of stopping",
-            "settings_ref": "git ref (branch, tag, commit) to render settings templates from (default HEAD)"})
+            "settings_ref": "git ref (branch, tag, commit) to render settings templates from (default HEAD)",
+            "drop_hotfix": "hotfix id(s), comma-separated, the instrument may lose (the release lacks them)"})
 @reports_errors
 def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, capture_drift=False,  # noqa: ANN001
-            settings_ref="HEAD"):
+            settings_ref="HEAD", drop_hotfix=""):
     """Reimage one instrument: new OS and Apps disks from the release, fresh Settings, Var and Data kept."""
-    from imaging import operations
+    from imaging import hotfix_ops, operations
 
+    drops = tuple(h for h in drop_hotfix.split(",") if h)
     with _context() as ctx:
         if dry_run:
+            inst = ctx.inventory.instrument(instrument)
+            target = operations.desired_release(ctx, inst, release)
+            hotfix_ops.refuse_dropped_hotfixes(ctx, inst, target, drops)
             plan = operations.plan_for_reimage(ctx, instrument, release, allow_dirty=allow_dirty,
                                                capture_drift=capture_drift, settings_ref=settings_ref)
             console.print(f"[bold]Plan: reimage {plan.instrument} ({plan.vm} on {plan.host}) "
@@ -193,8 +198,10 @@ def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, captu
             console.print("[dim]dry run: nothing was changed[/]")
             return
         outcome = operations.reimage(ctx, instrument, release, listener=StepPrinter(), allow_dirty=allow_dirty,
-                                     capture_drift=capture_drift, settings_ref=settings_ref)
+                                     capture_drift=capture_drift, settings_ref=settings_ref, drop_hotfixes=drops)
         _print_outcome(outcome, ctx.inventory.instrument(instrument).name, ctx.journal)
+        if outcome.error:
+            err_console.print(f"[yellow]warning:[/] {outcome.error}", soft_wrap=True)
 
 
 @task(help={"instrument": "the instrument whose interrupted operation should be finished"})
@@ -212,14 +219,27 @@ def resume(c, instrument):  # noqa: ANN001
             "dry_run": "print what would be undone and change nothing"})
 @reports_errors
 def rollback(c, instrument, dry_run=False):  # noqa: ANN001
-    """Undo an interrupted operation step by step, returning the instrument to its state before it."""
-    from imaging import operations
+    """Return an instrument to its state before its last operation: undo an interrupted one step by step, or
+    else re-attach the previous OS, Apps and Settings disks (or revert the last hotfix)."""
+    from imaging import hotfix_ops, operations
 
     with _context() as ctx:
         inst = ctx.inventory.instrument(instrument)
         op = operations.interrupted(ctx, inst)
         if op is None:
-            raise ImagingError(f"{inst.name} has no interrupted operation to roll back")
+            plan = hotfix_ops.plan_for_rollback(ctx, inst.name)
+            if dry_run:
+                console.print(f"[bold]Plan: {plan.kind} of {plan.instrument} ({plan.vm} on {plan.host}) from "
+                              f"{plan.from_release} to {plan.to_release}[/]")
+                for line in plan.describe():
+                    console.print(line, soft_wrap=True)
+                for note in plan.notes:
+                    console.print(f"  note: {note}", soft_wrap=True)
+                console.print("[dim]dry run: nothing was changed[/]")
+                return
+            outcome = hotfix_ops.rollback_last(ctx, inst.name, listener=StepPrinter())
+            _print_outcome(outcome, inst.name)
+            return
         if dry_run:
             console.print(f"would undo the changed steps of {op.kind} {op.id} in reverse")
             return
@@ -401,6 +421,90 @@ def migrate(c, instrument=None, all=False, dry_run=False, check=False, target=No
     console.print(f"{inst.name}: ran {', '.join(result.steps)} (v{result.from_version} -> v{result.to_version}); "
                   f"branch {result.branch} now at {result.after_commit[:12]}. To roll back: invoke migrate "
                   f"--instrument={inst.name} --restore={result.before_commit}")
+
+
+# --- hotfix tasks ---
+
+
+def _hotfix_targets(ctx: Any, instruments: str, group: str | None) -> list[str]:
+    names = [n for n in instruments.split(",") if n]
+    if not names and not group:
+        raise ImagingError("name the instruments (--instruments=ZOOM,WISH) or a group (--group=A)")
+    return [i.name for i in ctx.inventory.select(names=names or None, group=group)]
+
+
+def _print_fleet(results: dict[str, Any], what: str) -> None:
+    failed = 0
+    for name, res in results.items():
+        if isinstance(res, Exception):
+            failed += 1
+            err_console.print(f"[bold red]{name}: {what} failed[/]: {res}", soft_wrap=True)
+        elif res.status == "already-applied":
+            console.print(f"{name}: already carries it, nothing to do")
+        elif res.ok:
+            console.print(f"[green]{name}: {what} done[/] in {res.seconds:.1f}s (operation {res.op_id})")
+        else:
+            failed += 1
+            restored = "its files were restored" if res.restored else "NOT fully restored; see `invoke status`"
+            err_console.print(f"[bold red]{name}: {what} failed at {res.failed_step}[/]: {res.error}; {restored}",
+                              soft_wrap=True)
+    console.print(f"{len(results) - failed} of {len(results)} instruments ok")
+    if failed:
+        raise Exit(code=1)
+
+
+@task(help={"patch": "the hotfix package: a folder with hotfix.yaml, or a .tar/.tar.gz of one",
+            "revert": "instead of applying, revert this hotfix id",
+            "instruments": "comma-separated instrument names", "group": "every instrument of this group",
+            "parallel": "how many instruments at once (each host's max_concurrent also applies)",
+            "dry_run": "check the package and that each instrument runs a release it applies to; change nothing"})
+@reports_errors
+def hotfix(c, patch=None, revert=None, instruments="", group=None, parallel=4, dry_run=False):  # noqa: ANN001
+    """Apply a hotfix to running instruments without a reimage (or revert one), recorded on each and in the
+    journal; a failure on one instrument restores that instrument's files."""
+    from pathlib import Path
+
+    from imaging import hotfix_ops
+
+    if bool(patch) == bool(revert):
+        raise ImagingError("give exactly one of --patch=PATH or --revert=ID")
+    with _context() as ctx:
+        names = _hotfix_targets(ctx, instruments, group)
+        if revert:
+            _print_fleet(hotfix_ops.revert(ctx, names, revert, parallel=int(parallel), listener=StepPrinter()),
+                         f"revert {revert}")
+            return
+        if dry_run:
+            pkg = hotfix_ops.load_package(ctx, Path(patch))
+            hotfix_ops.check_applies(ctx, [ctx.inventory.instrument(n) for n in names], pkg.hotfix, pkg.source)
+            console.print(f"[bold]{pkg.hotfix.id}[/]: {pkg.hotfix.description}")
+            console.print(f"applies to {', '.join(pkg.hotfix.applies_to)}; {len(pkg.hotfix.files)} file(s); "
+                          f"restarts {', '.join(pkg.hotfix.restart) or 'nothing'}; instruments: {', '.join(names)}")
+            console.print("[dim]dry run: nothing was changed[/]")
+            return
+        _print_fleet(hotfix_ops.hotfix(ctx, names, Path(patch), parallel=int(parallel), listener=StepPrinter()),
+                     "hotfix")
+
+
+@task(help={"json": "print machine-readable JSON instead of a table"})
+@reports_errors
+def hotfixes(c, json=False):  # noqa: ANN001
+    """List which instruments carry which hotfixes (from the journal; the ledger on each Var disk agrees)."""
+    from imaging import hotfix_ops
+
+    with _context() as ctx:
+        carried = hotfix_ops.list_hotfixes(ctx)
+    if json:
+        print(jsonlib.dumps(carried, indent=2))
+        return
+    table = Table(title="Hotfixes carried")
+    for col in ("instrument", "hotfix", "applies to", "description"):
+        table.add_column(col)
+    for inst, entries in sorted(carried.items()):
+        for hid, man in sorted(entries.items()):
+            table.add_row(inst, hid, ", ".join(man["applies_to"]), man["description"])
+    console.print(table)
+
 
 # --- deploy tasks ---
 

@@ -83,16 +83,25 @@ def select(ctx: Context, *, group: str | None = None, instruments: str = "", eve
 
 
 def hotfixes_dropped(ctx: Context, inst: Instrument, target: ReleaseDefinition) -> list[str]:
-    """Hotfixes recorded on the instrument that the target release does not include (they would be lost).
+    """Hotfixes on the instrument that the target release would drop: neither included in it nor declared
+    for it (``hotfix_ops.hotfixes_blocking``, from the journal: a reimage refuses these unless told to drop
+    them), plus any listed in the instrument record on Var (lab hosts) that the release does not include."""
+    from .hotfix_ops import hotfixes_blocking
 
-    Today this reads the ``hotfixes`` list of the instrument record on Var (lab hosts) against the release's
-    ``includes_hotfixes``; the hotfix feature extends it with its own records.
-    """
+    dropped = set(hotfixes_blocking(ctx, inst, target.id))
     record = instrument_record(ctx, inst)
-    if not record:
-        return []
-    have = [str(h.get("id", h)) if isinstance(h, dict) else str(h) for h in record.get("hotfixes", [])]
-    return [h for h in have if h not in set(target.includes_hotfixes)]
+    if record:
+        have = [str(h.get("id", h)) if isinstance(h, dict) else str(h) for h in record.get("hotfixes", [])]
+        carried = set(hotfixes_carried(ctx, inst, target.id))
+        dropped |= {h for h in have if h not in set(target.includes_hotfixes) and h not in carried}
+    return sorted(dropped)
+
+
+def hotfixes_carried(ctx: Context, inst: Instrument, release: str) -> list[str]:
+    """Hotfixes a reimage to ``release`` carries over (re-applies); shown in the plan's note."""
+    from .hotfix_ops import hotfixes_to_reapply
+
+    return hotfixes_to_reapply(ctx, inst, release)
 
 
 def migrations_needed(ctx: Context, inst: Instrument, current: str | None, target: ReleaseDefinition) -> list[str]:
@@ -163,6 +172,9 @@ def fleet_plan(ctx: Context, insts: list[Instrument], release: str, model: TimeM
             note = "interrupted operation: resume or roll back first"
         elif now == target:
             note = "already on the release (skipped unless --force)"
+        carry = hotfixes_carried(ctx, inst, target)
+        if carry:
+            note = "; ".join(filter(None, [note, "re-applies " + ", ".join(carry)]))
         rows.append(PlanRow(instrument=inst.name, host=inst.host, now=now, after=target,
                             migrations=migrations_needed(ctx, inst, now, rel),
                             hotfixes_dropped=hotfixes_dropped(ctx, inst, rel), not_staged=missing,

@@ -52,3 +52,22 @@ def lock_path(host: Host, inst: Instrument) -> str:
 
 def mount_point(label: str) -> str:
     return _join("C:\\volumes", label)
+
+
+def hotfix_stage_path(host: Host, name: str, sha256: str) -> str:
+    """A staged hotfix package on the host (a tar, read-only), beside the images."""
+    return _join(host.storage_root, "hotfixes", staged_name(name, sha256, ".tar"))
+
+
+HOTFIX_LEDGER = "imaging\\hotfixes.json"  # on the Var volume, under its link (C:\Instrument\Var)
+HOTFIX_BACKUPS = "imaging/hotfix-backups"  # on the Var volume: <generation>/<hotfix id>/
+
+
+def hotfix_ledger(var_link: str) -> str:
+    return _join(var_link, HOTFIX_LEDGER)
+
+
+def hotfix_backup_rel(generation: str, hotfix_id: str) -> str:
+    check_name(generation, field="generation")
+    check_name(hotfix_id, field="hotfix id")
+    return f"{HOTFIX_BACKUPS}/{generation}/{hotfix_id}"

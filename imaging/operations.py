@@ -81,6 +81,15 @@ def desired_release(ctx: Context, inst: Instrument, override: str | None = None)
     source = "--release" if override else (inst.source if inst.release else str(ctx.paths.inventory / "groups.yaml"))
     release = resolve(name, group=inst.group, labels=ctx.labels, releases=ctx.releases, source=source)
     rel = ctx.releases[release]
+    if not override:
+        from .hotfix_ops import bad_releases
+
+        bad = bad_releases(ctx, inst.name).get(release)
+        if bad:
+            raise InputError(f"release {release} is marked bad for {inst.name} (rolled back {bad['when']} by "
+                             f"{bad['who']}, operation {bad['operation']}); it is not chosen by default",
+                             field="release", value=release,
+                             fix=f"give --release={release} to use it anyway, or point the label elsewhere")
     if rel.revoked:
         raise InputError(f"release {release} is revoked ({rel.revoked.reason})", field="release", value=release,
                          fix="choose another release or label")
@@ -240,12 +249,13 @@ def settings_for(ctx: Context, inst: Instrument, release: str, observed: Observe
 
 def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_id: str | None = None,
                      allow_dirty: bool = False, dry_run: bool = True, capture_drift: bool = False,
-                     settings_ref: str = "HEAD") -> Plan:
+                     settings_ref: str = "HEAD", hotfixes: tuple[str, ...] = ()) -> Plan:
     """Gather the inputs (reading only) and compute the plan. Touches nothing when ``dry_run``.
 
     Without ``dry_run`` the settings half may already act before the plan runs, and only in ways that
     lose nothing: captured drift is committed to the instrument's settings branch, and pending migrations
     are committed to it one step at a time (the branch's previous commit is kept for rollback).
+    ``hotfixes`` are the ones the instrument will carry after the reimage (recorded on Var).
     """
     inst = ctx.inventory.instrument(name)
     host = ctx.inventory.host_of(inst)
@@ -269,7 +279,7 @@ def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_
         inst=inst, host=host, release=target, apps_version=ctx.releases[target].apps.version,
         os_template=os_img, apps_image=apps_img, settings_files=files, settings_digest=digest,
         settings_commit=rs.rendered.provenance.get("commit"), observed=observed, op_id=op_id, owner=who(),
-        stamp=when, from_release=running_release(ctx, inst),
+        stamp=when, from_release=running_release(ctx, inst), hotfixes=hotfixes,
         migrations=tuple(rs.migration.steps) if rs.migration else (), settings_version=rs.target_version,
         settings_before_commit=rs.migration.before_commit if rs.migration else None, drift_files=drift_files,
         post_boot=tuple(post_boot)))
@@ -277,12 +287,22 @@ def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_
 
 def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Listener | None = None,
             batch: str | None = None, allow_dirty: bool = False, capture_drift: bool = False,
-            settings_ref: str = "HEAD") -> Outcome:
+            settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = ()) -> Outcome:
+    """Reimage one instrument. Hotfixes it carries that the target release lacks stop it before anything
+    changes (settings capture included), unless declared for the target (re-applied after the reimage) or
+    dropped by the caller."""
+    from .hotfix_ops import hotfixes_to_reapply, refuse_dropped_hotfixes
+
     inst = ctx.inventory.instrument(name)
     refuse_if_interrupted(ctx, inst)
+    target = desired_release(ctx, inst, release)
+    refuse_dropped_hotfixes(ctx, inst, target, drop_hotfixes)
+    carry = hotfixes_to_reapply(ctx, inst, target, drop_hotfixes)
+    included = tuple(ctx.releases[target].includes_hotfixes)
     op_id = new_op_id()
-    plan = plan_for_reimage(ctx, name, release, op_id=op_id, allow_dirty=allow_dirty, dry_run=False,
-                            capture_drift=capture_drift, settings_ref=settings_ref)
+    plan = plan_for_reimage(ctx, name, target, op_id=op_id, allow_dirty=allow_dirty, dry_run=False,
+                            capture_drift=capture_drift, settings_ref=settings_ref,
+                            hotfixes=included + tuple(carry))
     host = ctx.inventory.host_of(inst)
     if host.provider == "lab":
         publish(ctx, plan.to_release or "", inst.host)
@@ -292,8 +312,29 @@ def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Li
             listener(StepEvent(inst.name, "stage", 0, 0, s, ok=True, result=res))
     outcome = ctx.executor(listener).execute(plan, op_id=op_id, batch=batch)
     if outcome.ok:
-        retire_old_generations(ctx, inst)
+        _after_reimage(ctx, inst, outcome, carry, listener)
     return outcome
+
+
+def _after_reimage(ctx: Context, inst: Instrument, outcome: Outcome, carry: list[str],
+                   listener: Listener | None) -> None:
+    """Once a reimage finished: retire old generations, put carried hotfixes back on the new Apps disk."""
+    from .hotfix_ops import reapply_after_reimage
+
+    retire_old_generations(ctx, inst)
+    for hid, out in reapply_after_reimage(ctx, inst, carry, listener=listener, reimage_op=outcome.op_id).items():
+        if not out.ok:
+            outcome.error = f"reimaged, but re-applying hotfix {hid} failed: {out.error}"
+
+
+def _carried_by_plan(ctx: Context, op: Operation) -> list[str]:
+    """The hotfixes a reimage plan promised to carry (recorded in its write_record step, minus those the
+    release already includes), so that a resumed reimage re-applies them too."""
+    for d in op.plan:
+        if d["action"] == "write_record":
+            included = set(ctx.releases[op.to_release].includes_hotfixes) if op.to_release in ctx.releases else set()
+            return sorted(h for h in d["inputs"]["record"].get("hotfixes", []) if h not in included)
+    return []
 
 
 def resume(ctx: Context, name: str, *, listener: Listener | None = None) -> Outcome:
@@ -302,16 +343,17 @@ def resume(ctx: Context, name: str, *, listener: Listener | None = None) -> Outc
     if op is None:
         raise ImagingError(f"{inst.name} has no interrupted operation to resume")
     outcome = ctx.executor(listener).resume(op.id)
-    if outcome.ok:
-        retire_old_generations(ctx, inst)
+    if outcome.ok and op.kind == "reimage":
+        _after_reimage(ctx, inst, outcome, _carried_by_plan(ctx, op), listener)
     return outcome
 
 
 def retire_old_generations(ctx: Context, inst: Instrument) -> list[str]:
     """Keep the current and the previous generation of OS/Apps/Settings disks; delete older ones.
 
-    Only generations made by operations that finished are counted, and nothing attached or used by a
-    rollback point is deleted (the provider refuses attached disks anyway).
+    Only generations made by reimages that finished are counted (failed, rolled-back and unfinished ones
+    never are), and nothing attached, used by the rollback point of the last finished reimage or rollback,
+    or touched by an unfinished operation is deleted (the provider refuses attached disks anyway).
     """
     gens: list[dict[str, str]] = []
     for op in ctx.journal.operations(instrument=inst.name):
@@ -319,9 +361,15 @@ def retire_old_generations(ctx: Context, inst: Instrument) -> list[str]:
             gens.append(op.rollback_point["new"])
     current_disks = set(observe(ctx, inst).disks.values())
     keep = {p for g in gens[-2:] for p in g.values()} | current_disks
-    last = ctx.journal.last(inst.name, kinds=("reimage",), statuses=(OK,))
-    if last and last.rollback_point:
-        keep |= set(last.rollback_point.get("disks", {}).values())
+    # What the last finished reimage or rollback would return to is the previous generation: keep it.
+    for kind in ("reimage", "rollback"):
+        last = ctx.journal.last(inst.name, kinds=(kind,), statuses=(OK,))
+        if last and last.rollback_point:
+            keep |= set(last.rollback_point.get("disks", {}).values())
+    # An unfinished operation may still need what it started from.
+    for op in ctx.journal.operations(instrument=inst.name):
+        if op.status == RUNNING and op.rollback_point:
+            keep |= set(op.rollback_point.get("disks", {}).values()) | set(op.rollback_point.get("new", {}).values())
     deleted = []
     for g in gens[:-2]:
         for role, path in g.items():

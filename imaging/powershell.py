@@ -41,7 +41,8 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "powershel
 
 # Actions whose script runs inside the guest over PowerShell Direct; they take the guest credential as
 # script parameters ($GuestUser, $GuestPassword), never as rendered text.
-GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record", "run_guest_command"})
+GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record", "run_guest_command",
+                           "apply_hotfix", "revert_hotfix", "restart_services"})
 
 ROLES = ("os", "apps", "settings", "var", "data")
 SLOTS = {"os": 0, "apps": 1, "settings": 2, "var": 3, "data": 4}
@@ -120,7 +121,7 @@ def _env() -> jinja2.Environment:
 # --- input validation: refuse values that would make a wrong path or name, before any script exists ---
 
 _PATH_KEYS = ("lock_path", "share_path", "dest_path", "path", "parent_path", "os_path", "template_path",
-              "var_path")
+              "var_path", "package_path", "ledger", "apps_link")
 
 
 def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
@@ -186,6 +187,27 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
     for key in ("settings_manifest", "manifest_name"):
         if key in inputs:
             check_relpath(inputs[key], field=key, file=where)
+    if action in ("apply_hotfix", "revert_hotfix"):
+        check_name(inputs["hotfix_id"], field="hotfix_id", file=where)
+        check_name(inputs["apps_generation"], field="apps_generation", file=where)
+        check_relpath(inputs["backup_rel"], field="backup_rel", file=where)
+    if action == "apply_hotfix":
+        if not isinstance(inputs["entry"], Mapping):
+            raise InputError("entry must be a mapping", file=where, field="entry", fix="pass a dict")
+        if not inputs["files"]:
+            raise InputError("a hotfix needs at least one file", file=where, field="files",
+                             fix="list the files of the hotfix")
+        for i, f in enumerate(inputs["files"]):
+            check_relpath(f.get("path"), field=f"files[{i}].path", file=where)
+            check_sha256(f.get("sha256"), field=f"files[{i}].sha256", file=where)
+        for i, sc in enumerate(inputs["scripts"]):
+            if sc.get("phase") not in ("pre", "post"):
+                raise InputError("a script phase is pre or post", file=where, field=f"scripts[{i}].phase",
+                                 value=sc.get("phase"), fix="use pre or post")
+            check_relpath(sc.get("path"), field=f"scripts[{i}].path", file=where)
+    if action == "restart_services":
+        for i, name in enumerate(inputs["services"]):
+            check_name(name, field=f"services[{i}]", file=where)
     if action == "write_record" and not isinstance(inputs["record"], Mapping):
         raise InputError("record must be a mapping", file=where, field="record", fix="pass a dict")
 

@@ -21,7 +21,7 @@ from .errors import InputError
 from .quoting import check_name, check_sha256
 
 # Strict on purpose: no leading zeros, upper-case C only, no surrounding or inner whitespace.
-_RELEASE_ID_RE = re.compile(r"^(2[0-9]{3})C([1-9][0-9]?)\.(0|[1-9][0-9]{0,2})$")
+_RELEASE_ID_RE = re.compile(r"(2[0-9]{3})C([1-9][0-9]?)\.(0|[1-9][0-9]{0,2})")
 _FORM = "<year>C<cycle>.<patch>, e.g. 2026C3.0 (year 2000-2999, cycle 1-99, patch 0-999, no leading zeros)"
 
 
@@ -59,9 +59,8 @@ class ReleaseId:
         if not isinstance(text, str):
             raise InputError("a release id must be a string", file=file, field=field, value=text,
                              fix=f"write it as {_FORM} (quote it in YAML)")
-        m = _RELEASE_ID_RE.match(text)
-        # re's ``$`` also matches before a trailing newline: check the full match length too.
-        if not m or m.end() != len(text):
+        m = _RELEASE_ID_RE.fullmatch(text)  # fullmatch: unlike ``$``, no trailing newline slips through
+        if not m:
             raise InputError("not a release id", file=file, field=field, value=text,
                              fix=f"write it as {_FORM}")
         return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)))
@@ -76,15 +75,6 @@ class ReleaseId:
         if not isinstance(other, ReleaseId):
             return NotImplemented
         return self._key() < other._key()
-
-    @property
-    def base(self) -> ReleaseId:
-        """Patch 0 of the same cycle: the release this one patches."""
-        return ReleaseId(self.year, self.cycle, 0)
-
-    def is_patch_of(self, other: ReleaseId) -> bool:
-        """True when this is a later patch of ``other``'s cycle (``2026C3.1`` patches ``2026C3.0``)."""
-        return self.base == other.base and self.patch > other.patch
 
 
 class _Refused(ValueError):

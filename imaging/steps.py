@@ -33,6 +33,11 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "configure_guest": ("vm", "volumes"),
     "health_check": ("vm", "expect_apps_version", "links", "expect_settings_sha256"),
     "write_record": ("vm", "record"),
+    # Hotfixes: files put in place on the running guest's Apps volume, the replaced ones backed up on Var.
+    "apply_hotfix": ("vm", "hotfix_id", "package_path", "files", "backup_rel", "ledger", "apps_generation",
+                     "entry", "scripts"),
+    "revert_hotfix": ("vm", "hotfix_id", "backup_rel", "ledger", "apps_generation"),
+    "restart_services": ("vm", "services"),
     "read_volume": ("path", "max_bytes"),
     "write_volume_files": ("path", "files"),
     "run_guest_command": ("vm", "command", "var_path", "marker", "record"),

@@ -47,6 +47,8 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
 from .errors import InputError, ProviderError
+from .inventory import HOSTS_FILE
+from .powershell import RESULT_BEGIN, RESULT_END
 from .quoting import check_name, windows_command_line
 from .redaction import REDACTED, RedactingFilter, redact, register_secret
 from .winrs import CommandResult, WinRSSession
@@ -67,9 +69,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
-RESULT_BEGIN = "<<<IMAGING-RESULT>>>"
-RESULT_END = "<<<END-IMAGING-RESULT>>>"
 
 AUTH_METHODS = ("negotiate", "kerberos", "ntlm", "credssp", "certificate")
 ENCRYPTION_MODES = ("auto", "always", "never")
@@ -272,6 +271,32 @@ class Connection:
         return kwargs
 
 
+# Optional Python packages an authentication method needs (pyspnego speaks NTLM by itself; Kerberos needs
+# python-gssapi or pykrb5, CredSSP needs requests-credssp), and the extra of this project that brings them.
+_AUTH_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "kerberos": (("gssapi", "krb5"), "kerberos"),
+    "credssp": (("requests_credssp",), "credssp"),
+}
+
+
+def missing_auth_package(auth: str) -> str | None:
+    """Why ``auth`` cannot work on this machine (a missing optional package, with the fix), else None."""
+    if auth not in _AUTH_PACKAGES:
+        return None
+    modules, extra = _AUTH_PACKAGES[auth]
+    for module in modules:
+        try:
+            __import__(module)
+            return None
+        except ImportError:
+            continue
+    return (
+        f"auth '{auth}' needs the Python package {' or '.join(modules)}, which is not installed here; "
+        f"install it with `pip install 'imaging[{extra}]'` (Kerberos also needs the system's krb5 "
+        "libraries and a /etc/krb5.conf for the domain), or use another auth for this host"
+    )
+
+
 # -------------------------------------------------------------------------------------------- credentials
 def _env_key(host: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", host.upper())
@@ -392,13 +417,31 @@ def _as_lines(output_lines: Iterable[object]) -> list[str]:
     return lines
 
 
+def _redact_value(value: Any) -> Any:
+    """``value`` with every registered secret removed from its strings (keys included)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redact_value(v) for v in value]
+    if isinstance(value, dict):
+        return {redact(str(k)): _redact_value(v) for k, v in value.items()}
+    return value
+
+
 def parse_result(output_lines: Iterable[object], *, host: str, step: str) -> dict[str, Any]:
-    """The one JSON object a script wrote between ``RESULT_BEGIN`` and ``RESULT_END``; anything else fails."""
-    lines = _as_lines(output_lines)
+    """The one JSON object a step script wrote between ``RESULT_BEGIN`` and ``RESULT_END``.
+
+    The only result parser: the session pool uses it for every script, the hyperv provider reads what it
+    returns. Exactly one framed block must be present (lines may carry CR/LF and indentation), holding a JSON
+    object with a boolean ``changed`` (the step contract); anything else is a ProviderError naming host and
+    step, with the tail of the output to go on. Secrets are redacted from the returned strings, because
+    results are journaled.
+    """
+    lines = [line.rstrip("\r") for line in _as_lines(output_lines)]
     begins = [i for i, line in enumerate(lines) if line.strip() == RESULT_BEGIN]
     ends = [i for i, line in enumerate(lines) if line.strip() == RESULT_END]
     if not begins and not ends:
-        tail = redact(" | ".join(lines[-3:]))[:300]
+        tail = redact(" | ".join(x.strip() for x in lines[-5:] if x.strip()))[:300]
         raise ProviderError(
             f"the script wrote no result: no {RESULT_BEGIN} ... {RESULT_END} block in its "
             f"output (last output: {tail or 'nothing'})",
@@ -433,7 +476,9 @@ def parse_result(output_lines: Iterable[object], *, host: str, step: str) -> dic
         raise ProviderError(
             f"the script's result must be a JSON object, got {type(data).__name__}", host=host, step=step
         )
-    return data
+    if not isinstance(data.get("changed"), bool):
+        raise ProviderError("the script's result lacks a boolean 'changed'", host=host, step=step)
+    return _redact_value(data)
 
 
 def _prop(obj: object, *names: str) -> Any:
@@ -553,6 +598,35 @@ class SessionPool:
         self._sleep, self._jitter = sleep, jitter
         self._closed = False
 
+    @classmethod
+    def from_inventory(
+        cls,
+        inventory: Any,
+        *,
+        credentials: Mapping[str, Credentials] | Callable[[Connection], Credentials] | None = None,
+        connection_overrides: Mapping[str, Any] | None = None,
+        **pool_options: Any,
+    ) -> SessionPool:
+        """One slot per ``provider: hyperv`` host of an inventory (``imaging.inventory.Inventory``).
+
+        Each host's settings come from ``Connection.from_inventory`` (so its ``max_concurrent`` bounds the
+        shells we open there, and a bad entry is an InputError naming hosts.yaml). Credentials are looked up
+        per host by ``Credentials.for_connection`` (environment, else a prompt at a terminal) the first time
+        a host is used, never from the inventory. ``connection_overrides`` apply to every host (tests use it
+        for the loopback endpoint); ``pool_options`` go to the constructor (retries, back-off).
+        """
+        source = str(Path(inventory.root) / HOSTS_FILE)
+        connections = [
+            Connection.from_inventory(host, source=source, **dict(connection_overrides or {}))
+            for host in inventory.hosts.values()
+            if getattr(host, "provider", "hyperv") == "hyperv"
+        ]
+        return cls(connections, credentials=credentials, **pool_options)
+
+    def hosts(self) -> list[str]:
+        """The hosts this pool can reach."""
+        return sorted(self._slots)
+
     # -- context management
     def __enter__(self) -> SessionPool:
         return self
@@ -616,6 +690,9 @@ class SessionPool:
             if slot.idle:
                 return slot.idle.pop()
         conn = slot.connection
+        missing = missing_auth_package(conn.auth)
+        if missing:
+            raise ProviderError(missing, host=conn.host, step=step)
         wsman = WSMan(**conn.wsman_kwargs(self._credentials_for(slot)))
         pool = RunspacePool(
             wsman, configuration_name=conn.configuration_name, min_runspaces=1, max_runspaces=1

@@ -19,6 +19,7 @@ import re
 import socket
 import struct
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -86,10 +87,15 @@ class CommandReply:
 
 @dataclass
 class ReceivedCommand:
+    """A pipeline the endpoint received, with when it started and ended (``time.monotonic``, for overlap
+    checks: the end is set when its result was sent, or it was stopped or its shell deleted)."""
+
     shell_id: str
     command_id: str
     script: str
     parameters: dict[str, Any]
+    started: float = 0.0
+    ended: float | None = None
 
 
 @dataclass
@@ -103,6 +109,7 @@ class _Pipeline:
     done: bool = False
     started: bool = False
     stopped: threading.Event = field(default_factory=threading.Event)
+    record: ReceivedCommand | None = None
 
 
 @dataclass
@@ -500,8 +507,10 @@ class LoopbackWSMan:
             if message_type != MessageType.CREATE_PIPELINE:
                 continue
             script, parameters = self._parse_create_pipeline(pipe.buffer[40:])
+            record = ReceivedCommand(shell.shell_id, pipe.command_id, script, parameters, time.monotonic())
             with self.lock:
-                self.commands.append(ReceivedCommand(shell.shell_id, pipe.command_id, script, parameters))
+                self.commands.append(record)
+                pipe.record = record
                 self.running += 1
                 self.peak_running = max(self.peak_running, self.running)
                 pipe.started = True
@@ -567,6 +576,8 @@ class LoopbackWSMan:
             if pipe.started and not pipe.done:
                 pipe.done = True
                 self.running -= 1
+                if pipe.record is not None:
+                    pipe.record.ended = time.monotonic()
 
     def _receive_response(
         self, message_id: str, command_id: str | None, chunks: list[bytes], done: bool

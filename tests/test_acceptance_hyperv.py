@@ -2,7 +2,8 @@
 
 Collected always, skipped unless these are set:
   IMAGING_ACCEPT_HOST       a host name from the inventory (provider: hyperv) the tests may use
-  IMAGING_HYPERV_USER / IMAGING_HYPERV_PASSWORD   the account the transport signs in with
+  IMAGING_HYPERV_USER / IMAGING_HYPERV_PASSWORD   the account the transport signs in with (or the per-host
+                            IMAGING_HYPERV_<HOST>_USER / _PASSWORD, or IMAGING_HYPERV_CERT_PEM / _KEY_PEM)
 and, for the full reimage, IMAGING_ACCEPT_REIMAGE=1 plus IMAGING_ACCEPT_INSTRUMENT (a throwaway instrument
 defined in the inventory on that host) and IMAGING_GUEST_USER / IMAGING_GUEST_PASSWORD.
 The inventory is the one the tool uses (IMAGING_ROOT / IMAGING_INVENTORY). Everything these tests create
@@ -12,6 +13,7 @@ is named imaging-accept-<random> and removed at the end, also on failure.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -19,20 +21,25 @@ from typing import Any
 import pytest
 
 from imaging.errors import ProviderError
+from imaging.powershell import RESULT_BEGIN, RESULT_END
 from imaging.providers.hyperv import HypervProvider
 from imaging.quoting import ps_literal
 from imaging.steps import Step
 
 HOST = os.environ.get("IMAGING_ACCEPT_HOST", "")
-CONFIGURED = bool(HOST and os.environ.get("IMAGING_HYPERV_USER")
-                  and os.environ.get("IMAGING_HYPERV_PASSWORD"))
+_KEY = re.sub(r"[^A-Z0-9]", "_", HOST.upper())
+CONFIGURED = bool(HOST) and any(
+    os.environ.get(user) and os.environ.get(password)
+    for user, password in (("IMAGING_HYPERV_USER", "IMAGING_HYPERV_PASSWORD"),
+                           (f"IMAGING_HYPERV_{_KEY}_USER", f"IMAGING_HYPERV_{_KEY}_PASSWORD"),
+                           ("IMAGING_HYPERV_CERT_PEM", "IMAGING_HYPERV_KEY_PEM")))
 REIMAGE = (os.environ.get("IMAGING_ACCEPT_REIMAGE") == "1"
            and bool(os.environ.get("IMAGING_ACCEPT_INSTRUMENT")))
 
 pytestmark = [
     pytest.mark.acceptance,
-    pytest.mark.skipif(not CONFIGURED, reason="needs IMAGING_ACCEPT_HOST, IMAGING_HYPERV_USER and "
-                                              "IMAGING_HYPERV_PASSWORD (a real Hyper-V host)"),
+    pytest.mark.skipif(not CONFIGURED, reason="needs IMAGING_ACCEPT_HOST and IMAGING_HYPERV_USER / "
+                                              "IMAGING_HYPERV_PASSWORD (a real Hyper-V host; docs/hyperv.md)"),
 ]
 
 
@@ -111,6 +118,9 @@ def _remove_throwaway(provider: HypervProvider, vm: str, folder: str) -> None:
         "    Remove-VM -VM $found -Force",
         "}",
         "if (Test-Path -LiteralPath $folder) { Remove-Item -LiteralPath $folder -Recurse -Force }",
+        f"Write-Output {ps_literal(RESULT_BEGIN)}",
+        "Write-Output '{\"changed\": true}'",
+        f"Write-Output {ps_literal(RESULT_END)}",
         "",
     ])
     provider.pool.run_script(HOST, script, step="acceptance cleanup", timeout_s=300)

@@ -43,8 +43,10 @@ def store(tmp_path: Path) -> ArtifactStore:
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small chunks so that multi-chunk paths (double buffering, resume) run on small files."""
+    """Small chunks so that multi-chunk paths (double buffering, early writeback, resume) run on small
+    files."""
     monkeypatch.setattr(artifacts, "CHUNK", 4096)
+    monkeypatch.setattr(artifacts, "WRITEBACK_EVERY", 3 * 4096)
 
 
 def test_add_get_verify(store: ArtifactStore, tmp_path: Path, small_chunks: None) -> None:
@@ -64,6 +66,23 @@ def test_add_get_verify(store: ArtifactStore, tmp_path: Path, small_chunks: None
     assert seen[-1] == (50_000, 50_000) and len(seen) == 13
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert list(store.tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_hashing_inline_or_in_a_thread_agree(store: ArtifactStore, tmp_path: Path, small_chunks: None,
+                                             monkeypatch: pytest.MonkeyPatch, threaded: bool) -> None:
+    monkeypatch.setattr(artifacts, "HASH_IN_THREAD", threaded)
+    src = _file(tmp_path / "f.tar", 100_003)
+    m = store.add(src, name="f", kind="hotfix")
+    assert m.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert store.stage("f", tmp_path / "host").read_bytes() == src.read_bytes()
+
+
+def test_source_defaults_to_the_file_path(store: ArtifactStore, tmp_path: Path) -> None:
+    src = _file(tmp_path / "f.tar", 10)
+    m = store.add(src, name="f", kind="apps")
+    assert m.source == str(src.resolve()) and m.suffix == ".tar"
+    assert store.add(_file(tmp_path / "g.tar", 10, 3), name="g", kind="apps", suffix="").suffix == ""
 
 
 def test_manifest_round_trip(store: ArtifactStore, tmp_path: Path) -> None:
@@ -97,11 +116,14 @@ def test_same_content_under_two_names_is_stored_once(store: ArtifactStore, tmp_p
 
 def test_artifacts_are_immutable(store: ArtifactStore, tmp_path: Path) -> None:
     first = store.add(_file(tmp_path / "v1", 1000, 1), name="apps-x", kind="apps")
+    inode = store.path_of("apps-x").stat().st_ino
     again = store.add(_file(tmp_path / "v1-copy", 1000, 1), name="apps-x", kind="apps")
-    assert again == first
+    assert again == first and store.path_of("apps-x").stat().st_ino == inode
     with pytest.raises(ArtifactError) as info:
         store.add(_file(tmp_path / "v2", 1000, 2), name="apps-x", kind="apps")
     assert "apps-x" in str(info.value) and first.sha256 in str(info.value) and "immutable" in str(info.value)
+    with pytest.raises(ArtifactError, match="1001-byte file"):
+        store.add(_file(tmp_path / "v3", 1001, 1), name="apps-x", kind="apps")
     assert store.get("apps-x") == first
     assert store.verify("apps-x") == first
     assert list(store.tmp.iterdir()) == []
@@ -161,6 +183,22 @@ def test_truncated_blob_found_without_hashing(store: ArtifactStore, tmp_path: Pa
     assert store.verify("f").size == 5000
 
 
+def test_re_adding_repairs_a_flipped_blob(store: ArtifactStore, tmp_path: Path) -> None:
+    src = _file(tmp_path / "f", 5000)
+    store.add(src, name="f", kind="apps")
+    _flip(store.path_of("f"), 10)
+    store.add(src, name="f", kind="apps")
+    assert store.verify("f").size == 5000
+
+
+def test_dedupe_never_points_at_a_damaged_blob(store: ArtifactStore, tmp_path: Path) -> None:
+    src = _file(tmp_path / "f", 5000)
+    store.add(src, name="a", kind="apps")
+    _flip(store.path_of("a"), 10)
+    store.add(src, name="b", kind="apps")
+    assert store.verify("b") and store.verify("a")  # the shared blob was replaced with good bytes
+
+
 def test_open_verified_yields_the_content(store: ArtifactStore, tmp_path: Path, small_chunks: None) -> None:
     src = _file(tmp_path / "f", 10_000)
     store.add(src, name="f", kind="apps")
@@ -216,6 +254,19 @@ def test_stage_continues_a_partial(store: ArtifactStore, tmp_path: Path, small_c
     assert calls[-1] == (40_000, 40_000)
 
 
+def test_stage_really_continues_from_the_partial(store: ArtifactStore, tmp_path: Path,
+                                                 small_chunks: None) -> None:
+    """Damage the blob only inside the range the partial already holds: a continued copy never reads
+    that range and succeeds, a copy from scratch would fail."""
+    src = _file(tmp_path / "a.vhdx", 40_000)
+    m = store.add(src, name="a", kind="apps")
+    dest = tmp_path / "host"
+    dest.mkdir()
+    (dest / (m.staged_name + ".partial")).write_bytes(src.read_bytes()[:17_000])
+    _flip(store.path_of("a"), 100)
+    assert store.stage("a", dest).read_bytes() == src.read_bytes()
+
+
 @pytest.mark.parametrize("bad_partial", ["wrong-prefix", "too-long"])
 def test_stage_discards_a_bad_partial(store: ArtifactStore, tmp_path: Path, bad_partial: str,
                                       small_chunks: None) -> None:
@@ -247,6 +298,6 @@ def test_memory_stays_constant(store: ArtifactStore, tmp_path: Path) -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # two reusable chunk buffers plus bookkeeping: far below the file size
-    assert peak < 3 * artifacts.CHUNK + 1024 * 1024 < size // 4
+    # the ring of reusable chunk buffers plus bookkeeping: far below the file size
+    assert peak < artifacts.BUFFERS * artifacts.CHUNK + 1024 * 1024 < size // 4
     store.verify("big")

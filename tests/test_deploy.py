@@ -423,3 +423,20 @@ def test_unstaged_hosts_pull_first_and_only_a_few_at_once() -> None:
     assert len(s.names("ok")) == 24
     assert violations == []
     assert pulled == set(hosts)
+
+
+def test_plan_names_a_hotfix_the_release_would_drop_and_the_deploy_refuses_it(project: Path) -> None:
+    from imaging import hotfix_ops
+    from imaging.simulate import TimeModel
+
+    ctx = ctx_for(project)
+    assert fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), OLD, fleet.Options()).summary.names("ok")
+    example = ROOT / "hotfixes" / "examples" / "HF-2026C3-001"  # declared for 2026C3.0 only
+    assert hotfix_ops.hotfix(ctx, ["ALF"], example)["ALF"].ok
+    rows = {r.instrument: r for r in fleet.fleet_plan(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW,
+                                                       TimeModel())}
+    assert rows["ALF"].hotfixes_dropped == ["HF-2026C3-001"] and rows["GEM"].hotfixes_dropped == []
+    res = fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW, fleet.Options(canary="GEM"))
+    assert res.rows["GEM"]["status"] == "ok"
+    assert res.rows["ALF"]["status"] == FAILED and "HF-2026C3-001" in res.rows["ALF"]["detail"]
+    assert operations.running_release(ctx, ctx.inventory.instrument("ALF")) == OLD

@@ -1,4 +1,8 @@
-"""The hyperv provider against a fake session pool: results, every failure path, and the mount lock."""
+"""The hyperv provider against a fake session pool: results, every failure path, and the mount lock.
+
+The fake pool parses output with the transport's own ``parse_result``, as the real ``SessionPool`` does;
+tests/test_hyperv_loopback.py runs the same provider over the real pool and the loopback endpoint.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ import pytest
 
 from imaging.errors import InputError, LockHeld, ProviderError
 from imaging.powershell import RESULT_BEGIN, RESULT_END
-from imaging.providers.hyperv import MOUNT_ACTIONS, GuestCredential, HypervProvider, read_result
+from imaging.providers.hyperv import MOUNT_ACTIONS, GuestCredential, HypervProvider
+from imaging.redaction import REDACTED
 from imaging.steps import ACTIONS, Step
+from imaging.transport import Secret, parse_result
 
 SAMPLES = json.loads((Path(__file__).parent / "golden" / "powershell" / "_inputs.json").read_text())
 
@@ -30,7 +36,7 @@ def framed(obj: Any) -> list[str]:
 
 @dataclass
 class Result:
-    output: list[str]
+    data: dict[str, Any]
 
 
 @dataclass
@@ -67,7 +73,8 @@ class FakePool:
                     self.barrier.wait(timeout=2)
             if self.error is not None:
                 raise self.error
-            return Result(list(self.output if self.output is not None else framed({"changed": True})))
+            output = list(self.output if self.output is not None else framed({"changed": True}))
+            return Result(parse_result(output, host=host, step=step))
         finally:
             with self.guard:
                 self.inside[host] -= 1
@@ -90,7 +97,10 @@ def test_guest_actions_get_the_credential_as_parameters_never_in_the_script():
     pool = FakePool()
     HypervProvider(pool, guest_credential=CRED).run(step("configure_guest"))
     call = pool.calls[0]
-    assert call["parameters"] == {"GuestUser": "imaging-svc", "GuestPassword": "s3cret'$(x)"}
+    assert set(call["parameters"]) == {"GuestUser", "GuestPassword"}
+    assert call["parameters"]["GuestUser"] == "imaging-svc"
+    secret = call["parameters"]["GuestPassword"]
+    assert isinstance(secret, Secret) and secret.value == "s3cret'$(x)" and "s3cret" not in repr(secret)
     assert "s3cret" not in call["script"] and "imaging-svc" not in call["script"]
     assert call["script"].startswith("param([string] $GuestUser, [string] $GuestPassword)")
 
@@ -101,6 +111,45 @@ def test_guest_action_without_credential_is_refused_before_running():
         HypervProvider(pool).run(step("wait_guest"))
     assert info.value.host == "HVHOST01" and info.value.step == "wait_guest"
     assert pool.calls == []
+
+
+def test_guest_credential_is_asked_for_once_when_the_first_guest_step_runs():
+    asked: list[str] = []
+
+    def source() -> GuestCredential:
+        asked.append("asked")
+        return GuestCredential.resolve({}, interactive=True, ask_user=lambda text: "typed-guest",
+                                       prompt=lambda text: "typed-guest-pw")
+
+    pool = FakePool()
+    provider = HypervProvider(pool, guest_credential_source=source)
+    provider.run(step("get_state"))
+    assert asked == []  # a host step never asks
+    provider.run(step("wait_guest"))
+    provider.run(step("health_check"))
+    assert asked == ["asked"]
+    assert pool.calls[-1]["parameters"]["GuestPassword"].value == "typed-guest-pw"
+
+
+def test_guest_credential_without_env_or_terminal_names_the_variables():
+    def source() -> GuestCredential:
+        return GuestCredential.resolve({}, interactive=False)
+
+    pool = FakePool()
+    with pytest.raises(ProviderError, match="IMAGING_GUEST_PASSWORD") as info:
+        HypervProvider(pool, guest_credential_source=source).run(step("configure_guest"))
+    assert info.value.step == "configure_guest" and pool.calls == []
+
+
+def test_a_script_error_that_echoes_a_secret_is_redacted():
+    secret = "Echoed-Guest-Pw-42"
+    cred = GuestCredential("svc", secret)  # registers the secret for redaction
+    pool = FakePool(output=framed({"ok": False, "changed": False, "error": f"logon failed with {secret}",
+                                   "where": f"At line:3 char:1 + {secret}"}))
+    with pytest.raises(ProviderError) as info:
+        HypervProvider(pool, guest_credential=cred).run(step("wait_guest"))
+    assert secret not in str(info.value) and REDACTED in str(info.value)
+    assert secret not in json.dumps(info.value.result)
 
 
 def test_guest_credential_from_env_and_hidden_in_repr():
@@ -128,13 +177,13 @@ def test_lock_held_by_another_operation_becomes_lock_held():
 
 
 @pytest.mark.parametrize("output, needle", [
-    (["no markers at all", "PS> done"], "no framed result"),
+    (["no markers at all", "PS> done"], "no result"),
     ([RESULT_BEGIN, '{"changed": tru', RESULT_END], "not valid JSON"),
-    ([RESULT_BEGIN, '["changed"]', RESULT_END], "not an object"),
+    ([RESULT_BEGIN, '["changed"]', RESULT_END], "must be a JSON object"),
     ([RESULT_BEGIN, '{"ok": true}', RESULT_END], "boolean 'changed'"),
-    ([RESULT_BEGIN, '{"changed": true}'], "no framed result"),
-    ([RESULT_END, '{"changed": true}', RESULT_BEGIN], "exactly one"),
-    (framed({"changed": True}) + framed({"changed": False}), "exactly one"),
+    ([RESULT_BEGIN, '{"changed": true}'], "incomplete"),
+    ([RESULT_END, '{"changed": true}', RESULT_BEGIN], "incomplete"),
+    (framed({"changed": True}) + framed({"changed": False}), "2 results"),
 ])
 def test_missing_or_malformed_output_becomes_provider_error(output, needle):
     pool = FakePool(output=output)
@@ -226,9 +275,3 @@ def test_non_mount_actions_on_one_host_are_not_serialised():
     pool = FakePool(barrier=threading.Barrier(2))
     _run_two(pool, ["get_state", "attach_disk"], ["HVHOST01", "HVHOST01"])
     assert pool.overlap == ["HVHOST01"]
-
-
-def test_read_result_tolerates_crlf_and_indentation():
-    data = read_result(["x\r\n", "  " + RESULT_BEGIN + "\r\n", '{"changed": false, "n": 1}\r\n', RESULT_END],
-                       host="H", step="s")
-    assert data == {"changed": False, "n": 1}

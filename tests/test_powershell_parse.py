@@ -75,8 +75,12 @@ def hostile_inputs(action: str) -> dict[str, Any]:
     for key in ("owner", "op_id", "switch", "expect_apps_version"):
         if key in inputs:
             inputs[key] = HOSTILE
-    if "files" in inputs:
+    if isinstance(inputs.get("files"), dict):  # write_settings, write_volume_files: relpath -> text
         inputs["files"] = {"a/b.txt": HOSTILE, "c.xml": ""}
+    if "entry" in inputs:  # apply_hotfix: free text recorded in the ledger
+        inputs["entry"] = {"description": HOSTILE, HOSTILE: HOSTILE}
+    if action == "apply_hotfix":
+        inputs["files"] = inputs["files"][:1]  # a one-item list must stay a list
     if "record" in inputs:
         inputs["record"] = {"note": HOSTILE, HOSTILE: [HOSTILE], "nested": {"list": [[1, 2]], "empty": {}}}
     for key in ("artifacts", "volumes", "links", "exclude"):

@@ -98,14 +98,6 @@ def test_direct_construction_is_range_checked(year: int, cycle: int, patch: int)
         ReleaseId(year, cycle, patch)
 
 
-def test_base_and_is_patch_of() -> None:
-    p = ReleaseId.parse("2026C3.2")
-    assert p.base == ReleaseId.parse("2026C3.0")
-    assert p.is_patch_of(ReleaseId.parse("2026C3.0"))
-    assert not p.is_patch_of(ReleaseId.parse("2026C3.2"))
-    assert not p.is_patch_of(ReleaseId.parse("2026C4.0"))
-
-
 # --- definitions ---------------------------------------------------------------------------------------
 
 GOOD = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 
 import pytest
@@ -186,6 +187,9 @@ def test_parse_result_reads_only_the_marked_json():
         ([RESULT_BEGIN, "{}", RESULT_END, RESULT_BEGIN, "{}", RESULT_END], "2 results"),
         ([RESULT_BEGIN, "{not json", RESULT_END], "not valid JSON"),
         ([RESULT_BEGIN, "[1, 2]", RESULT_END], "must be a JSON object"),
+        ([RESULT_BEGIN, '{"ok": true}', RESULT_END], "boolean 'changed'"),
+        ([RESULT_BEGIN, '{"changed": "yes"}', RESULT_END], "boolean 'changed'"),
+        ([], "last output: nothing"),
         ([RESULT_BEGIN, '{"a": 1}'], "incomplete"),
         ([RESULT_END, "{}", RESULT_BEGIN], "incomplete"),
     ],
@@ -194,6 +198,37 @@ def test_parse_result_errors_name_host_and_step(lines, message):
     with pytest.raises(ProviderError, match=message) as err:
         parse_result(lines, host="HV7", step="stage_artifact")
     assert "host HV7" in str(err.value) and "step stage_artifact" in str(err.value)
+
+
+def test_parse_result_tolerates_crlf_indentation_and_multi_line_items():
+    lines = ["x\r\n", "  " + RESULT_BEGIN + "\r\n", '{"changed": false,\r\n "n": 1}\r\n', RESULT_END + "\r\n"]
+    assert parse_result(lines, host="H", step="s") == {"changed": False, "n": 1}
+    one_item = f"progress\n{RESULT_BEGIN}\n{{\"changed\": true}}\n{RESULT_END}\n"
+    assert parse_result([one_item], host="H", step="s") == {"changed": True}
+
+
+def test_parse_result_shows_the_tail_of_the_output_without_secrets():
+    secret = "Tail-Secret-771"
+    Credentials("svc", secret)  # registers it
+    with pytest.raises(ProviderError) as err:
+        parse_result(["started", f"connecting with {secret}", "gave up"], host="H", step="s")
+    assert "gave up" in str(err.value) and secret not in str(err.value) and REDACTED in str(err.value)
+
+
+def test_parse_result_redacts_secrets_from_the_result_it_returns():
+    secret = "Result-Secret-553"
+    Secret(secret)
+    line = json.dumps({"changed": True, "note": f"used {secret}", "list": [secret], secret: 1})
+    data = parse_result([RESULT_BEGIN, line, RESULT_END], host="H", step="s")
+    assert secret not in json.dumps(data) and data["note"] == f"used {REDACTED}"
+
+
+def test_the_markers_have_one_definition():
+    import imaging.powershell
+    import imaging.transport
+
+    assert imaging.transport.RESULT_BEGIN is imaging.powershell.RESULT_BEGIN
+    assert imaging.transport.RESULT_END is imaging.powershell.RESULT_END
 
 
 # ------------------------------------------------------------------------------------ against the endpoint
@@ -364,7 +399,7 @@ def test_failure_while_the_script_runs_is_reported_not_rerun_and_the_pool_reopen
 @pytest.mark.parametrize("bound", [1, 2, 3])
 def test_concurrency_per_host_never_exceeds_the_bound(bound):
     with (
-        LoopbackWSMan(lambda s, p: Reply(output=result_lines("{}"), delay_s=0.1)) as ep,
+        LoopbackWSMan(lambda s, p: Reply(output=result_lines('{"changed": false}'), delay_s=0.1)) as ep,
         SessionPool([loopback(ep.port, max_concurrent=bound)], credentials=CREDS) as pool,
     ):
         errors: list[BaseException] = []
@@ -461,7 +496,7 @@ def test_a_script_larger_than_one_envelope_arrives_whole_through_send(endpoint):
 
 
 def test_close_deletes_every_shell_and_refuses_further_calls():
-    with LoopbackWSMan(lambda s, p: Reply(output=result_lines("{}"), delay_s=0.05)) as ep:
+    with LoopbackWSMan(lambda s, p: Reply(output=result_lines('{"changed": false}'), delay_s=0.05)) as ep:
         pool = SessionPool([loopback(ep.port, max_concurrent=3)], credentials=CREDS)
         threads = [
             threading.Thread(target=pool.run_script, args=("HV1", "x"), kwargs={"step": "s", "timeout_s": 30})
@@ -598,3 +633,21 @@ def test_connection_from_an_inventory_host_entry():
     entry.auth = "basic"
     with pytest.raises(InputError, match=r"instruments/hosts.yaml: field 'hosts.HVHOST04.auth'"):
         Connection.from_inventory(entry, source="instruments/hosts.yaml")
+
+
+@pytest.mark.parametrize(("auth", "modules", "extra"), [
+    ("kerberos", ("gssapi", "krb5"), "imaging[kerberos]"),
+    ("credssp", ("requests_credssp",), "imaging[credssp]"),
+])
+def test_an_auth_whose_package_is_missing_says_what_to_install(endpoint, monkeypatch, auth, modules, extra):
+    import sys
+
+    for module in modules:
+        monkeypatch.setitem(sys.modules, module, None)  # makes the import fail, whatever is installed
+    with (
+        SessionPool([loopback(endpoint.port, auth=auth)], credentials=CREDS) as pool,
+        pytest.raises(ProviderError, match=re.escape(extra)) as err,
+    ):
+        pool.run_script("HV1", "x", step="preflight", timeout_s=5)
+    assert err.value.transient is False and "host HV1 step preflight" in str(err.value)
+    assert endpoint.actions == []  # refused before anything was sent

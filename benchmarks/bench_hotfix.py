@@ -1,0 +1,95 @@
+"""Benchmark: hotfix the whole lab fleet against reimaging the whole lab fleet, side by side.
+
+Every instrument of the shipped inventory is provisioned on the lab provider first (images staged once per
+host, as before a shutdown). Then, each round: the whole fleet is hotfixed (a 2-file package, the VMs keep
+running), the hotfix is reverted (timed too), and the whole fleet is reimaged to the release it runs. Both
+fleet runs use the same bounded parallel runner (`hotfix_ops.run_over_instruments`: --parallel at once,
+each host's max_concurrent per host). Medians and the ratio reimage / hotfix are printed.
+
+    .venv/bin/python benchmarks/bench_hotfix.py [--os-files 2000] [--apps-files 1000] [--rounds 3] [--parallel 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from imaging import hotfix_ops, operations  # noqa: E402
+from imaging.config import Paths  # noqa: E402
+from imaging.hotfixes import build_manifest, write_package  # noqa: E402
+
+
+def fleet_ok(results: dict[str, object], what: str) -> None:
+    bad = {n: r for n, r in results.items() if isinstance(r, Exception) or not getattr(r, "ok", False)}
+    if bad:
+        raise SystemExit(f"{what} failed on {len(bad)} instruments: {bad}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--os-files", type=int, default=2000)
+    ap.add_argument("--apps-files", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--parallel", type=int, default=8)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="imaging-bench-") as tmp:
+        proj = Path(tmp) / "project"
+        proj.mkdir()
+        for name in ("instruments", "releases", "templates"):
+            shutil.copytree(ROOT / name, proj / name)
+        env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+               "GIT_COMMITTER_EMAIL": "b@b"}
+        for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
+            subprocess.run(["git", "-C", str(proj), *cmd], check=True, env=env)
+        ctx = operations.Context.load(Paths.from_env(proj))
+        ctx.sample_sizes = (args.os_files, args.apps_files)
+        names = sorted(ctx.inventory.instruments)
+        t0 = time.perf_counter()
+        for inst in ctx.inventory.instruments.values():  # stage each release once per host, sequentially
+            operations.stage(ctx, operations.desired_release(ctx, inst), inst.host)
+        print(f"{len(names)} instruments on {len(ctx.inventory.hosts)} hosts; staging "
+              f"{args.os_files} + {args.apps_files} files per release: {time.perf_counter() - t0:.2f} s")
+        fleet_ok(hotfix_ops.run_over_instruments(ctx, names, lambda n: operations.reimage(ctx, n), args.parallel),
+                 "first provisioning")
+        releases = sorted({operations.running_release(ctx, i) or "" for i in ctx.inventory.instruments.values()})
+        files = {"server/bin/module00000.bin": b"patched server module\n" * 200,
+                 "client/bin/hotfix-added.dll": b"MZ" + b"\x00" * 4096}
+        pkg = write_package(Path(tmp) / "HF-BENCH", build_manifest(
+            "HF-BENCH", "benchmark hotfix", releases, files, restart=["InstrumentServer"]), files)
+
+        hot, rev, reim = [], [], []
+        for r in range(args.rounds):
+            t = time.perf_counter()
+            fleet_ok(hotfix_ops.hotfix(ctx, names, pkg, parallel=args.parallel), "hotfix")
+            hot.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            fleet_ok(hotfix_ops.revert(ctx, names, "HF-BENCH", parallel=args.parallel), "revert")
+            rev.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            fleet_ok(hotfix_ops.run_over_instruments(ctx, names, lambda n: operations.reimage(ctx, n),
+                                                     args.parallel), "reimage")
+            reim.append(time.perf_counter() - t)
+            print(f"round {r + 1}: hotfix fleet {hot[-1]:.2f} s | revert fleet {rev[-1]:.2f} s | "
+                  f"reimage fleet {reim[-1]:.2f} s")
+        h, v, m = statistics.median(hot), statistics.median(rev), statistics.median(reim)
+        print(f"median over {args.rounds} rounds, {len(names)} instruments, parallel {args.parallel}:")
+        print(f"  hotfix whole fleet : {h:8.2f} s  ({h / len(names) * 1000:.0f} ms per instrument)")
+        print(f"  revert whole fleet : {v:8.2f} s")
+        print(f"  reimage whole fleet: {m:8.2f} s  ({m / len(names) * 1000:.0f} ms per instrument)")
+        print(f"  ratio reimage / hotfix: {m / h:.1f}x")
+        ctx.close()
+
+
+if __name__ == "__main__":
+    main()
