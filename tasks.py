@@ -259,20 +259,49 @@ def rollback(c, instrument, dry_run=False):  # noqa: ANN001
             "instruments": "only the hosts of these instruments (comma-separated)"})
 @reports_errors
 def stage(c, release, group=None, instruments=""):  # noqa: ANN001
-    """Copy a release's images to each host that needs them, once per host, verified on arrival."""
+    """Copy a release's images to each host that needs them, once per host, verified, resumable."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
     from imaging import operations
     from imaging.labels import resolve
 
     with _context() as ctx:
         chosen = ctx.inventory.select(names=[n for n in instruments.split(",") if n] or None, group=group)
-        hosts = sorted({i.host for i in chosen})
-        for host in hosts:
-            grp = next(i.group for i in chosen if i.host == host)
-            rid = resolve(release, group=grp, labels=ctx.labels, releases=ctx.releases, source="--release")
-            t0 = time.monotonic()
-            results = operations.stage(ctx, rid, host)
-            copied = sum(r.get("bytes", 0) for r in results)
-            console.print(f"{host}: {rid} staged ({copied} bytes copied, {time.monotonic() - t0:.1f}s)")
+        pairs = sorted({(resolve(release, group=i.group, labels=ctx.labels, releases=ctx.releases,
+                                 source="--release"), i.host) for i in chosen})
+        summary: list[tuple[str, str, dict[str, Any], float]] = []
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                      console=console, transient=not sys.stdout.isatty()) as bar:
+            tasks: dict[tuple[str, str], Any] = {}
+
+            def show(ev: Any) -> None:
+                key = (ev.host, ev.artifact)
+                if key not in tasks:
+                    tasks[key] = bar.add_task(f"{ev.host} {ev.artifact}", total=None)
+                if ev.phase == "publish":
+                    bar.update(tasks[key], completed=ev.done, total=ev.total or None,
+                               description=f"{ev.host} {ev.artifact}: to the share")
+                elif ev.result is None:
+                    bar.update(tasks[key], description=f"{ev.host} {ev.artifact}: host pulls and verifies")
+                else:
+                    done = "copied" if ev.result.get("changed") else "already staged"
+                    bar.update(tasks[key], description=f"{ev.host} {ev.artifact}: {done}")
+
+            for rid, host in pairs:
+                t0 = time.monotonic()
+                for res in operations.stage(ctx, rid, host, progress=show):
+                    summary.append((host, rid, res, time.monotonic() - t0))
+        table = Table(title=f"Staged {release}")
+        for col in ("host", "release", "artifact", "result", "bytes copied"):
+            table.add_column(col)
+        for host, rid, res, _ in summary:
+            table.add_row(host, rid, res["name"], "copied, verified" if res.get("changed") else "already staged",
+                          str(res.get("bytes", 0)))
+        console.print(table)
+        copied = sum(r.get("bytes", 0) for _, _, r, _ in summary)
+        console.print(f"{len(pairs)} host(s), {sum(1 for s in summary if s[2].get('changed'))} image(s) copied, "
+                      f"{copied} bytes")
+
 
 
 # --- settings tasks ---
@@ -685,3 +714,193 @@ def prune(c, apply=False):  # noqa: ANN001
         return
     console.print(f"pruned {len(report.to_remove)}: blobs removed {', '.join(report.removed_blobs) or '-'}; "
                   f"staged copies removed {', '.join(report.unstaged) or '-'}; manifests and build records kept")
+
+
+
+
+# --- deploy tasks ---
+
+
+class _DeployDisplay:
+    """Live view of a deploy: one line per running instrument (step, elapsed) and a total bar."""
+
+    def __init__(self, total: int) -> None:
+        import threading
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.lock = threading.Lock()
+        self.running: dict[str, tuple[str, float]] = {}
+        self.bar = Progress(TextColumn("total"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=console)
+        self.task = self.bar.add_task("deploy", total=total)
+        self.lines: list[str] = []
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+
+        now = time.monotonic()
+        with self.lock:
+            rows = [f"  {name:<10} {now - t0:6.1f}s  {step}" for name, (step, t0) in sorted(self.running.items())]
+        return Group(*rows, self.bar)
+
+    def __call__(self, kind: str, payload: Any) -> None:
+        with self.lock:
+            if kind == "step":
+                ev = payload
+                _, t0 = self.running.get(ev.instrument, ("", time.monotonic()))
+                label = "undo " if ev.phase == "undo" else f"{ev.index + 1}/{ev.total} "
+                self.running[ev.instrument] = (label + ev.step.action, t0)
+                return
+            ev = payload
+            if ev.kind == "job_start" and ev.job:
+                self.running[ev.job.name] = ("starting", time.monotonic())
+            elif ev.kind == "job_end" and ev.job and ev.result:
+                self.running.pop(ev.job.name, None)
+                self.bar.advance(self.task)
+                r = ev.result
+                color = {"ok": "green", "failed": "bold red", "skipped": "yellow"}.get(r.status, "")
+                extra = f" at {r.step}: {r.detail}" if r.status == "failed" else (f": {r.detail}" if r.detail else "")
+                console.print(f"[{color}]{ev.job.name} {r.status}[/]{extra}", soft_wrap=True)
+            elif ev.kind == "wave_start":
+                console.print(f"[bold]wave {ev.wave + 1}[/] ({ev.message})")
+            elif ev.kind == "stop":
+                console.print(f"[bold red]stopping:[/] {ev.message}", soft_wrap=True)
+
+
+def _fmt_s(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _print_fleet_plan(rows: Any, prediction: Any) -> None:
+    table = Table(title="Fleet plan")
+    for col in ("instrument", "host", "now", "after", "migrations", "hotfixes dropped", "not staged", "estimate",
+                "note"):
+        table.add_column(col)
+    for r in rows:
+        staged = "?" if r.not_staged is None else (", ".join(r.not_staged) or "-")
+        table.add_row(r.instrument, r.host, r.now or "-", r.after, ", ".join(r.migrations) or "-",
+                      ", ".join(r.hotfixes_dropped) or "-", staged, _fmt_s(r.estimate_s), r.note)
+    console.print(table)
+    console.print(f"waves: {' | '.join(', '.join(w) for w in prediction.summary.waves)}", soft_wrap=True)
+    console.print(f"estimated duration (time model): {_fmt_s(prediction.makespan)}")
+
+
+def _print_prediction(p: Any) -> None:
+    from imaging.simulate import critical_resource
+
+    console.print(f"[bold]predicted total duration: {_fmt_s(p.makespan)}[/] "
+                  f"(lower bound {_fmt_s(p.lower_bound)}, set by {p.bound_resource}; "
+                  f"ratio {p.makespan / p.lower_bound:.2f})")
+    table = Table(title="Per-host utilisation")
+    for col in ("host", "slots busy", "disk busy"):
+        table.add_column(col)
+    for host, slots in p.slot_use.items():
+        table.add_row(host, f"{slots:.0%}", f"{p.utilisation.get('disk:' + host, 0.0):.0%}")
+    console.print(table)
+    if "share" in p.utilisation:
+        console.print(f"image share busy {p.utilisation['share']:.0%} of the time")
+    name, share = critical_resource(p)
+    console.print(f"critical resource: {name} ({share:.0%} busy)")
+
+
+def _print_recap(result: Any) -> None:
+    rec = result.record
+    table = Table(title=f"Deploy {rec['id']}: {rec['release']}")
+    for col in ("instrument", "before", "after", "result", "time", "step", "detail"):
+        table.add_column(col)
+    counts: dict[str, int] = {}
+    for name in rec["selection"]:
+        r = rec["results"].get(name, {"status": "not_started"})
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        secs = r.get("seconds")
+        table.add_row(name, rec["before"].get(name) or "-", rec.get("after", {}).get(name) or "-", r["status"],
+                      _fmt_s(secs) if secs is not None else "", r.get("step") or "", r.get("detail") or "")
+    console.print(table)
+    console.print(" ".join(f"{k}: {counts.get(k, 0)}" for k in ("ok", "failed", "skipped", "not_started")))
+    if rec.get("stopped"):
+        err_console.print(f"[bold red]deploy stopped:[/] {rec['stopped']}", soft_wrap=True)
+    console.print(f"report: {result.report_md} and {result.report_json}")
+
+
+@task(help={"release": "the release (id or label) to deploy",
+            "group": "deploy this group's instruments",
+            "instruments": "comma-separated names, or @failed for the failures of the last deploy",
+            "all": "deploy every instrument",
+            "canary": "the instrument deployed alone first (default: the first of the selection; 'none': no canary)",
+            "batches": "wave sizes after the canary, e.g. 1,5,20% (the last size repeats); default 100%",
+            "parallel": "at most this many instruments at once (each host's max_concurrent also holds)",
+            "max_fail_percent": "stop starting instruments when more than this share of a wave failed",
+            "yes": "do not ask for confirmation (unattended runs)",
+            "dry_run": "print the fleet plan and stop",
+            "resume": "continue the interrupted deploy (its record and the journal say where)",
+            "simulate": "predict the deploy on a virtual clock with the time model; change nothing",
+            "model": "a YAML file overriding the time model's defaults (see docs/deploy.md)",
+            "force": "reimage instruments that already run the release",
+            "pulls": "hosts pulling images from the share at once, for hosts not staged beforehand"})
+@reports_errors
+def deploy(c, release="", group=None, instruments="", all=False, canary=None, batches="100%",  # noqa: A002, ANN001
+           parallel=4, max_fail_percent=100.0, yes=False, dry_run=False, resume=False, simulate=False,
+           model=None, force=False, pulls=4):
+    """Reimage many instruments in waves: plan, confirm, canary, batches, limits, recap and report."""
+    from pathlib import Path
+
+    from imaging import fleet
+    from imaging.simulate import TimeModel
+
+    tm = TimeModel.load(Path(model) if model else None)
+    with _context() as ctx:
+        if resume:
+            display = _DeployDisplay(0)
+            rec = fleet.resumable(ctx)
+            if rec is None:
+                raise ImagingError("no interrupted deploy to resume")
+            display.bar.update(display.task, total=len(rec["selection"]))
+            console.print(f"resuming {rec['id']} ({rec['release']}, {len(rec['selection'])} instruments)")
+            result = _run_live(display, lambda: fleet.resume(ctx, deploy_id=rec["id"], model=tm, progress=display))
+            _print_recap(result)
+            if result.summary.stopped or result.summary.names("failed"):
+                raise Exit(code=1)
+            return
+        if not release:
+            raise ImagingError("--release is required (a release id like 2026C3.0 or a label)")
+        options = fleet.Options(parallel=int(parallel), max_fail_percent=float(max_fail_percent),
+                                canary="" if canary == "none" else canary, batches=batches, force=force,
+                                pulls=int(pulls))
+        insts = fleet.select(ctx, group=group, instruments=instruments, everything=all)
+        prediction = fleet.simulate(ctx, insts, release, options, tm)
+        if simulate:
+            console.print(f"simulating {len(insts)} instruments, waves "
+                          f"{' | '.join(str(len(w)) for w in prediction.summary.waves)}, --parallel={parallel}")
+            _print_prediction(prediction)
+            return
+        rows = fleet.fleet_plan(ctx, insts, release, tm)
+        _print_fleet_plan(rows, prediction)
+        if dry_run:
+            console.print("[dim]dry run: nothing was changed[/]")
+            return
+        if not yes:
+            if not sys.stdin.isatty():
+                raise ImagingError("not confirmed: pass --yes to deploy without a question (unattended runs)")
+            from rich.prompt import Confirm
+
+            if not Confirm.ask(f"deploy {release} to {len(insts)} instruments?", console=console):
+                raise ImagingError("not confirmed; nothing was changed")
+        display = _DeployDisplay(len(insts))
+        result = _run_live(display, lambda: fleet.deploy(ctx, insts, release, options, model=tm, progress=display))
+        _print_recap(result)
+        if result.summary.stopped or result.summary.names("failed"):
+            raise Exit(code=1)
+
+
+def _run_live(display: _DeployDisplay, fn: Callable[[], Any]) -> Any:
+    from rich.live import Live
+
+    if not console.is_terminal:
+        return fn()
+    with Live(display, console=console, refresh_per_second=4, transient=True):
+        return fn()

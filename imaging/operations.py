@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,7 +137,23 @@ def stage_steps(ctx: Context, release: str, host_name: str) -> list[Step]:
     return steps
 
 
-def publish(ctx: Context, release: str, host_name: str) -> None:
+@dataclass(frozen=True)
+class StageEvent:
+    """Progress of staging on one host: ``phase`` is "publish" (bytes onto the share, with done/total) or
+    "stage" (the host pulls and verifies; ``result`` is set when the step ended)."""
+
+    host: str
+    artifact: str
+    phase: str
+    done: int = 0
+    total: int = 0
+    result: dict[str, Any] | None = None
+
+
+StageProgress = Callable[[StageEvent], None]
+
+
+def publish(ctx: Context, release: str, host_name: str, *, progress: StageProgress | None = None) -> None:
     """Put a release's artifacts on the host's share. The lab share is a folder; a real one is mounted."""
     host = ctx.inventory.hosts[host_name]
     if host.provider != "lab":
@@ -144,12 +161,29 @@ def publish(ctx: Context, release: str, host_name: str) -> None:
     lab = ctx.providers.lab
     for art in artifacts_of(ctx, release, lab=True):
         dest = lab.path(host_name, layout.share_path(host, art.name, art.sha256, art.suffix)).parent
-        ctx.store.stage(art.name, dest)
+        cb = None
+        if progress is not None:
+            def cb(done: int, total: int, _name: str = art.name) -> None:
+                progress(StageEvent(host_name, _name, "publish", done, total))
+        ctx.store.stage(art.name, dest, progress=cb)
 
 
-def stage(ctx: Context, release: str, host_name: str) -> list[dict[str, Any]]:
-    publish(ctx, release, host_name)
-    return [ctx.providers.run(s) for s in stage_steps(ctx, release, host_name)]
+def stage(ctx: Context, release: str, host_name: str, *,
+          progress: StageProgress | None = None) -> list[dict[str, Any]]:
+    """Stage a release's images on one host: once, verified, resumable (a half-done copy is finished or
+    redone; a staged image is left alone). Returns one result per artifact with ``name``, ``changed``
+    and ``bytes`` copied."""
+    publish(ctx, release, host_name, progress=progress)
+    out = []
+    for s in stage_steps(ctx, release, host_name):
+        name = str(s.inputs["name"])
+        if progress is not None:
+            progress(StageEvent(host_name, name, "stage"))
+        res = {"name": name, **ctx.providers.run(s)}
+        if progress is not None:
+            progress(StageEvent(host_name, name, "stage", result=res))
+        out.append(res)
+    return out
 
 
 # --- state ---------------------------------------------------------------------------------------

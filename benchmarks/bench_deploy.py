@@ -1,0 +1,88 @@
+"""Benchmark: deploy the shipped fleet in the lab with --parallel=N against one instrument at a time.
+
+Two identical lab projects are provisioned on the old release (not timed) with the new release staged
+(as before a shutdown); then each deploys the new release to every instrument, one with the parallel
+scheduler and one with --parallel=1. Both times and the ratio are printed.
+
+The lab does a step in a few milliseconds of Python, so with no latency the deploy is CPU-bound in one
+process and threads cannot beat one at a time on a small machine. A real step is a remote call that waits
+(a WinRM round trip, a VM booting); ``--latency`` adds that wait to every step (a sleep in the lab's fault
+hook), which is what the parallel scheduler overlaps. Both are measured: no latency, and the given one.
+
+    .venv/bin/python benchmarks/bench_deploy.py [--parallel 8] [--latency 0.05] [--os-files 400] [--apps-files 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from imaging import fleet, operations  # noqa: E402
+from imaging.config import Paths  # noqa: E402
+
+OLD, NEW = "2026C3.0", "2026C3.1"
+
+
+def project(tmp: Path, name: str, sizes: tuple[int, int], latency: float) -> operations.Context:
+    proj = tmp / name
+    proj.mkdir()
+    for d in ("instruments", "releases", "templates"):
+        shutil.copytree(ROOT / d, proj / d)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+           "GIT_COMMITTER_EMAIL": "b@b"}
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
+        subprocess.run(["git", "-C", str(proj), *cmd], check=True, env=env)
+    paths = Paths(root=proj, inventory=proj / "instruments", releases=proj / "releases",
+                  templates=proj / "templates", state=proj / ".state")
+    ctx = operations.Context.load(paths)
+    ctx.sample_sizes = sizes
+    insts = fleet.select(ctx, everything=True)
+    res = fleet.deploy(ctx, insts, OLD, fleet.Options(parallel=8, canary=""))
+    assert not res.summary.names("failed"), res.rows
+    for host in sorted({i.host for i in insts}):
+        operations.stage(ctx, NEW, host)
+    ctx.close()
+    ctx = operations.Context.load(paths, fault=(lambda step: time.sleep(latency)) if latency else None)
+    ctx.sample_sizes = sizes
+    return ctx
+
+
+def timed(ctx: operations.Context, parallel: int) -> tuple[float, int]:
+    insts = fleet.select(ctx, everything=True)
+    t0 = time.perf_counter()
+    res = fleet.deploy(ctx, insts, NEW, fleet.Options(parallel=parallel, batches="1,5,100%"))
+    took = time.perf_counter() - t0
+    assert len(res.summary.names("ok")) == len(insts), res.rows
+    return took, len(insts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--latency", type=float, default=0.05, help="seconds added to every step")
+    ap.add_argument("--os-files", type=int, default=400)
+    ap.add_argument("--apps-files", type=int, default=300)
+    args = ap.parse_args()
+    sizes = (args.os_files, args.apps_files)
+    print(f"images {args.os_files}+{args.apps_files} files, waves canary|1|5|rest, {os.cpu_count()} CPUs")
+    for latency in (0.0, args.latency):
+        with tempfile.TemporaryDirectory(prefix="imaging-bench-deploy-") as tmp:
+            serial = project(Path(tmp), "serial", sizes, latency)
+            par = project(Path(tmp), "parallel", sizes, latency)
+            t_ser, n = timed(serial, 1)
+            t_par, _ = timed(par, args.parallel)
+        print(f"{n} instruments, {latency * 1000:.0f} ms per step: --parallel={args.parallel} {t_par:7.2f} s, "
+              f"--parallel=1 {t_ser:7.2f} s, ratio (one at a time / parallel) {t_ser / t_par:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
