@@ -30,7 +30,7 @@ from typing import Any
 
 from . import layout, operations
 from .errors import ImagingError, InputError, LockHeld
-from .executor import Busy, StepEvent, instrument_guard, is_live
+from .executor import Busy, Outcome, StepEvent, instrument_guard, is_live
 from .inventory import Instrument
 from .journal import OK, RUNNING, who
 from .operations import Context
@@ -60,21 +60,22 @@ DEPLOY_LOCKS = "deploy"
 
 
 def select(ctx: Context, *, group: str | None = None, instruments: str = "", everything: bool = False,
-           state: Path | None = None) -> list[Instrument]:
-    """The instruments a deploy works on: ``--group``, ``--instruments=A,B`` or ``@failed``, or ``--all``."""
+           state: Path | None = None, kind: str = "deploy") -> list[Instrument]:
+    """The instruments a fleet run works on: ``--group``, ``--instruments=A,B`` or ``@failed`` (the failures
+    of the last run of the same ``kind``: deploy, hotfix or revert), or ``--all``."""
     names = [n.strip() for n in instruments.split(",") if n.strip()]
     if not (group or names or everything):
         raise InputError("choose what to deploy", field="--group/--instruments/--all",
                          fix="pass --group=A, --instruments=ZOOM,LARMOR, --instruments=@failed or --all")
     if "@failed" in names:
-        last = last_deploy(ctx)
+        last = last_deploy(ctx, kind=kind)
         if last is None:
-            raise InputError("no earlier deploy to take failures from", field="--instruments", value="@failed",
+            raise InputError(f"no earlier {kind} to take failures from", field="--instruments", value="@failed",
                              fix="name the instruments instead")
         failed = [n for n, r in last.get("results", {}).items() if r.get("status") == FAILED]
         names = [n for n in names if n != "@failed"] + failed
         if not names:
-            raise InputError(f"the last deploy ({last['id']}) had no failures", field="--instruments",
+            raise InputError(f"the last {kind} ({last['id']}) had no failures", field="--instruments",
                              value="@failed", fix="nothing to redo; name instruments to deploy them")
     return ctx.inventory.select(names=names or None, group=group)
 
@@ -189,8 +190,9 @@ def deploys_dir(ctx: Context) -> Path:
     return ctx.paths.state / DEPLOYS_DIR
 
 
-def new_deploy_id() -> str:
-    return "deploy-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+def new_deploy_id(kind: str = "deploy") -> str:
+    """A fleet run's id, also the ``batch`` of every operation it starts: ``<kind>-<UTC time>-<random>``."""
+    return kind + "-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def write_record(ctx: Context, record: dict[str, Any]) -> None:
@@ -208,19 +210,21 @@ def read_record(ctx: Context, deploy_id: str) -> dict[str, Any]:
     return json.loads(f.read_text(encoding="utf-8"))
 
 
-def all_records(ctx: Context) -> list[dict[str, Any]]:
+def all_records(ctx: Context, kind: str = "deploy") -> list[dict[str, Any]]:
+    """The records of one kind of fleet run (deploy, hotfix, revert), oldest first."""
     d = deploys_dir(ctx)
-    recs = [json.loads(f.read_text(encoding="utf-8")) for f in d.glob("deploy-*.json")] if d.is_dir() else []
-    return sorted(recs, key=lambda r: (r["started"], r["id"]))
+    recs = [json.loads(f.read_text(encoding="utf-8")) for f in d.glob(f"{kind}-*.json")] if d.is_dir() else []
+    return sorted((r for r in recs if r.get("kind", "deploy") == kind), key=lambda r: (r["started"], r["id"]))
 
 
-def last_deploy(ctx: Context) -> dict[str, Any] | None:
-    recs = all_records(ctx)
+def last_deploy(ctx: Context, kind: str = "deploy") -> dict[str, Any] | None:
+    recs = all_records(ctx, kind)
     return recs[-1] if recs else None
 
 
 def resumable(ctx: Context) -> dict[str, Any] | None:
-    """The newest deploy that did not finish and whose controlling process is gone."""
+    """The newest deploy that did not finish and whose controlling process is gone (hotfix runs are not
+    resumed: each instrument's hotfix is one short operation, run again with ``--instruments=@failed``)."""
     guard_dir = ctx.paths.locks / DEPLOY_LOCKS
     for rec in reversed(all_records(ctx)):
         if rec["status"] == RUNNING and not is_live(guard_dir, rec["id"]):
@@ -239,17 +243,28 @@ class Options:
     batches: str = "100%"
     force: bool = False
     pulls: int = 4               # hosts pulling images from the share at once (hosts not staged beforehand)
+    drop_hotfixes: tuple[str, ...] = ()  # hotfixes the operator accepts to lose (deploy only)
+
+    def __post_init__(self) -> None:
+        self.drop_hotfixes = tuple(self.drop_hotfixes)  # a record read back from JSON holds a list
 
 
 @dataclass
-class DeployResult:
+class FleetResult:
+    """The outcome of a fleet run (deploy, hotfix or revert): the scheduler's summary, the record and the
+    reports; ``outcomes`` holds each instrument's own result (an executor Outcome or the exception)."""
+
     id: str
-    release: str
+    release: str | None
     summary: Summary
     record: dict[str, Any]
     report_md: Path
     report_json: Path
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outcomes: dict[str, Any] = field(default_factory=dict)
+
+
+DeployResult = FleetResult
 
 
 ProgressFn = Callable[[str, Any], None]
@@ -298,48 +313,64 @@ def _instrument_outcomes(ctx: Context, deploy_id: str) -> dict[str, Any]:
 
 def _work(ctx: Context, deploy_id: str, targets: dict[str, str], options: Options,
           progress: ProgressFn) -> Callable[[Job, Callable[[Result], None]], Result]:
-    guard_dir = ctx.paths.locks / DEPLOY_LOCKS
-
     def listener(ev: StepEvent) -> None:
         progress("step", ev)
 
-    def work(job: Job, notify: Callable[[Result], None]) -> Result:
+    def reimage_one(job: Job, notify: Callable[[Result], None]) -> Result:
         name = job.name
         inst = ctx.inventory.instrument(name)
-        try:
-            with instrument_guard(guard_dir, name):
-                op = ctx.journal.last(name)
-                if op and op.batch == deploy_id and op.status != RUNNING:
-                    return Result(name, JOB_OK if op.status == OK else FAILED, op.error or "", step=None)
-                stuck = operations.interrupted(ctx, inst)
-                if stuck is not None and stuck.batch == deploy_id:
-                    outcome = operations.resume(ctx, name, listener=listener)
-                elif stuck is not None:
-                    return Result(name, SKIPPED, f"has an interrupted {stuck.kind} ({stuck.id}) from outside "
-                                  "this deploy; resume or roll it back first")
-                elif not options.force and operations.running_release(ctx, inst) == targets[name]:
-                    return Result(name, SKIPPED, f"already on {targets[name]}")
-                else:
-                    if job.unstaged:  # this job pulls the images for its host; the scheduler holds the others
-                        try:
-                            operations.stage(ctx, targets[name], inst.host)
-                        except ImagingError as exc:
-                            return Result(name, FAILED, f"staging on {inst.host}: {exc}", step="stage_artifact")
-                        notify(Result(name, PULLED, inst.host))
-                    outcome = operations.reimage(ctx, name, targets[name], listener=listener, batch=deploy_id)
-        except (Busy, LockHeld) as exc:
-            return Result(name, SKIPPED, f"busy: {exc}")
-        except ImagingError as exc:
-            return Result(name, FAILED, str(exc), step="plan")
-        if outcome.ok:
-            return Result(name, JOB_OK)
-        if outcome.failed_step == "acquire_lock" and outcome.restored:
-            return Result(name, SKIPPED, f"busy: {outcome.error}")
-        restored = "restored to its previous release" if outcome.restored else \
-            f"NOT fully restored ({outcome.status}); run `invoke rollback --instrument={name}`"
-        return Result(name, FAILED, f"{outcome.error} ({restored})", step=outcome.failed_step)
+        op = ctx.journal.last(name)
+        if op and op.batch == deploy_id and op.status != RUNNING:
+            return Result(name, JOB_OK if op.status == OK else FAILED, op.error or "", step=None)
+        stuck = operations.interrupted(ctx, inst)
+        if stuck is not None and stuck.batch == deploy_id:
+            outcome = operations.resume(ctx, name, listener=listener)
+        elif stuck is not None:
+            return Result(name, SKIPPED, f"has an interrupted {stuck.kind} ({stuck.id}) from outside "
+                          "this deploy; resume or roll it back first")
+        elif not options.force and operations.running_release(ctx, inst) == targets[name]:
+            return Result(name, SKIPPED, f"already on {targets[name]}")
+        else:
+            if job.unstaged:  # this job pulls the images for its host; the scheduler holds the others
+                try:
+                    operations.stage(ctx, targets[name], inst.host)
+                except ImagingError as exc:
+                    return Result(name, FAILED, f"staging on {inst.host}: {exc}", step="stage_artifact")
+                notify(Result(name, PULLED, inst.host))
+            have = carried_hotfixes(ctx, inst)
+            drop = tuple(h for h in options.drop_hotfixes if h in have)
+            outcome = operations.reimage(ctx, name, targets[name], listener=listener, batch=deploy_id,
+                                         drop_hotfixes=drop)
+        return outcome_result(name, outcome, "restored to its previous release")
+
+    def work(job: Job, notify: Callable[[Result], None]) -> Result:
+        return guarded(ctx, job.name, lambda: reimage_one(job, notify))
 
     return work
+
+
+def outcome_result(name: str, outcome: Outcome, restored: str) -> Result:
+    """One instrument's executor outcome as a scheduler result; ``restored`` says what a restored failure
+    means for this kind of run. A lock held elsewhere is busy (skipped), not failed."""
+    if outcome.ok:
+        return Result(name, JOB_OK)
+    if outcome.failed_step == "acquire_lock" and outcome.restored:
+        return Result(name, SKIPPED, f"busy: {outcome.error}")
+    how = restored if outcome.restored else \
+        f"NOT fully restored ({outcome.status}); run `invoke rollback --instrument={name}`"
+    return Result(name, FAILED, f"{outcome.error} ({how})", step=outcome.failed_step)
+
+
+def guarded(ctx: Context, name: str, body: Callable[[], Result]) -> Result:
+    """Run one instrument's job under the fleet guard every fleet run shares (a deploy and a hotfix never
+    work on one instrument together); busy is skipped, a refusal is a failure at planning."""
+    try:
+        with instrument_guard(ctx.paths.locks / DEPLOY_LOCKS, name):
+            return body()
+    except (Busy, LockHeld) as exc:
+        return Result(name, SKIPPED, f"busy: {exc}")
+    except ImagingError as exc:
+        return Result(name, FAILED, str(exc), step="plan")
 
 
 def prepare(ctx: Context, insts: list[Instrument], release: str) -> dict[str, str]:
@@ -365,28 +396,68 @@ def limits_for(ctx: Context, options: Options) -> Limits:
                   per_host={h.name: h.max_concurrent for h in ctx.inventory.hosts.values()})
 
 
+def carried_hotfixes(ctx: Context, inst: Instrument) -> set[str]:
+    from .hotfix_ops import carried
+
+    return set(carried(ctx, inst).hotfixes)
+
+
+def refuse_lost_hotfixes(ctx: Context, insts: list[Instrument], targets: dict[str, str],
+                         drop: tuple[str, ...] = ()) -> None:
+    """Refuse the whole deploy, before any instrument is touched, when one instrument would lose a hotfix
+    its target release neither includes nor is declared for and the operator did not drop
+    (``--drop-hotfix``); a dropped id that no selected instrument carries is a typo and refused too."""
+    from .hotfix_ops import hotfixes_blocking
+
+    carried_any: set[str] = set()
+    losing: list[str] = []
+    for inst in insts:
+        carried_any |= carried_hotfixes(ctx, inst)
+        blocking = hotfixes_blocking(ctx, inst, targets[inst.name], drop)
+        if blocking:
+            losing.append(f"{inst.name} carries {', '.join(blocking)} ({targets[inst.name]} lacks it)")
+    unknown = sorted(set(drop) - carried_any)
+    if unknown:
+        raise InputError(f"no selected instrument carries hotfix {', '.join(unknown)}; nothing was changed",
+                         field="--drop-hotfix", value=",".join(drop),
+                         fix="see `invoke hotfixes` for who carries what; drop only hotfixes that are carried")
+    if losing:
+        ids = sorted({h for inst in insts for h in hotfixes_blocking(ctx, inst, targets[inst.name], drop)})
+        raise InputError("the deploy would drop hotfixes: " + "; ".join(losing) + "; nothing was changed",
+                         field="--release", value=",".join(sorted(set(targets.values()))),
+                         fix="add the release to each hotfix's applies_to, deploy a release that includes it, "
+                             f"or accept losing it with --drop-hotfix={','.join(ids)}")
+
+
+def new_record(kind: str, run_id: str, insts: list[Instrument], waves: list[list[Job]], options: Options,
+               before: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The record every fleet run keeps in the deploys folder (and its reports): who, when, what, waves."""
+    return {"id": run_id, "kind": kind, "release": None, **extra, "user": who(), "machine": socket.gethostname(),
+            "pid": os.getpid(), "started": datetime.now(UTC).isoformat(timespec="seconds"), "ended": None,
+            "status": RUNNING, "selection": [i.name for i in insts], "before": before, "options": asdict(options),
+            "waves": [[j.name for j in w] for w in waves], "results": {}, "stopped": None, "resumed": []}
+
+
 def deploy(ctx: Context, insts: list[Instrument], release: str, options: Options, *,
            model: TimeModel | None = None, progress: ProgressFn | None = None,
-           deploy_id: str | None = None) -> DeployResult:
+           deploy_id: str | None = None) -> FleetResult:
     """Deploy ``release`` to the instruments in waves; write the record and the reports."""
     model = model or TimeModel()
     batches: list[Batch] = parse_batches(options.batches)
+    refuse_lost_hotfixes(ctx, insts, {i.name: operations.desired_release(ctx, i, release) for i in insts},
+                         options.drop_hotfixes)
     targets = prepare(ctx, insts, release)
     jobs = jobs_for(ctx, insts, model, targets)
     waves = plan_waves(jobs, canary=options.canary, batches=batches)
-    deploy_id = deploy_id or new_deploy_id()
-    record: dict[str, Any] = {
-        "id": deploy_id, "release": release, "user": who(), "machine": socket.gethostname(), "pid": os.getpid(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"), "ended": None, "status": RUNNING,
-        "selection": [i.name for i in insts], "targets": targets,
-        "before": {i.name: operations.running_release(ctx, i) for i in insts},
-        "options": asdict(options), "waves": [[j.name for j in w] for w in waves], "results": {},
-        "stopped": None, "resumed": []}
-    return _drive(ctx, record, waves, options, progress, done={})
+    record = new_record("deploy", deploy_id or new_deploy_id(), insts, waves, options,
+                        {i.name: operations.running_release(ctx, i) for i in insts}, release=release, targets=targets)
+    work = _work(ctx, record["id"], targets, options, progress or (lambda kind, payload: None))
+    return run_fleet(ctx, record, waves, limits_for(ctx, options), work, progress=progress,
+                     state_of=lambda inst: operations.running_release(ctx, inst))
 
 
 def resume(ctx: Context, *, deploy_id: str | None = None, model: TimeModel | None = None,
-           progress: ProgressFn | None = None) -> DeployResult:
+           progress: ProgressFn | None = None) -> FleetResult:
     """Pick up an interrupted deploy from its record and the journal."""
     model = model or TimeModel()
     record = read_record(ctx, deploy_id) if deploy_id else resumable(ctx)
@@ -413,12 +484,21 @@ def resume(ctx: Context, *, deploy_id: str | None = None, model: TimeModel | Non
             done.pop(name, None)  # interrupted: the job resumes it
     record["resumed"].append({"when": datetime.now(UTC).isoformat(timespec="seconds"), "user": who(),
                               "machine": socket.gethostname(), "pid": os.getpid()})
-    return _drive(ctx, record, waves, options, progress, done=done)
+    work = _work(ctx, record["id"], record["targets"], options, progress or (lambda kind, payload: None))
+    return run_fleet(ctx, record, waves, limits_for(ctx, options), work, progress=progress, done=done,
+                     state_of=lambda inst: operations.running_release(ctx, inst))
 
 
-def _drive(ctx: Context, record: dict[str, Any], waves: list[list[Job]], options: Options,
-           progress: ProgressFn | None, *, done: dict[str, Result]) -> DeployResult:
+def run_fleet(ctx: Context, record: dict[str, Any], waves: list[list[Job]], limits: Limits,
+              work: Callable[[Job, Callable[[Result], None]], Result], *, progress: ProgressFn | None = None,
+              done: dict[str, Result] | None = None, state_of: Callable[[Instrument], Any]) -> FleetResult:
+    """Run per-instrument operations in waves on real threads and report: the engine of every fleet run.
+
+    ``record`` (see ``new_record``) is kept up to date in the deploys folder as jobs end; ``work`` does one
+    instrument's job; ``state_of`` reads what an instrument carries afterwards (its release, its hotfixes)
+    for the record's ``after``. Ends with the Markdown and JSON reports in the reports folder."""
     emit = progress or (lambda kind, payload: None)
+    done = done or {}
     lock = threading.Lock()
     times: dict[str, dict[str, float]] = {}
     t_start = time.monotonic()
@@ -440,10 +520,9 @@ def _drive(ctx: Context, record: dict[str, Any], waves: list[list[Job]], options
     try:
         with instrument_guard(guard_dir, record["id"]):
             write_record(ctx, record)
-            work = _work(ctx, record["id"], record["targets"], options, emit)
-            summary = run_waves(waves, ThreadRunner(work), limits_for(ctx, options), done=done, observe=observe)
+            summary = run_waves(waves, ThreadRunner(work), limits, done=done, observe=observe)
     except Busy:
-        raise ImagingError(f"deploy {record['id']} is being run by another process") from None
+        raise ImagingError(f"{record.get('kind', 'deploy')} {record['id']} is being run by another process") from None
     for name in record["selection"]:
         if name not in summary.results:
             record["results"][name] = {"status": NOT_STARTED, "detail": "", "step": None}
@@ -452,11 +531,11 @@ def _drive(ctx: Context, record: dict[str, Any], waves: list[list[Job]], options
     record["stopped"] = summary.stopped
     record["status"] = "stopped" if summary.stopped else "finished"
     record["ended"] = datetime.now(UTC).isoformat(timespec="seconds")
-    record["after"] = {i: operations.running_release(ctx, ctx.inventory.instrument(i)) for i in record["selection"]}
+    record["after"] = {i: state_of(ctx.inventory.instrument(i)) for i in record["selection"]}
     write_record(ctx, record)
     md, js = write_reports(ctx, record)
-    return DeployResult(id=record["id"], release=record["release"], summary=summary, record=record,
-                        report_md=md, report_json=js, rows=record["results"])
+    return FleetResult(id=record["id"], release=record.get("release"), summary=summary, record=record,
+                       report_md=md, report_json=js, rows=record["results"])
 
 
 def _result_dict(res: Result, t: dict[str, float]) -> dict[str, Any]:
@@ -470,7 +549,7 @@ def _result_dict(res: Result, t: dict[str, float]) -> dict[str, Any]:
 
 
 def write_reports(ctx: Context, record: dict[str, Any]) -> tuple[Path, Path]:
-    """The deploy report as JSON (the record, complete) and Markdown (for people), in the reports folder."""
+    """The run's report as JSON (the record, complete) and Markdown (for people), in the reports folder."""
     out = ctx.paths.reports
     out.mkdir(parents=True, exist_ok=True)
     js = out / f"{record['id']}.json"
@@ -480,12 +559,27 @@ def write_reports(ctx: Context, record: dict[str, Any]) -> tuple[Path, Path]:
     return md, js
 
 
+def subject(record: dict[str, Any]) -> str:
+    """What a fleet run did, in a few words: ``release 2026C3.1``, ``hotfix HF-001``, ``revert HF-001``."""
+    kind = record.get("kind", "deploy")
+    if kind == "deploy":
+        return f"release {record['release']}"
+    return f"{kind} {record.get('hotfix', '')}".strip()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(value) or "-"
+    return str(value) if value else "-"
+
+
 def report_markdown(record: dict[str, Any]) -> str:
     counts: dict[str, int] = {}
     for r in record["results"].values():
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    lines = [f"# Deploy {record['id']}", "",
-             f"- release: {record['release']}",
+    kind = record.get("kind", "deploy")
+    lines = [f"# {kind.capitalize()} {record['id']}", "",
+             f"- {subject(record).replace(' ', ': ', 1)}" if kind == "deploy" else f"- {subject(record)}",
              f"- by: {record['user']} on {record['machine']}",
              f"- started: {record['started']}; ended: {record.get('ended') or '-'}",
              f"- status: {record['status']}" + (f" ({record['stopped']})" if record.get("stopped") else ""),
@@ -493,11 +587,13 @@ def report_markdown(record: dict[str, Any]) -> str:
              "- outcome: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), ""]
     for r in record.get("resumed", []):
         lines.insert(-1, f"- resumed: {r['when']} by {r['user']} on {r['machine']}")
-    lines += ["| instrument | before | after | result | seconds | step | error |", "|---|---|---|---|---|---|---|"]
+    state = "release" if kind == "deploy" else "hotfixes"
+    lines += [f"| instrument | {state} before | {state} after | result | seconds | step | error |",
+              "|---|---|---|---|---|---|---|"]
     for name in record["selection"]:
         r = record["results"].get(name, {"status": NOT_STARTED})
         detail = (r.get("detail") or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {name} | {record['before'].get(name) or '-'} | {record.get('after', {}).get(name) or '-'} | "
+        lines.append(f"| {name} | {_cell(record['before'].get(name))} | {_cell(record.get('after', {}).get(name))} | "
                      f"{r['status']} | {r.get('seconds', '')} | {r.get('step') or ''} | {detail} |")
     return "\n".join(lines) + "\n"
 
