@@ -430,64 +430,74 @@ def migrate(c, instrument=None, all=False, dry_run=False, check=False, target=No
 # --- hotfix tasks ---
 
 
-def _hotfix_targets(ctx: Any, instruments: str, group: str | None) -> list[str]:
-    names = [n for n in instruments.split(",") if n]
-    if not names and not group:
-        raise ImagingError("name the instruments (--instruments=ZOOM,WISH) or a group (--group=A)")
-    return [i.name for i in ctx.inventory.select(names=names or None, group=group)]
+def _confirm(question: str, yes: bool) -> None:
+    """Ask before a fleet run changes anything; unattended runs must say --yes."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ImagingError("not confirmed: pass --yes to run without a question (unattended runs)")
+    from rich.prompt import Confirm
 
-
-def _print_fleet(results: dict[str, Any], what: str) -> None:
-    failed = 0
-    for name, res in results.items():
-        if isinstance(res, Exception):
-            failed += 1
-            err_console.print(f"[bold red]{name}: {what} failed[/]: {res}", soft_wrap=True)
-        elif res.status == "already-applied":
-            console.print(f"{name}: already carries it, nothing to do")
-        elif res.ok:
-            console.print(f"[green]{name}: {what} done[/] in {res.seconds:.1f}s (operation {res.op_id})")
-        else:
-            failed += 1
-            restored = "its files were restored" if res.restored else "NOT fully restored; see `invoke status`"
-            err_console.print(f"[bold red]{name}: {what} failed at {res.failed_step}[/]: {res.error}; {restored}",
-                              soft_wrap=True)
-    console.print(f"{len(results) - failed} of {len(results)} instruments ok")
-    if failed:
-        raise Exit(code=1)
+    if not Confirm.ask(question, console=console):
+        raise ImagingError("not confirmed; nothing was changed")
 
 
 @task(help={"patch": "the hotfix package: a folder with hotfix.yaml, or a .tar/.tar.gz of one",
             "revert": "instead of applying, revert this hotfix id",
-            "instruments": "comma-separated instrument names", "group": "every instrument of this group",
-            "parallel": "how many instruments at once (each host's max_concurrent also applies)",
+            "instruments": "comma-separated instrument names, or @failed for the failures of the last hotfix "
+                           "(or, with --revert, of the last revert)",
+            "group": "every instrument of this group",
+            "canary": "the instrument hotfixed alone first (default: the first of the selection; 'none': no canary)",
+            "batches": "wave sizes after the canary, e.g. 1,5,20% (the last size repeats); default 100%",
+            "parallel": "at most this many instruments at once (each host's max_concurrent also holds)",
+            "max_fail_percent": "stop starting instruments when more than this share of a wave failed",
+            "yes": "do not ask for confirmation (unattended runs)",
             "dry_run": "check the package and that each instrument runs a release it applies to; change nothing"})
 @reports_errors
-def hotfix(c, patch=None, revert=None, instruments="", group=None, parallel=4, dry_run=False):  # noqa: ANN001
-    """Apply a hotfix to running instruments without a reimage (or revert one), recorded on each and in the
-    journal; a failure on one instrument restores that instrument's files."""
+def hotfix(c, patch=None, revert=None, instruments="", group=None, canary=None, batches="100%",  # noqa: ANN001
+           parallel=4, max_fail_percent=100.0, yes=False, dry_run=False):
+    """Apply a hotfix to running instruments without a reimage (or revert one), in waves like a deploy,
+    recorded on each and in the journal; a failure on one instrument restores that instrument's files."""
     from pathlib import Path
 
-    from imaging import hotfix_ops
+    from imaging import fleet, hotfix_ops
+    from imaging.scheduler import Job, parse_batches, plan_waves
 
     if bool(patch) == bool(revert):
         raise ImagingError("give exactly one of --patch=PATH or --revert=ID")
+    kind = "revert" if revert else "hotfix"
+    options = fleet.Options(parallel=int(parallel), max_fail_percent=float(max_fail_percent),
+                            canary="" if canary == "none" else canary, batches=batches)
     with _context() as ctx:
-        names = _hotfix_targets(ctx, instruments, group)
+        insts = fleet.select(ctx, group=group, instruments=instruments, kind=kind)
+        names = [i.name for i in insts]
         if revert:
-            _print_fleet(hotfix_ops.revert(ctx, names, revert, parallel=int(parallel), listener=StepPrinter()),
-                         f"revert {revert}")
-            return
-        if dry_run:
+            what = f"revert {revert}"
+            hotfix_ops.check_carries(ctx, insts, revert)
+        else:
             pkg = hotfix_ops.load_package(ctx, Path(patch))
-            hotfix_ops.check_applies(ctx, [ctx.inventory.instrument(n) for n in names], pkg.hotfix, pkg.source)
+            hotfix_ops.check_applies(ctx, insts, pkg.hotfix, pkg.source)
+            what = f"hotfix {pkg.hotfix.id}"
             console.print(f"[bold]{pkg.hotfix.id}[/]: {pkg.hotfix.description}")
             console.print(f"applies to {', '.join(pkg.hotfix.applies_to)}; {len(pkg.hotfix.files)} file(s); "
-                          f"restarts {', '.join(pkg.hotfix.restart) or 'nothing'}; instruments: {', '.join(names)}")
+                          f"restarts {', '.join(pkg.hotfix.restart) or 'nothing'}")
+        waves = plan_waves([Job(i.name, i.host) for i in insts], canary=options.canary,
+                           batches=parse_batches(options.batches))
+        console.print(f"{what} on {len(names)} instruments; waves: "
+                      f"{' | '.join(', '.join(j.name for j in w) for w in waves)}", soft_wrap=True)
+        if dry_run:
             console.print("[dim]dry run: nothing was changed[/]")
             return
-        _print_fleet(hotfix_ops.hotfix(ctx, names, Path(patch), parallel=int(parallel), listener=StepPrinter()),
-                     "hotfix")
+        _confirm(f"{what} on {len(names)} instruments?", yes)
+        display = _DeployDisplay(len(names), what=kind)
+        if revert:
+            result = _run_live(display, lambda: hotfix_ops.revert(ctx, names, revert, options, progress=display))
+        else:
+            result = _run_live(display, lambda: hotfix_ops.hotfix(ctx, names, Path(patch), options,
+                                                                  progress=display))
+        _print_recap(result)
+        if result.summary.stopped or result.summary.names("failed"):
+            raise Exit(code=1)
 
 
 @task(help={"json": "print machine-readable JSON instead of a table"})
@@ -724,7 +734,7 @@ def prune(c, apply=False):  # noqa: ANN001
 class _DeployDisplay:
     """Live view of a deploy: one line per running instrument (step, elapsed) and a total bar."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, what: str = "") -> None:
         import threading
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -735,6 +745,7 @@ class _DeployDisplay:
                             console=console)
         self.task = self.bar.add_task("deploy", total=total)
         self.lines: list[str] = []
+        self.what = what  # "hotfix"/"revert": end lines read "ZOOM: hotfix done"; deploys: "ZOOM ok"
 
     def __rich__(self) -> Any:
         from rich.console import Group
@@ -761,7 +772,9 @@ class _DeployDisplay:
                 r = ev.result
                 color = {"ok": "green", "failed": "bold red", "skipped": "yellow"}.get(r.status, "")
                 extra = f" at {r.step}: {r.detail}" if r.status == "failed" else (f": {r.detail}" if r.detail else "")
-                console.print(f"[{color}]{ev.job.name} {r.status}[/]{extra}", soft_wrap=True)
+                word = {"ok": "done"}.get(r.status, r.status)
+                head = f"{ev.job.name}: {self.what} {word}" if self.what else f"{ev.job.name} {r.status}"
+                console.print(f"[{color}]{head}[/]{extra}", soft_wrap=True)
             elif ev.kind == "wave_start":
                 console.print(f"[bold]wave {ev.wave + 1}[/] ({ev.message})")
             elif ev.kind == "stop":
@@ -808,9 +821,20 @@ def _print_prediction(p: Any) -> None:
     console.print(f"critical resource: {name} ({share:.0%} busy)")
 
 
+def _state_cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(value) or "-"
+    return value or "-"
+
+
 def _print_recap(result: Any) -> None:
+    """The end-of-run table of any fleet run (deploy, hotfix, revert); before/after are the release, or the
+    hotfixes carried."""
+    from imaging.fleet import subject
+
     rec = result.record
-    table = Table(title=f"Deploy {rec['id']}: {rec['release']}")
+    kind = rec.get("kind", "deploy")
+    table = Table(title=f"{kind.capitalize()} {rec['id']}: {subject(rec)}")
     for col in ("instrument", "before", "after", "result", "time", "step", "detail"):
         table.add_column(col)
     counts: dict[str, int] = {}
@@ -818,12 +842,13 @@ def _print_recap(result: Any) -> None:
         r = rec["results"].get(name, {"status": "not_started"})
         counts[r["status"]] = counts.get(r["status"], 0) + 1
         secs = r.get("seconds")
-        table.add_row(name, rec["before"].get(name) or "-", rec.get("after", {}).get(name) or "-", r["status"],
+        table.add_row(name, _state_cell(rec["before"].get(name)), _state_cell(rec.get("after", {}).get(name)),
+                      r["status"],
                       _fmt_s(secs) if secs is not None else "", r.get("step") or "", r.get("detail") or "")
     console.print(table)
     console.print(" ".join(f"{k}: {counts.get(k, 0)}" for k in ("ok", "failed", "skipped", "not_started")))
     if rec.get("stopped"):
-        err_console.print(f"[bold red]deploy stopped:[/] {rec['stopped']}", soft_wrap=True)
+        err_console.print(f"[bold red]{kind} stopped:[/] {rec['stopped']}", soft_wrap=True)
     console.print(f"report: {result.report_md} and {result.report_json}")
 
 
@@ -841,11 +866,13 @@ def _print_recap(result: Any) -> None:
             "simulate": "predict the deploy on a virtual clock with the time model; change nothing",
             "model": "a YAML file overriding the time model's defaults (see docs/deploy.md)",
             "force": "reimage instruments that already run the release",
-            "pulls": "hosts pulling images from the share at once, for hosts not staged beforehand"})
+            "pulls": "hosts pulling images from the share at once, for hosts not staged beforehand",
+            "drop_hotfix": "comma-separated hotfix ids the deploy may drop (the release neither includes them nor "
+                           "is declared for them); without it such a deploy is refused before any change"})
 @reports_errors
 def deploy(c, release="", group=None, instruments="", all=False, canary=None, batches="100%",  # noqa: A002, ANN001
            parallel=4, max_fail_percent=100.0, yes=False, dry_run=False, resume=False, simulate=False,
-           model=None, force=False, pulls=4):
+           model=None, force=False, pulls=4, drop_hotfix=""):
     """Reimage many instruments in waves: plan, confirm, canary, batches, limits, recap and report."""
     from pathlib import Path
 
@@ -870,7 +897,8 @@ def deploy(c, release="", group=None, instruments="", all=False, canary=None, ba
             raise ImagingError("--release is required (a release id like 2026C3.0 or a label)")
         options = fleet.Options(parallel=int(parallel), max_fail_percent=float(max_fail_percent),
                                 canary="" if canary == "none" else canary, batches=batches, force=force,
-                                pulls=int(pulls))
+                                pulls=int(pulls),
+                                drop_hotfixes=tuple(h.strip() for h in drop_hotfix.split(",") if h.strip()))
         insts = fleet.select(ctx, group=group, instruments=instruments, everything=all)
         prediction = fleet.simulate(ctx, insts, release, options, tm)
         if simulate:
@@ -880,16 +908,13 @@ def deploy(c, release="", group=None, instruments="", all=False, canary=None, ba
             return
         rows = fleet.fleet_plan(ctx, insts, release, tm)
         _print_fleet_plan(rows, prediction)
+        fleet.refuse_lost_hotfixes(ctx, insts, {r.instrument: r.after for r in rows}, options.drop_hotfixes)
+        if options.drop_hotfixes:
+            console.print(f"hotfixes dropped on purpose (--drop-hotfix): {', '.join(options.drop_hotfixes)}")
         if dry_run:
             console.print("[dim]dry run: nothing was changed[/]")
             return
-        if not yes:
-            if not sys.stdin.isatty():
-                raise ImagingError("not confirmed: pass --yes to deploy without a question (unattended runs)")
-            from rich.prompt import Confirm
-
-            if not Confirm.ask(f"deploy {release} to {len(insts)} instruments?", console=console):
-                raise ImagingError("not confirmed; nothing was changed")
+        _confirm(f"deploy {release} to {len(insts)} instruments?", yes)
         display = _DeployDisplay(len(insts))
         result = _run_live(display, lambda: fleet.deploy(ctx, insts, release, options, model=tm, progress=display))
         _print_recap(result)

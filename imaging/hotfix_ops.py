@@ -13,25 +13,25 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from . import layout
 from .errors import ImagingError, InputError
-from .executor import Listener, Outcome
+from .executor import Listener, Outcome, StepEvent
 from .hotfix_plan import HotfixInputs, RollbackInputs, plan_hotfix, plan_revert_hotfix, plan_rollback
 from .hotfixes import Hotfix, Package, open_package, package_tar
 from .inventory import SLOTS, Instrument
 from .journal import OK, Operation, who
 from .plan import Plan
+from .scheduler import SKIPPED
 from .steps import Step
 
-if TYPE_CHECKING:  # operations imports this module lazily
+if TYPE_CHECKING:  # operations (and fleet, through it) import this module lazily
+    from . import fleet
     from .operations import Context
 
-T = TypeVar("T")
 ALREADY = "already-applied"
 _PUBLISH = threading.Lock()
 
@@ -199,53 +199,72 @@ def revert_one(ctx: Context, name: str, hotfix_id: str, *, listener: Listener | 
 # --- many instruments --------------------------------------------------------------------------------
 
 
-def run_over_instruments(ctx: Context, names: list[str], fn: Callable[[str], T], parallel: int = 4
-                         ) -> dict[str, T | BaseException]:
-    """Run ``fn(name)`` for each instrument, at most ``parallel`` at once and at most each host's
-    ``max_concurrent`` per host. One instrument's failure never stops the others; it is returned.
+def _fleet_run(ctx: Context, kind: str, insts: list[Instrument], hotfix_id: str, options: fleet.Options | None,
+               progress: fleet.ProgressFn | None,
+               one: Callable[[str, Listener, str], Outcome]) -> fleet.FleetResult:
+    """Run ``one(name, listener, batch)`` per instrument in waves with the deploy engine (canary, batches,
+    limits, max-fail-percent, live progress, record and reports of kind ``hotfix`` or ``revert``)."""
+    from . import fleet
+    from .scheduler import Job, Result, parse_batches, plan_waves
 
-    The deploy scheduler (waves, limits, progress, report) replaces this function when it lands.
-    """
-    per_host: dict[str, threading.Semaphore] = {}
-    for n in names:
-        host = ctx.inventory.host_of(ctx.inventory.instrument(n))
-        per_host.setdefault(host.name, threading.BoundedSemaphore(max(1, host.max_concurrent)))
+    options = options or fleet.Options()
+    emit = progress or (lambda kind, payload: None)
+    waves = plan_waves([Job(i.name, i.host) for i in insts], canary=options.canary,
+                       batches=parse_batches(options.batches))
+    record = fleet.new_record(kind, fleet.new_deploy_id(kind), insts, waves, options,
+                              {i.name: sorted(carried(ctx, i).hotfixes) for i in insts}, hotfix=hotfix_id)
+    outcomes: dict[str, Outcome | BaseException] = {}
+    restored = "its files were restored" if kind == "hotfix" else "its hotfixed files were put back"
 
-    def one(n: str) -> T | BaseException:
-        sem = per_host[ctx.inventory.host_of(ctx.inventory.instrument(n)).name]
-        with sem:
-            try:
-                return fn(n)
-            except Exception as exc:  # noqa: BLE001 - one instrument's failure, whatever it is, is its own
-                return exc
+    def listener(ev: StepEvent) -> None:
+        emit("step", ev)
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        results = list(pool.map(one, names))
-    return dict(zip(names, results, strict=True))
+    def run_one(job: Job) -> Result:
+        try:
+            out = one(job.name, listener, record["id"])
+        except Exception as exc:
+            outcomes[job.name] = exc
+            raise
+        outcomes[job.name] = out
+        if out.status == ALREADY:
+            return Result(job.name, SKIPPED, f"already carries {hotfix_id}")
+        return fleet.outcome_result(job.name, out, restored)
+
+    result = fleet.run_fleet(ctx, record, waves, fleet.limits_for(ctx, options),
+                             lambda job, notify: fleet.guarded(ctx, job.name, lambda: run_one(job)),
+                             progress=progress, state_of=lambda inst: sorted(carried(ctx, inst).hotfixes))
+    result.outcomes = outcomes
+    return result
 
 
-def hotfix(ctx: Context, names: list[str], patch: Path, *, parallel: int = 4, listener: Listener | None = None
-           ) -> dict[str, Outcome | BaseException]:
-    """Check the package and every instrument first; then hotfix them in parallel."""
+def hotfix(ctx: Context, names: list[str], patch: Path, options: fleet.Options | None = None, *,
+           progress: fleet.ProgressFn | None = None) -> fleet.FleetResult:
+    """Check the package and every instrument first; then hotfix them in waves like a deploy. A failure on
+    one instrument restores that instrument's files; ``result.outcomes`` has each instrument's outcome."""
     pkg = load_package(ctx, patch)
     insts = [ctx.inventory.instrument(n) for n in names]
     check_applies(ctx, insts, pkg.hotfix, pkg.source)
     artifact = store_package(ctx, pkg)
-    batch = "hotfix-" + uuid.uuid4().hex[:8]
-    return run_over_instruments(ctx, [i.name for i in insts],
-                                lambda n: hotfix_one(ctx, n, pkg.hotfix, artifact, listener=listener,
-                                                     batch=batch), parallel)
+    return _fleet_run(ctx, "hotfix", insts, pkg.hotfix.id, options, progress,
+                      lambda n, listener, batch: hotfix_one(ctx, n, pkg.hotfix, artifact, listener=listener,
+                                                            batch=batch))
 
 
-def revert(ctx: Context, names: list[str], hotfix_id: str, *, parallel: int = 4,
-           listener: Listener | None = None) -> dict[str, Outcome | BaseException]:
+def check_carries(ctx: Context, insts: Iterable[Instrument], hotfix_id: str) -> None:
+    """Refuse a revert, before anything changes, when an instrument does not carry the hotfix."""
+    missing = [i.name for i in insts if hotfix_id not in carried(ctx, i).hotfixes]
+    if missing:
+        raise InputError(f"{', '.join(missing)} do not carry hotfix {hotfix_id}", field="revert", value=hotfix_id,
+                         fix="see `invoke hotfixes` for who carries what")
+
+
+def revert(ctx: Context, names: list[str], hotfix_id: str, options: fleet.Options | None = None, *,
+           progress: fleet.ProgressFn | None = None) -> fleet.FleetResult:
+    """Revert a hotfix on instruments that carry it, in waves like a deploy (checked for all first)."""
     insts = [ctx.inventory.instrument(n) for n in names]
-    for inst in insts:
-        if hotfix_id not in carried(ctx, inst).hotfixes:
-            raise InputError(f"{inst.name} does not carry hotfix {hotfix_id}", field="revert", value=hotfix_id,
-                             fix="see `invoke hotfixes` for who carries what")
-    return run_over_instruments(ctx, [i.name for i in insts],
-                                lambda n: revert_one(ctx, n, hotfix_id, listener=listener), parallel)
+    check_carries(ctx, insts, hotfix_id)
+    return _fleet_run(ctx, "revert", insts, hotfix_id, options, progress,
+                      lambda n, listener, batch: revert_one(ctx, n, hotfix_id, listener=listener, batch=batch))
 
 
 def list_hotfixes(ctx: Context) -> dict[str, dict[str, dict[str, Any]]]:

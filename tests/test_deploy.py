@@ -432,7 +432,7 @@ def test_plan_names_a_hotfix_the_release_would_drop_and_the_deploy_refuses_it(pr
     ctx = ctx_for(project)
     assert fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), OLD, fleet.Options()).summary.names("ok")
     example = ROOT / "hotfixes" / "examples" / "HF-2026C3-001"  # declared for 2026C3.0 only
-    assert hotfix_ops.hotfix(ctx, ["ALF"], example)["ALF"].ok
+    assert hotfix_ops.hotfix(ctx, ["ALF"], example).outcomes["ALF"].ok
     rows = {r.instrument: r for r in fleet.fleet_plan(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW,
                                                        TimeModel())}
     assert rows["ALF"].hotfixes_dropped == ["HF-2026C3-001"] and rows["GEM"].hotfixes_dropped == []

@@ -11,7 +11,7 @@ from unittest.mock import ANY
 import pytest
 import yaml
 
-from imaging import hotfix_ops, operations
+from imaging import fleet, hotfix_ops, operations
 from imaging.config import Paths
 from imaging.errors import ImagingError, InputError
 from imaging.hashing import sha256_bytes, tree_manifest
@@ -111,7 +111,7 @@ def test_hotfix_then_revert_leaves_apps_byte_identical(project: Path, tmp_path: 
     put_user_data(ctx)
     data_before = user_data(ctx)
     before = apps_tree(ctx)
-    res = hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path))
+    res = hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes
     assert res["ZOOM"].ok, res
     after = apps_tree(ctx)
     for rel, data in NEW_FILES.items():
@@ -128,7 +128,7 @@ def test_hotfix_then_revert_leaves_apps_byte_identical(project: Path, tmp_path: 
     masters = list((ctx.providers.lab.lab / "hosts" / "HVHOST04" / "E" / "Imaging" / "images").glob("apps-*"))
     for m in masters:
         assert (m / "content" / "server/lib/hotfix-added.dll").exists() is False
-    res = hotfix_ops.revert(ctx, ["ZOOM"], "HF-001")
+    res = hotfix_ops.revert(ctx, ["ZOOM"], "HF-001").outcomes
     assert res["ZOOM"].ok, res
     assert apps_tree(ctx) == before
     assert user_data(ctx) == data_before
@@ -139,10 +139,10 @@ def test_reapplying_the_same_hotfix_is_a_noop(project: Path, tmp_path: Path) -> 
     ctx = ctx_for(project)
     assert operations.reimage(ctx, "ZOOM").ok
     pkg = make_pkg(tmp_path)
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], pkg)["ZOOM"].ok
+    assert hotfix_ops.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"].ok
     n_ops = len(ctx.journal.operations(instrument="ZOOM"))
     tree = apps_tree(ctx)
-    again = hotfix_ops.hotfix(ctx, ["ZOOM"], pkg)["ZOOM"]
+    again = hotfix_ops.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"]
     assert again.ok and again.status == hotfix_ops.ALREADY
     assert len(ctx.journal.operations(instrument="ZOOM")) == n_ops and apps_tree(ctx) == tree
 
@@ -173,7 +173,7 @@ def test_failure_on_one_instrument_restores_its_files_and_others_proceed(project
             raise InjectedFault("injected health failure", host=step.host, step=step.action)
 
     fctx = ctx_for(project, fault=fail_zoom_health)
-    res = hotfix_ops.hotfix(fctx, ["ZOOM", "WISH"], make_pkg(tmp_path), parallel=2)
+    res = hotfix_ops.hotfix(fctx, ["ZOOM", "WISH"], make_pkg(tmp_path), fleet.Options(parallel=2)).outcomes
     assert not res["ZOOM"].ok and res["ZOOM"].restored and res["ZOOM"].failed_step == "health_check"
     assert res["WISH"].ok
     assert apps_tree(ctx, "ZOOM") == before
@@ -186,7 +186,7 @@ def test_failure_on_one_instrument_restores_its_files_and_others_proceed(project
 def test_release_lacking_a_hotfix_is_refused_before_any_change_then_dropped(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
     assert operations.reimage(ctx, "ZOOM").ok
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path))["ZOOM"].ok
+    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes["ZOOM"].ok
     inst = ctx.inventory.instrument("ZOOM")
     state = operations.observe(ctx, inst)
     n_ops = len(ctx.journal.operations(instrument="ZOOM"))
@@ -203,7 +203,8 @@ def test_release_lacking_a_hotfix_is_refused_before_any_change_then_dropped(proj
 def test_hotfix_declared_for_the_new_release_is_present_after_the_reimage(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
     assert operations.reimage(ctx, "ZOOM").ok
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path, applies=("2026C3.0", "2026C3.1")))["ZOOM"].ok
+    pkg = make_pkg(tmp_path, applies=("2026C3.0", "2026C3.1"))
+    assert hotfix_ops.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"].ok
     out = operations.reimage(ctx, "ZOOM", "2026C3.1")
     assert out.ok and out.error is None, out.error
     tree = apps_tree(ctx)
@@ -229,7 +230,8 @@ def test_a_resumed_reimage_also_reapplies_the_declared_hotfix(project: Path, tmp
 
     ctx = ctx_for(project)
     assert operations.reimage(ctx, "ZOOM").ok
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path, applies=("2026C3.0", "2026C3.1")))["ZOOM"].ok
+    pkg = make_pkg(tmp_path, applies=("2026C3.0", "2026C3.1"))
+    assert hotfix_ops.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"].ok
     killed = ctx_for(project)
     killed.providers.lab.fault = kill_at_health_check
     with pytest.raises(Killed):
@@ -297,7 +299,7 @@ def test_rollback_of_a_hotfix_reverts_it_and_rollback_with_nothing_to_return_to_
     with pytest.raises(ImagingError, match="no previous OS and Apps disks"):
         hotfix_ops.plan_for_rollback(ctx, "ZOOM")
     before = apps_tree(ctx)
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path))["ZOOM"].ok
+    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes["ZOOM"].ok
     plan = hotfix_ops.plan_for_rollback(ctx, "ZOOM")
     assert plan.kind == "hotfix-revert"
     assert hotfix_ops.rollback_last(ctx, "ZOOM").ok
@@ -307,14 +309,14 @@ def test_rollback_of_a_hotfix_reverts_it_and_rollback_with_nothing_to_return_to_
 def test_rollback_brings_back_the_hotfixes_of_the_previous_generation(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
     assert operations.reimage(ctx, "ZOOM").ok
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path))["ZOOM"].ok
+    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes["ZOOM"].ok
     hotfixed = apps_tree(ctx)
     assert operations.reimage(ctx, "ZOOM", "2026C3.1", drop_hotfixes=("HF-001",)).ok
     assert hotfix_ops.list_hotfixes(ctx) == {}
     assert hotfix_ops.rollback_last(ctx, "ZOOM").ok
     assert apps_tree(ctx) == hotfixed
     assert set(hotfix_ops.list_hotfixes(ctx)["ZOOM"]) == {"HF-001"}
-    assert hotfix_ops.revert(ctx, ["ZOOM"], "HF-001")["ZOOM"].ok
+    assert hotfix_ops.revert(ctx, ["ZOOM"], "HF-001").outcomes["ZOOM"].ok
 
 
 # --- retention -------------------------------------------------------------------------------------
@@ -358,7 +360,7 @@ def test_cli_hotfix_list_revert_and_rollback_dry_run(project: Path) -> None:
 
     example = Path(__file__).resolve().parent.parent / "hotfixes" / "examples" / "HF-2026C3-001"
     assert inv(project, "reimage", "--instrument=ZOOM").returncode == 0
-    res = inv(project, "hotfix", f"--patch={example}", "--instruments=ZOOM")
+    res = inv(project, "hotfix", f"--patch={example}", "--instruments=ZOOM", "--yes")
     assert res.returncode == 0, res.stderr
     assert "ZOOM: hotfix done" in res.stdout
     res = inv(project, "hotfixes", "--json")
@@ -367,7 +369,7 @@ def test_cli_hotfix_list_revert_and_rollback_dry_run(project: Path) -> None:
     assert res.returncode == 1 and "--drop-hotfix=HF-2026C3-001" in res.stderr
     res = inv(project, "rollback", "--instrument=ZOOM", "--dry-run")
     assert res.returncode == 0 and "revert_hotfix" not in res.stdout and "put back the files" in res.stdout
-    res = inv(project, "hotfix", "--revert=HF-2026C3-001", "--instruments=ZOOM")
+    res = inv(project, "hotfix", "--revert=HF-2026C3-001", "--instruments=ZOOM", "--yes")
     assert res.returncode == 0, res.stderr
     assert json.loads(inv(project, "hotfixes", "--json").stdout) == {}
 
@@ -379,7 +381,7 @@ def test_pre_and_post_scripts_are_carried_to_the_guest_in_order(project: Path, t
     (folder / "scripts").mkdir()
     (folder / "scripts/pre.ps1").write_text("Stop-Service InstrumentServer\n")
     (folder / "scripts/post.ps1").write_text("Write-Output done\n")
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], folder)["ZOOM"].ok
+    assert hotfix_ops.hotfix(ctx, ["ZOOM"], folder).outcomes["ZOOM"].ok
     runs = json.loads((var_dir(ctx) / "imaging" / "hotfix-scripts.json").read_text())["runs"]
     assert [(r["phase"], r["script"]) for r in runs] == [("pre", "scripts/pre.ps1"), ("post", "scripts/post.ps1")]
     assert runs[0]["sha256"] == sha256_bytes(b"Stop-Service InstrumentServer\n")
