@@ -436,7 +436,47 @@ def test_plan_names_a_hotfix_the_release_would_drop_and_the_deploy_refuses_it(pr
     rows = {r.instrument: r for r in fleet.fleet_plan(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW,
                                                        TimeModel())}
     assert rows["ALF"].hotfixes_dropped == ["HF-2026C3-001"] and rows["GEM"].hotfixes_dropped == []
-    res = fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW, fleet.Options(canary="GEM"))
-    assert res.rows["GEM"]["status"] == "ok"
-    assert res.rows["ALF"]["status"] == FAILED and "HF-2026C3-001" in res.rows["ALF"]["detail"]
-    assert operations.running_release(ctx, ctx.inventory.instrument("ALF")) == OLD
+    # refused as a whole, before any instrument is touched: no operation, no record, no disk changed
+    n_ops, before = len(ctx.journal.operations()), {n: lab_disks(ctx, n) for n in ("ALF", "GEM")}
+    n_recs = len(fleet.all_records(ctx))
+    with pytest.raises(InputError, match=r"ALF carries HF-2026C3-001.*--drop-hotfix=HF-2026C3-001"):
+        fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW, fleet.Options(canary="GEM"))
+    assert len(ctx.journal.operations()) == n_ops and len(fleet.all_records(ctx)) == n_recs
+    assert {n: lab_disks(ctx, n) for n in ("ALF", "GEM")} == before
+    # a dropped id nobody selected carries is a typo: refused too
+    with pytest.raises(InputError, match="no selected instrument carries hotfix HF-TYPO"):
+        fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW,
+                     fleet.Options(drop_hotfixes=("HF-2026C3-001", "HF-TYPO")))
+    assert len(ctx.journal.operations()) == n_ops
+    # dropped on purpose: every instrument moves (GEM carries nothing and is not told to drop anything)
+    res = fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW,
+                       fleet.Options(canary="GEM", drop_hotfixes=("HF-2026C3-001",)))
+    assert res.rows["GEM"]["status"] == "ok" and res.rows["ALF"]["status"] == "ok", res.rows
+    assert operations.running_release(ctx, ctx.inventory.instrument("ALF")) == NEW
+    assert hotfix_ops.list_hotfixes(ctx) == {}
+    assert fleet.read_record(ctx, res.id)["options"]["drop_hotfixes"] == ["HF-2026C3-001"]
+
+
+def lab_disks(ctx: Context, name: str) -> dict[str, str]:
+    """The instrument's disk folder as files and hashes (what a reimage would change)."""
+    inst = ctx.inventory.instrument(name)
+    host = ctx.inventory.host_of(inst)
+    return tree_manifest(ctx.providers.lab.path(inst.host, rf"{host.storage_root}\instruments\{inst.vm}"))
+
+
+def test_cli_deploy_refuses_a_lost_hotfix_after_the_plan_then_drops_it(project: Path) -> None:
+    from imaging import hotfix_ops
+    from tests.test_cli import inv
+
+    ctx = ctx_for(project)
+    assert fleet.deploy(ctx, fleet.select(ctx, instruments="ALF"), OLD, fleet.Options()).summary.names("ok")
+    assert hotfix_ops.hotfix(ctx, ["ALF"], ROOT / "hotfixes" / "examples" / "HF-2026C3-001").outcomes["ALF"].ok
+    ctx.close()
+    res = inv(project, "deploy", f"--release={NEW}", "--instruments=ALF", "--yes")
+    assert res.returncode == 1 and "--drop-hotfix=HF-2026C3-001" in res.stderr
+    assert "HF-2026C3-001" in res.stdout  # the plan's column named it before the refusal
+    res = inv(project, "deploy", f"--release={NEW}", "--instruments=ALF", "--yes", "--drop-hotfix=HF-2026C3-001")
+    assert res.returncode == 0, res.stderr
+    assert "dropped on purpose" in res.stdout
+    ctx = ctx_for(project)
+    assert operations.running_release(ctx, ctx.inventory.instrument("ALF")) == NEW
