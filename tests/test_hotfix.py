@@ -180,6 +180,91 @@ def test_failure_on_one_instrument_restores_its_files_and_others_proceed(project
     assert set(hotfix_ops.list_hotfixes(ctx)) == {"WISH"}
 
 
+def test_group_hotfix_runs_in_waves_one_failure_restores_its_files_and_is_reported(project: Path,
+                                                                                   tmp_path: Path) -> None:
+    ctx = ctx_for(project)
+    group = fleet.select(ctx, group="A")
+    assert sorted(fleet.deploy(ctx, group, "2026C3.0", fleet.Options(parallel=8)).summary.names("ok")) == \
+        sorted(i.name for i in group)
+    before = apps_tree(ctx, "MAPS")
+
+    def fail_maps_health(step: Step) -> None:
+        if step.action == "health_check" and step.inputs["vm"] == "NDXMAPS":
+            raise InjectedFault("injected health failure on NDXMAPS", host=step.host, step=step.action)
+
+    fctx = ctx_for(project, fault=fail_maps_health)
+    res = hotfix_ops.hotfix(fctx, [i.name for i in fleet.select(fctx, group="A")], make_pkg(tmp_path),
+                            fleet.Options(parallel=8, batches="5,100%"))
+    # waves like a deploy: the canary (first of the selection) alone, then 5, then the rest
+    assert [len(w) for w in res.record["waves"]] == [1, 5, 11] and res.record["waves"][0] == [group[0].name]
+    assert res.summary.stopped is None and res.record["kind"] == "hotfix" and res.record["hotfix"] == "HF-001"
+    # the failing instrument's files are back; every other one carries the hotfix, byte for byte
+    assert not res.outcomes["MAPS"].ok and res.outcomes["MAPS"].restored
+    assert apps_tree(fctx, "MAPS") == before
+    carriers = hotfix_ops.list_hotfixes(fctx)
+    assert set(carriers) == {i.name for i in group} - {"MAPS"}
+    for inst in group:
+        if inst.name != "MAPS":
+            assert apps_tree(fctx, inst.name)["server/lib/hotfix-added.dll"] == \
+                sha256_bytes(NEW_FILES["server/lib/hotfix-added.dll"])
+    # the record and both reports name the failure, its step and its error
+    report = json.loads(res.report_json.read_text())
+    assert report == json.loads((project / ".state" / "deploys" / f"{res.id}.json").read_text())
+    assert {n for n, r in report["results"].items() if r["status"] != "ok"} == {"MAPS"}
+    assert report["results"]["MAPS"]["step"] == "health_check"
+    assert "injected health failure on NDXMAPS" in report["results"]["MAPS"]["detail"]
+    assert report["before"]["MAPS"] == [] and report["after"]["MAPS"] == [] and report["after"]["ALF"] == ["HF-001"]
+    md = res.report_md.read_text()
+    assert md.startswith(f"# Hotfix {res.id}") and "hotfix HF-001" in md
+    maps_row = next(line for line in md.splitlines() if line.startswith("| MAPS |"))
+    assert "failed" in maps_row and "health_check" in maps_row and "injected health failure" in maps_row
+    # the journal holds the run's id in every operation it started; @failed selects the failures of this kind
+    assert sorted(o.instrument for o in fctx.journal.operations(batch=res.id)) == sorted(i.name for i in group)
+    assert [i.name for i in fleet.select(fctx, instruments="@failed", kind="hotfix")] == ["MAPS"]
+    assert fleet.resumable(fctx) is None  # a hotfix record is never taken for a deploy to resume
+    again = hotfix_ops.hotfix(ctx, ["MAPS"], make_pkg(tmp_path / "again"), fleet.Options())
+    assert again.outcomes["MAPS"].ok and "MAPS" in hotfix_ops.list_hotfixes(ctx)
+
+
+def test_max_fail_percent_stops_new_hotfix_starts(project: Path, tmp_path: Path) -> None:
+    ctx = ctx_for(project)
+    names = ["ALF", "GEM", "IRIS", "MERLIN", "POLARIS", "TOSCA"]  # all on HVHOST01
+    assert len(fleet.deploy(ctx, fleet.select(ctx, instruments=",".join(names)), "2026C3.0",
+                            fleet.Options(parallel=4)).summary.names("ok")) == 6
+    trees = {n: apps_tree(ctx, n) for n in names}
+
+    def fail_health(step: Step) -> None:
+        if step.action == "health_check":
+            raise InjectedFault("injected health failure", host=step.host, step=step.action)
+
+    bad = ctx_for(project, fault=fail_health)
+    res = hotfix_ops.hotfix(bad, names, make_pkg(tmp_path),
+                            fleet.Options(parallel=1, canary="", batches="4", max_fail_percent=30))
+    assert res.summary.stopped and "more than --max-fail-percent=30" in res.summary.stopped
+    statuses = sorted(r["status"] for r in res.record["results"].values())
+    # 1 of 4 failed is 25% (go on), 2 of 4 is 50% (stop): two started, the other four never did
+    assert statuses == ["failed", "failed", "not_started", "not_started", "not_started", "not_started"]
+    assert len(bad.journal.operations(batch=res.id)) == 2 and len(res.outcomes) == 2
+    assert res.record["status"] == "stopped" and "max-fail-percent" in res.report_md.read_text()
+    assert {n: apps_tree(bad, n) for n in names} == trees and hotfix_ops.list_hotfixes(bad) == {}
+
+
+def test_revert_runs_in_waves_with_its_own_record(project: Path, tmp_path: Path) -> None:
+    ctx = ctx_for(project)
+    for name in ("ZOOM", "WISH"):
+        assert operations.reimage(ctx, name, "2026C3.0").ok
+    trees = {n: apps_tree(ctx, n) for n in ("ZOOM", "WISH")}
+    assert hotfix_ops.hotfix(ctx, ["ZOOM", "WISH"], make_pkg(tmp_path)).summary.names("ok") == ["ZOOM", "WISH"]
+    with pytest.raises(InputError, match="LARMOR do not carry hotfix HF-001"):
+        hotfix_ops.revert(ctx, ["ZOOM", "LARMOR"], "HF-001")
+    res = hotfix_ops.revert(ctx, ["ZOOM", "WISH"], "HF-001", fleet.Options(canary="WISH"))
+    assert res.record["kind"] == "revert" and res.record["waves"] == [["WISH"], ["ZOOM"]]
+    assert res.record["before"] == {"ZOOM": ["HF-001"], "WISH": ["HF-001"]}
+    assert res.record["after"] == {"ZOOM": [], "WISH": []}
+    assert {n: apps_tree(ctx, n) for n in ("ZOOM", "WISH")} == trees
+    assert res.report_md.read_text().startswith(f"# Revert {res.id}")
+
+
 # --- carry-over ------------------------------------------------------------------------------------
 
 
