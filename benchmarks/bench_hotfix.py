@@ -3,8 +3,9 @@
 Every instrument of the shipped inventory is provisioned on the lab provider first (images staged once per
 host, as before a shutdown). Then, each round: the whole fleet is hotfixed (a 2-file package, the VMs keep
 running), the hotfix is reverted (timed too), and the whole fleet is reimaged to the release it runs. Both
-fleet runs use the same bounded parallel runner (`hotfix_ops.run_over_instruments`: --parallel at once,
-each host's max_concurrent per host). Medians and the ratio reimage / hotfix are printed.
+fleet runs use the same wave engine (`fleet.run_fleet`, no canary, one wave: --parallel at once, each host's
+max_concurrent per host; the reimage is `fleet.deploy --force` to the release each runs). Medians and the
+ratio reimage / hotfix are printed.
 
     .venv/bin/python benchmarks/bench_hotfix.py [--os-files 2000] [--apps-files 1000] [--rounds 3] [--parallel 8]
 """
@@ -24,13 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from imaging import hotfix_ops, operations  # noqa: E402
+from imaging import fleet, hotfix_ops, operations  # noqa: E402
 from imaging.config import Paths  # noqa: E402
 from imaging.hotfixes import build_manifest, write_package  # noqa: E402
 
 
-def fleet_ok(results: dict[str, object], what: str) -> None:
-    bad = {n: r for n, r in results.items() if isinstance(r, Exception) or not getattr(r, "ok", False)}
+def fleet_ok(result: fleet.FleetResult, what: str) -> None:
+    bad = {n: r for n, r in result.rows.items() if r["status"] not in ("ok", "skipped")}
     if bad:
         raise SystemExit(f"{what} failed on {len(bad)} instruments: {bad}")
 
@@ -60,8 +61,9 @@ def main() -> None:
             operations.stage(ctx, operations.desired_release(ctx, inst), inst.host)
         print(f"{len(names)} instruments on {len(ctx.inventory.hosts)} hosts; staging "
               f"{args.os_files} + {args.apps_files} files per release: {time.perf_counter() - t0:.2f} s")
-        fleet_ok(hotfix_ops.run_over_instruments(ctx, names, lambda n: operations.reimage(ctx, n), args.parallel),
-                 "first provisioning")
+        everyone = list(ctx.inventory.instruments.values())
+        opts = fleet.Options(parallel=args.parallel, canary="")
+        fleet_ok(fleet.deploy(ctx, everyone, "current", opts), "first provisioning")
         releases = sorted({operations.running_release(ctx, i) or "" for i in ctx.inventory.instruments.values()})
         files = {"server/bin/module00000.bin": b"patched server module\n" * 200,
                  "client/bin/hotfix-added.dll": b"MZ" + b"\x00" * 4096}
@@ -71,14 +73,14 @@ def main() -> None:
         hot, rev, reim = [], [], []
         for r in range(args.rounds):
             t = time.perf_counter()
-            fleet_ok(hotfix_ops.hotfix(ctx, names, pkg, parallel=args.parallel), "hotfix")
+            fleet_ok(hotfix_ops.hotfix(ctx, names, pkg, opts), "hotfix")
             hot.append(time.perf_counter() - t)
             t = time.perf_counter()
-            fleet_ok(hotfix_ops.revert(ctx, names, "HF-BENCH", parallel=args.parallel), "revert")
+            fleet_ok(hotfix_ops.revert(ctx, names, "HF-BENCH", opts), "revert")
             rev.append(time.perf_counter() - t)
             t = time.perf_counter()
-            fleet_ok(hotfix_ops.run_over_instruments(ctx, names, lambda n: operations.reimage(ctx, n),
-                                                     args.parallel), "reimage")
+            fleet_ok(fleet.deploy(ctx, everyone, "current", fleet.Options(parallel=args.parallel, canary="",
+                                                                          force=True)), "reimage")
             reim.append(time.perf_counter() - t)
             print(f"round {r + 1}: hotfix fleet {hot[-1]:.2f} s | revert fleet {rev[-1]:.2f} s | "
                   f"reimage fleet {reim[-1]:.2f} s")
