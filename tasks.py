@@ -6,6 +6,7 @@ Run `invoke --list` for the tasks and `invoke --help <task>` for each task's opt
 from __future__ import annotations
 
 import json as jsonlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,8 +20,10 @@ from rich.table import Table
 
 from imaging.errors import ImagingError
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped output (logs, CI) is not squeezed to 80 columns: tables stay readable; COLUMNS still wins.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(highlight=False, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, width=_WIDTH)
 
 
 def _fail(exc: ImagingError) -> Exit:
@@ -80,7 +83,7 @@ class StepPrinter:
 
 def _print_outcome(outcome: Any, instrument: str, journal: Any = None) -> None:
     if outcome.ok:
-        console.print(f"[bold green]{instrument}: done[/] in {outcome.seconds:.1f}s (operation {outcome.op_id})")
+        console.print(f"[bold green]{instrument}: done[/] in {outcome.seconds:.2f}s (operation {outcome.op_id})")
         if journal is not None:
             op = journal.operation(outcome.op_id)
             changed = sum(1 for r in journal.steps(op.id) if r.phase == "do" and r.changed)

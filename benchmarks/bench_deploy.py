@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _lab import lab_project  # noqa: E402
+
 from imaging import fleet, operations  # noqa: E402
 from imaging.config import Paths  # noqa: E402
 
@@ -33,14 +33,7 @@ OLD, NEW = "2026C3.0", "2026C3.1"
 
 
 def project(tmp: Path, name: str, sizes: tuple[int, int], latency: float) -> operations.Context:
-    proj = tmp / name
-    proj.mkdir()
-    for d in ("instruments", "releases", "templates"):
-        shutil.copytree(ROOT / d, proj / d)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
-           "GIT_COMMITTER_EMAIL": "b@b"}
-    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
-        subprocess.run(["git", "-C", str(proj), *cmd], check=True, env=env)
+    proj = lab_project(tmp, name)
     paths = Paths(root=proj, inventory=proj / "instruments", releases=proj / "releases",
                   templates=proj / "templates", state=proj / ".state")
     ctx = operations.Context.load(paths)

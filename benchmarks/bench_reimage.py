@@ -10,10 +10,8 @@ the ratio of medians is printed. Images are staged once beforehand, as they are 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _lab import lab_project  # noqa: E402
 
 from imaging import operations  # noqa: E402
 from imaging.config import Paths  # noqa: E402
@@ -35,14 +35,7 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="imaging-bench-") as tmp:
-        proj = Path(tmp) / "project"
-        proj.mkdir()
-        for name in ("instruments", "releases", "templates"):
-            shutil.copytree(ROOT / name, proj / name)
-        env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
-               "GIT_COMMITTER_EMAIL": "b@b"}
-        for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
-            subprocess.run(["git", "-C", str(proj), *cmd], check=True, env=env)
+        proj = lab_project(Path(tmp))
         ctx = operations.Context.load(Paths.from_env(proj))
         ctx.sample_sizes = (args.os_files, args.apps_files)
         inst = ctx.inventory.instrument("ZOOM")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from .inventory import Host
 from .quoting import check_name, check_windows_path
 from .releases import ReleaseDefinition
 from .steps import Step
+from .tarball import write_tar
 
 APPS_LABEL = "Apps"
 VERSION_FILE = "version.txt"
@@ -199,26 +199,16 @@ def build_apps_on_host(*, records: BuildRecords, run: Any, host: Host, rel: Rele
 def tar_tree(root: Path, out: Path) -> Path:
     """A reproducible tar of a folder (sorted, fixed owner, mode and time): same tree, same sha256."""
     root = Path(root)
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            rel_dir = Path(dirpath).relative_to(root)
-            entries = [(d, True) for d in dirnames] + [(f, False) for f in sorted(filenames)]
-            for entry, is_dir in sorted(entries):
-                full = Path(dirpath) / entry
-                rel = (rel_dir / entry).as_posix()
-                if full.is_symlink() or not (full.is_dir() or full.is_file()):
-                    raise InputError("only regular files and folders can go into a template",
-                                     file=str(full), fix="replace links and special files by regular files")
-                info = tarfile.TarInfo(rel)
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                if is_dir:
-                    info.type, info.mode = tarfile.DIRTYPE, 0o755
-                    tar.addfile(info)
-                else:
-                    info.size, info.mode = full.stat().st_size, 0o644
-                    with open(full, "rb") as fh:
-                        tar.addfile(info, fh)
+    members: dict[str, Path | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        for entry in [*dirnames, *filenames]:
+            full = Path(dirpath) / entry
+            if full.is_symlink() or not (full.is_dir() or full.is_file()):
+                raise InputError("only regular files and folders can go into a template",
+                                 file=str(full), fix="replace links and special files by regular files")
+            members[(rel_dir / entry).as_posix()] = None if full.is_dir() else full
+    write_tar(members, out)
     return out
 
 

@@ -8,7 +8,6 @@ file, the field and the fix. Nothing here changes anything outside a caller's sc
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from collections.abc import Iterable, Mapping
@@ -21,6 +20,7 @@ import yaml
 from .errors import InputError
 from .hashing import sha256_bytes, sha256_file
 from .quoting import check_name, check_relpath, check_sha256
+from .tarball import tar_bytes
 
 MANIFEST = "hotfix.yaml"
 PAYLOAD = "files"
@@ -232,22 +232,7 @@ def package_tar(pkg: Package) -> bytes:
         members[f"{PAYLOAD}/{f.path}"] = pkg.payload(f.path).read_bytes()
     for key, p in pkg.scripts.items():
         members[getattr(pkg.hotfix, key)] = p.read_bytes()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        dirs: set[str] = set()
-        for rel in sorted(members):
-            parts = rel.split("/")
-            for k in range(1, len(parts)):
-                d = "/".join(parts[:k])
-                if d not in dirs:
-                    dirs.add(d)
-                    info = tarfile.TarInfo(d)
-                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
-                    tar.addfile(info)
-            info = tarfile.TarInfo(rel)
-            info.size, info.mode, info.mtime = len(members[rel]), 0o644, 0
-            tar.addfile(info, io.BytesIO(members[rel]))
-    return buf.getvalue()
+    return tar_bytes(members)
 
 
 def build_manifest(hotfix_id: str, description: str, applies_to: list[str], files: Mapping[str, bytes],

@@ -7,10 +7,10 @@ bytes, same sha256) and stored as tar archives in the artifact store, like any o
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 import tempfile
 from pathlib import Path
+
+from . import tarball
 
 OS_DIRS = ("Windows/System32", "Windows/System32/drivers", "Windows/SysWOW64", "Windows/Fonts",
            "Program Files/Common Files", "Program Files (x86)/Common Files", "ProgramData/Microsoft",
@@ -53,21 +53,8 @@ def apps_tree_files(name: str, version: str, files: int = 300) -> dict[str, byte
 
 
 def write_tar(files: dict[str, bytes], out: Path) -> Path:
-    """A reproducible tar: sorted members, fixed owner, mode and time."""
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        dirs: set[str] = set()
-        for rel in sorted(files):
-            parts = rel.split("/")
-            for k in range(1, len(parts)):
-                d = "/".join(parts[:k])
-                if d not in dirs:
-                    dirs.add(d)
-                    info = tarfile.TarInfo(d)
-                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
-                    tar.addfile(info)
-            info = tarfile.TarInfo(rel)
-            info.size, info.mode, info.mtime = len(files[rel]), 0o644, 0
-            tar.addfile(info, io.BytesIO(files[rel]))
+    """A reproducible tar of the tree (see imaging.tarball)."""
+    tarball.write_tar(files, out)
     return out
 
 
