@@ -25,7 +25,7 @@ from .hotfixes import Hotfix, Package, open_package, package_tar
 from .inventory import SLOTS, Instrument
 from .journal import OK, Operation, who
 from .plan import Plan
-from .scheduler import SKIPPED
+from .scheduler import SKIPPED, Job, Result, parse_batches, plan_waves
 from .steps import Step
 
 if TYPE_CHECKING:  # operations (and fleet, through it) import this module lazily
@@ -205,7 +205,6 @@ def _fleet_run(ctx: Context, kind: str, insts: list[Instrument], hotfix_id: str,
     """Run ``one(name, listener, batch)`` per instrument in waves with the deploy engine (canary, batches,
     limits, max-fail-percent, live progress, record and reports of kind ``hotfix`` or ``revert``)."""
     from . import fleet
-    from .scheduler import Job, Result, parse_batches, plan_waves
 
     options = options or fleet.Options()
     emit = progress or (lambda kind, payload: None)
