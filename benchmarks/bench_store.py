@@ -74,8 +74,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="where to work (default: a temp dir)")
     ap.add_argument("--chunk", type=parse_size, default=None, help="override the store's chunk size")
-    ap.add_argument("--buffers", type=int, default=None, help="ring size when hashing in a thread (BUFFERS)")
-    ap.add_argument("--no-hash-thread", action="store_true", help="hash inline (HASH_IN_THREAD off)")
+    ap.add_argument("--buffers", type=int, default=None,
+                    help="ring size when hashing in a thread (BUFFERS; staging and verifying, not add)")
+    ap.add_argument("--no-hash-thread", action="store_true", help="hash inline (HASH_IN_THREAD off; staging and verifying, not add)")
     ap.add_argument("--writeback", type=parse_size, default=None,
                     help="start writeback every N bytes (WRITEBACK_EVERY); 0 disables it")
     args = ap.parse_args()

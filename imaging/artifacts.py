@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -126,7 +128,8 @@ def _fsync_dir(path: Path) -> None:
 
 def _pump(src: BinaryIO, dst: BinaryIO | None, digest: hashlib._Hash, *, done: int, total: int,
           progress: Progress | None, limit: int | None = None) -> int:
-    """Copy ``src`` to ``dst`` (or only read, when ``dst`` is None) while feeding ``digest``.
+    """Copy ``src`` to ``dst`` (or only read, when ``dst`` is None) while feeding ``digest``: used to stage,
+    resume and verify (``add`` uses the faster kernel copy of :func:`_copy_and_hash`).
 
     Reads into a small ring of reusable buffers (constant memory, no per-chunk allocation). With
     ``HASH_IN_THREAD`` each chunk is queued to one helper thread that hashes while this thread writes it
@@ -181,6 +184,86 @@ def _pump(src: BinaryIO, dst: BinaryIO | None, digest: hashlib._Hash, *, done: i
         if pending is not None:
             pending.result()  # surface a hashing error, if any
     return moved
+
+
+COPY_SLICES_PER_CALL = 8  # the kernel copies 8 chunks per call; the hash reads back one chunk at a time
+
+
+def _kernel_copy(src_fd: int, dst_fd: int, offset: int, length: int) -> int:
+    """Copy one slice inside the kernel (no trip through Python's memory); falls back to read/write."""
+    if hasattr(os, "copy_file_range"):
+        try:
+            return os.copy_file_range(src_fd, dst_fd, length, offset, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    data = os.pread(src_fd, length, offset)
+    written = 0
+    while written < len(data):
+        written += os.pwrite(dst_fd, data[written:], offset + written)
+    return len(data)
+
+
+def _copy_and_hash(src_fd: int, dst_fd: int, check_fd: int, digest: hashlib._Hash, *, total: int,
+                   progress: Progress | None) -> int:
+    """Copy ``src`` to ``dst`` while hashing what was written, in one streaming pass.
+
+    The kernel copies slice after slice; a helper thread hashes each slice as soon as it has landed,
+    reading it back from the destination (``check_fd``, the same file opened for reading) while it is still
+    in the page cache, so the digest is of the stored bytes, not of a source that might change. Then it lets
+    the kernel write that range out and drop it from the cache. Copy and hash overlap on two cores;
+    memory stays at one chunk.
+    """
+    copied = 0
+    landed = threading.Condition()
+    failed: list[BaseException] = []
+    chunk = CHUNK
+    copy_slice = CHUNK * COPY_SLICES_PER_CALL
+
+    def hasher() -> None:
+        hashed = flushed = 0
+        buf = bytearray(chunk)
+        view = memoryview(buf)
+        try:
+            while True:
+                with landed:
+                    while copied == hashed and copied < total and not failed:
+                        landed.wait()
+                    upto = copied
+                if hashed >= total or failed:
+                    return
+                while hashed < upto:
+                    n = os.preadv(check_fd, [view[: min(chunk, upto - hashed)]], hashed)
+                    if n <= 0:
+                        raise OSError(f"short read of the copy at {hashed}")
+                    digest.update(view[:n])
+                    hashed += n
+                    if hashed - flushed >= WRITEBACK_EVERY:
+                        _start_writeback(check_fd, flushed, hashed - flushed)  # hashed: let it go to disk
+                        flushed = hashed
+                    if progress is not None:
+                        progress(hashed, total)
+        except BaseException as exc:  # noqa: BLE001 - handed to the copying thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=hasher, name="sha256", daemon=True)
+    worker.start()
+    try:
+        while copied < total and not failed:
+            n = _kernel_copy(src_fd, dst_fd, copied, min(copy_slice, total - copied))
+            if n <= 0:
+                break  # the source shrank: the size check below refuses it
+            with landed:
+                copied += n
+                landed.notify()
+    finally:
+        with landed:
+            total = copied if copied < total else total
+            landed.notify()
+        worker.join()
+    if failed:
+        raise failed[0]
+    return copied
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
@@ -283,10 +366,14 @@ class ArtifactStore:
         tmp = Path(tmp_name)
         try:
             h = hashlib.sha256()
-            with open(path, "rb", buffering=0) as src, os.fdopen(fd, "wb", buffering=0) as out:
+            with open(path, "rb", buffering=0) as src, os.fdopen(fd, "wb", buffering=0) as out, \
+                    open(tmp, "rb", buffering=0) as check:
                 _advise(src.fileno(), "POSIX_FADV_SEQUENTIAL")
                 total = os.fstat(src.fileno()).st_size
-                size = _pump(src, out, h, done=0, total=total, progress=progress)
+                size = _copy_and_hash(src.fileno(), out.fileno(), check.fileno(), h, total=total,
+                                      progress=progress)
+                if size != total or os.fstat(src.fileno()).st_size != total:
+                    raise ArtifactError(f"{path} changed size while it was being added; add it again")
                 os.fsync(out.fileno())
             sha = h.hexdigest()
             return self._finish_add(tmp, sha, size, name=name, kind=kind, suffix=suffix, source=source,
