@@ -76,7 +76,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=parse_size, default=None, help="override the store's chunk size")
     ap.add_argument("--buffers", type=int, default=None,
                     help="ring size when hashing in a thread (BUFFERS; staging and verifying, not add)")
-    ap.add_argument("--no-hash-thread", action="store_true", help="hash inline (HASH_IN_THREAD off; staging and verifying, not add)")
+    ap.add_argument("--no-hash-thread", action="store_true",
+                    help="hash inline (HASH_IN_THREAD off; staging and verifying, not add)")
     ap.add_argument("--writeback", type=parse_size, default=None,
                     help="start writeback every N bytes (WRITEBACK_EVERY); 0 disables it")
     args = ap.parse_args()
