@@ -174,10 +174,10 @@ def test_time_model_file_overrides_and_rejects_unknown_keys(tmp_path: Path) -> N
 # --- the lab: whole deploys --------------------------------------------------------------------------------
 
 
-def test_group_deploy_with_three_failures(project: Path) -> None:
+def test_fleet_deploy_with_three_failures(project: Path) -> None:
     ctx = ctx_for(project)
-    group = fleet.select(ctx, group="A")
-    assert len(group) == 17
+    group = fleet.select(ctx, everything=True)
+    assert len(group) >= 30  # the whole shipped fleet
     first = fleet.deploy(ctx, group, OLD, fleet.Options(parallel=8))
     assert sorted(first.summary.names("ok")) == sorted(i.name for i in group)
     chosen = {"LET": "configure_guest", "MAPS": "health_check", "GEM": "wait_guest"}
@@ -189,7 +189,7 @@ def test_group_deploy_with_three_failures(project: Path) -> None:
     assert all(len(v) == 2 for v in before.values())
 
     fctx = ctx_for(project, fault=faults(chosen))
-    res = fleet.deploy(fctx, fleet.select(fctx, group="A"), NEW,
+    res = fleet.deploy(fctx, fleet.select(fctx, everything=True), NEW,
                        fleet.Options(parallel=8, batches="1,5,20%", max_fail_percent=100))
     assert res.summary.stopped is None
     for inst in group:
