@@ -81,6 +81,17 @@ class StepPrinter:
                       soft_wrap=True)
 
 
+def _print_plan(plan: Any) -> None:
+    """A dry run: the plan in plain words, its notes, and the promise that nothing changed."""
+    console.print(f"[bold]Plan: {plan.kind} of {plan.instrument} ({plan.vm} on {plan.host}) from "
+                  f"{plan.from_release or 'nothing recorded'} to {plan.to_release}[/]")
+    for line in plan.describe():
+        console.print(line, soft_wrap=True)
+    for note in plan.notes:
+        console.print(f"  note: {note}", soft_wrap=True)
+    console.print("[dim]dry run: nothing was changed[/]")
+
+
 def _print_outcome(outcome: Any, instrument: str, journal: Any = None) -> None:
     if outcome.ok:
         console.print(f"[bold green]{instrument}: done[/] in {outcome.seconds:.2f}s (operation {outcome.op_id})")
@@ -196,13 +207,7 @@ def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, captu
             hotfix_ops.refuse_dropped_hotfixes(ctx, inst, target, drops)
             plan = operations.plan_for_reimage(ctx, instrument, release, allow_dirty=allow_dirty,
                                                capture_drift=capture_drift, settings_ref=settings_ref)
-            console.print(f"[bold]Plan: reimage {plan.instrument} ({plan.vm} on {plan.host}) "
-                          f"from {plan.from_release or 'nothing recorded'} to {plan.to_release}[/]")
-            for line in plan.describe():
-                console.print(line, soft_wrap=True)
-            for note in plan.notes:
-                console.print(f"  note: {note}", soft_wrap=True)
-            console.print("[dim]dry run: nothing was changed[/]")
+            _print_plan(plan)
             return
         outcome = operations.reimage(ctx, instrument, release, listener=StepPrinter(), allow_dirty=allow_dirty,
                                      capture_drift=capture_drift, settings_ref=settings_ref, drop_hotfixes=drops)
@@ -236,13 +241,7 @@ def rollback(c, instrument, dry_run=False):  # noqa: ANN001
         if op is None:
             plan = hotfix_ops.plan_for_rollback(ctx, inst.name)
             if dry_run:
-                console.print(f"[bold]Plan: {plan.kind} of {plan.instrument} ({plan.vm} on {plan.host}) from "
-                              f"{plan.from_release} to {plan.to_release}[/]")
-                for line in plan.describe():
-                    console.print(line, soft_wrap=True)
-                for note in plan.notes:
-                    console.print(f"  note: {note}", soft_wrap=True)
-                console.print("[dim]dry run: nothing was changed[/]")
+                _print_plan(plan)
                 return
             outcome = hotfix_ops.rollback_last(ctx, inst.name, listener=StepPrinter())
             _print_outcome(outcome, inst.name)

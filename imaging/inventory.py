@@ -253,32 +253,28 @@ def _mapping(doc: Any, key: str, path: Path, problems: list[InputError]) -> dict
     return doc[key]
 
 
+def _load_named(path: Path, key: str, model: type[_Model], problems: list[InputError]) -> dict[str, Any]:
+    """Read a file of named entries (``hosts:`` or ``groups:``) into models, collecting every problem."""
+    out: dict[str, Any] = {}
+    for name, body in _mapping(_read_yaml(path, problems), key, path, problems).items():
+        try:
+            out[str(name)] = model(name=str(name), **(body or {}))
+        except ValidationError as exc:
+            problems += _pydantic_problems(exc, path, f"{key}.{name}.")
+        except TypeError:
+            problems.append(InputError("expected a mapping", file=str(path), field=f"{key}.{name}",
+                                       fix="give its fields as key: value lines"))
+    return out
+
+
 def load_inventory(root: Path) -> Inventory:
     """Read and validate the whole inventory; raise ValidationFailed listing every problem found."""
     root = Path(root)
     problems: list[InputError] = []
 
-    hosts_path = root / HOSTS_FILE
-    hosts: dict[str, Host] = {}
-    for name, body in _mapping(_read_yaml(hosts_path, problems), "hosts", hosts_path, problems).items():
-        try:
-            hosts[str(name)] = Host(name=str(name), **(body or {}))
-        except ValidationError as exc:
-            problems += _pydantic_problems(exc, hosts_path, f"hosts.{name}.")
-        except TypeError:
-            problems.append(InputError("expected a mapping", file=str(hosts_path), field=f"hosts.{name}",
-                                       fix="give the host's fields as key: value lines"))
-
-    groups_path = root / GROUPS_FILE
-    groups: dict[str, Group] = {}
-    for name, body in _mapping(_read_yaml(groups_path, problems), "groups", groups_path, problems).items():
-        try:
-            groups[str(name)] = Group(name=str(name), **(body or {}))
-        except ValidationError as exc:
-            problems += _pydantic_problems(exc, groups_path, f"groups.{name}.")
-        except TypeError:
-            problems.append(InputError("expected a mapping", file=str(groups_path), field=f"groups.{name}",
-                                       fix="give the group's fields as key: value lines"))
+    hosts_path, groups_path = root / HOSTS_FILE, root / GROUPS_FILE
+    hosts = _load_named(hosts_path, "hosts", Host, problems)
+    groups = _load_named(groups_path, "groups", Group, problems)
 
     defaults_path = root / DEFAULTS_FILE
     defaults = _read_yaml(defaults_path, problems) if defaults_path.exists() else {}
