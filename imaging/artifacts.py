@@ -73,12 +73,12 @@ class ArtifactManifest(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _as_value_error(check_name, v, field="name")
+        return check_name(v, field="name")
 
     @field_validator("sha256")
     @classmethod
     def _sha(cls, v: str) -> str:
-        return _as_value_error(check_sha256, v)
+        return check_sha256(v)
 
     @field_validator("kind")
     @classmethod
@@ -98,13 +98,6 @@ class ArtifactManifest(BaseModel):
     def staged_name(self) -> str:
         """File name on a host: ``<name>-<sha256[:12]><suffix>`` (unique per content, readable)."""
         return f"{self.name}-{self.sha256[:12]}{self.suffix}"
-
-
-def _as_value_error(check: Callable[..., str], value: str, **kw: str) -> str:
-    try:
-        return check(value, **kw)
-    except InputError as e:
-        raise ValueError(str(e)) from None
 
 
 def _advise(fd: int, advice_name: str) -> None:

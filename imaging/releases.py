@@ -77,31 +77,6 @@ class ReleaseId:
         return self._key() < other._key()
 
 
-class _Refused(ValueError):
-    """Carries one of our InputErrors through pydantic (which only collects ValueErrors)."""
-
-    def __init__(self, message: str, value: object, fix: str | None) -> None:
-        super().__init__(message)
-        self.message, self.value, self.fix = message, value, fix
-
-
-def _checked(check: Any, value: Any, **kw: Any) -> Any:
-    try:
-        return check(value, **kw)
-    except InputError as e:
-        raise _Refused(_bare_message(e), e.value, e.fix) from None
-
-
-def _bare_message(e: InputError) -> str:
-    # InputError composes "file: field 'x': message (got v). Fix: f"; recover the middle part only.
-    text = str(e)
-    if e.fix:
-        text = text.rsplit(". Fix: ", 1)[0]
-    if e.value is not None:
-        text = text.rsplit(" (got ", 1)[0]
-    return text.rsplit(": ", 1)[-1]
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -115,12 +90,12 @@ class OsTemplateRef(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _checked(check_name, v, field="name")
+        return check_name(v, field="name")
 
     @field_validator("sha256")
     @classmethod
     def _sha(cls, v: str | None) -> str | None:
-        return None if v is None else _checked(check_sha256, v)
+        return None if v is None else check_sha256(v)
 
 
 class AppsRef(OsTemplateRef):
@@ -152,12 +127,12 @@ class ReleaseDefinition(_Strict):
     @classmethod
     def _hotfixes(cls, v: list[str]) -> list[str]:
         # Hotfix ids become file and record names: same rule as any other name.
-        return [_checked(check_name, h, field="includes_hotfixes") for h in v]
+        return [check_name(h, field="includes_hotfixes") for h in v]
 
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        return str(_checked(ReleaseId.parse, v))
+        return str(ReleaseId.parse(v))
 
     @property
     def release_id(self) -> ReleaseId:
@@ -174,9 +149,10 @@ def _pydantic_to_input_error(err: ValidationError, file: str) -> InputError:
     field = ".".join(str(p) for p in first.get("loc", ())) or None
     kind = first.get("type", "")
     ctx_err = (first.get("ctx") or {}).get("error")
-    if isinstance(ctx_err, _Refused):
-        # One of our validators refused: keep its message and fix, add the file and the full field path.
-        return InputError(ctx_err.message, file=file, field=field, value=ctx_err.value, fix=ctx_err.fix)
+    if isinstance(ctx_err, InputError):
+        # One of our validators refused (InputError is a ValueError, so pydantic carries it): keep its
+        # message and fix, add the file and the full field path.
+        return InputError(ctx_err.reason, file=file, field=field, value=ctx_err.value, fix=ctx_err.fix)
     if kind == "extra_forbidden":
         fix = "remove it; allowed keys are " + _allowed_keys(first.get("loc", ()))
         return InputError("unknown key", file=file, field=field, value=first.get("input"), fix=fix)
