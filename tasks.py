@@ -18,7 +18,7 @@ from invoke import Exit, task
 from rich.console import Console
 from rich.table import Table
 
-from imaging.errors import ImagingError
+from imaging.core.errors import ImagingError
 
 # Piped output (logs, CI) is not squeezed to 80 columns: tables stay readable; COLUMNS still wins.
 _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
@@ -46,7 +46,7 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextmanager
 def _context() -> Iterator[Any]:
-    from imaging.operations import Context
+    from imaging.ops.reimage import Context
 
     ctx = Context.load()
     try:
@@ -68,7 +68,7 @@ class StepPrinter:
                 console.print(f"[dim]{ev.instrument} {label} … {ev.step.summary}[/]", end="\r")
             return
         mark = "[green]ok[/]" if ev.ok else "[bold red]FAILED[/]"
-        from imaging.steps import CHECK_ACTIONS
+        from imaging.model.steps import CHECK_ACTIONS
 
         extra = ""
         if ev.result and not ev.result.get("changed", True) and ev.step.action not in CHECK_ACTIONS:
@@ -119,7 +119,7 @@ def _print_outcome(outcome: Any, instrument: str, journal: Any = None) -> None:
 @reports_errors
 def status(c, json=False, instruments=""):  # noqa: ANN001
     """Show every instrument: host, VM, power, release running vs desired, last operation, pending work."""
-    from imaging.status import fleet_status
+    from imaging.ops.status import fleet_status
 
     with _context() as ctx:
         rows = fleet_status(ctx, [n for n in instruments.split(",") if n] or None)
@@ -143,7 +143,7 @@ def status(c, json=False, instruments=""):  # noqa: ANN001
 @reports_errors
 def validate(c):  # noqa: ANN001
     """Check the whole inventory, releases and labels; exit non-zero on any problem. Changes nothing."""
-    from imaging.operations import Context, desired_release
+    from imaging.ops.reimage import Context, desired_release
 
     with _context() as ctx:
         assert isinstance(ctx, Context)
@@ -158,8 +158,8 @@ def validate(c):  # noqa: ANN001
 @reports_errors
 def releases(c):  # noqa: ANN001
     """List releases newest first, with the labels that point to them and the instruments that run them."""
-    from imaging.operations import running_release
-    from imaging.releases import newest_first
+    from imaging.model.releases import newest_first
+    from imaging.ops.reimage import running_release
 
     with _context() as ctx:
         runs: dict[str, list[str]] = {}
@@ -179,7 +179,7 @@ def releases(c):  # noqa: ANN001
             table.add_row(rel.id, str(rel.settings_version), " ".join(labels),
                           ", ".join(sorted(runs.get(rel.id, []))) or "-", note)
         console.print(table)
-        from imaging.release_ops import revoked_labels
+        from imaging.ops.releases import revoked_labels
 
         for flag in revoked_labels(ctx):
             console.print(f"[bold red]label points to a revoked release:[/] {flag}", soft_wrap=True)
@@ -197,7 +197,8 @@ def releases(c):  # noqa: ANN001
 def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, capture_drift=False,  # noqa: ANN001
             settings_ref="HEAD", drop_hotfix=""):
     """Reimage one instrument: new OS and Apps disks from the release, fresh Settings, Var and Data kept."""
-    from imaging import hotfix_ops, operations
+    from imaging.ops import hotfix as hotfix_ops
+    from imaging.ops import reimage as operations
 
     drops = tuple(h for h in drop_hotfix.split(",") if h)
     with _context() as ctx:
@@ -220,7 +221,7 @@ def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, captu
 @reports_errors
 def resume(c, instrument):  # noqa: ANN001
     """Finish an operation that was interrupted (the process was killed): continue from its last step."""
-    from imaging import operations
+    from imaging.ops import reimage as operations
 
     with _context() as ctx:
         outcome = operations.resume(ctx, instrument, listener=StepPrinter())
@@ -233,7 +234,8 @@ def resume(c, instrument):  # noqa: ANN001
 def rollback(c, instrument, dry_run=False):  # noqa: ANN001
     """Return an instrument to its state before its last operation: undo an interrupted one step by step, or
     else re-attach the previous OS, Apps and Settings disks (or revert the last hotfix)."""
-    from imaging import hotfix_ops, operations
+    from imaging.ops import hotfix as hotfix_ops
+    from imaging.ops import reimage as operations
 
     with _context() as ctx:
         inst = ctx.inventory.instrument(instrument)
@@ -264,8 +266,8 @@ def stage(c, release, group=None, instruments=""):  # noqa: ANN001
     """Copy a release's images to each host that needs them, once per host, verified, resumable."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from imaging import operations
-    from imaging.labels import resolve
+    from imaging.model.labels import resolve
+    from imaging.ops import reimage as operations
 
     with _context() as ctx:
         chosen = ctx.inventory.select(names=[n for n in instruments.split(",") if n] or None, group=group)
@@ -312,11 +314,11 @@ from invoke import task  # noqa: E402
 
 def _settings_setup(instrument: str | None, all_: bool, release: str | None) -> tuple[Any, Any, list, dict]:
     """Inventory, paths, the chosen instruments and their releases (reads only; opens no journal)."""
-    from imaging.config import Paths
-    from imaging.errors import InputError
-    from imaging.inventory import load_inventory
-    from imaging.labels import load_labels
-    from imaging.settings_fleet import release_name
+    from imaging.core.config import Paths
+    from imaging.core.errors import InputError
+    from imaging.model.inventory import load_inventory
+    from imaging.model.labels import load_labels
+    from imaging.settings.instruments import release_name
 
     if bool(instrument) == bool(all_):
         raise InputError("give exactly one of --instrument=NAME or --all", field="--instrument",
@@ -342,7 +344,7 @@ def render(c, instrument=None, all=False, ref="HEAD", out=None, check=False, rel
     """Render instrument settings from git into a folder for review, or check that every instrument renders."""
     from pathlib import Path
 
-    from imaging.settings_fleet import render_many, write_rendered
+    from imaging.settings.instruments import render_many, write_rendered
 
     paths, inventory, chosen, releases = _settings_setup(instrument, all, release)
     results = render_many(paths.root, inventory, chosen, releases, ref=ref, allow_dirty=allow_dirty)
@@ -379,9 +381,9 @@ def render(c, instrument=None, all=False, ref="HEAD", out=None, check=False, rel
 def migrate(c, instrument=None, all=False, dry_run=False, check=False, target=None, ref="HEAD",  # noqa: A002
             restore=None):  # noqa: ANN001
     """Run pending settings migrations on an instrument's settings branch, one commit per step."""
-    from imaging import migrations
-    from imaging.errors import InputError
-    from imaging.settings_fleet import migrate_instrument, rehearse_fleet
+    from imaging.core.errors import InputError
+    from imaging.settings import migrations
+    from imaging.settings.instruments import migrate_instrument, rehearse_fleet
 
     if all and not check:
         raise InputError("--all is for rehearsals only", field="--all",
@@ -462,8 +464,9 @@ def hotfix(c, patch=None, revert=None, instruments="", group=None, canary=None, 
     recorded on each and in the journal; a failure on one instrument restores that instrument's files."""
     from pathlib import Path
 
-    from imaging import fleet, hotfix_ops
-    from imaging.scheduler import Job, parse_batches, plan_waves
+    from imaging.engine.scheduler import Job, parse_batches, plan_waves
+    from imaging.ops import deploy as fleet
+    from imaging.ops import hotfix as hotfix_ops
 
     if bool(patch) == bool(revert):
         raise ImagingError("give exactly one of --patch=PATH or --revert=ID")
@@ -506,7 +509,7 @@ def hotfix(c, patch=None, revert=None, instruments="", group=None, canary=None, 
 @reports_errors
 def hotfixes(c, json=False):  # noqa: ANN001
     """List which instruments carry which hotfixes (from the journal; the ledger on each Var disk agrees)."""
-    from imaging import hotfix_ops
+    from imaging.ops import hotfix as hotfix_ops
 
     with _context() as ctx:
         carried = hotfix_ops.list_hotfixes(ctx)
@@ -523,7 +526,7 @@ def hotfixes(c, json=False):  # noqa: ANN001
 # --- release management tasks ---
 
 def _records(ctx: Any) -> Any:
-    from imaging.builds import BuildRecords
+    from imaging.state.builds import BuildRecords
 
     return BuildRecords(ctx.paths.state / "builds")
 
@@ -550,7 +553,7 @@ def build_apps(c, release, source, host=None, size_gb=None, workdir=None, dry_ru
     """Build the Apps disk of a release into a VHDX (GPT, one NTFS partition labelled Apps), with its manifest."""
     from pathlib import Path
 
-    from imaging import build
+    from imaging.images import build
 
     with _context() as ctx:
         recs = _records(ctx)
@@ -595,8 +598,8 @@ def verify_image(c, release=None, image=None, manifest=None, workdir=None):  # n
     """Read a built image back (without mounting) and compare every file with its manifest."""
     from pathlib import Path
 
-    from imaging import build, vhdx
-    from imaging.image_manifest import ImageManifest
+    from imaging.images import build, vhdx
+    from imaging.images.manifest import ImageManifest
 
     with _context() as ctx:
         scratch = Path(workdir) if workdir else ctx.paths.state / "tmp"
@@ -631,8 +634,8 @@ def build_template(c, version, base=None, host=None, iso=None, image_index=1, dr
     import os
     from pathlib import Path
 
-    from imaging import build
-    from imaging.unattend import TemplateSettings, render_provision, render_unattend
+    from imaging.images import build
+    from imaging.images.answer_files import TemplateSettings, render_provision, render_unattend
 
     with _context() as ctx:
         recs = _records(ctx)
@@ -669,7 +672,7 @@ def build_template(c, version, base=None, host=None, iso=None, image_index=1, dr
 @reports_errors
 def promote(c, release, label, group, force=False, dry_run=False):  # noqa: ANN001
     """Move a label to a release (refused without a successful canary in the group unless --force); commits."""
-    from imaging import release_ops
+    from imaging.ops import releases as release_ops
 
     with _context() as ctx:
         promo, commit = release_ops.promote(ctx, release=release, label=label, group=group, force=force,
@@ -692,7 +695,7 @@ def promote(c, release, label, group, force=False, dry_run=False):  # noqa: ANN0
 @reports_errors
 def revoke(c, release, reason, dry_run=False):  # noqa: ANN001
     """Mark a release bad: deploys to it are refused and labels pointing to it are flagged; commits."""
-    from imaging import release_ops
+    from imaging.ops import releases as release_ops
 
     with _context() as ctx:
         rev, commit, pointing = release_ops.revoke(ctx, release=release, reason=reason, dry_run=dry_run)
@@ -710,7 +713,7 @@ def revoke(c, release, reason, dry_run=False):  # noqa: ANN001
 @reports_errors
 def prune(c, apply=False):  # noqa: ANN001
     """Keep the two newest good releases per image kind plus everything in use; remove the rest's images."""
-    from imaging import release_ops
+    from imaging.ops import releases as release_ops
 
     with _context() as ctx:
         report = release_ops.prune(ctx, apply=apply)
@@ -806,7 +809,7 @@ def _print_fleet_plan(rows: Any, prediction: Any) -> None:
 
 
 def _print_prediction(p: Any) -> None:
-    from imaging.simulate import critical_resource
+    from imaging.engine.simulate import critical_resource
 
     console.print(f"[bold]predicted total duration: {_fmt_s(p.makespan)}[/] "
                   f"(lower bound {_fmt_s(p.lower_bound)}, set by {p.bound_resource}; "
@@ -832,7 +835,7 @@ def _state_cell(value: Any) -> str:
 def _print_recap(result: Any) -> None:
     """The end-of-run table of any fleet run (deploy, hotfix, revert); before/after are the release, or the
     hotfixes carried."""
-    from imaging.fleet import subject
+    from imaging.ops.deploy import subject
 
     rec = result.record
     kind = rec.get("kind", "deploy")
@@ -878,8 +881,8 @@ def deploy(c, release="", group=None, instruments="", all=False, canary=None, ba
     """Reimage many instruments in waves: plan, confirm, canary, batches, limits, recap and report."""
     from pathlib import Path
 
-    from imaging import fleet
-    from imaging.simulate import TimeModel
+    from imaging.engine.simulate import TimeModel
+    from imaging.ops import deploy as fleet
 
     tm = TimeModel.load(Path(model) if model else None)
     with _context() as ctx:

@@ -1,7 +1,7 @@
 """How much the Apps image build costs on top of the tools it drives.
 
 Generates a deterministic tree (default 1 GiB in 20,000 files of mixed sizes), then times
-  1. ``imaging.vhdx.build_volume_image`` (input checks, sha256 manifest of the tree and of the image), and
+  1. ``imaging.images.vhdx.build_volume_image`` (input checks, sha256 manifest of the tree and of the image), and
   2. the floor: the same tools run by hand on the same tree with no bookkeeping (wimlib capture, mkntfs,
      wimlib apply, the module's own GPT assembly, qemu-img convert with the same options),
 side by side, and prints both times and their ratio (target: within 1.2x).
@@ -10,7 +10,7 @@ side by side, and prints both times and their ratio (target: within 1.2x).
     /work/venv/bin/python benchmarks/bench_build_apps.py --files 2000 --size 100M
     /work/venv/bin/python benchmarks/bench_build_apps.py --through-store   # time `invoke build-apps`'s path
 
-``--through-store`` times ``imaging.build.build_apps`` instead: the same build plus the tool's bookkeeping
+``--through-store`` times ``imaging.images.build.build_apps`` instead: the same build plus the tool's bookkeeping
 (version check, build record, the image moved into the artifact store and hashed there).
 """
 
@@ -27,10 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imaging import build, imagetools, vhdx  # noqa: E402
-from imaging.artifacts import ArtifactStore  # noqa: E402
-from imaging.builds import BuildRecords  # noqa: E402
-from imaging.releases import load_releases  # noqa: E402
+from imaging.images import build, vhdx
+from imaging.images import tools as imagetools
+from imaging.model.releases import load_releases
+from imaging.state.builds import BuildRecords
+from imaging.state.store import ArtifactStore
 
 MIB = 1024 * 1024
 UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB}
@@ -90,7 +91,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder, removed)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each, best time kept (default 1)")
     ap.add_argument("--through-store", action="store_true",
-                    help="time imaging.build.build_apps (record + artifact store) instead of build_volume_image")
+                    help="time imaging.images.build.build_apps (record + artifact store) instead of build_volume_image")
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="bench-apps-", dir=args.workdir))
@@ -138,7 +139,7 @@ def main() -> int:
         assert manifest is not None
         print(f"image: {manifest.disk_size / MIB:.0f} MiB virtual, {manifest.image_size / MIB:.0f} MiB file, "
               f"{len(manifest.files)} files in the manifest")
-        what = "imaging.build.build_apps" if args.through_store else "imaging.vhdx.build_volume_image"
+        what = "imaging.images.build.build_apps" if args.through_store else "imaging.images.vhdx.build_volume_image"
         print(f"{what:34s} {best_mod:8.2f} s")
         print(f"{'floor (tools by hand + cleanup)':34s} {best_floor:8.2f} s")
         print(f"{'  of which the tools alone':34s} {best_floor_tools:8.2f} s")

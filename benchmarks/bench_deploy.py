@@ -24,10 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _lab import lab_project  # noqa: E402
+from _lab import lab_project
 
-from imaging import fleet, operations  # noqa: E402
-from imaging.config import Paths  # noqa: E402
+from imaging.core.config import Paths
+from imaging.ops import deploy as fleet
+from imaging.ops import reimage as operations
 
 OLD, NEW = "2026C3.0", "2026C3.1"
 

@@ -22,11 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _lab import lab_project  # noqa: E402
+from _lab import lab_project
 
-from imaging import fleet, hotfix_ops, operations  # noqa: E402
-from imaging.config import Paths  # noqa: E402
-from imaging.hotfixes import build_manifest, write_package  # noqa: E402
+from imaging.core.config import Paths
+from imaging.model.hotfixes import build_manifest, write_package
+from imaging.ops import deploy as fleet
+from imaging.ops import hotfix as hotfix_ops
+from imaging.ops import reimage as operations
 
 
 def fleet_ok(result: fleet.FleetResult, what: str) -> None:

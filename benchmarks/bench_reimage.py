@@ -20,11 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _lab import lab_project  # noqa: E402
+from _lab import lab_project
 
-from imaging import operations  # noqa: E402
-from imaging.config import Paths  # noqa: E402
-from imaging.providers.labfs import clone_tree  # noqa: E402
+from imaging.core.config import Paths
+from imaging.ops import reimage as operations
+from imaging.providers.lab.fs import clone_tree
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
         assert operations.reimage(ctx, "ZOOM").ok  # first provisioning: creates the VM, Var and Data
         os_img, apps_img = operations.artifacts_of(ctx, release, lab=True)
         host = ctx.inventory.host_of(inst)
-        from imaging import layout
+        from imaging.model import layout
 
         tpl = ctx.providers.lab.path(inst.host, layout.image_path(host, os_img.name, os_img.sha256)) / "content"
         apps = ctx.providers.lab.path(inst.host, layout.image_path(host, apps_img.name, apps_img.sha256)) / "content"

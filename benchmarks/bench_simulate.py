@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imaging.scheduler import Job, Limits, parse_batches, plan_waves  # noqa: E402
-from imaging.simulate import TimeModel, critical_resource, lower_bound, predict  # noqa: E402
+from imaging.engine.scheduler import Job, Limits, parse_batches, plan_waves
+from imaging.engine.simulate import TimeModel, critical_resource, lower_bound, predict
 
 
 def fleet(n: int, hosts: int, model: TimeModel, *, staged: bool) -> list[Job]:

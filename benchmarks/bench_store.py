@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imaging import artifacts  # noqa: E402
-from imaging.artifacts import ArtifactStore  # noqa: E402
+from imaging.state import store as artifacts
+from imaging.state.store import ArtifactStore
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
 

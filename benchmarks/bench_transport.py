@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from loopback_wsman import LoopbackWSMan, Reply  # noqa: E402
+from loopback_wsman import LoopbackWSMan, Reply
 
-from imaging.transport import RESULT_BEGIN, RESULT_END, Connection, Credentials, SessionPool  # noqa: E402
+from imaging.providers.hyperv.transport import RESULT_BEGIN, RESULT_END, Connection, Credentials, SessionPool
 
 CREDS = {"BENCH": Credentials("bench-user", "bench-password")}
 

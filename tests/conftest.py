@@ -51,8 +51,8 @@ IMAGE_TOOL_MODULES = {"test_vhdx.py", "test_build.py"}
 
 
 def _missing_image_tools() -> str | None:
-    from imaging.errors import ImagingError
-    from imaging.imagetools import require_tools
+    from imaging.core.errors import ImagingError
+    from imaging.images.tools import require_tools
 
     try:
         require_tools()

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from imaging.inventory import load_inventory
+from imaging.model.inventory import load_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates" / "settings"
@@ -71,7 +71,7 @@ def without_provenance(files: dict[str, bytes]) -> dict[str, bytes]:
 
 def dir_hash(path: Path) -> dict[str, str]:
     """Every file under ``path`` (including .git) with its sha256: proof that nothing changed."""
-    from imaging.hashing import tree_manifest
+    from imaging.core.hashing import tree_manifest
 
     return tree_manifest(path)
 

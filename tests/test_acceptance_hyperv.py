@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from imaging.errors import ProviderError
-from imaging.powershell import RESULT_BEGIN, RESULT_END
-from imaging.providers.hyperv import HypervProvider
-from imaging.quoting import ps_literal
-from imaging.steps import Step
+from imaging.core.errors import ProviderError
+from imaging.core.quoting import ps_literal
+from imaging.model.steps import Step
+from imaging.providers.hyperv.provider import HypervProvider
+from imaging.providers.hyperv.scripts import RESULT_BEGIN, RESULT_END
 
 HOST = os.environ.get("IMAGING_ACCEPT_HOST", "")
 _KEY = re.sub(r"[^A-Z0-9]", "_", HOST.upper())
@@ -45,7 +45,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def context() -> Iterator[Any]:
-    from imaging.operations import load_context
+    from imaging.ops.reimage import load_context
 
     ctx = load_context()
     host = ctx.inventory.hosts.get(HOST)
@@ -129,7 +129,7 @@ def _remove_throwaway(provider: HypervProvider, vm: str, folder: str) -> None:
 @pytest.mark.skipif(not REIMAGE, reason="needs IMAGING_ACCEPT_REIMAGE=1 and IMAGING_ACCEPT_INSTRUMENT "
                                          "(a throwaway instrument)")
 def test_full_reimage_of_a_throwaway_instrument(context: Any, provider: HypervProvider) -> None:
-    from imaging.operations import reimage
+    from imaging.ops.reimage import reimage
 
     name = os.environ["IMAGING_ACCEPT_INSTRUMENT"]
     inst = context.inventory.instrument(name)

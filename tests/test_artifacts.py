@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from imaging import artifacts
-from imaging.artifacts import ArtifactManifest, ArtifactStore
-from imaging.errors import ArtifactError, InputError
+from imaging.core.errors import ArtifactError, InputError
+from imaging.state import store as artifacts
+from imaging.state.store import ArtifactManifest, ArtifactStore
 
 
 def _file(path: Path, size: int, seed: int = 1) -> Path:

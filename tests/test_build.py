@@ -14,13 +14,13 @@ import pytest
 import tree_sitter
 import tree_sitter_powershell
 
-from imaging import build, vhdx
-from imaging.artifacts import ArtifactStore
-from imaging.builds import BuildRecords
-from imaging.errors import ArtifactError, InputError
-from imaging.image_manifest import ImageManifest
-from imaging.releases import load_releases
-from imaging.unattend import TemplateSettings, render_provision, render_unattend
+from imaging.core.errors import ArtifactError, InputError
+from imaging.images import build, vhdx
+from imaging.images.answer_files import TemplateSettings, render_provision, render_unattend
+from imaging.images.manifest import ImageManifest
+from imaging.model.releases import load_releases
+from imaging.state.builds import BuildRecords
+from imaging.state.store import ArtifactStore
 from tests.test_cli import inv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,8 +239,8 @@ def test_provision_script_matches_golden_and_parses() -> None:
 # --- the build-host steps on the lab provider ------------------------------------------------------------
 
 def test_lab_build_host_steps_build_register_and_remove(tmp_path: Path) -> None:
-    from imaging.providers.lab import LabProvider
-    from imaging.steps import Step
+    from imaging.model.steps import Step
+    from imaging.providers.lab.provider import LabProvider
 
     lab = LabProvider(tmp_path / "lab")
     src = apps_tree(lab.path("HV1", "D:\\src\\apps"))
@@ -253,7 +253,7 @@ def test_lab_build_host_steps_build_register_and_remove(tmp_path: Path) -> None:
     again = lab.run(step)
     assert not again["changed"] and again["sha256"] == first["sha256"]
     records = BuildRecords(tmp_path / "builds")
-    from imaging.inventory import Host
+    from imaging.model.inventory import Host
 
     host = Host(name="HV1", provider="lab", address="127.0.0.1", storage_root="D:\\Imaging",
                 share="\\\\fs\\imaging")

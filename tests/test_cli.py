@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from imaging.hashing import tree_manifest
+from imaging.core.hashing import tree_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from imaging import fleet, operations
-from imaging.config import Paths
-from imaging.errors import InputError
-from imaging.hashing import tree_manifest
-from imaging.journal import OK, Journal
-from imaging.operations import Context
-from imaging.providers.lab import InjectedFault
-from imaging.scheduler import FAILED, NOT_STARTED, Job, Limits, parse_batches, plan_waves, run_waves
-from imaging.simulate import SimRunner, TimeModel, predict
-from imaging.steps import Step
+from imaging.core.config import Paths
+from imaging.core.errors import InputError
+from imaging.core.hashing import tree_manifest
+from imaging.engine.scheduler import FAILED, NOT_STARTED, Job, Limits, parse_batches, plan_waves, run_waves
+from imaging.engine.simulate import SimRunner, TimeModel, predict
+from imaging.model.steps import Step
+from imaging.ops import deploy as fleet
+from imaging.ops import reimage as operations
+from imaging.ops.reimage import Context
+from imaging.providers.lab.provider import InjectedFault
+from imaging.state.journal import OK, Journal
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD, NEW = "2026C3.0", "2026C3.1"
@@ -219,7 +220,7 @@ def test_fleet_deploy_with_three_failures(project: Path) -> None:
 
 
 def _var(ctx: Context, name: str) -> tuple[str, str, str]:
-    from imaging import layout
+    from imaging.model import layout
 
     inst = ctx.inventory.instrument(name)
     return inst.host, inst.vm, layout.disk_path(ctx.inventory.host_of(inst), inst, "var")
@@ -250,9 +251,9 @@ def test_max_fail_percent_stops_new_starts_in_the_lab(project: Path) -> None:
 
 DEPLOY_SCRIPT = textwrap.dedent("""
     import sys, time
-    from imaging import fleet
-    from imaging.config import Paths
-    from imaging.operations import Context
+    from imaging.ops import deploy as fleet
+    from imaging.core.config import Paths
+    from imaging.ops.reimage import Context
     names, release, delay, deploy_id = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
     ctx = Context.load(Paths.from_env(), fault=lambda step: time.sleep(delay))
     ctx.sample_sizes = (120, 80)
@@ -370,8 +371,8 @@ def test_stage_reports_progress_and_copies_once(project: Path) -> None:
 
 
 def test_fleet_plan_shows_dropped_hotfixes_migrations_and_staging(project: Path) -> None:
-    from imaging.providers.labfs import write_json
-    from imaging.simulate import TimeModel
+    from imaging.engine.simulate import TimeModel
+    from imaging.providers.lab.fs import write_json
 
     ctx = ctx_for(project)
     res = fleet.deploy(ctx, fleet.select(ctx, instruments="ALF"), OLD, fleet.Options(parallel=1))
@@ -426,8 +427,8 @@ def test_unstaged_hosts_pull_first_and_only_a_few_at_once() -> None:
 
 
 def test_plan_names_a_hotfix_the_release_would_drop_and_the_deploy_refuses_it(project: Path) -> None:
-    from imaging import hotfix_ops
-    from imaging.simulate import TimeModel
+    from imaging.engine.simulate import TimeModel
+    from imaging.ops import hotfix as hotfix_ops
 
     ctx = ctx_for(project)
     assert fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), OLD, fleet.Options()).summary.names("ok")
@@ -465,7 +466,7 @@ def lab_disks(ctx: Context, name: str) -> dict[str, str]:
 
 
 def test_cli_deploy_refuses_a_lost_hotfix_after_the_plan_then_drops_it(project: Path) -> None:
-    from imaging import hotfix_ops
+    from imaging.ops import hotfix as hotfix_ops
     from tests.test_cli import inv
 
     ctx = ctx_for(project)

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from settings_support import GIT_ENV, commit_all, fleet, git, init_repo, project_repo, without_provenance
 
-from imaging import gitrepo
-from imaging.drift import (
+from imaging.core import git as gitrepo
+from imaging.core.errors import InputError
+from imaging.core.hashing import manifest_digest, sha256_bytes
+from imaging.settings.drift import (
     DriftFound,
     capture_drift,
     capture_to_branch,
@@ -18,9 +20,7 @@ from imaging.drift import (
     drift_files_for_var,
     drift_stamp,
 )
-from imaging.errors import InputError
-from imaging.hashing import manifest_digest, sha256_bytes
-from imaging.settings import MANIFEST_FILE, PROVENANCE_FILE, render_settings, rerender_from_provenance
+from imaging.settings.render import MANIFEST_FILE, PROVENANCE_FILE, render_settings, rerender_from_provenance
 
 
 @pytest.fixture(autouse=True)

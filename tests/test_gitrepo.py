@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from settings_support import GIT_ENV, commit_all, git, init_repo
 
-from imaging import gitrepo
-from imaging.errors import InputError
+from imaging.core import git as gitrepo
+from imaging.core.errors import InputError
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import zlib
 
 import pytest
 
-from imaging import gpt
+from imaging.images import gpt
 
 MIB = 1024 * 1024
 

@@ -11,14 +11,16 @@ from unittest.mock import ANY
 import pytest
 import yaml
 
-from imaging import fleet, hotfix_ops, operations
-from imaging.config import Paths
-from imaging.errors import ImagingError, InputError
-from imaging.hashing import sha256_bytes, tree_manifest
-from imaging.hotfixes import build_manifest, open_package, write_package
-from imaging.operations import Context
-from imaging.providers.lab import InjectedFault
-from imaging.steps import Step
+from imaging.core.config import Paths
+from imaging.core.errors import ImagingError, InputError
+from imaging.core.hashing import sha256_bytes, tree_manifest
+from imaging.model.hotfixes import build_manifest, open_package, write_package
+from imaging.model.steps import Step
+from imaging.ops import deploy as fleet
+from imaging.ops import hotfix as hotfix_ops
+from imaging.ops import reimage as operations
+from imaging.ops.reimage import Context
+from imaging.providers.lab.provider import InjectedFault
 from tests.test_reimage import put_user_data, user_data, var_dir
 
 RELEASES = ("2025C5.0", "2026C1.0", "2026C3.0", "2026C3.1")
@@ -476,7 +478,7 @@ def test_pre_and_post_scripts_are_carried_to_the_guest_in_order(project: Path, t
 
 
 def test_rollback_puts_the_settings_branch_back_before_the_migrations(project: Path, tmp_path: Path) -> None:
-    from imaging import gitrepo
+    from imaging.core import git as gitrepo
     from tests.test_reimage_settings import branch_repo
 
     ctx = ctx_for(project)
@@ -495,7 +497,7 @@ def test_rollback_puts_the_settings_branch_back_before_the_migrations(project: P
 
 
 def test_hyperv_scripts_refuse_unsafe_hotfix_inputs_before_rendering() -> None:
-    from imaging.powershell import render_script
+    from imaging.providers.hyperv.scripts import render_script
 
     samples = json.loads((Path(__file__).parent / "golden/powershell/_inputs.json").read_text())
     good = samples["apply_hotfix"]

@@ -2,7 +2,7 @@
 -> the loopback WSMan/PSRP endpoint on 127.0.0.1, which answers each rendered script with canned,
 marker-framed output and records every script it received (with start and end times).
 
-Plans are built with ``imaging.plan.plan_reimage`` straight from the example inventory
+Plans are built with ``imaging.model.plan.plan_reimage`` straight from the example inventory
 (``instruments/examples/hyperv``, hosts pointed at the endpoint), so no lab is involved.
 """
 
@@ -20,16 +20,16 @@ from typing import Any
 import pytest
 from loopback_wsman import ErrorSpec, LoopbackWSMan, ReceivedCommand, Reply
 
-from imaging import layout
-from imaging.errors import ProviderError
-from imaging.executor import Executor, Outcome
-from imaging.inventory import Inventory, load_inventory
-from imaging.journal import FAILED, OK, ROLLED_BACK, Journal
-from imaging.plan import Artifact, Observed, Plan, ReimageInputs, plan_reimage
-from imaging.powershell import RESULT_BEGIN, RESULT_END, render_script
-from imaging.providers.hyperv import MOUNT_ACTIONS, GuestCredential, HypervProvider
-from imaging.steps import Step
-from imaging.transport import Credentials, SessionPool
+from imaging.core.errors import ProviderError
+from imaging.engine.executor import Executor, Outcome
+from imaging.model import layout
+from imaging.model.inventory import Inventory, load_inventory
+from imaging.model.plan import Artifact, Observed, Plan, ReimageInputs, plan_reimage
+from imaging.model.steps import Step
+from imaging.providers.hyperv.provider import MOUNT_ACTIONS, GuestCredential, HypervProvider
+from imaging.providers.hyperv.scripts import RESULT_BEGIN, RESULT_END, render_script
+from imaging.providers.hyperv.transport import Credentials, SessionPool
+from imaging.state.journal import FAILED, OK, ROLLED_BACK, Journal
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "instruments" / "examples" / "hyperv"
 HOST_CREDS = Credentials("CONTROLS\\svc-imaging", "loopback-host-pw")
@@ -231,7 +231,7 @@ def test_the_pool_follows_the_inventory(endpoint):
 
 
 def test_a_lab_host_gets_no_session_and_bad_inventory_values_name_hosts_yaml(endpoint):
-    from imaging.errors import InputError
+    from imaging.core.errors import InputError
 
     ep, _ = endpoint
     inv = loopback_inventory(ep.port)
@@ -283,7 +283,7 @@ def test_only_transient_failures_are_retried(endpoint):
 def test_credentials_in_the_inventory_are_refused(tmp_path):
     import shutil
 
-    from imaging.errors import ValidationFailed
+    from imaging.core.errors import ValidationFailed
 
     copy = tmp_path / "inventory"
     shutil.copytree(EXAMPLE, copy)

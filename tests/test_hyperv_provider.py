@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from imaging.errors import InputError, LockHeld, ProviderError
-from imaging.powershell import RESULT_BEGIN, RESULT_END
-from imaging.providers.hyperv import MOUNT_ACTIONS, GuestCredential, HypervProvider
-from imaging.redaction import REDACTED
-from imaging.steps import ACTIONS, Step
-from imaging.transport import Secret, parse_result
+from imaging.core.errors import InputError, LockHeld, ProviderError
+from imaging.core.redaction import REDACTED
+from imaging.model.steps import ACTIONS, Step
+from imaging.providers.hyperv.provider import MOUNT_ACTIONS, GuestCredential, HypervProvider
+from imaging.providers.hyperv.scripts import RESULT_BEGIN, RESULT_END
+from imaging.providers.hyperv.transport import Secret, parse_result
 
 SAMPLES = json.loads((Path(__file__).parent / "golden" / "powershell" / "_inputs.json").read_text())
 

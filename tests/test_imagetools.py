@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imaging import imagetools
+from imaging.images import tools as imagetools
 
 MIB = 1024 * 1024
 

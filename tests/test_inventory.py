@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imaging.errors import ValidationFailed
-from imaging.inventory import load_inventory
+from imaging.core.errors import ValidationFailed
+from imaging.model.inventory import load_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from imaging.errors import LockHeld, ProviderError
-from imaging.hashing import tree_manifest
-from imaging.providers.lab import LabProvider
-from imaging.providers.labfs import host_path, write_json
-from imaging.steps import Step
+from imaging.core.errors import LockHeld, ProviderError
+from imaging.core.hashing import tree_manifest
+from imaging.model.steps import Step
+from imaging.providers.lab.fs import host_path, write_json
+from imaging.providers.lab.provider import LabProvider
 
 H = "HVHOST01"
 

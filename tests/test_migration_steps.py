@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from imaging import gitrepo
-from imaging.migrations import MigrationError
+from imaging.core import git as gitrepo
+from imaging.settings.migrations import MigrationError
 
-m1 = importlib.import_module("imaging.migrations.m0001_rename_galil_address")
-m2 = importlib.import_module("imaging.migrations.m0002_split_labview_ini")
-m3 = importlib.import_module("imaging.migrations.m0003_database_section_to_json")
-m4 = importlib.import_module("imaging.migrations.m0004_database_schema_v2")
+m1 = importlib.import_module("imaging.settings.migrations.m0001_rename_galil_address")
+m2 = importlib.import_module("imaging.settings.migrations.m0002_split_labview_ini")
+m3 = importlib.import_module("imaging.settings.migrations.m0003_database_section_to_json")
+m4 = importlib.import_module("imaging.settings.migrations.m0004_database_schema_v2")
 
 
 def tree_of(tmp_path: Path, files: dict[str, str]) -> Path:

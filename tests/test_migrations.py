@@ -19,9 +19,9 @@ from settings_support import (
     without_provenance,
 )
 
-from imaging import gitrepo
-from imaging.errors import InputError
-from imaging.migrations import (
+from imaging.core import git as gitrepo
+from imaging.core.errors import InputError
+from imaging.settings.migrations import (
     MigrationFailed,
     completion_record,
     discover,
@@ -37,7 +37,7 @@ from imaging.migrations import (
     restore_branch,
     run_migrations,
 )
-from imaging.settings import VERSION_FILE, parse_version, render_settings
+from imaging.settings.render import VERSION_FILE, parse_version, render_settings
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +108,7 @@ def _test_chain(folder: Path) -> None:
     '''))
     (folder / "m0002_add_b_and_c.py").write_text(textwrap.dedent('''
         from pathlib import Path
-        from imaging.migrations import MigrationError
+        from imaging.settings.migrations import MigrationError
         FROM_VERSION, TO_VERSION, DESCRIPTION = 2, 3, "add b.txt and c.txt"
         def migrate(tree: Path) -> None:
             (tree / "b.txt").write_text("b\\n")

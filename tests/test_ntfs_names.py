@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imaging.errors import InputError
-from imaging.quoting import check_ntfs_name
+from imaging.core.errors import InputError
+from imaging.core.quoting import check_ntfs_name
 
 FORBIDDEN = '<>:"/\\|?*' + "".join(chr(c) for c in range(32))
 

@@ -1,7 +1,7 @@
 """Every step script, rendered for the sample instrument NDXZOOM on HVHOST01 (storage root D:\\Imaging),
 must equal its reviewed golden file. After a deliberate template change, refresh and review the diff:
 
-    python -m imaging.powershell --refresh-golden tests/golden/powershell
+    python -m imaging.providers.hyperv.scripts --refresh-golden tests/golden/powershell
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from imaging.powershell import GOLDEN_INPUTS, refresh_golden, render_script
-from imaging.steps import ACTIONS
+from imaging.model.steps import ACTIONS
+from imaging.providers.hyperv.scripts import GOLDEN_INPUTS, refresh_golden, render_script
 
 GOLDEN = Path(__file__).parent / "golden" / "powershell"
 SAMPLES = json.loads((GOLDEN / GOLDEN_INPUTS).read_text(encoding="utf-8"))
@@ -29,7 +29,7 @@ def test_rendered_script_matches_golden(action):
     actual = render_script(action, SAMPLES[action])
     assert actual == expected, (
         f"{action}.ps1 differs from its golden file; if the change is intended, run "
-        "'python -m imaging.powershell --refresh-golden tests/golden/powershell' and review the diff")
+        "'python -m imaging.providers.hyperv.scripts --refresh-golden tests/golden/powershell' and review the diff")
 
 
 def test_refresh_writes_what_render_produces(tmp_path):

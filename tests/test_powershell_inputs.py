@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imaging.errors import InputError
-from imaging.powershell import render_script, settings_manifest
+from imaging.core.errors import InputError
+from imaging.providers.hyperv.scripts import render_script, settings_manifest
 
 SAMPLES = json.loads((Path(__file__).parent / "golden" / "powershell" / "_inputs.json").read_text())
 

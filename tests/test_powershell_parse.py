@@ -21,10 +21,10 @@ import tree_sitter_powershell
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imaging.errors import InputError
-from imaging.powershell import UnquotedOutput, make_environment, render_script
-from imaging.quoting import ps_literal
-from imaging.steps import ACTIONS
+from imaging.core.errors import InputError
+from imaging.core.quoting import ps_literal
+from imaging.model.steps import ACTIONS
+from imaging.providers.hyperv.scripts import UnquotedOutput, make_environment, render_script
 
 PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
 SAMPLES = json.loads((Path(__file__).parent / "golden" / "powershell" / "_inputs.json").read_text())

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from imaging import operations
-from imaging.config import Paths
-from imaging.errors import ImagingError
-from imaging.hashing import tree_manifest
-from imaging.operations import Context
-from imaging.providers.lab import InjectedFault
-from imaging.status import fleet_status
-from imaging.steps import Step
+from imaging.core.config import Paths
+from imaging.core.errors import ImagingError
+from imaging.core.hashing import tree_manifest
+from imaging.model.steps import Step
+from imaging.ops import reimage as operations
+from imaging.ops.reimage import Context
+from imaging.ops.status import fleet_status
+from imaging.providers.lab.provider import InjectedFault
 
 TOOL_OWNED_ON_VAR = ("imaging", "rescued")
 
@@ -203,7 +203,7 @@ def test_killed_at_every_step_then_resume_completes(project: Path, index: int) -
 
 
 def test_settings_changed_on_the_instrument_block_the_reimage_until_captured(project: Path) -> None:
-    from imaging.drift import DriftFound
+    from imaging.settings.drift import DriftFound
 
     ctx = ctx_for(project)
     assert operations.reimage(ctx, "ZOOM").ok

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from settings_support import GIT_ENV, ROOT, V1_TEMPLATES, commit_all, fleet, git, init_repo, project_repo
 
-from imaging import gitrepo
-from imaging.drift import DriftFound
-from imaging.errors import InputError
-from imaging.hashing import manifest_digest, sha256_bytes
-from imaging.inventory import load_inventory
-from imaging.settings import render_settings
-from imaging.settings_fleet import DeployedSettings, prepare_reimage_settings, rollback_settings
+from imaging.core import git as gitrepo
+from imaging.core.errors import InputError
+from imaging.core.hashing import manifest_digest, sha256_bytes
+from imaging.model.inventory import load_inventory
+from imaging.settings.drift import DriftFound
+from imaging.settings.instruments import DeployedSettings, prepare_reimage_settings, rollback_settings
+from imaging.settings.render import render_settings
 
 INI = "labview/sample_environment.ini"
 

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imaging import operations, release_ops
-from imaging.config import Paths
-from imaging.errors import ImagingError, InputError
-from imaging.labels import load_labels
-from imaging.operations import Context
-from imaging.promotion import Move, plan_promotion, write_labels
-from imaging.releases import load_releases
-from imaging.retention import ReleaseImages, select, usage
+from imaging.core.config import Paths
+from imaging.core.errors import ImagingError, InputError
+from imaging.model.labels import load_labels
+from imaging.model.releases import load_releases
+from imaging.ops import reimage as operations
+from imaging.ops import releases as release_ops
+from imaging.ops.promotion import Move, plan_promotion, write_labels
+from imaging.ops.reimage import Context
+from imaging.plans.retention import ReleaseImages, select, usage
 from tests.conftest import git
 from tests.test_cli import inv
 
@@ -279,8 +280,8 @@ def test_prune_apply_refuses_to_remove_an_image_a_disk_still_uses(labelled: Path
         inst = ctx.inventory.instrument("ZOOM")
         host = ctx.inventory.host_of(inst)
         sha = ctx.store.get("apps-2026C3.0").sha256
-        from imaging import layout
-        from imaging.steps import Step
+        from imaging.model import layout
+        from imaging.model.steps import Step
 
         with pytest.raises(ImagingError, match="child of"):
             ctx.providers.run(Step("remove_image", inst.host,

@@ -11,8 +11,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imaging.errors import InputError
-from imaging.releases import ReleaseDefinition, ReleaseId, load_release, load_releases, newest_first
+from imaging.core.errors import InputError
+from imaging.model.releases import ReleaseDefinition, ReleaseId, load_release, load_releases, newest_first
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent

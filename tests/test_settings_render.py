@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from settings_support import GIT_ENV, commit_all, fleet, git, init_repo, project_repo, without_provenance
 
-from imaging.errors import InputError
-from imaging.hashing import manifest_digest, sha256_bytes
-from imaging.migrations import check_tree
-from imaging.settings import PROVENANCE_FILE, VERSION_FILE, render_settings, rerender_from_provenance
+from imaging.core.errors import InputError
+from imaging.core.hashing import manifest_digest, sha256_bytes
+from imaging.settings.migrations import check_tree
+from imaging.settings.render import PROVENANCE_FILE, VERSION_FILE, render_settings, rerender_from_provenance
 
 
 @pytest.fixture(autouse=True)

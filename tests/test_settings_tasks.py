@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from settings_support import V1_TEMPLATES, commit_all, dir_hash, fleet, git, init_repo, inv, project_repo
 
-from imaging import gitrepo
-from imaging.settings import render_settings
+from imaging.core import git as gitrepo
+from imaging.settings.render import render_settings
 
 
 def test_render_all_check_renders_the_whole_fleet_and_writes_nothing(project: Path) -> None:

@@ -6,7 +6,7 @@ import io
 import tarfile
 from pathlib import Path
 
-from imaging.tarball import tar_bytes, write_tar
+from imaging.core.tarball import tar_bytes, write_tar
 
 
 def test_same_members_same_bytes_whatever_the_order(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ import threading
 import pytest
 from loopback_wsman import CommandReply, ErrorSpec, LoopbackWSMan, Reply
 
-from imaging.errors import InputError, ProviderError
-from imaging.redaction import REDACTED
-from imaging.transport import (
+from imaging.core.errors import InputError, ProviderError
+from imaging.core.redaction import REDACTED
+from imaging.providers.hyperv.transport import (
     RESULT_BEGIN,
     RESULT_END,
     Connection,
@@ -86,7 +86,7 @@ def test_unknown_auth_is_refused():
 def test_cert_validation_off_needs_explicit_permission_and_warns(caplog):
     with pytest.raises(InputError, match="allow_unvalidated_cert"):
         Connection(host="HV1", address="hv1.example.org", cert_validation=False)
-    with caplog.at_level(logging.WARNING, logger="imaging.transport"):
+    with caplog.at_level(logging.WARNING, logger="imaging.providers.hyperv.transport"):
         Connection(host="HV1", address="hv1.example.org", cert_validation=False, allow_unvalidated_cert=True)
     assert "certificate validation is OFF" in caplog.text
 
@@ -224,11 +224,11 @@ def test_parse_result_redacts_secrets_from_the_result_it_returns():
 
 
 def test_the_markers_have_one_definition():
-    import imaging.powershell
-    import imaging.transport
+    import imaging.providers.hyperv.scripts
+    import imaging.providers.hyperv.transport
 
-    assert imaging.transport.RESULT_BEGIN is imaging.powershell.RESULT_BEGIN
-    assert imaging.transport.RESULT_END is imaging.powershell.RESULT_END
+    assert imaging.providers.hyperv.transport.RESULT_BEGIN is imaging.providers.hyperv.scripts.RESULT_BEGIN
+    assert imaging.providers.hyperv.transport.RESULT_END is imaging.providers.hyperv.scripts.RESULT_END
 
 
 # ------------------------------------------------------------------------------------ against the endpoint

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from imaging import gpt, imagetools, vhdx
-from imaging.errors import ImagingError, InputError
+from imaging.core.errors import ImagingError, InputError
+from imaging.images import gpt, vhdx
+from imaging.images import tools as imagetools
 
 MIB = 1024 * 1024
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imaging.errors import InputError
-from imaging.quoting import windows_command_line
+from imaging.core.errors import InputError
+from imaging.core.quoting import windows_command_line
 
 
 def command_line_to_argv(line: str) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..steps import Step
+from imaging.model.steps import Step
 
 
 class Provider(Protocol):

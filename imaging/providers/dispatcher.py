@@ -1,0 +1,58 @@
+"""The dispatcher: each step goes to the provider of its host (`lab` on a local folder, `hyperv` over PowerShell
+remoting)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from imaging.core.errors import ProviderError
+from imaging.model.inventory import Inventory
+from imaging.model.steps import Step
+from imaging.providers.base import Provider
+from imaging.providers.lab.provider import FaultHook, LabProvider, faults_from_env
+
+
+class Dispatcher:
+    """Sends each step to the provider of its host; one provider object (and its sessions) per kind."""
+
+    name = "dispatcher"
+
+    def __init__(self, inventory: Inventory, lab: Path, *, fault: FaultHook | None = None) -> None:
+        self.inventory = inventory
+        self._lab_dir = lab
+        self._fault = fault if fault is not None else faults_from_env(os.environ.get("IMAGING_LAB_FAULTS"))
+        self._providers: dict[str, Provider] = {}
+        self._guard = threading.RLock()
+
+    def for_host(self, host: str) -> Provider:
+        try:
+            kind = self.inventory.hosts[host].provider
+        except KeyError:
+            raise ProviderError(f"unknown host {host}") from None
+        with self._guard:
+            return self._provider(kind)
+
+    def _provider(self, kind: str) -> Provider:
+        if kind not in self._providers:
+            if kind == "lab":
+                self._providers[kind] = LabProvider(self._lab_dir, fault=self._fault)
+            else:
+                from imaging.providers.hyperv.provider import HypervProvider
+
+                self._providers[kind] = HypervProvider.from_inventory(self.inventory)
+        return self._providers[kind]
+
+    @property
+    def lab(self) -> LabProvider:
+        with self._guard:
+            return self._provider("lab")  # type: ignore[return-value]
+
+    def run(self, step: Step) -> dict[str, Any]:
+        return self.for_host(step.host).run(step)
+
+    def close(self) -> None:
+        for p in self._providers.values():
+            p.close()

@@ -1,0 +1,214 @@
+"""The ``hyperv`` provider: each step becomes one PowerShell script run on its host over remoting.
+
+The provider renders the step (``imaging.providers.hyperv.scripts``), runs it through the transport's session pool on
+the step's host (sessions reused per host, retries only for transient failures, the result read by
+``imaging.providers.hyperv.transport.parse_result``, the one parser), and turns every way that can go wrong (the script
+failed, printed no result, printed a broken one, the host did not answer in time) into one
+``ProviderError`` naming host and step. Actions that mount disks or change drive letters on the host run
+under the pool's per-host mount lock, because those operations race each other on one host. The guest
+credential travels as pipeline parameters wrapped in ``transport.Secret``, never in the script text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from imaging.core.errors import ImagingError, InputError, LockHeld, ProviderError
+from imaging.core.redaction import redact, register_secret
+from imaging.model.steps import Step
+from imaging.providers.hyperv.scripts import GUEST_ACTIONS, render_script
+from imaging.providers.hyperv.transport import Secret, SessionPool
+
+# Actions that mount a VHDX on the host (Mount-VHD, access paths, Initialize-Disk/Format-Volume).
+MOUNT_ACTIONS = frozenset({"create_disk", "backup_volume", "rescue_user_files", "write_settings", "read_volume",
+                           "write_volume_files", "build_apps_disk", "build_template"})
+
+# Whole-step time limits in seconds. Copies and backups of large disks get hours; quick Hyper-V calls get
+# minutes. stop_vm and wait_guest get their own timeout_s input plus a margin.
+DEFAULT_TIMEOUTS: dict[str, float] = {
+    "preflight": 120, "acquire_lock": 60, "release_lock": 60, "ensure_vm": 300, "get_state": 60,
+    "stop_vm": 120, "start_vm": 300, "wait_guest": 60, "stage_artifact": 6 * 3600,
+    "create_child_disk": 300, "create_disk": 900, "delete_disk": 300, "attach_disk": 120,
+    "detach_disk": 120, "backup_volume": 4 * 3600, "rescue_user_files": 2 * 3600, "write_settings": 900,
+    "apply_hotfix": 1800, "revert_hotfix": 1800, "restart_services": 600,
+    "configure_guest": 600, "health_check": 600, "write_record": 300, "read_volume": 600,
+    "write_volume_files": 900, "run_guest_command": 3600,
+    "build_apps_disk": 6 * 3600, "remove_image": 600, "build_template": 600,
+}
+_TIMEOUT_FROM_INPUT = ("stop_vm", "wait_guest", "build_template")
+
+
+class ScriptResultLike(Protocol):
+    """What the provider reads from ``imaging.providers.hyperv.transport.ScriptResult``: the parsed, framed result."""
+
+    data: dict[str, Any]
+
+
+class SessionPoolLike(Protocol):
+    """What the provider needs from ``imaging.providers.hyperv.transport.SessionPool``.
+
+    ``run_script`` parses the script's output with ``parse_result`` (the one parser) and
+    raises ProviderError for a script error, missing or malformed output, or a timeout.
+    """
+
+    def run_script(self, host: str, script: str, *, step: str, timeout_s: float,
+                   parameters: Mapping[str, Any] | None = None) -> ScriptResultLike: ...
+
+    def mount_lock(self, host: str) -> AbstractContextManager[Any]: ...
+
+
+@dataclass(frozen=True)
+class GuestCredential:
+    """The guest account used over PowerShell Direct; passed as script parameters, never rendered."""
+
+    user: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        register_secret(self.password)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GuestCredential | None:
+        env = os.environ if environ is None else environ
+        user, password = env.get("IMAGING_GUEST_USER"), env.get("IMAGING_GUEST_PASSWORD")
+        return cls(user, password) if user and password is not None else None
+
+    @classmethod
+    def resolve(cls, environ: Mapping[str, str] | None = None, *, interactive: bool | None = None,
+                ask_user: Callable[[str], str] | None = None,
+                prompt: Callable[[str], str] | None = None) -> GuestCredential:
+        """From IMAGING_GUEST_USER / IMAGING_GUEST_PASSWORD, else asked for when a person is at a terminal."""
+        found = cls.from_env(environ)
+        if found is not None:
+            return found
+        env = os.environ if environ is None else environ
+        if interactive is None:
+            interactive = sys.stdin is not None and sys.stdin.isatty()
+        if not interactive:
+            raise InputError("no guest credential", field="environment",
+                             fix="export IMAGING_GUEST_USER and IMAGING_GUEST_PASSWORD (a local administrator "
+                                 "of the instrument PCs), or run at a terminal to be asked")
+        user = env.get("IMAGING_GUEST_USER") or (ask_user or input)("Guest user (PowerShell Direct): ").strip()
+        password = (prompt or getpass.getpass)(f"Guest password for {user}: ")
+        return cls(user, password)
+
+
+class HypervProvider:
+    """Carries out steps on Hyper-V hosts through a session pool (``SessionPool``)."""
+
+    name = "hyperv"
+
+    def __init__(self, pool: SessionPoolLike, *, guest_credential: GuestCredential | None = None,
+                 guest_credential_source: Callable[[], GuestCredential] | None = None,
+                 timeouts: Mapping[str, float] | None = None) -> None:
+        self.pool = pool
+        self.guest_credential = guest_credential
+        # Asked once, the first time a guest step runs (so a plan that never enters the guest never asks).
+        self._guest_source = guest_credential_source
+        self._guest_lock = threading.Lock()
+        self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
+
+    @classmethod
+    def from_inventory(cls, inventory: Any, *, connection_overrides: Mapping[str, Any] | None = None,
+                       timeouts: Mapping[str, float] | None = None, **pool_options: Any) -> HypervProvider:
+        """The provider for every hyperv host of an inventory, with reused sessions from the transport.
+
+        Host credentials are resolved per host by the pool (IMAGING_HYPERV_<HOST>_USER/_PASSWORD, then
+        IMAGING_HYPERV_USER/_PASSWORD, else a prompt); the guest credential comes from IMAGING_GUEST_USER /
+        IMAGING_GUEST_PASSWORD, else a prompt the first time a guest step runs. Nothing is read from the
+        inventory but addresses and connection settings.
+        """
+        pool = SessionPool.from_inventory(inventory, connection_overrides=connection_overrides, **pool_options)
+        return cls(pool, guest_credential=GuestCredential.from_env(),
+                   guest_credential_source=GuestCredential.resolve, timeouts=timeouts)
+
+    def close(self) -> None:
+        """Close the pool's sessions (they count against the host's per-user shell quota)."""
+        close = getattr(self.pool, "close", None)
+        if callable(close):
+            close()
+
+    def timeout_for(self, step: Step) -> float:
+        """The whole-step limit: the action's own, plus the step's timeout_s where it waits by design."""
+        limit = float(self.timeouts[step.action])
+        if step.action in _TIMEOUT_FROM_INPUT:
+            limit += float(step.inputs["timeout_s"])
+        return limit
+
+    @contextlib.contextmanager
+    def _lock_for(self, step: Step) -> Iterator[None]:
+        if step.action in MOUNT_ACTIONS:
+            with self.pool.mount_lock(step.host):
+                yield
+        else:
+            yield
+
+    def _guest(self, step: Step) -> GuestCredential:
+        with self._guest_lock:
+            if self.guest_credential is None and self._guest_source is not None:
+                try:
+                    self.guest_credential = self._guest_source()
+                except InputError as exc:
+                    raise ProviderError(f"this step runs inside the guest and needs its credential: {exc}",
+                                        host=step.host, step=step.action) from None
+            if self.guest_credential is None:
+                raise ProviderError("this step runs inside the guest and needs its credential: set "
+                                    "IMAGING_GUEST_USER and IMAGING_GUEST_PASSWORD", host=step.host,
+                                    step=step.action)
+            return self.guest_credential
+
+    def _parameters(self, step: Step) -> dict[str, Any] | None:
+        """Pipeline parameters bound to the script's param() block: the guest credential, never rendered."""
+        if step.action not in GUEST_ACTIONS:
+            return None
+        cred = self._guest(step)
+        return {"GuestUser": cred.user, "GuestPassword": Secret(cred.password)}
+
+    def run(self, step: Step) -> dict[str, Any]:
+        """Run one step on its host and return the script's result (always with ``changed``)."""
+        host, action = step.host, step.action
+        script = render_script(action, step.inputs)
+        parameters = self._parameters(step)
+        timeout_s = self.timeout_for(step)
+        try:
+            with self._lock_for(step):
+                result = self.pool.run_script(host, script, step=action, timeout_s=timeout_s,
+                                              parameters=parameters)
+        except ProviderError as exc:
+            if exc.host and exc.step:
+                raise
+            raise ProviderError(redact(str(exc)), host=host, step=action,
+                                transient=exc.transient) from exc
+        except TimeoutError as exc:
+            raise ProviderError(f"no result within {timeout_s:g} s ({exc or 'timed out'})", host=host,
+                                step=action, transient=True) from exc
+        except (ConnectionError, OSError) as exc:
+            raise ProviderError(redact(f"lost the connection to the host: {exc}"), host=host, step=action,
+                                transient=True) from exc
+        except ImagingError:
+            raise
+        except Exception as exc:  # the transport's own failures, whatever their type
+            raise ProviderError(redact(f"the transport failed: {type(exc).__name__}: {exc}"), host=host,
+                                step=action) from exc
+        data = result.data
+        if not isinstance(data, dict) or not isinstance(data.get("changed"), bool):
+            raise ProviderError("the script's result lacks a boolean 'changed'", host=host, step=action)
+        if data.get("ok", True) is not True:
+            message = redact(str(data.get("error") or "the script reported failure without a message"))
+            if "held_by" in data:
+                raise LockHeld(f"host {host} step {action}: {message}; wait for it, or finish it with "
+                               "`invoke resume --instrument=...` or `invoke rollback --instrument=...`")
+            where = redact(str(data.get("where") or "")).strip().splitlines()
+            detail = f" ({where[0].strip()})" if where else ""
+            error = ProviderError(f"{message}{detail}", host=host, step=action)
+            error.result = data  # type: ignore[attr-defined]  # says whether the step changed anything first
+            raise error
+        return data

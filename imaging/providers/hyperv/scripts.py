@@ -1,0 +1,285 @@
+"""Render step scripts for the ``hyperv`` provider from ``templates/powershell/``.
+
+Every value enters a script through the one filter ``ps`` (``quoting.ps_literal``), and a template that
+prints anything without it is refused when it is loaded, so a raw value can never be concatenated into
+PowerShell. The markers that frame a script's JSON result are defined here, once; the transport reads
+results with the same constants.
+
+Refresh the reviewed golden files after a deliberate template change with::
+
+    python -m imaging.providers.hyperv.scripts --refresh-golden tests/golden/powershell
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+
+from imaging.core.errors import ImagingError, InputError
+from imaging.core.quoting import check_label, check_name, check_relpath, check_sha256, check_windows_path, ps_literal
+from imaging.model.steps import ACTIONS
+
+RESULT_BEGIN = "<<<IMAGING-RESULT>>>"
+RESULT_END = "<<<END-IMAGING-RESULT>>>"
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "templates" / "powershell"
+
+# Actions whose script runs inside the guest over PowerShell Direct; they take the guest credential as
+# script parameters ($GuestUser, $GuestPassword), never as rendered text.
+GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record", "run_guest_command",
+                           "apply_hotfix", "revert_hotfix", "restart_services"})
+
+ROLES = ("os", "apps", "settings", "var", "data")
+SLOTS = {"os": 0, "apps": 1, "settings": 2, "var": 3, "data": 4}
+
+
+class UnquotedOutput(jinja2.TemplateError):
+    """A template prints a value without the ``ps`` filter."""
+
+
+def unquoted_outputs(ast: nodes.Template) -> list[tuple[int, str]]:
+    """Every place in a parsed template that prints something other than ``<expr> | ps``.
+
+    Returns (line number, description) pairs; an empty list means the template is safe. Filter blocks are
+    refused outright, because they transform already-quoted text after the fact.
+    """
+    problems: list[tuple[int, str]] = []
+    for out in ast.find_all(nodes.Output):
+        for child in out.nodes:
+            if isinstance(child, nodes.TemplateData):
+                continue
+            if isinstance(child, nodes.Filter) and child.name == "ps" and child.node is not None:
+                continue
+            problems.append((child.lineno, f"'{{{{ ... }}}}' without '| ps' ({type(child).__name__})"))
+    for block in ast.find_all(nodes.FilterBlock):
+        problems.append((block.lineno, "'{% filter %}' blocks are not allowed"))
+    return problems
+
+
+class _CheckedLoader(jinja2.FileSystemLoader):
+    """A file loader that refuses any template (including included or extended ones) printing raw values."""
+
+    def get_source(self, environment: jinja2.Environment, template: str
+                   ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        problems = unquoted_outputs(environment.parse(source, template, filename))
+        if problems:
+            where = "; ".join(f"line {line}: {what}" for line, what in problems)
+            raise UnquotedOutput(f"{filename}: every value must pass through '| ps' ({where})")
+        return source, filename, uptodate
+
+
+def _ps_filter(value: object) -> str:
+    """``quoting.ps_literal``, except that a missing value fails with Jinja's own message naming it."""
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError ("'dict object' has no attribute 'x'")
+    return ps_literal(value)
+
+
+def make_environment(template_dir: Path | str = TEMPLATE_DIR) -> jinja2.Environment:
+    """The one Jinja2 environment for step scripts: strict, unescaped, one quoting filter."""
+    env = jinja2.Environment(
+        loader=_CheckedLoader(str(template_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.clear()
+    env.filters["ps"] = _ps_filter
+    env.globals["result_begin"] = RESULT_BEGIN
+    env.globals["result_end"] = RESULT_END
+    return env
+
+
+_ENV: jinja2.Environment | None = None
+
+
+def _env() -> jinja2.Environment:
+    global _ENV
+    if _ENV is None:
+        _ENV = make_environment()
+    return _ENV
+
+
+# --- input validation: refuse values that would make a wrong path or name, before any script exists ---
+
+_PATH_KEYS = ("lock_path", "share_path", "dest_path", "path", "parent_path", "os_path", "template_path",
+              "var_path", "package_path", "ledger", "apps_link", "vhd_path", "source_path", "work_root",
+              "iso_path")
+
+
+def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
+    where = f"step {action}"
+    for key in ACTIONS[action]:
+        if key not in inputs:
+            raise InputError("missing step input", file=where, field=key,
+                             fix="build the step with every input the catalogue in imaging/steps.py lists")
+    for key in _PATH_KEYS:
+        if key in inputs:
+            check_windows_path(inputs[key], field=key, file=where)
+    for key in ("vm", "name"):
+        if key in inputs:
+            check_name(inputs[key], field=key, file=where)
+    if "label" in inputs:
+        check_label(inputs["label"], field="label", file=where)
+    if "sha256" in inputs:
+        check_sha256(inputs["sha256"], field="sha256", file=where)
+    if "role" in inputs and inputs["role"] not in ROLES:
+        raise InputError("unknown disk role", file=where, field="role", value=inputs["role"],
+                         fix=f"use one of {', '.join(ROLES)}")
+    if "slot" in inputs and (type(inputs["slot"]) is not int or not 0 <= inputs["slot"] <= 63):
+        raise InputError("not a SCSI slot", file=where, field="slot", value=inputs["slot"],
+                         fix="use an integer 0-63 (os=0, apps=1, settings=2, var=3, data=4)")
+    for key in ("timeout_s", "keep", "size_gb", "need_bytes", "memory_mb", "cpus", "generation", "image_index"):
+        if key in inputs and (type(inputs[key]) is not int or inputs[key] < 1):
+            raise InputError("must be a positive integer", file=where, field=key, value=inputs[key],
+                             fix="give a whole number greater than zero")
+    if action == "preflight":
+        for i, art in enumerate(inputs["artifacts"]):
+            check_name(art.get("name"), field=f"artifacts[{i}].name", file=where)
+            check_sha256(art.get("sha256"), field=f"artifacts[{i}].sha256", file=where)
+            check_windows_path(art.get("path"), field=f"artifacts[{i}].path", file=where)
+    if action == "rescue_user_files":
+        check_relpath(inputs["dest_rel"], field="dest_rel", file=where)
+        for i, p in enumerate(inputs["exclude"]):
+            check_windows_path(p, field=f"exclude[{i}]", file=where)
+    if action == "write_settings":
+        if not isinstance(inputs["files"], Mapping):
+            raise InputError("files must map relative paths to text", file=where, field="files",
+                             fix="pass {relpath: text}")
+        for rel, text in inputs["files"].items():
+            check_relpath(rel, field=f"files[{rel!r}]", file=where)
+            if not isinstance(text, str):
+                raise InputError("file content must be text", file=where, field=f"files[{rel!r}]",
+                                 fix="render settings files to strings before planning")
+    if action == "configure_guest":
+        for i, vol in enumerate(inputs["volumes"]):
+            check_label(vol.get("label"), field=f"volumes[{i}].label", file=where)
+            check_windows_path(vol.get("mount"), field=f"volumes[{i}].mount", file=where)
+            check_windows_path(vol.get("link"), field=f"volumes[{i}].link", file=where)
+    if action == "health_check":
+        for i, link in enumerate(inputs["links"]):
+            check_windows_path(link.get("link"), field=f"links[{i}].link", file=where)
+            check_label(link.get("label"), field=f"links[{i}].label", file=where)
+        if inputs["expect_settings_sha256"] is not None:
+            check_sha256(inputs["expect_settings_sha256"], field="expect_settings_sha256", file=where)
+    # Optional inputs with defaults in the templates.
+    if "record_path" in inputs:
+        check_windows_path(inputs["record_path"], field="record_path", file=where)
+    if "apps_version_file" in inputs:
+        check_relpath(inputs["apps_version_file"], field="apps_version_file", file=where)
+    for key in ("settings_manifest", "manifest_name"):
+        if key in inputs:
+            check_relpath(inputs[key], field=key, file=where)
+    if action in ("apply_hotfix", "revert_hotfix"):
+        check_name(inputs["hotfix_id"], field="hotfix_id", file=where)
+        check_name(inputs["apps_generation"], field="apps_generation", file=where)
+        check_relpath(inputs["backup_rel"], field="backup_rel", file=where)
+    if action == "apply_hotfix":
+        if not isinstance(inputs["entry"], Mapping):
+            raise InputError("entry must be a mapping", file=where, field="entry", fix="pass a dict")
+        if not inputs["files"]:
+            raise InputError("a hotfix needs at least one file", file=where, field="files",
+                             fix="list the files of the hotfix")
+        for i, f in enumerate(inputs["files"]):
+            check_relpath(f.get("path"), field=f"files[{i}].path", file=where)
+            check_sha256(f.get("sha256"), field=f"files[{i}].sha256", file=where)
+        for i, sc in enumerate(inputs["scripts"]):
+            if sc.get("phase") not in ("pre", "post"):
+                raise InputError("a script phase is pre or post", file=where, field=f"scripts[{i}].phase",
+                                 value=sc.get("phase"), fix="use pre or post")
+            check_relpath(sc.get("path"), field=f"scripts[{i}].path", file=where)
+    if action == "restart_services":
+        for i, name in enumerate(inputs["services"]):
+            check_name(name, field=f"services[{i}]", file=where)
+    if action == "build_template":
+        from imaging.images.build import check_template_version
+
+        check_template_version(inputs["version"], field="version", file=where)
+    for key in ("expect_version", "unattend", "provision", "switch"):
+        if key in inputs and (not isinstance(inputs[key], str) or not inputs[key]):
+            raise InputError("must be non-empty text", file=where, field=key, value=inputs[key],
+                             fix="render or give the text before planning")
+    if action == "write_record" and not isinstance(inputs["record"], Mapping):
+        raise InputError("record must be a mapping", file=where, field="record", fix="pass a dict")
+
+
+def render_script(action: str, inputs: Mapping[str, Any], *, env: jinja2.Environment | None = None) -> str:
+    """The PowerShell text for one step. Raises InputError on bad inputs, before anything runs."""
+    if action not in ACTIONS:
+        raise InputError("unknown step action", field="action", value=action,
+                         fix=f"use one of {', '.join(ACTIONS)}")
+    _check_inputs(action, inputs)
+    extra: dict[str, Any] = {}
+    if action == "write_settings":
+        extra["manifest_text"], extra["manifest_digest"] = settings_manifest(inputs["files"])
+    template = (env or _env()).get_template(f"{action}.ps1.j2")
+    return template.render(inputs=dict(inputs), action=action, guest=action in GUEST_ACTIONS, **extra)
+
+
+def settings_manifest(files: Mapping[str, str]) -> tuple[str, str]:
+    """The Settings manifest text and its digest: each file's sha256 (of its UTF-8 bytes) and one digest
+    over the sorted (path, sha256) pairs, the same digest the plan expects in ``expect_settings_sha256``."""
+    hashes = {rel: hashlib.sha256(text.encode("utf-8")).hexdigest() for rel, text in files.items()}
+    h = hashlib.sha256()
+    for rel, digest in sorted(hashes.items()):
+        h.update(rel.encode("utf-8") + b"\0" + digest.encode("ascii") + b"\n")
+    digest = h.hexdigest()
+    return json.dumps({"files": hashes, "digest": digest}, indent=2, sort_keys=True) + "\n", digest
+
+
+# --- golden files ---------------------------------------------------------------------------------
+
+GOLDEN_INPUTS = "_inputs.json"
+
+
+def refresh_golden(folder: Path) -> list[Path]:
+    """Re-render every action in ``folder/_inputs.json`` into ``folder/<action>.ps1`` (reviewed by diff)."""
+    samples = json.loads((folder / GOLDEN_INPUTS).read_text(encoding="utf-8"))
+    missing = sorted(set(ACTIONS) - set(samples))
+    if missing:
+        raise InputError("golden sample inputs lack actions", file=str(folder / GOLDEN_INPUTS),
+                         field=", ".join(missing), fix="add sample inputs for every action in ACTIONS")
+    written = []
+    for action in ACTIONS:
+        target = folder / f"{action}.ps1"
+        target.write_text(render_script(action, samples[action]), encoding="utf-8", newline="\n")
+        written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imaging.providers.hyperv.scripts",
+                                     description="Render hyperv step scripts.")
+    parser.add_argument("--refresh-golden", metavar="FOLDER", type=Path,
+                        help="re-render the golden scripts in FOLDER from FOLDER/_inputs.json")
+    parser.add_argument("--render", metavar="ACTION", help="print one action's script")
+    parser.add_argument("--inputs", metavar="JSON", help="inputs for --render, as a JSON object")
+    args = parser.parse_args(argv)
+    try:
+        if args.refresh_golden:
+            for path in refresh_golden(args.refresh_golden):
+                print(path)
+            return 0
+        if args.render:
+            sys.stdout.write(render_script(args.render, json.loads(args.inputs or "{}")))
+            return 0
+    except (ImagingError, jinja2.TemplateError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

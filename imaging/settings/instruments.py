@@ -1,0 +1,216 @@
+"""Settings for instruments of the inventory: the variables a template sees, rendering and migrating many.
+
+The tasks `render` and `migrate` (and the reimage) call these; they join the inventory to the pure
+functions of :mod:`imaging.settings.render` and :mod:`imaging.settings.migrations`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imaging.core import git as gitrepo
+from imaging.core.errors import ImagingError, InputError
+from imaging.model.inventory import Instrument, Inventory
+from imaging.settings import migrations
+from imaging.settings.drift import DriftCapture, DriftFound, DriftReport, capture_drift, detect_drift
+from imaging.settings.render import (
+    PROVENANCE_FILE,
+    VERSION_FILE,
+    RenderedSettings,
+    parse_version,
+    render_settings,
+    rerender_from_provenance,
+)
+
+BUILTINS = ("instrument", "vm", "host", "group", "release")
+# Every instrument's `variables:` must define these (the templates have no default for them).
+REQUIRED_VARIABLES = ("technique", "target_station", "detector_banks", "motion_controllers",
+                      "sample_environment", "db_host")
+
+
+def instrument_variables(inst: Instrument, release: str) -> dict[str, Any]:
+    """What the templates see: the instrument's variables plus the builtins (which always win)."""
+    clash = sorted(set(inst.variables) & set(BUILTINS))
+    if clash:
+        raise InputError(f"{', '.join(clash)} are set by imaging and cannot be variables", file=inst.source,
+                         field=f"variables.{clash[0]}", fix="remove them from variables:")
+    return {**inst.variables, "instrument": inst.name, "vm": inst.vm, "host": inst.host, "group": inst.group,
+            "release": release}
+
+
+def release_name(inst: Instrument, inventory: Inventory, labels: dict[str, dict[str, str]],
+                 override: str | None = None) -> str:
+    """The release the instrument should run, with a label resolved through releases/labels.yaml."""
+    name = override or inst.desired(inventory.groups)
+    return labels.get(inst.group, {}).get(name, name)
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    instrument: str
+    rendered: RenderedSettings | None
+    error: str | None
+
+
+def render_many(repo: Path, inventory: Inventory, instruments: Iterable[Instrument], releases: dict[str, str], *,
+                ref: str = "HEAD", allow_dirty: bool = False) -> list[RenderResult]:
+    """Render each instrument, collecting errors instead of stopping at the first (for --all --check)."""
+    out = []
+    for inst in instruments:
+        try:
+            r = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
+                                variables=instrument_variables(inst, releases[inst.name]), ref=ref,
+                                settings_repo=inventory.settings_repo, allow_dirty=allow_dirty)
+            out.append(RenderResult(inst.name, r, None))
+        except ImagingError as exc:
+            out.append(RenderResult(inst.name, None, str(exc)))
+    return out
+
+
+def write_rendered(rendered: RenderedSettings, dest: Path) -> list[str]:
+    """Write a rendered tree into ``dest`` for review (the folder then holds exactly these files)."""
+    gitrepo.write_dir(dest, rendered.files)
+    return sorted(rendered.files)
+
+
+def rehearse_fleet(repo: Path, inventory: Inventory, instruments: Iterable[Instrument], releases: dict[str, str],
+                   target: int, *, ref: str = "HEAD") -> list[migrations.Rehearsal]:
+    """Rehearse the migrations of every instrument on throw-away copies; changes nothing anywhere.
+
+    With a settings repository, each instrument's branch (named after its VM) is rehearsed. Without one,
+    the instrument's settings come from the templates alone: they are rendered at ``ref`` and rehearsed,
+    which proves they render and are at the target version.
+    """
+    chosen = list(instruments)
+    if inventory.settings_repo is not None:
+        by_vm = {i.vm: i.name for i in chosen}
+        results = migrations.rehearse_branches(inventory.settings_repo, list(by_vm), target)
+        return sorted((_renamed(r, f"{by_vm[r.name]} ({r.name})") for r in results), key=lambda r: r.name)
+    out = []
+    for res in render_many(repo, inventory, chosen, releases, ref=ref):
+        if res.rendered is None:
+            out.append(migrations.Rehearsal(name=res.instrument, ok=False, from_version=None, to_version=None,
+                                            error=res.error))
+        else:
+            out.append(migrations.rehearse(res.instrument, res.rendered.files, target))
+    return out
+
+
+def _renamed(r: migrations.Rehearsal, name: str) -> migrations.Rehearsal:
+    from dataclasses import replace
+
+    return replace(r, name=name)
+
+
+def migrate_instrument(inventory: Inventory, inst: Instrument, target: int, *,
+                       dry_run: bool = False) -> migrations.BranchMigration | None:
+    """Migrate the instrument's settings branch (None: no settings repository, nothing to migrate)."""
+    if inventory.settings_repo is None:
+        return None
+    return migrations.migrate_branch(inventory.settings_repo, inst.vm, target, dry_run=dry_run)
+
+
+# --- what a reimage does with settings ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeployedSettings:
+    """What the provider read from the instrument's current Settings volume (before it is replaced)."""
+
+    manifest: dict[str, Any]  # the volume's .imaging/manifest.json
+    files: dict[str, bytes]  # every file on the volume (posix relpaths)
+
+    @property
+    def version(self) -> int | None:
+        raw = self.files.get(VERSION_FILE)
+        return parse_version(raw, source="the Settings volume") if raw is not None else None
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        raw = self.files.get(PROVENANCE_FILE)
+        try:
+            return json.loads(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class ReimageSettings:
+    """Everything the reimage needs about settings, gathered before its plan is made."""
+
+    rendered: RenderedSettings  # what write_settings writes (files) and health_check expects (sha256)
+    drift: DriftReport | None  # None on a first deployment
+    captured: DriftCapture | None  # drift saved: a branch commit, or var_files the provider writes to Var first
+    migration: migrations.BranchMigration | None  # steps run on the settings branch (before_commit: rollback)
+    post_boot: list[migrations.PostBootStep]  # run in the guest after wait_guest; markers go on Var
+    deployed_version: int | None
+    target_version: int
+
+
+def prepare_reimage_settings(*, repo: Path, inventory: Inventory, inst: Instrument, release: str,
+                             settings_version: int | None, deployed: DeployedSettings | None,
+                             capture: bool = False, dry_run: bool = False, allow_dirty: bool = False,
+                             ref: str = "HEAD", post_boot_done: Iterable[str] = (),
+                             stamp: str | None = None) -> ReimageSettings:
+    """Drift check, drift capture, migrations, render: the settings half of a reimage, in that order.
+
+    Raises DriftFound (nothing changed) if the volume was edited and ``capture`` is off. With ``dry_run``
+    nothing is committed: migrations run in memory and the render uses their result.
+    ``settings_version`` is the version the release needs (None: the newest the migrations reach).
+    """
+    target = settings_version if settings_version is not None else migrations.latest_version()
+    report = captured = None
+    deployed_version = deployed.version if deployed else None
+    if deployed is not None:
+        before = None
+        if deployed.provenance:
+            before = rerender_from_provenance(repo, deployed.provenance, inventory.settings_repo)
+        report = detect_drift(deployed.manifest, deployed.files, deployed_files=before)
+        if not report.clean:
+            if not capture:
+                raise DriftFound(inst.name, report)
+            if deployed_version is None:
+                raise InputError("the Settings volume has no version file, so its drift cannot be filed",
+                                 field=VERSION_FILE, fix="copy the changed files off the volume by hand")
+            if not dry_run:
+                captured = capture_drift(report, deployed.files, instrument=inst.name, vm=inst.vm,
+                                         settings_repo=inventory.settings_repo, deployed_version=deployed_version,
+                                         stamp=stamp)
+    migration = None
+    overlay = None
+    if inventory.settings_repo is not None:
+        migration = migrations.migrate_branch(inventory.settings_repo, inst.vm, target, dry_run=dry_run)
+        if dry_run and migration.steps:
+            overlay, _ = migrations.migrate_files(
+                gitrepo.read_tree(inventory.settings_repo, f"refs/heads/{inst.vm}"), target)
+    rendered = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
+                               variables=instrument_variables(inst, release), ref=ref,
+                               settings_repo=inventory.settings_repo, allow_dirty=allow_dirty, overlay=overlay)
+    if rendered.version != target:
+        raise InputError(f"release {release} needs settings version {target}, but the templates at {ref} are at "
+                         f"version {rendered.version}", field="settings_version", value=target,
+                         fix="render from the git ref the release was made from, or update the release")
+    steps = []
+    if deployed_version is not None and deployed_version < target:
+        steps = migrations.post_boot_steps(deployed_version, target, rendered.files, set(post_boot_done))
+    return ReimageSettings(rendered=rendered, drift=report, captured=captured, migration=migration,
+                           post_boot=steps, deployed_version=deployed_version, target_version=target)
+
+
+def rollback_settings(inventory: Inventory, inst: Instrument, before_commit: str | None) -> str | None:
+    """Restore the instrument's settings branch as it was before a reimage's migrations (None: nothing to do).
+
+    The Settings volume itself is restored by the reimage's undo (the old disk is kept until it succeeds).
+    """
+    if inventory.settings_repo is None or not before_commit:
+        return None
+    def tree(ref: str) -> str:
+        return gitrepo.run_git(inventory.settings_repo, "rev-parse", f"{ref}^{{tree}}").decode().strip()
+
+    if tree(f"refs/heads/{inst.vm}") == tree(gitrepo.resolve_commit(inventory.settings_repo, before_commit)):
+        return None  # already as it was (a rollback run twice)
+    return migrations.restore_branch(inventory.settings_repo, inst.vm, before_commit)
