@@ -27,33 +27,36 @@ sys.path.insert(0, str(ROOT))
 from _lab import lab_project
 
 from imaging.core.config import Paths
-from imaging.ops import deploy as fleet
-from imaging.ops import reimage as operations
+from imaging.engine import runner
+from imaging.ops import deploy as deploys
+from imaging.ops import facts
+from imaging.ops import stage as staging
+from imaging.ops.context import Context
 
 OLD, NEW = "2026C3.0", "2026C3.1"
 
 
-def project(tmp: Path, name: str, sizes: tuple[int, int], latency: float) -> operations.Context:
+def project(tmp: Path, name: str, sizes: tuple[int, int], latency: float) -> Context:
     proj = lab_project(tmp, name)
     paths = Paths(root=proj, inventory=proj / "instruments", releases=proj / "releases",
                   templates=proj / "templates", state=proj / ".state")
-    ctx = operations.Context.load(paths)
+    ctx = Context.load(paths)
     ctx.sample_sizes = sizes
-    insts = fleet.select(ctx, everything=True)
-    res = fleet.deploy(ctx, insts, OLD, fleet.Options(parallel=8, canary=""))
+    insts = facts.select(ctx, everything=True)
+    res = deploys.deploy(ctx, insts, OLD, runner.Options(parallel=8, canary=""))
     assert not res.summary.names("failed"), res.rows
     for host in sorted({i.host for i in insts}):
-        operations.stage(ctx, NEW, host)
+        staging.stage(ctx, NEW, host)
     ctx.close()
-    ctx = operations.Context.load(paths, fault=(lambda step: time.sleep(latency)) if latency else None)
+    ctx = Context.load(paths, fault=(lambda step: time.sleep(latency)) if latency else None)
     ctx.sample_sizes = sizes
     return ctx
 
 
-def timed(ctx: operations.Context, parallel: int) -> tuple[float, int]:
-    insts = fleet.select(ctx, everything=True)
+def timed(ctx: Context, parallel: int) -> tuple[float, int]:
+    insts = facts.select(ctx, everything=True)
     t0 = time.perf_counter()
-    res = fleet.deploy(ctx, insts, NEW, fleet.Options(parallel=parallel, batches="1,5,100%"))
+    res = deploys.deploy(ctx, insts, NEW, runner.Options(parallel=parallel, batches="1,5,100%"))
     took = time.perf_counter() - t0
     assert len(res.summary.names("ok")) == len(insts), res.rows
     return took, len(insts)

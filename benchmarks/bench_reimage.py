@@ -23,7 +23,10 @@ sys.path.insert(0, str(ROOT))
 from _lab import lab_project
 
 from imaging.core.config import Paths
-from imaging.ops import reimage as operations
+from imaging.ops import facts
+from imaging.ops import reimage as reimaging
+from imaging.ops import stage as staging
+from imaging.ops.context import Context
 from imaging.providers.lab.fs import clone_tree
 
 
@@ -36,15 +39,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="imaging-bench-") as tmp:
         proj = lab_project(Path(tmp))
-        ctx = operations.Context.load(Paths.from_env(proj))
+        ctx = Context.load(Paths.from_env(proj))
         ctx.sample_sizes = (args.os_files, args.apps_files)
         inst = ctx.inventory.instrument("ZOOM")
-        release = operations.desired_release(ctx, inst)
+        release = facts.desired_release(ctx, inst)
         t0 = time.perf_counter()
-        operations.stage(ctx, release, inst.host)
+        staging.stage(ctx, release, inst.host)
         print(f"staging {args.os_files} + {args.apps_files} files once: {time.perf_counter() - t0:.2f} s")
-        assert operations.reimage(ctx, "ZOOM").ok  # first provisioning: creates the VM, Var and Data
-        os_img, apps_img = operations.artifacts_of(ctx, release, lab=True)
+        assert reimaging.reimage(ctx, "ZOOM").ok  # first provisioning: creates the VM, Var and Data
+        os_img, apps_img = staging.artifacts_of(ctx, release, inst.host)
         host = ctx.inventory.host_of(inst)
         from imaging.model import layout
 
@@ -56,7 +59,7 @@ def main() -> None:
             for which in (("reimage", "floor") if r % 2 == 0 else ("floor", "reimage")):
                 if which == "reimage":
                     t0 = time.perf_counter()
-                    out = operations.reimage(ctx, "ZOOM")
+                    out = reimaging.reimage(ctx, "ZOOM")
                     reimage_times.append(time.perf_counter() - t0)
                     assert out.ok, out.error
                 else:

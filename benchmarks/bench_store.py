@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imaging.state import store as artifacts
+from imaging.state import copying
 from imaging.state.store import ArtifactStore
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
@@ -82,19 +82,19 @@ def main() -> None:
                     help="start writeback every N bytes (WRITEBACK_EVERY); 0 disables it")
     args = ap.parse_args()
     if args.chunk:
-        artifacts.CHUNK = args.chunk
+        copying.CHUNK = args.chunk
     if args.buffers:
-        artifacts.BUFFERS = args.buffers
+        copying.BUFFERS = args.buffers
     if args.no_hash_thread:
-        artifacts.HASH_IN_THREAD = False
+        copying.HASH_IN_THREAD = False
     if args.writeback is not None:
-        artifacts.WRITEBACK_EVERY = args.writeback or 1 << 62
+        copying.WRITEBACK_EVERY = args.writeback or 1 << 62
 
     print("note: the page cache cannot be dropped without root, so every run reads a warm (or partly warm)")
     print("      source; both methods see the same conditions, alternating order each round.")
-    wb = "off" if artifacts.WRITEBACK_EVERY >= 1 << 62 else f"{artifacts.WRITEBACK_EVERY / 1024**2:.0f} MiB"
-    print(f"size {args.size / 1024**2:.0f} MiB, chunk {artifacts.CHUNK / 1024:.0f} KiB, "
-          f"hash thread {f'on, {artifacts.BUFFERS} buffers' if artifacts.HASH_IN_THREAD else 'off'}, "
+    wb = "off" if copying.WRITEBACK_EVERY >= 1 << 62 else f"{copying.WRITEBACK_EVERY / 1024**2:.0f} MiB"
+    print(f"size {args.size / 1024**2:.0f} MiB, chunk {copying.CHUNK / 1024:.0f} KiB, "
+          f"hash thread {f'on, {copying.BUFFERS} buffers' if copying.HASH_IN_THREAD else 'off'}, "
           f"early writeback every {wb}, "
           f"{args.rounds} rounds, {os.cpu_count()} CPUs")
 

@@ -23,7 +23,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from loopback_wsman import LoopbackWSMan, Reply
 
-from imaging.providers.hyperv.transport import RESULT_BEGIN, RESULT_END, Connection, Credentials, SessionPool
+from imaging.core.pstemplates import RESULT_BEGIN, RESULT_END
+from imaging.providers.hyperv.connection import Connection
+from imaging.providers.hyperv.credentials import Credentials
+from imaging.providers.hyperv.session import SessionPool
 
 CREDS = {"BENCH": Credentials("bench-user", "bench-password")}
 

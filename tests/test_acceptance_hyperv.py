@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from imaging.core.errors import ProviderError
+from imaging.core.pstemplates import RESULT_BEGIN, RESULT_END
 from imaging.core.quoting import ps_literal
 from imaging.model.steps import Step
 from imaging.providers.hyperv.provider import HypervProvider
-from imaging.providers.hyperv.scripts import RESULT_BEGIN, RESULT_END
 
 HOST = os.environ.get("IMAGING_ACCEPT_HOST", "")
 _KEY = re.sub(r"[^A-Z0-9]", "_", HOST.upper())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from imaging.core.errors import ArtifactError, InputError
-from imaging.state import store as artifacts
+from imaging.state import copying
 from imaging.state.store import ArtifactManifest, ArtifactStore
 
 
@@ -45,8 +45,8 @@ def store(tmp_path: Path) -> ArtifactStore:
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Small chunks so that multi-chunk paths (double buffering, early writeback, resume) run on small
     files."""
-    monkeypatch.setattr(artifacts, "CHUNK", 4096)
-    monkeypatch.setattr(artifacts, "WRITEBACK_EVERY", 3 * 4096)
+    monkeypatch.setattr(copying, "CHUNK", 4096)
+    monkeypatch.setattr(copying, "WRITEBACK_EVERY", 3 * 4096)
 
 
 def test_add_get_verify(store: ArtifactStore, tmp_path: Path, small_chunks: None) -> None:
@@ -71,7 +71,7 @@ def test_add_get_verify(store: ArtifactStore, tmp_path: Path, small_chunks: None
 @pytest.mark.parametrize("threaded", [True, False])
 def test_hashing_inline_or_in_a_thread_agree(store: ArtifactStore, tmp_path: Path, small_chunks: None,
                                              monkeypatch: pytest.MonkeyPatch, threaded: bool) -> None:
-    monkeypatch.setattr(artifacts, "HASH_IN_THREAD", threaded)
+    monkeypatch.setattr(copying, "HASH_IN_THREAD", threaded)
     src = _file(tmp_path / "f.tar", 100_003)
     m = store.add(src, name="f", kind="hotfix")
     assert m.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
@@ -299,7 +299,7 @@ def test_memory_stays_constant(store: ArtifactStore, tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     # the ring of reusable chunk buffers plus bookkeeping: far below the file size
-    assert peak < artifacts.BUFFERS * artifacts.CHUNK + 1024 * 1024 < size // 4
+    assert peak < copying.BUFFERS * copying.CHUNK + 1024 * 1024 < size // 4
     store.verify("big")
 
 

@@ -16,12 +16,15 @@ import pytest
 from imaging.core.config import Paths
 from imaging.core.errors import InputError
 from imaging.core.hashing import tree_manifest
+from imaging.engine import runner
 from imaging.engine.scheduler import FAILED, NOT_STARTED, Job, Limits, parse_batches, plan_waves, run_waves
 from imaging.engine.simulate import SimRunner, TimeModel, predict
 from imaging.model.steps import Step
-from imaging.ops import deploy as fleet
-from imaging.ops import reimage as operations
-from imaging.ops.reimage import Context
+from imaging.ops import deploy as deploys
+from imaging.ops import facts
+from imaging.ops import hotfix as hotfixing
+from imaging.ops import stage as staging
+from imaging.ops.context import Context
 from imaging.providers.lab.provider import InjectedFault
 from imaging.state.journal import OK, Journal
 
@@ -177,9 +180,9 @@ def test_time_model_file_overrides_and_rejects_unknown_keys(tmp_path: Path) -> N
 
 def test_fleet_deploy_with_three_failures(project: Path) -> None:
     ctx = ctx_for(project)
-    group = fleet.select(ctx, everything=True)
+    group = facts.select(ctx, everything=True)
     assert len(group) >= 30  # the whole shipped fleet
-    first = fleet.deploy(ctx, group, OLD, fleet.Options(parallel=8))
+    first = deploys.deploy(ctx, group, OLD, runner.Options(parallel=8))
     assert sorted(first.summary.names("ok")) == sorted(i.name for i in group)
     chosen = {"LET": "configure_guest", "MAPS": "health_check", "GEM": "wait_guest"}
     for name in chosen:
@@ -190,11 +193,11 @@ def test_fleet_deploy_with_three_failures(project: Path) -> None:
     assert all(len(v) == 2 for v in before.values())
 
     fctx = ctx_for(project, fault=faults(chosen))
-    res = fleet.deploy(fctx, fleet.select(fctx, everything=True), NEW,
-                       fleet.Options(parallel=8, batches="1,5,20%", max_fail_percent=100))
+    res = deploys.deploy(fctx, facts.select(fctx, everything=True), NEW,
+                       runner.Options(parallel=8, batches="1,5,20%", max_fail_percent=100))
     assert res.summary.stopped is None
     for inst in group:
-        now = operations.running_release(fctx, inst)
+        now = facts.running_release(fctx, inst)
         assert now == (OLD if inst.name in chosen else NEW), inst.name
     for name in chosen:
         assert user_data(fctx, name) == before[name]
@@ -211,7 +214,7 @@ def test_fleet_deploy_with_three_failures(project: Path) -> None:
     md = res.report_md.read_text()
     for name, action in chosen.items():
         assert name in md and action in md
-    assert sorted(i.name for i in fleet.select(fctx, instruments="@failed")) == sorted(chosen)
+    assert sorted(i.name for i in facts.select(fctx, instruments="@failed")) == sorted(chosen)
     # the journal holds the deploy id in every operation it started; host limits held
     ops = fctx.journal.operations(batch=res.id)
     assert sorted(o.instrument for o in ops) == sorted(i.name for i in group)
@@ -228,8 +231,8 @@ def _var(ctx: Context, name: str) -> tuple[str, str, str]:
 
 def test_host_limits_hold_with_slow_steps(project: Path) -> None:
     ctx = ctx_for(project, fault=slow(0.01))
-    insts = [i for i in fleet.select(ctx, group="B") if i.host in ("HVHOST04", "HVHOST06")]
-    res = fleet.deploy(ctx, insts, OLD, fleet.Options(parallel=8, canary=""))
+    insts = [i for i in facts.select(ctx, group="B") if i.host in ("HVHOST04", "HVHOST06")]
+    res = deploys.deploy(ctx, insts, OLD, runner.Options(parallel=8, canary=""))
     assert sorted(res.summary.names("ok")) == sorted(i.name for i in insts)
     peak = host_concurrency(ctx.journal, res.id)
     assert peak["HVHOST04"] <= 2 and peak["HVHOST06"] <= 4
@@ -238,9 +241,9 @@ def test_host_limits_hold_with_slow_steps(project: Path) -> None:
 
 def test_max_fail_percent_stops_new_starts_in_the_lab(project: Path) -> None:
     ctx = ctx_for(project)
-    insts = fleet.select(ctx, instruments="ALF,GEM,IRIS,MERLIN,POLARIS,TOSCA")  # all on HVHOST01
+    insts = facts.select(ctx, instruments="ALF,GEM,IRIS,MERLIN,POLARIS,TOSCA")  # all on HVHOST01
     bad = ctx_for(project, fault=faults({i.name: "health_check" for i in insts}))
-    res = fleet.deploy(bad, insts, OLD, fleet.Options(parallel=1, canary="", batches="4", max_fail_percent=30))
+    res = deploys.deploy(bad, insts, OLD, runner.Options(parallel=1, canary="", batches="4", max_fail_percent=30))
     assert res.summary.stopped and "more than --max-fail-percent=30" in res.summary.stopped
     statuses = {n: r["status"] for n, r in res.record["results"].items()}
     # 1 of 4 failed is 25% (go on), 2 of 4 is 50% (stop): exactly two started, the rest never did
@@ -251,14 +254,16 @@ def test_max_fail_percent_stops_new_starts_in_the_lab(project: Path) -> None:
 
 DEPLOY_SCRIPT = textwrap.dedent("""
     import sys, time
-    from imaging.ops import deploy as fleet
     from imaging.core.config import Paths
-    from imaging.ops.reimage import Context
+    from imaging.engine import runner
+    from imaging.ops import deploy as deploys
+    from imaging.ops import facts
+    from imaging.ops.context import Context
     names, release, delay, deploy_id = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
     ctx = Context.load(Paths.from_env(), fault=lambda step: time.sleep(delay))
     ctx.sample_sizes = (120, 80)
-    res = fleet.deploy(ctx, fleet.select(ctx, instruments=names), release,
-                       fleet.Options(parallel=2, canary=""), deploy_id=deploy_id)
+    res = deploys.deploy(ctx, facts.select(ctx, instruments=names), release,
+                       runner.Options(parallel=2, canary=""), deploy_id=deploy_id)
     print(res.id)
 """)
 
@@ -271,7 +276,7 @@ def _spawn(project: Path, names: str, delay: float, deploy_id: str) -> subproces
 
 def _prestage(ctx: Context, names: list[str]) -> None:
     for host in sorted({ctx.inventory.instrument(n).host for n in names}):
-        operations.stage(ctx, OLD, host)
+        staging.stage(ctx, OLD, host)
 
 
 def test_deploy_killed_midway_then_resumed_reimages_each_instrument_once(project: Path) -> None:
@@ -289,19 +294,19 @@ def test_deploy_killed_midway_then_resumed_reimages_each_instrument_once(project
     proc.wait()
     ops = ctx.journal.operations(batch="deploy-killed-1")
     assert 2 <= sum(o.status == OK for o in ops) < len(names), "the kill did not land midway"
-    assert fleet.resumable(ctx)["id"] == "deploy-killed-1"
+    assert deploys.resumable(ctx)["id"] == "deploy-killed-1"
 
-    res = fleet.resume(ctx)
+    res = deploys.resume(ctx)
     assert res.id == "deploy-killed-1" and res.summary.stopped is None
     assert sorted(res.summary.names("ok")) == sorted(names)
     ops = ctx.journal.operations(batch="deploy-killed-1")
     assert sorted(o.instrument for o in ops) == sorted(names)  # one operation per instrument, never two
     assert all(o.status == OK for o in ops)
     for n in names:
-        assert operations.running_release(ctx, ctx.inventory.instrument(n)) == OLD
+        assert facts.running_release(ctx, ctx.inventory.instrument(n)) == OLD
         assert len(ctx.journal.operations(instrument=n, kind="reimage")) == 1
-    assert fleet.read_record(ctx, "deploy-killed-1")["status"] == "finished"
-    assert fleet.resumable(ctx) is None
+    assert ctx.runs.read("deploy-killed-1")["status"] == "finished"
+    assert deploys.resumable(ctx) is None
 
 
 def test_two_deploys_at_once_never_share_an_instrument(project: Path) -> None:
@@ -323,8 +328,8 @@ def test_two_deploys_at_once_never_share_an_instrument(project: Path) -> None:
         for (_, end_a), (start_b, _) in zip(spans, spans[1:], strict=False):
             assert end_a <= start_b, f"{name} was operated on by both deploys at once"
     for name in set(first) | set(second):
-        assert operations.running_release(ctx, ctx.inventory.instrument(name)) == OLD
-    recs = {r["id"]: r for r in fleet.all_records(ctx)}
+        assert facts.running_release(ctx, ctx.inventory.instrument(name)) == OLD
+    recs = {r["id"]: r for r in ctx.runs.all()}
     for name in set(first) & set(second):
         outcomes = [recs[d]["results"][name] for d in ("deploy-one", "deploy-two")]
         assert sorted(o["status"] for o in outcomes) in (["ok", "skipped"], ["ok", "ok"])
@@ -359,34 +364,33 @@ def test_cli_deploy_plan_simulate_and_confirmation(project: Path) -> None:
 
 def test_stage_reports_progress_and_copies_once(project: Path) -> None:
     ctx = ctx_for(project)
-    events: list[operations.StageEvent] = []
-    first = operations.stage(ctx, NEW, "HVHOST01", progress=events.append)
+    events: list[staging.StageEvent] = []
+    first = staging.stage(ctx, NEW, "HVHOST01", progress=events.append)
     assert [r["changed"] for r in first] == [True, True] and all(r["bytes"] > 0 for r in first)
     assert {e.phase for e in events} == {"publish", "stage"}
     ended = [e for e in events if e.phase == "stage" and e.result is not None]
     assert sorted(e.artifact for e in ended) == sorted(r["name"] for r in first)
-    again = operations.stage(ctx, NEW, "HVHOST01")
+    again = staging.stage(ctx, NEW, "HVHOST01")
     assert [(r["changed"], r["bytes"]) for r in again] == [(False, 0), (False, 0)]
-    assert fleet.not_staged(ctx, NEW, "HVHOST01") == [] and len(fleet.not_staged(ctx, NEW, "HVHOST02")) == 2
+    assert staging.not_staged(ctx, NEW, "HVHOST01") == [] and len(staging.not_staged(ctx, NEW, "HVHOST02")) == 2
 
 
 def test_fleet_plan_shows_dropped_hotfixes_migrations_and_staging(project: Path) -> None:
+    from imaging.core.files import write_json
     from imaging.engine.simulate import TimeModel
-    from imaging.providers.lab.fs import write_json
 
     ctx = ctx_for(project)
-    res = fleet.deploy(ctx, fleet.select(ctx, instruments="ALF"), OLD, fleet.Options(parallel=1))
+    res = deploys.deploy(ctx, facts.select(ctx, instruments="ALF"), OLD, runner.Options(parallel=1))
     assert res.summary.names("ok") == ["ALF"]
     host, vm, var = _var(ctx, "ALF")
     rec_file = ctx.providers.lab.path(host, var) / "content" / "imaging" / "record.json"
     record = json.loads(rec_file.read_text())
     write_json(rec_file, {**record, "hotfixes": [{"id": "HF-2026-007"}]})
-    [row] = fleet.fleet_plan(ctx, fleet.select(ctx, instruments="ALF"), NEW, TimeModel())
+    [row] = deploys.plan_deploy(ctx, facts.select(ctx, instruments="ALF"), NEW, runner.Options(), TimeModel()).rows
     assert (row.now, row.after) == (OLD, NEW)
     assert row.hotfixes_dropped == ["HF-2026-007"]
     assert row.migrations == []  # 2026C3.0 and 2026C3.1 share settings format 5
-    inst = ctx.inventory.instrument("ALF")
-    older = fleet.migrations_needed(ctx, inst, "2025C5.0", ctx.releases[NEW])
+    older = facts.migrations_needed(ctx, "2025C5.0", ctx.releases[NEW])
     assert len(older) == 2 and all(m.startswith("m000") for m in older)  # formats 3 -> 4 -> 5
     assert row.not_staged == [f"apps-{NEW}"]  # the OS template is shared with 2026C3.0, already there
     assert row.estimate_s > TimeModel().alone_s(host, staged=True)
@@ -427,35 +431,37 @@ def test_unstaged_hosts_pull_first_and_only_a_few_at_once() -> None:
 
 
 def test_plan_names_a_hotfix_the_release_would_drop_and_the_deploy_refuses_it(project: Path) -> None:
+    from imaging.engine import runner
     from imaging.engine.simulate import TimeModel
-    from imaging.ops import hotfix as hotfix_ops
+    from imaging.ops import deploy as deploys
+    from imaging.ops import facts
 
     ctx = ctx_for(project)
-    assert fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), OLD, fleet.Options()).summary.names("ok")
+    assert deploys.deploy(ctx, facts.select(ctx, instruments="ALF,GEM"), OLD, runner.Options()).summary.names("ok")
     example = ROOT / "hotfixes" / "examples" / "HF-2026C3-001"  # declared for 2026C3.0 only
-    assert hotfix_ops.hotfix(ctx, ["ALF"], example).outcomes["ALF"].ok
-    rows = {r.instrument: r for r in fleet.fleet_plan(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW,
-                                                       TimeModel())}
+    assert hotfixing.hotfix(ctx, ["ALF"], example).outcomes["ALF"].ok
+    rows = {r.instrument: r for r in deploys.plan_deploy(ctx, facts.select(ctx, instruments="ALF,GEM"), NEW,
+                                                         runner.Options(), TimeModel()).rows}
     assert rows["ALF"].hotfixes_dropped == ["HF-2026C3-001"] and rows["GEM"].hotfixes_dropped == []
     # refused as a whole, before any instrument is touched: no operation, no record, no disk changed
     n_ops, before = len(ctx.journal.operations()), {n: lab_disks(ctx, n) for n in ("ALF", "GEM")}
-    n_recs = len(fleet.all_records(ctx))
+    n_recs = len(ctx.runs.all())
     with pytest.raises(InputError, match=r"ALF carries HF-2026C3-001.*--drop-hotfix=HF-2026C3-001"):
-        fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW, fleet.Options(canary="GEM"))
-    assert len(ctx.journal.operations()) == n_ops and len(fleet.all_records(ctx)) == n_recs
+        deploys.deploy(ctx, facts.select(ctx, instruments="ALF,GEM"), NEW, runner.Options(canary="GEM"))
+    assert len(ctx.journal.operations()) == n_ops and len(ctx.runs.all()) == n_recs
     assert {n: lab_disks(ctx, n) for n in ("ALF", "GEM")} == before
     # a dropped id nobody selected carries is a typo: refused too
     with pytest.raises(InputError, match="no selected instrument carries hotfix HF-TYPO"):
-        fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW,
-                     fleet.Options(drop_hotfixes=("HF-2026C3-001", "HF-TYPO")))
+        deploys.deploy(ctx, facts.select(ctx, instruments="ALF,GEM"), NEW,
+                     runner.Options(drop_hotfixes=("HF-2026C3-001", "HF-TYPO")))
     assert len(ctx.journal.operations()) == n_ops
     # dropped on purpose: every instrument moves (GEM carries nothing and is not told to drop anything)
-    res = fleet.deploy(ctx, fleet.select(ctx, instruments="ALF,GEM"), NEW,
-                       fleet.Options(canary="GEM", drop_hotfixes=("HF-2026C3-001",)))
+    res = deploys.deploy(ctx, facts.select(ctx, instruments="ALF,GEM"), NEW,
+                       runner.Options(canary="GEM", drop_hotfixes=("HF-2026C3-001",)))
     assert res.rows["GEM"]["status"] == "ok" and res.rows["ALF"]["status"] == "ok", res.rows
-    assert operations.running_release(ctx, ctx.inventory.instrument("ALF")) == NEW
-    assert hotfix_ops.list_hotfixes(ctx) == {}
-    assert fleet.read_record(ctx, res.id)["options"]["drop_hotfixes"] == ["HF-2026C3-001"]
+    assert facts.running_release(ctx, ctx.inventory.instrument("ALF")) == NEW
+    assert hotfixing.list_hotfixes(ctx) == {}
+    assert ctx.runs.read(res.id)["options"]["drop_hotfixes"] == ["HF-2026C3-001"]
 
 
 def lab_disks(ctx: Context, name: str) -> dict[str, str]:
@@ -466,12 +472,14 @@ def lab_disks(ctx: Context, name: str) -> dict[str, str]:
 
 
 def test_cli_deploy_refuses_a_lost_hotfix_after_the_plan_then_drops_it(project: Path) -> None:
-    from imaging.ops import hotfix as hotfix_ops
+    from imaging.engine import runner
+    from imaging.ops import deploy as deploys
+    from imaging.ops import facts
     from tests.test_cli import inv
 
     ctx = ctx_for(project)
-    assert fleet.deploy(ctx, fleet.select(ctx, instruments="ALF"), OLD, fleet.Options()).summary.names("ok")
-    assert hotfix_ops.hotfix(ctx, ["ALF"], ROOT / "hotfixes" / "examples" / "HF-2026C3-001").outcomes["ALF"].ok
+    assert deploys.deploy(ctx, facts.select(ctx, instruments="ALF"), OLD, runner.Options()).summary.names("ok")
+    assert hotfixing.hotfix(ctx, ["ALF"], ROOT / "hotfixes" / "examples" / "HF-2026C3-001").outcomes["ALF"].ok
     ctx.close()
     res = inv(project, "deploy", f"--release={NEW}", "--instruments=ALF", "--yes")
     assert res.returncode == 1 and "--drop-hotfix=HF-2026C3-001" in res.stderr
@@ -480,4 +488,4 @@ def test_cli_deploy_refuses_a_lost_hotfix_after_the_plan_then_drops_it(project: 
     assert res.returncode == 0, res.stderr
     assert "dropped on purpose" in res.stdout
     ctx = ctx_for(project)
-    assert operations.running_release(ctx, ctx.inventory.instrument("ALF")) == NEW
+    assert facts.running_release(ctx, ctx.inventory.instrument("ALF")) == NEW

@@ -14,12 +14,15 @@ import yaml
 from imaging.core.config import Paths
 from imaging.core.errors import ImagingError, InputError
 from imaging.core.hashing import sha256_bytes, tree_manifest
+from imaging.engine import runner
 from imaging.model.hotfixes import build_manifest, open_package, write_package
 from imaging.model.steps import Step
-from imaging.ops import deploy as fleet
-from imaging.ops import hotfix as hotfix_ops
-from imaging.ops import reimage as operations
-from imaging.ops.reimage import Context
+from imaging.ops import deploy as deploys
+from imaging.ops import facts
+from imaging.ops import hotfix as hotfixing
+from imaging.ops import reimage as reimaging
+from imaging.ops import rollback as rollbacks
+from imaging.ops.context import Context
 from imaging.providers.lab.provider import InjectedFault
 from tests.test_reimage import put_user_data, user_data, var_dir
 
@@ -109,11 +112,11 @@ def test_shipped_example_package_is_valid(project: Path) -> None:
 
 def test_hotfix_then_revert_leaves_apps_byte_identical(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     put_user_data(ctx)
     data_before = user_data(ctx)
     before = apps_tree(ctx)
-    res = hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes
+    res = hotfixing.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes
     assert res["ZOOM"].ok, res
     after = apps_tree(ctx)
     for rel, data in NEW_FILES.items():
@@ -123,42 +126,42 @@ def test_hotfix_then_revert_leaves_apps_byte_identical(project: Path, tmp_path: 
                                                   r"E:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx")
     [entries] = ledger["generations"].values()
     assert entries["HF-001"]["who"] and entries["HF-001"]["when"] and len(entries["HF-001"]["files"]) == 2
-    assert hotfix_ops.list_hotfixes(ctx) == {"ZOOM": {"HF-001": hotfix_ops.known_hotfix(ctx, "HF-001").to_dict()}}
+    assert hotfixing.list_hotfixes(ctx) == {"ZOOM": {"HF-001": facts.known_hotfix(ctx, "HF-001")}}
     ops = ctx.journal.operations(instrument="ZOOM", kind="hotfix")
     assert ops[-1].status == "ok"
     # the parent Apps master is untouched (writes replaced links, never wrote through them)
     masters = list((ctx.providers.lab.lab / "hosts" / "HVHOST04" / "E" / "Imaging" / "images").glob("apps-*"))
     for m in masters:
         assert (m / "content" / "server/lib/hotfix-added.dll").exists() is False
-    res = hotfix_ops.revert(ctx, ["ZOOM"], "HF-001").outcomes
+    res = hotfixing.revert(ctx, ["ZOOM"], "HF-001").outcomes
     assert res["ZOOM"].ok, res
     assert apps_tree(ctx) == before
     assert user_data(ctx) == data_before
-    assert hotfix_ops.list_hotfixes(ctx) == {}
+    assert hotfixing.list_hotfixes(ctx) == {}
 
 
 def test_reapplying_the_same_hotfix_is_a_noop(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     pkg = make_pkg(tmp_path)
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"].ok
+    assert hotfixing.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"].ok
     n_ops = len(ctx.journal.operations(instrument="ZOOM"))
     tree = apps_tree(ctx)
-    again = hotfix_ops.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"]
-    assert again.ok and again.status == hotfix_ops.ALREADY
+    again = hotfixing.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"]
+    assert again.ok and again.status == hotfixing.ALREADY
     assert len(ctx.journal.operations(instrument="ZOOM")) == n_ops and apps_tree(ctx) == tree
 
 
 def test_bad_hotfix_changes_nothing(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     before, state = apps_tree(ctx), tree_manifest(project / ".state", exclude=("locks",))
     folder = make_pkg(tmp_path)
     (folder / "files/server/bin/module00000.bin").write_bytes(b"tampered")
     with pytest.raises(InputError, match="sha256"):
-        hotfix_ops.hotfix(ctx, ["ZOOM"], folder)
+        hotfixing.hotfix(ctx, ["ZOOM"], folder)
     with pytest.raises(InputError, match="applies to 2026C3.1 only; ZOOM runs 2026C3.0"):
-        hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path / "x", applies=("2026C3.1",)))
+        hotfixing.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path / "x", applies=("2026C3.1",)))
     assert apps_tree(ctx) == before
     now = tree_manifest(project / ".state", exclude=("locks", "hotfixes"))
     assert now == {k: v for k, v in state.items() if not k.startswith("hotfixes/")}
@@ -167,7 +170,7 @@ def test_bad_hotfix_changes_nothing(project: Path, tmp_path: Path) -> None:
 def test_failure_on_one_instrument_restores_its_files_and_others_proceed(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
     for name in ("ZOOM", "WISH"):
-        assert operations.reimage(ctx, name, "2026C3.0").ok
+        assert reimaging.reimage(ctx, name, "2026C3.0").ok
     before = apps_tree(ctx, "ZOOM")
 
     def fail_zoom_health(step: Step) -> None:
@@ -175,18 +178,18 @@ def test_failure_on_one_instrument_restores_its_files_and_others_proceed(project
             raise InjectedFault("injected health failure", host=step.host, step=step.action)
 
     fctx = ctx_for(project, fault=fail_zoom_health)
-    res = hotfix_ops.hotfix(fctx, ["ZOOM", "WISH"], make_pkg(tmp_path), fleet.Options(parallel=2)).outcomes
+    res = hotfixing.hotfix(fctx, ["ZOOM", "WISH"], make_pkg(tmp_path), runner.Options(parallel=2)).outcomes
     assert not res["ZOOM"].ok and res["ZOOM"].restored and res["ZOOM"].failed_step == "health_check"
     assert res["WISH"].ok
     assert apps_tree(ctx, "ZOOM") == before
-    assert set(hotfix_ops.list_hotfixes(ctx)) == {"WISH"}
+    assert set(hotfixing.list_hotfixes(ctx)) == {"WISH"}
 
 
 def test_group_hotfix_runs_in_waves_one_failure_restores_its_files_and_is_reported(project: Path,
                                                                                    tmp_path: Path) -> None:
     ctx = ctx_for(project)
-    group = fleet.select(ctx, group="A")
-    assert sorted(fleet.deploy(ctx, group, "2026C3.0", fleet.Options(parallel=8)).summary.names("ok")) == \
+    group = facts.select(ctx, group="A")
+    assert sorted(deploys.deploy(ctx, group, "2026C3.0", runner.Options(parallel=8)).summary.names("ok")) == \
         sorted(i.name for i in group)
     before = apps_tree(ctx, "MAPS")
 
@@ -195,15 +198,15 @@ def test_group_hotfix_runs_in_waves_one_failure_restores_its_files_and_is_report
             raise InjectedFault("injected health failure on NDXMAPS", host=step.host, step=step.action)
 
     fctx = ctx_for(project, fault=fail_maps_health)
-    res = hotfix_ops.hotfix(fctx, [i.name for i in fleet.select(fctx, group="A")], make_pkg(tmp_path),
-                            fleet.Options(parallel=8, batches="5,100%"))
+    res = hotfixing.hotfix(fctx, [i.name for i in facts.select(fctx, group="A")], make_pkg(tmp_path),
+                            runner.Options(parallel=8, batches="5,100%"))
     # waves like a deploy: the canary (first of the selection) alone, then 5, then the rest
     assert [len(w) for w in res.record["waves"]] == [1, 5, 11] and res.record["waves"][0] == [group[0].name]
     assert res.summary.stopped is None and res.record["kind"] == "hotfix" and res.record["hotfix"] == "HF-001"
     # the failing instrument's files are back; every other one carries the hotfix, byte for byte
     assert not res.outcomes["MAPS"].ok and res.outcomes["MAPS"].restored
     assert apps_tree(fctx, "MAPS") == before
-    carriers = hotfix_ops.list_hotfixes(fctx)
+    carriers = hotfixing.list_hotfixes(fctx)
     assert set(carriers) == {i.name for i in group} - {"MAPS"}
     for inst in group:
         if inst.name != "MAPS":
@@ -222,17 +225,17 @@ def test_group_hotfix_runs_in_waves_one_failure_restores_its_files_and_is_report
     assert "failed" in maps_row and "health_check" in maps_row and "injected health failure" in maps_row
     # the journal holds the run's id in every operation it started; @failed selects the failures of this kind
     assert sorted(o.instrument for o in fctx.journal.operations(batch=res.id)) == sorted(i.name for i in group)
-    assert [i.name for i in fleet.select(fctx, instruments="@failed", kind="hotfix")] == ["MAPS"]
-    assert fleet.resumable(fctx) is None  # a hotfix record is never taken for a deploy to resume
-    again = hotfix_ops.hotfix(ctx, ["MAPS"], make_pkg(tmp_path / "again"), fleet.Options())
-    assert again.outcomes["MAPS"].ok and "MAPS" in hotfix_ops.list_hotfixes(ctx)
+    assert [i.name for i in facts.select(fctx, instruments="@failed", kind="hotfix")] == ["MAPS"]
+    assert deploys.resumable(fctx) is None  # a hotfix record is never taken for a deploy to resume
+    again = hotfixing.hotfix(ctx, ["MAPS"], make_pkg(tmp_path / "again"), runner.Options())
+    assert again.outcomes["MAPS"].ok and "MAPS" in hotfixing.list_hotfixes(ctx)
 
 
 def test_max_fail_percent_stops_new_hotfix_starts(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
     names = ["ALF", "GEM", "IRIS", "MERLIN", "POLARIS", "TOSCA"]  # all on HVHOST01
-    assert len(fleet.deploy(ctx, fleet.select(ctx, instruments=",".join(names)), "2026C3.0",
-                            fleet.Options(parallel=4)).summary.names("ok")) == 6
+    assert len(deploys.deploy(ctx, facts.select(ctx, instruments=",".join(names)), "2026C3.0",
+                            runner.Options(parallel=4)).summary.names("ok")) == 6
     trees = {n: apps_tree(ctx, n) for n in names}
 
     def fail_health(step: Step) -> None:
@@ -240,26 +243,26 @@ def test_max_fail_percent_stops_new_hotfix_starts(project: Path, tmp_path: Path)
             raise InjectedFault("injected health failure", host=step.host, step=step.action)
 
     bad = ctx_for(project, fault=fail_health)
-    res = hotfix_ops.hotfix(bad, names, make_pkg(tmp_path),
-                            fleet.Options(parallel=1, canary="", batches="4", max_fail_percent=30))
+    res = hotfixing.hotfix(bad, names, make_pkg(tmp_path),
+                            runner.Options(parallel=1, canary="", batches="4", max_fail_percent=30))
     assert res.summary.stopped and "more than --max-fail-percent=30" in res.summary.stopped
     statuses = sorted(r["status"] for r in res.record["results"].values())
     # 1 of 4 failed is 25% (go on), 2 of 4 is 50% (stop): two started, the other four never did
     assert statuses == ["failed", "failed", "not_started", "not_started", "not_started", "not_started"]
     assert len(bad.journal.operations(batch=res.id)) == 2 and len(res.outcomes) == 2
     assert res.record["status"] == "stopped" and "max-fail-percent" in res.report_md.read_text()
-    assert {n: apps_tree(bad, n) for n in names} == trees and hotfix_ops.list_hotfixes(bad) == {}
+    assert {n: apps_tree(bad, n) for n in names} == trees and hotfixing.list_hotfixes(bad) == {}
 
 
 def test_revert_runs_in_waves_with_its_own_record(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
     for name in ("ZOOM", "WISH"):
-        assert operations.reimage(ctx, name, "2026C3.0").ok
+        assert reimaging.reimage(ctx, name, "2026C3.0").ok
     trees = {n: apps_tree(ctx, n) for n in ("ZOOM", "WISH")}
-    assert hotfix_ops.hotfix(ctx, ["ZOOM", "WISH"], make_pkg(tmp_path)).summary.names("ok") == ["ZOOM", "WISH"]
+    assert hotfixing.hotfix(ctx, ["ZOOM", "WISH"], make_pkg(tmp_path)).summary.names("ok") == ["ZOOM", "WISH"]
     with pytest.raises(InputError, match="LARMOR do not carry hotfix HF-001"):
-        hotfix_ops.revert(ctx, ["ZOOM", "LARMOR"], "HF-001")
-    res = hotfix_ops.revert(ctx, ["ZOOM", "WISH"], "HF-001", fleet.Options(canary="WISH"))
+        hotfixing.revert(ctx, ["ZOOM", "LARMOR"], "HF-001")
+    res = hotfixing.revert(ctx, ["ZOOM", "WISH"], "HF-001", runner.Options(canary="WISH"))
     assert res.record["kind"] == "revert" and res.record["waves"] == [["WISH"], ["ZOOM"]]
     assert res.record["before"] == {"ZOOM": ["HF-001"], "WISH": ["HF-001"]}
     assert res.record["after"] == {"ZOOM": [], "WISH": []}
@@ -272,37 +275,37 @@ def test_revert_runs_in_waves_with_its_own_record(project: Path, tmp_path: Path)
 
 def test_release_lacking_a_hotfix_is_refused_before_any_change_then_dropped(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes["ZOOM"].ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
+    assert hotfixing.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes["ZOOM"].ok
     inst = ctx.inventory.instrument("ZOOM")
-    state = operations.observe(ctx, inst)
+    state = facts.observe(ctx, inst)
     n_ops = len(ctx.journal.operations(instrument="ZOOM"))
     with pytest.raises(InputError, match=r"ZOOM carries hotfix HF-001.*--drop-hotfix=HF-001"):
-        operations.reimage(ctx, "ZOOM", "2026C3.1")
-    assert operations.observe(ctx, inst) == state
+        reimaging.reimage(ctx, "ZOOM", "2026C3.1")
+    assert facts.observe(ctx, inst) == state
     assert len(ctx.journal.operations(instrument="ZOOM")) == n_ops
-    out = operations.reimage(ctx, "ZOOM", "2026C3.1", drop_hotfixes=("HF-001",))
+    out = reimaging.reimage(ctx, "ZOOM", "2026C3.1", drop_hotfixes=("HF-001",))
     assert out.ok, out.error
-    assert hotfix_ops.list_hotfixes(ctx) == {}
+    assert hotfixing.list_hotfixes(ctx) == {}
     assert "server/lib/hotfix-added.dll" not in apps_tree(ctx)
 
 
 def test_hotfix_declared_for_the_new_release_is_present_after_the_reimage(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     pkg = make_pkg(tmp_path, applies=("2026C3.0", "2026C3.1"))
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"].ok
-    out = operations.reimage(ctx, "ZOOM", "2026C3.1")
+    assert hotfixing.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"].ok
+    out = reimaging.reimage(ctx, "ZOOM", "2026C3.1")
     assert out.ok and out.error is None, out.error
     tree = apps_tree(ctx)
     assert tree["version.txt"] == sha256_bytes(b"2026C3.1\n")
     for rel, data in NEW_FILES.items():
         assert tree[rel] == sha256_bytes(data)
-    assert set(hotfix_ops.list_hotfixes(ctx)["ZOOM"]) == {"HF-001"}
+    assert set(hotfixing.list_hotfixes(ctx)["ZOOM"]) == {"HF-001"}
     record = ctx.providers.lab.read_record("HVHOST04", "NDXZOOM", r"E:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx")
     assert record["hotfixes"] == ["HF-001"]
     # the re-application belongs to the reimage: a rollback returns past both, to the hotfixed 2026C3.0
-    plan = hotfix_ops.plan_for_rollback(ctx, "ZOOM")
+    plan = rollbacks.plan_for_rollback(ctx, "ZOOM")
     assert plan.kind == "rollback" and plan.to_release == "2026C3.0"
 
 
@@ -316,14 +319,14 @@ def test_a_resumed_reimage_also_reapplies_the_declared_hotfix(project: Path, tmp
             raise Killed()
 
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     pkg = make_pkg(tmp_path, applies=("2026C3.0", "2026C3.1"))
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"].ok
+    assert hotfixing.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"].ok
     killed = ctx_for(project)
     killed.providers.lab.fault = kill_at_health_check
     with pytest.raises(Killed):
-        operations.reimage(killed, "ZOOM", "2026C3.1")
-    out = operations.resume(ctx_for(project), "ZOOM")
+        reimaging.reimage(killed, "ZOOM", "2026C3.1")
+    out = reimaging.resume(ctx_for(project), "ZOOM")
     assert out.ok and out.error is None, out.error
     tree = apps_tree(ctx)
     assert tree["version.txt"] == sha256_bytes(b"2026C3.1\n")
@@ -346,64 +349,64 @@ def os_tree(ctx: Context) -> dict[str, str]:
 
 def test_reimage_then_rollback_returns_os_apps_settings_keeps_var_and_data(project: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     put_user_data(ctx)
     inst = ctx.inventory.instrument("ZOOM")
-    disks_before = operations.observe(ctx, inst).disks
+    disks_before = facts.observe(ctx, inst).disks
     before = (os_tree(ctx), apps_tree(ctx), settings_tree(ctx))
     data_before = user_data(ctx)
-    assert operations.reimage(ctx, "ZOOM", "2026C3.1").ok
+    assert reimaging.reimage(ctx, "ZOOM", "2026C3.1").ok
     assert apps_tree(ctx) != before[1] and user_data(ctx) == data_before
-    plan = hotfix_ops.plan_for_rollback(ctx, "ZOOM")
+    plan = rollbacks.plan_for_rollback(ctx, "ZOOM")
     assert plan.kind == "rollback" and plan.to_release == "2026C3.0" and plan.from_release == "2026C3.1"
-    assert operations.observe(ctx, inst).disks != disks_before  # the dry run changed nothing
-    out = hotfix_ops.rollback_last(ctx, "ZOOM")
+    assert facts.observe(ctx, inst).disks != disks_before  # the dry run changed nothing
+    out = rollbacks.rollback_last(ctx, "ZOOM")
     assert out.ok, out.error
-    assert operations.observe(ctx, inst).disks == disks_before
+    assert facts.observe(ctx, inst).disks == disks_before
     assert (os_tree(ctx), apps_tree(ctx), settings_tree(ctx)) == before
     assert user_data(ctx) == data_before
-    assert operations.running_release(ctx, inst) == "2026C3.0"
+    assert facts.running_release(ctx, inst) == "2026C3.0"
     assert user_data(ctx) == data_before
 
 
 def test_rolled_away_release_is_marked_bad_and_not_chosen_by_default(project: Path) -> None:
     ctx = ctx_for(project)
     inst = ctx.inventory.instrument(GROUP_A)
-    assert operations.desired_release(ctx, inst) == "2026C3.1"
-    assert operations.reimage(ctx, GROUP_A, "2026C3.0").ok
-    assert operations.reimage(ctx, GROUP_A).ok
-    assert hotfix_ops.rollback_last(ctx, GROUP_A).ok
-    assert operations.running_release(ctx, inst) == "2026C3.0"
+    assert facts.desired_release(ctx, inst) == "2026C3.1"
+    assert reimaging.reimage(ctx, GROUP_A, "2026C3.0").ok
+    assert reimaging.reimage(ctx, GROUP_A).ok
+    assert rollbacks.rollback_last(ctx, GROUP_A).ok
+    assert facts.running_release(ctx, inst) == "2026C3.0"
     with pytest.raises(InputError, match=f"2026C3.1 is marked bad for {GROUP_A}.*--release=2026C3.1"):
-        operations.reimage(ctx, GROUP_A)
-    assert operations.reimage(ctx, GROUP_A, "2026C3.1").ok
+        reimaging.reimage(ctx, GROUP_A)
+    assert reimaging.reimage(ctx, GROUP_A, "2026C3.1").ok
 
 
 def test_rollback_of_a_hotfix_reverts_it_and_rollback_with_nothing_to_return_to_is_refused(
         project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     with pytest.raises(ImagingError, match="no previous OS and Apps disks"):
-        hotfix_ops.plan_for_rollback(ctx, "ZOOM")
+        rollbacks.plan_for_rollback(ctx, "ZOOM")
     before = apps_tree(ctx)
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes["ZOOM"].ok
-    plan = hotfix_ops.plan_for_rollback(ctx, "ZOOM")
+    assert hotfixing.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes["ZOOM"].ok
+    plan = rollbacks.plan_for_rollback(ctx, "ZOOM")
     assert plan.kind == "hotfix-revert"
-    assert hotfix_ops.rollback_last(ctx, "ZOOM").ok
+    assert rollbacks.rollback_last(ctx, "ZOOM").ok
     assert apps_tree(ctx) == before
 
 
 def test_rollback_brings_back_the_hotfixes_of_the_previous_generation(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes["ZOOM"].ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
+    assert hotfixing.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path)).outcomes["ZOOM"].ok
     hotfixed = apps_tree(ctx)
-    assert operations.reimage(ctx, "ZOOM", "2026C3.1", drop_hotfixes=("HF-001",)).ok
-    assert hotfix_ops.list_hotfixes(ctx) == {}
-    assert hotfix_ops.rollback_last(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM", "2026C3.1", drop_hotfixes=("HF-001",)).ok
+    assert hotfixing.list_hotfixes(ctx) == {}
+    assert rollbacks.rollback_last(ctx, "ZOOM").ok
     assert apps_tree(ctx) == hotfixed
-    assert set(hotfix_ops.list_hotfixes(ctx)["ZOOM"]) == {"HF-001"}
-    assert hotfix_ops.revert(ctx, ["ZOOM"], "HF-001").outcomes["ZOOM"].ok
+    assert set(hotfixing.list_hotfixes(ctx)["ZOOM"]) == {"HF-001"}
+    assert hotfixing.revert(ctx, ["ZOOM"], "HF-001").outcomes["ZOOM"].ok
 
 
 # --- retention -------------------------------------------------------------------------------------
@@ -416,7 +419,7 @@ def test_retention_keeps_current_and_previous_never_counts_failed_or_what_a_roll
     lab = ctx.providers.lab
     gens = []
     for release in ("2026C3.0", "2026C3.1", "2026C3.0"):
-        assert operations.reimage(ctx, "ZOOM", release).ok
+        assert reimaging.reimage(ctx, "ZOOM", release).ok
         gens.append(ctx.journal.last("ZOOM", kinds=("reimage",), statuses=("ok",)).rollback_point["new"])
 
     def exists(g: dict[str, str]) -> bool:
@@ -429,14 +432,14 @@ def test_retention_keeps_current_and_previous_never_counts_failed_or_what_a_roll
             raise InjectedFault("injected health failure", host=step.host, step=step.action)
 
     fctx = ctx_for(project, fault=fail_health)
-    assert not operations.reimage(fctx, "ZOOM", "2026C3.1").ok
-    assert operations.retire_old_generations(ctx, inst) == []
+    assert not reimaging.reimage(fctx, "ZOOM", "2026C3.1").ok
+    assert reimaging.retire_old_generations(ctx, inst) == []
     assert exists(gens[1]) and exists(gens[2])
     # after a rollback, the generation rolled back to is in use and the one rolled away from is its undo
-    assert hotfix_ops.rollback_last(ctx, "ZOOM").ok
-    assert operations.retire_old_generations(ctx, inst) == []
+    assert rollbacks.rollback_last(ctx, "ZOOM").ok
+    assert reimaging.retire_old_generations(ctx, inst) == []
     assert exists(gens[1]) and exists(gens[2])
-    assert set(operations.observe(ctx, inst).disks.values()) >= set(gens[1].values())
+    assert set(facts.observe(ctx, inst).disks.values()) >= set(gens[1].values())
 
 
 # --- the front door --------------------------------------------------------------------------------
@@ -463,12 +466,12 @@ def test_cli_hotfix_list_revert_and_rollback_dry_run(project: Path) -> None:
 
 def test_pre_and_post_scripts_are_carried_to_the_guest_in_order(project: Path, tmp_path: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     folder = make_pkg(tmp_path, pre_script="scripts/pre.ps1", post_script="scripts/post.ps1")
     (folder / "scripts").mkdir()
     (folder / "scripts/pre.ps1").write_text("Stop-Service InstrumentServer\n")
     (folder / "scripts/post.ps1").write_text("Write-Output done\n")
-    assert hotfix_ops.hotfix(ctx, ["ZOOM"], folder).outcomes["ZOOM"].ok
+    assert hotfixing.hotfix(ctx, ["ZOOM"], folder).outcomes["ZOOM"].ok
     runs = json.loads((var_dir(ctx) / "imaging" / "hotfix-scripts.json").read_text())["runs"]
     assert [(r["phase"], r["script"]) for r in runs] == [("pre", "scripts/pre.ps1"), ("post", "scripts/post.ps1")]
     assert runs[0]["sha256"] == sha256_bytes(b"Stop-Service InstrumentServer\n")
@@ -482,8 +485,8 @@ def test_rollback_puts_the_settings_branch_back_before_the_migrations(project: P
     from tests.test_reimage_settings import branch_repo
 
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
-    assert operations.reimage(ctx, "ZOOM", "2026C3.1").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM", "2026C3.1").ok
     srepo = branch_repo(tmp_path, {"NDXZOOM": {"globals.txt": b"v4 settings\n"}})
     before = gitrepo.run_git(srepo, "rev-parse", "NDXZOOM").decode().strip()
     gitrepo.commit_files(srepo, "NDXZOOM", {"globals.txt": b"v5 settings (migrated)\n"}, "migrate", replace=True)
@@ -491,7 +494,7 @@ def test_rollback_puts_the_settings_branch_back_before_the_migrations(project: P
     last = ctx.journal.last("ZOOM", kinds=("reimage",), statuses=("ok",))
     ctx.journal.set_rollback_point(last.id, {**last.rollback_point, "settings_before_commit": before})
     ctx.inventory = ctx.inventory.model_copy(update={"settings_repo": srepo})
-    assert hotfix_ops.rollback_last(ctx, "ZOOM").ok
+    assert rollbacks.rollback_last(ctx, "ZOOM").ok
     tree = gitrepo.run_git(srepo, "show", "NDXZOOM:globals.txt")
     assert tree == b"v4 settings\n"
 

@@ -21,14 +21,17 @@ import pytest
 from loopback_wsman import ErrorSpec, LoopbackWSMan, ReceivedCommand, Reply
 
 from imaging.core.errors import ProviderError
+from imaging.core.pstemplates import RESULT_BEGIN, RESULT_END
 from imaging.engine.executor import Executor, Outcome
 from imaging.model import layout
 from imaging.model.inventory import Inventory, load_inventory
-from imaging.model.plan import Artifact, Observed, Plan, ReimageInputs, plan_reimage
+from imaging.model.plan import Artifact, Observed, Plan
 from imaging.model.steps import Step
-from imaging.providers.hyperv.provider import MOUNT_ACTIONS, GuestCredential, HypervProvider
-from imaging.providers.hyperv.scripts import RESULT_BEGIN, RESULT_END, render_script
-from imaging.providers.hyperv.transport import Credentials, SessionPool
+from imaging.plans.reimage import ReimageInputs, plan_reimage
+from imaging.providers.hyperv.credentials import Credentials, GuestCredential
+from imaging.providers.hyperv.provider import MOUNT_ACTIONS, HypervProvider
+from imaging.providers.hyperv.scripts import render_script
+from imaging.providers.hyperv.session import SessionPool
 from imaging.state.journal import FAILED, OK, ROLLED_BACK, Journal
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "instruments" / "examples" / "hyperv"

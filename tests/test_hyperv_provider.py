@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 
 from imaging.core.errors import InputError, LockHeld, ProviderError
+from imaging.core.pstemplates import RESULT_BEGIN, RESULT_END
 from imaging.core.redaction import REDACTED
 from imaging.model.steps import ACTIONS, Step
-from imaging.providers.hyperv.provider import MOUNT_ACTIONS, GuestCredential, HypervProvider
-from imaging.providers.hyperv.scripts import RESULT_BEGIN, RESULT_END
-from imaging.providers.hyperv.transport import Secret, parse_result
+from imaging.providers.hyperv.credentials import GuestCredential, Secret
+from imaging.providers.hyperv.provider import MOUNT_ACTIONS, HypervProvider
+from imaging.providers.hyperv.results import parse_result
 
 SAMPLES = json.loads((Path(__file__).parent / "golden" / "powershell" / "_inputs.json").read_text())
 

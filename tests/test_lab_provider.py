@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from imaging.core.errors import LockHeld, ProviderError
+from imaging.core.files import write_json
 from imaging.core.hashing import tree_manifest
 from imaging.model.steps import Step
-from imaging.providers.lab.fs import host_path, write_json
+from imaging.providers.lab.fs import host_path
 from imaging.providers.lab.provider import LabProvider
 
 H = "HVHOST01"

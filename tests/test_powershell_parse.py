@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imaging.core.errors import InputError
+from imaging.core.pstemplates import UnquotedOutput, make_environment
 from imaging.core.quoting import ps_literal
 from imaging.model.steps import ACTIONS
-from imaging.providers.hyperv.scripts import UnquotedOutput, make_environment, render_script
+from imaging.providers.hyperv.scripts import TEMPLATE_DIR, render_script
 
 PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
 SAMPLES = json.loads((Path(__file__).parent / "golden" / "powershell" / "_inputs.json").read_text())
@@ -152,7 +153,7 @@ def test_syntax_error_in_a_template_is_caught_by_the_parse_check(tmp_path):
 
 
 def test_the_real_templates_pass_the_guard():
-    env = make_environment()
+    env = make_environment(TEMPLATE_DIR)
     for action in ACTIONS:
         env.get_template(f"{action}.ps1.j2")  # raises UnquotedOutput if any template prints raw values
 

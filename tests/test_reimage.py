@@ -11,8 +11,9 @@ from imaging.core.config import Paths
 from imaging.core.errors import ImagingError
 from imaging.core.hashing import tree_manifest
 from imaging.model.steps import Step
-from imaging.ops import reimage as operations
-from imaging.ops.reimage import Context
+from imaging.ops import facts
+from imaging.ops import reimage as reimaging
+from imaging.ops.context import Context
 from imaging.ops.status import fleet_status
 from imaging.providers.lab.provider import InjectedFault
 
@@ -53,7 +54,7 @@ def put_user_data(ctx: Context, name: str = "ZOOM") -> None:
 
 def test_reimage_fresh_then_status_shows_release(project: Path) -> None:
     ctx = ctx_for(project)
-    out = operations.reimage(ctx, "ZOOM")
+    out = reimaging.reimage(ctx, "ZOOM")
     assert out.ok, out.error
     [row] = fleet_status(ctx, ["ZOOM"])
     assert row.running == row.desired == "2026C3.0"
@@ -64,21 +65,21 @@ def test_reimage_fresh_then_status_shows_release(project: Path) -> None:
 
 def test_reimage_twice_keeps_var_and_data_byte_for_byte(project: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     put_user_data(ctx)
     before = user_data(ctx)
     assert len(before) == 3
-    assert operations.reimage(ctx, "ZOOM").ok
-    assert operations.reimage(ctx, "ZOOM", "2026C3.1").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM", "2026C3.1").ok
     assert user_data(ctx) == before
 
 
 def test_user_file_on_os_disk_is_rescued_and_named(project: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     ctx.providers.lab.guest_write("HVHOST04", "NDXZOOM", r"C:\Users\operator\Desktop\shift-notes.txt", b"notes")
     events = []
-    out = operations.reimage(ctx, "ZOOM", listener=events.append)
+    out = reimaging.reimage(ctx, "ZOOM", listener=events.append)
     assert out.ok
     rescue = [e for e in events if e.step.action == "rescue_user_files" and e.ok]
     assert rescue[0].result["files"] == ["Users/operator/Desktop/shift-notes.txt"]
@@ -88,10 +89,10 @@ def test_user_file_on_os_disk_is_rescued_and_named(project: Path) -> None:
 
 def test_dry_run_changes_nothing(project: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     state = project / ".state"
     before = tree_manifest(state, exclude=("locks",))
-    plan = operations.plan_for_reimage(ctx, "ZOOM", "2026C3.1")
+    plan = reimaging.plan_for_reimage(ctx, "ZOOM", "2026C3.1")
     text = "\n".join(plan.describe())
     for word in ("stop", "create the new OS disk", "attach", "rescue", "back up", "keep"):
         assert word in text
@@ -100,7 +101,7 @@ def test_dry_run_changes_nothing(project: Path) -> None:
 
 def test_second_reimage_is_refused_while_the_first_holds_the_lock(project: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     gate, release = threading.Event(), threading.Event()
 
     def slow(step: Step) -> None:
@@ -110,12 +111,12 @@ def test_second_reimage_is_refused_while_the_first_holds_the_lock(project: Path)
 
     first_ctx = ctx_for(project, fault=slow)
     result: dict = {}
-    t = threading.Thread(target=lambda: result.update(out=operations.reimage(first_ctx, "ZOOM")))
+    t = threading.Thread(target=lambda: result.update(out=reimaging.reimage(first_ctx, "ZOOM")))
     t.start()
     assert gate.wait(20)
     try:
         with pytest.raises(ImagingError, match="ZOOM is being operated on"):
-            operations.reimage(ctx_for(project), "ZOOM")
+            reimaging.reimage(ctx_for(project), "ZOOM")
     finally:
         release.set()
         t.join()
@@ -149,53 +150,53 @@ PLAN_LEN = 25  # the steps of the reimage in prepared(); every one of them is fa
 
 def prepared(project: Path) -> tuple[Context, list[str], dict[str, str], object]:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     put_user_data(ctx)
     ctx.providers.lab.guest_write("HVHOST04", "NDXZOOM", r"C:\Users\operator\Desktop\todo.txt", b"todo")
-    actions = [s.action for s in operations.plan_for_reimage(ctx, "ZOOM", "2026C3.1").steps]
+    actions = [s.action for s in reimaging.plan_for_reimage(ctx, "ZOOM", "2026C3.1").steps]
     assert len(actions) == PLAN_LEN, f"the plan now has {len(actions)} steps: update PLAN_LEN"
-    return ctx, actions, user_data(ctx), operations.observe(ctx, ctx.inventory.instrument("ZOOM"))
+    return ctx, actions, user_data(ctx), facts.observe(ctx, ctx.inventory.instrument("ZOOM"))
 
 
 @pytest.mark.parametrize("index", range(PLAN_LEN))
 def test_failure_at_every_step_restores_the_previous_release(project: Path, index: int) -> None:
     ctx, actions, data_before, state_before = prepared(project)
     fctx = ctx_for(project, fault=fail_nth_plan_step(index, actions, InjectedFault))
-    out = operations.reimage(fctx, "ZOOM", "2026C3.1")
+    out = reimaging.reimage(fctx, "ZOOM", "2026C3.1")
     assert not out.ok and out.failed_step == actions[index]
     assert out.restored, out
-    assert operations.observe(ctx, ctx.inventory.instrument("ZOOM")) == state_before
+    assert facts.observe(ctx, ctx.inventory.instrument("ZOOM")) == state_before
     assert user_data(ctx) == data_before
     [row] = fleet_status(ctx, ["ZOOM"])
     assert row.running == "2026C3.0" and row.power == "Running" and row.pending == ""
-    assert operations.reimage(ctx_for(project), "ZOOM", "2026C3.1").ok
+    assert reimaging.reimage(ctx_for(project), "ZOOM", "2026C3.1").ok
 
 
 @pytest.mark.parametrize("index", range(PLAN_LEN))
 def test_killed_at_every_step_then_rollback_restores(project: Path, index: int) -> None:
     ctx, actions, data_before, state_before = prepared(project)
     with pytest.raises(Crash):
-        operations.reimage(ctx_for(project, fault=fail_nth_plan_step(index, actions, Crash)), "ZOOM", "2026C3.1")
+        reimaging.reimage(ctx_for(project, fault=fail_nth_plan_step(index, actions, Crash)), "ZOOM", "2026C3.1")
     inst = ctx.inventory.instrument("ZOOM")
     [row] = fleet_status(ctx, ["ZOOM"])
     assert "interrupted reimage" in row.pending
     assert "invoke resume --instrument=ZOOM" in row.hint and "invoke rollback --instrument=ZOOM" in row.hint
     with pytest.raises(ImagingError, match="interrupted"):
-        operations.reimage(ctx_for(project), "ZOOM")
-    op = operations.interrupted(ctx, inst)
+        reimaging.reimage(ctx_for(project), "ZOOM")
+    op = facts.interrupted(ctx, inst)
     out = ctx.executor().rollback_interrupted(op.id)
     assert out.restored
-    assert operations.observe(ctx, inst) == state_before
+    assert facts.observe(ctx, inst) == state_before
     assert user_data(ctx) == data_before
-    assert operations.reimage(ctx_for(project), "ZOOM", "2026C3.1").ok
+    assert reimaging.reimage(ctx_for(project), "ZOOM", "2026C3.1").ok
 
 
 @pytest.mark.parametrize("index", range(PLAN_LEN))
 def test_killed_at_every_step_then_resume_completes(project: Path, index: int) -> None:
     ctx, actions, data_before, _ = prepared(project)
     with pytest.raises(Crash):
-        operations.reimage(ctx_for(project, fault=fail_nth_plan_step(index, actions, Crash)), "ZOOM", "2026C3.1")
-    out = operations.resume(ctx_for(project), "ZOOM")
+        reimaging.reimage(ctx_for(project, fault=fail_nth_plan_step(index, actions, Crash)), "ZOOM", "2026C3.1")
+    out = reimaging.resume(ctx_for(project), "ZOOM")
     assert out.ok, out
     [row] = fleet_status(ctx, ["ZOOM"])
     assert row.running == "2026C3.1" and row.power == "Running"
@@ -206,7 +207,7 @@ def test_settings_changed_on_the_instrument_block_the_reimage_until_captured(pro
     from imaging.settings.drift import DriftFound
 
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     lab = ctx.providers.lab
     settings_file = r"C:\Instrument\Settings\labview\dae.ini"
     edited = lab.guest_path("HVHOST04", "NDXZOOM", settings_file).read_bytes() + b"; tuned during the cycle\n"
@@ -214,22 +215,22 @@ def test_settings_changed_on_the_instrument_block_the_reimage_until_captured(pro
     state = project / ".state"
     before = tree_manifest(state / "lab", exclude=("locks",))
     with pytest.raises(DriftFound) as exc:
-        operations.reimage(ctx, "ZOOM", "2026C3.1")
+        reimaging.reimage(ctx, "ZOOM", "2026C3.1")
     assert "labview/dae.ini" in str(exc.value) and "+; tuned during the cycle" in str(exc.value)
     assert "--capture-drift" in str(exc.value)
     assert tree_manifest(state / "lab", exclude=("locks",)) == before  # refused before any change
-    out = operations.reimage(ctx, "ZOOM", "2026C3.1", capture_drift=True)
+    out = reimaging.reimage(ctx, "ZOOM", "2026C3.1", capture_drift=True)
     assert out.ok, out.error
     saved = list((var_dir(ctx) / "settings-drift").glob("*/files/labview/dae.ini"))
     assert [p.read_bytes() for p in saved] == [edited]
     # the new Settings volume holds the rendered file again, and the next reimage goes through
     assert b"tuned during the cycle" not in lab.guest_path("HVHOST04", "NDXZOOM", settings_file).read_bytes()
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
 
 
 def test_post_boot_step_runs_in_the_guest_once_and_leaves_its_marker_on_var(project: Path) -> None:
     ctx = ctx_for(project)
-    assert operations.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM").ok
     step = Step("run_guest_command", "HVHOST04", {
         "vm": "NDXZOOM", "command": [r"C:\Instrument\Apps\MySQL\bin\mysql.exe", "--execute=SELECT 1"],
         "var_path": r"E:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx", "marker": "imaging/migrations/m.json",

@@ -12,10 +12,11 @@ from imaging.core.config import Paths
 from imaging.core.errors import ImagingError, InputError
 from imaging.model.labels import load_labels
 from imaging.model.releases import load_releases
-from imaging.ops import reimage as operations
+from imaging.ops import reimage as reimaging
 from imaging.ops import releases as release_ops
+from imaging.ops import stage as staging
+from imaging.ops.context import Context
 from imaging.ops.promotion import Move, plan_promotion, write_labels
-from imaging.ops.reimage import Context
 from imaging.plans.retention import ReleaseImages, select, usage
 from tests.conftest import git
 from tests.test_cli import inv
@@ -163,7 +164,7 @@ def test_promote_refuses_without_canary_then_moves_and_commits_after_one(labelle
     assert (project / "releases" / "labels.yaml").read_text() == before
     ctx = ctx_for(project)
     try:
-        assert operations.reimage(ctx, "ZOOM", "2026C3.0").ok  # ZOOM is in group B: the canary
+        assert reimaging.reimage(ctx, "ZOOM", "2026C3.0").ok  # ZOOM is in group B: the canary
     finally:
         ctx.close()
     res = inv(project, "promote", "--release=2026C3.0", "--label=current", "--group=B", "--dry-run")
@@ -215,9 +216,9 @@ def test_prune_dry_run_then_apply_keeps_what_is_used(labelled: Path) -> None:
     ctx = ctx_for(project)
     try:
         for rid in ("2025C5.0", "2026C1.0"):  # older releases: their images are in the store and on the host
-            operations.stage(ctx, rid, ctx.inventory.instrument("ZOOM").host)
-        assert operations.reimage(ctx, "ZOOM", "2026C3.0").ok
-        assert operations.reimage(ctx, "ZOOM", "2026C3.1").ok  # ZOOM runs 2026C3.1, rollback point 2026C3.0
+            staging.stage(ctx, rid, ctx.inventory.instrument("ZOOM").host)
+        assert reimaging.reimage(ctx, "ZOOM", "2026C3.0").ok
+        assert reimaging.reimage(ctx, "ZOOM", "2026C3.1").ok  # ZOOM runs 2026C3.1, rollback point 2026C3.0
     finally:
         ctx.close()
     res = inv(project, "prune")
@@ -260,8 +261,8 @@ def test_prune_counts_no_failed_build(labelled: Path) -> None:
     ctx = ctx_for(project)
     try:
         for rid in ("2025C5.0", "2026C1.0", "2026C3.0", "2026C3.1"):
-            operations.artifacts_of(ctx, rid, lab=True)
-        records = release_ops.records(ctx)
+            staging.artifacts_of(ctx, rid, "HVHOST01")
+        records = ctx.builds
         rec = records.start(kind="apps", name="apps-2026C3.1", release="2026C3.1", inputs={})
         records.fail(rec, "robocopy failed")
         decisions = {d.artifact: d for d in release_ops.prune_decisions(ctx)}
@@ -276,7 +277,7 @@ def test_prune_apply_refuses_to_remove_an_image_a_disk_still_uses(labelled: Path
     project = labelled
     ctx = ctx_for(project)
     try:
-        assert operations.reimage(ctx, "ZOOM", "2026C3.0").ok
+        assert reimaging.reimage(ctx, "ZOOM", "2026C3.0").ok
         inst = ctx.inventory.instrument("ZOOM")
         host = ctx.inventory.host_of(inst)
         sha = ctx.store.get("apps-2026C3.0").sha256

@@ -9,19 +9,15 @@ import re
 import threading
 
 import pytest
-from loopback_wsman import CommandReply, ErrorSpec, LoopbackWSMan, Reply
+from loopback_wsman import ErrorSpec, LoopbackWSMan, Reply
 
 from imaging.core.errors import InputError, ProviderError
+from imaging.core.pstemplates import RESULT_BEGIN, RESULT_END
 from imaging.core.redaction import REDACTED
-from imaging.providers.hyperv.transport import (
-    RESULT_BEGIN,
-    RESULT_END,
-    Connection,
-    Credentials,
-    Secret,
-    SessionPool,
-    parse_result,
-)
+from imaging.providers.hyperv.connection import Connection
+from imaging.providers.hyperv.credentials import Credentials, Secret
+from imaging.providers.hyperv.results import parse_result
+from imaging.providers.hyperv.session import SessionPool, wsman_kwargs
 
 CREDS = {"HV1": Credentials("svc-imaging", "not-the-real-one")}
 
@@ -70,7 +66,7 @@ def test_plain_http_without_encryption_is_refused():
 
 def test_plain_http_with_message_encryption_is_accepted():
     conn = Connection(host="HV1", address="hv1.example.org", port=5985, ssl=False, auth="kerberos")
-    assert conn.wsman_kwargs(Credentials())["encryption"] == "auto"
+    assert wsman_kwargs(conn, Credentials())["encryption"] == "auto"
 
 
 def test_certificate_auth_needs_https():
@@ -86,7 +82,7 @@ def test_unknown_auth_is_refused():
 def test_cert_validation_off_needs_explicit_permission_and_warns(caplog):
     with pytest.raises(InputError, match="allow_unvalidated_cert"):
         Connection(host="HV1", address="hv1.example.org", cert_validation=False)
-    with caplog.at_level(logging.WARNING, logger="imaging.providers.hyperv.transport"):
+    with caplog.at_level(logging.WARNING, logger="imaging.providers.hyperv.connection"):
         Connection(host="HV1", address="hv1.example.org", cert_validation=False, allow_unvalidated_cert=True)
     assert "certificate validation is OFF" in caplog.text
 
@@ -108,7 +104,7 @@ def test_insecure_loopback_is_refused_for_any_other_address(address):
 @pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
 def test_insecure_loopback_is_accepted_on_loopback(address):
     conn = Connection(host="HV1", address=address, port=1234, ssl=False, insecure_loopback=True)
-    assert conn.wsman_kwargs(Credentials("u", "loopback-pw"))["encryption"] == "never"
+    assert wsman_kwargs(conn, Credentials("u", "loopback-pw"))["encryption"] == "never"
 
 
 def test_bad_values_name_the_field():
@@ -169,7 +165,7 @@ def test_certificate_credentials_need_existing_files(tmp_path):
     creds = Credentials.for_connection(
         conn, environ={"IMAGING_HYPERV_CERT_PEM": str(cert), "IMAGING_HYPERV_KEY_PEM": str(key)}
     )
-    kwargs = conn.wsman_kwargs(creds)
+    kwargs = wsman_kwargs(conn, creds)
     assert kwargs["certificate_pem"] == str(cert) and kwargs["certificate_key_pem"] == str(key)
     assert "password" not in kwargs
 
@@ -224,11 +220,11 @@ def test_parse_result_redacts_secrets_from_the_result_it_returns():
 
 
 def test_the_markers_have_one_definition():
-    import imaging.providers.hyperv.scripts
-    import imaging.providers.hyperv.transport
+    import imaging.core.pstemplates
+    import imaging.providers.hyperv.results
 
-    assert imaging.providers.hyperv.transport.RESULT_BEGIN is imaging.providers.hyperv.scripts.RESULT_BEGIN
-    assert imaging.providers.hyperv.transport.RESULT_END is imaging.providers.hyperv.scripts.RESULT_END
+    assert imaging.providers.hyperv.results.RESULT_BEGIN is imaging.core.pstemplates.RESULT_BEGIN
+    assert imaging.providers.hyperv.results.RESULT_END is imaging.core.pstemplates.RESULT_END
 
 
 # ------------------------------------------------------------------------------------ against the endpoint
@@ -549,61 +545,6 @@ def test_the_step_timeout_covers_waiting_for_a_free_session():
 
 
 # ------------------------------------------------------------------------------- run_command over WinRS
-def test_run_command_runs_in_one_reused_cmd_shell():
-    def respond_command(line: str) -> CommandReply:
-        return CommandReply(stdout=f"ran {line}\r\n", exit_code=0)
-
-    with LoopbackWSMan(ok, respond_command) as ep:
-        with SessionPool([loopback(ep.port)], credentials=CREDS) as pool:
-            first = pool.run_command("HV1", ["whoami.exe", "/all"], timeout_s=20)
-            second = pool.run_command(
-                "HV1", [r"C:\Program Files (x86)\Tool\tool.exe", "a b\\", ""], step="get_state", timeout_s=20
-            )
-            assert ep.cmd_shells_created == 1
-            assert ep.shells_created == 0  # no PowerShell runspace was needed
-        assert ep.cmd_shells_deleted == 1
-    assert first.stdout == "ran whoami.exe /all\r\n" and first.exit_code == 0 and first.step == "run_command"
-    assert ep.command_lines[1] == '"C:\\Program Files (x86)\\Tool\\tool.exe" "a b\\\\" ""'
-    assert second.command_line == ep.command_lines[1]
-
-
-def test_run_command_non_zero_exit_is_an_error_unless_unchecked():
-    with (
-        LoopbackWSMan(ok, lambda line: CommandReply(stderr="Access is denied.\r\n", exit_code=5)) as ep,
-        SessionPool([loopback(ep.port)], credentials=CREDS) as pool,
-    ):
-        with pytest.raises(
-            ProviderError, match=r"host HV1 step icacls: icacls.exe exited with code 5: Access"
-        ):
-            pool.run_command("HV1", ["icacls.exe", r"D:\Imaging"], step="icacls", timeout_s=20)
-        res = pool.run_command("HV1", ["icacls.exe", r"D:\Imaging"], step="icacls", timeout_s=20, check=False)
-        assert res.exit_code == 5 and "Access is denied." in res.stderr
-        assert len(ep.command_lines) == 2  # a failed command is not retried
-
-
-def test_run_command_refuses_cmd_metacharacters_before_connecting(endpoint):
-    with SessionPool([loopback(endpoint.port)], credentials=CREDS) as pool:
-        for bad in ("a & del C:\\x", "%PATH%", "x|y", 'say "hi"', "a > b", "line\nbreak"):
-            with pytest.raises(InputError, match="cmd.exe would interpret"):
-                pool.run_command("HV1", ["echo.exe", bad], timeout_s=20)
-    assert endpoint.actions == []
-
-
-def test_run_command_retries_transient_failures_and_times_out_hanging_commands():
-    sleeps = Sleeps()
-    with LoopbackWSMan(ok, lambda line: CommandReply(hang=line == "hang.exe", stdout="ok")) as ep:
-        ep.drop_connections(1, action="Create")
-        with SessionPool(
-            [loopback(ep.port, operation_timeout_s=1)], credentials=CREDS, sleep=sleeps, jitter=lambda: 0.5
-        ) as pool:
-            assert pool.run_command("HV1", ["fine.exe"], timeout_s=20).attempts == 2
-            with pytest.raises(ProviderError, match="timed out after 1.5s; the command was stopped"):
-                pool.run_command("HV1", ["hang.exe"], timeout_s=1.5)
-            assert any(code.lower().endswith("signal/terminate") for code in ep.signals)
-            assert pool.run_command("HV1", ["fine.exe"], timeout_s=20).stdout == "ok"
-    assert sleeps.delays == [0.5]
-
-
 def test_flags_paths_and_configuration_names_are_checked():
     with pytest.raises(InputError, match="hosts.HV1.ssl"):
         Connection(host="HV1", address="hv1", ssl="yes")

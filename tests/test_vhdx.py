@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from imaging.core.errors import ImagingError, InputError
+from imaging.core.hashing import sha256_file
 from imaging.images import gpt, vhdx
 from imaging.images import tools as imagetools
 
@@ -60,7 +61,7 @@ def test_image_is_a_dynamic_vhdx(built) -> None:
     assert info["virtual-size"] == manifest.disk_size
     assert manifest.disk_size % MIB == 0
     assert manifest.image_size == image.stat().st_size
-    assert manifest.image_sha256 == vhdx.sha256_file(image)
+    assert manifest.image_sha256 == sha256_file(image)
 
 
 def test_gpt_has_one_ntfs_partition_named_after_the_label(built, tmp_path: Path) -> None:

@@ -44,6 +44,35 @@ class Paths:
     def locks(self) -> Path:
         return self.state / "locks"
 
+    @property
+    def runs(self) -> Path:
+        """The records of fleet runs (deploy, hotfix, revert), one JSON file each."""
+        return self.state / "deploys"
+
+    @property
+    def bad_releases(self) -> Path:
+        """Releases rolled back on an instrument, which nothing chooses for it again by default."""
+        return self.state / "bad-releases.json"
+
+    @property
+    def builds(self) -> Path:
+        return self.state / "builds"
+
+    @property
+    def tmp(self) -> Path:
+        """Scratch space for image builds and reads (default ``--workdir``)."""
+        return self.state / "tmp"
+
+    @property
+    def hotfix_scratch(self) -> Path:
+        """Where hotfix packages given as archives are unpacked to be checked."""
+        return self.state / "hotfixes" / "unpacked"
+
+    @property
+    def rendered_settings(self) -> Path:
+        """Default output of `invoke render`."""
+        return self.state / "rendered-settings"
+
     @classmethod
     def from_env(cls, root: Path | None = None) -> Paths:
         """Defaults under the project; IMAGING_INVENTORY, IMAGING_RELEASES, IMAGING_STATE override."""

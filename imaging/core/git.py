@@ -1,9 +1,11 @@
-"""Small git plumbing for settings: read trees at a ref, check dirtiness, commit without a checkout.
+"""The one way git is run: read trees at a ref, check dirtiness, commit without a checkout, commit one file.
 
 Everything here runs ``git -C <repo> ...`` with argument lists. Reading never needs the ref checked out
 (``ls-tree`` and ``cat-file --batch``), and committing builds the new tree in a private index file
 (``hash-object``, ``update-index``, ``write-tree``, ``commit-tree``, ``update-ref``), so the user's
-checkout, index and working tree are never touched.
+checkout, index and working tree are never touched. The one exception is ``commit_file``: labels and
+revocations are files of the project checkout, committed with the user's own identity so that their
+history is the git log.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from imaging.core.errors import ImagingError, InputError
@@ -26,12 +29,17 @@ class GitError(ImagingError):
     """A git command failed; the message carries git's own explanation."""
 
 
+def _git(repo: Path, *args: str, input: bytes | None = None,
+         env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(["git", "-C", str(repo), *args], input=input, capture_output=True, env=full_env,
+                          check=False)
+
+
 def run_git(repo: Path, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None,
             check: bool = True) -> bytes:
     """Run one git command in ``repo`` and return its stdout; raise GitError with git's stderr on failure."""
-    full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run(["git", "-C", str(repo), *args], input=input, capture_output=True, env=full_env,
-                          check=False)
+    proc = _git(repo, *args, input=input, env=env)
     if check and proc.returncode != 0:
         msg = proc.stderr.decode("utf-8", "replace").strip() or f"exit code {proc.returncode}"
         raise GitError(f"git {' '.join(args[:2])} in {repo} failed: {msg}")
@@ -255,3 +263,49 @@ def write_dir(root: Path, files: Mapping[str, bytes]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         if existing.get(rel) != data:
             target.write_bytes(data)
+
+
+# --- one file of the project checkout, with the user's identity --------------------------------------
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    committed: bool
+    detail: str  # the commit id, or why nothing was committed
+
+
+def _text(repo: Path, *args: str) -> tuple[int, str]:
+    proc = _git(repo, *args)
+    return proc.returncode, (proc.stdout or proc.stderr).decode("utf-8", "replace").strip()
+
+
+def _identity(root: Path) -> bool:
+    for env_key, cfg_key in (("GIT_AUTHOR_NAME", "user.name"), ("GIT_AUTHOR_EMAIL", "user.email")):
+        if not os.environ.get(env_key) and not _text(root, "config", "--get", cfg_key)[1]:
+            return False
+    return True
+
+
+def commit_file(root: Path, file: Path, message: str) -> CommitResult:
+    """Commit ``file`` alone (other staged or changed files are left as they are).
+
+    Committed only when the project is a git checkout and the user has an identity (``user.name`` and
+    ``user.email``, or the ``GIT_AUTHOR_*`` variables); otherwise the change stays uncommitted and the result
+    says why, for the caller to print."""
+    root, file = Path(root), Path(file)
+    if _text(root, "rev-parse", "--is-inside-work-tree")[1] != "true":
+        return CommitResult(False, f"{root} is not a git checkout; the change to {file.name} is not committed")
+    try:
+        rel = file.resolve().relative_to(Path(_text(root, "rev-parse", "--show-toplevel")[1]).resolve())
+    except ValueError:
+        return CommitResult(False, f"{file} is outside the git checkout {root}; it is not committed")
+    if not _identity(root):
+        return CommitResult(False, "git has no user.name/user.email for you; the change is left uncommitted: "
+                                   f"set them and run `git -C {root} commit -- {rel.as_posix()}`")
+    code, out = _text(root, "add", "--", rel.as_posix())
+    if code != 0:
+        return CommitResult(False, f"git add failed: {out}")
+    code, out = _text(root, "commit", "-q", "-m", message, "--", rel.as_posix())
+    if code != 0:
+        return CommitResult(False, f"git commit failed: {out}")
+    return CommitResult(True, _text(root, "rev-parse", "--short", "HEAD")[1])

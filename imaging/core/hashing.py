@@ -13,15 +13,21 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path | str) -> str:
     """Stream a file through sha256 in fixed chunks (constant memory)."""
+    return sha256_and_size(path)[0]
+
+
+def sha256_and_size(path: Path | str) -> tuple[str, int]:
+    """The file's sha256 and its size as seen on the open file once hashed (a size that differs from an
+    earlier look means somebody is writing to it)."""
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):
             h.update(view[:n])
-    return h.hexdigest()
+        return h.hexdigest(), os.fstat(fh.fileno()).st_size
 
 
 def tree_manifest(root: Path, *, exclude: tuple[str, ...] = ()) -> dict[str, str]:

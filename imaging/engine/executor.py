@@ -20,7 +20,7 @@ from typing import Any
 
 from imaging.core.errors import ImagingError, LockHeld
 from imaging.model.plan import Plan
-from imaging.model.steps import Step
+from imaging.model.steps import CHECK_ACTIONS, Step
 from imaging.providers.base import Provider
 from imaging.state.journal import FAILED, OK, ROLLBACK_FAILED, ROLLED_BACK, RUNNING, Journal
 
@@ -38,6 +38,11 @@ class StepEvent:
     seconds: float = 0.0
     result: dict[str, Any] | None = None
     error: str | None = None
+
+    @property
+    def already_done(self) -> bool:
+        """The step ended having changed nothing (and is not a mere check): it had been done before."""
+        return bool(self.result) and not self.result.get("changed", True) and self.step.action not in CHECK_ACTIONS
 
 
 Listener = Callable[[StepEvent], None]

@@ -245,6 +245,10 @@ class Prediction:
     slot_use: dict[str, float]      # host -> average busy slots / limit
     parallel_use: float = 0.0       # average running instruments / --parallel
 
+    def critical(self) -> tuple[str, float]:
+        """The resource closest to saturation over the run, and how busy it was."""
+        return critical_resource(self)
+
 
 def lower_bound(jobs: list[Job], model: TimeModel, limits: Limits, *, staged_hosts: set[str]) -> tuple[float, str]:
     """The larger of: the busiest resource's total work over its capacity, and the longest instrument."""

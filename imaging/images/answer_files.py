@@ -10,8 +10,8 @@ from pathlib import Path
 import jinja2
 
 from imaging.core.errors import InputError
+from imaging.core.pstemplates import make_environment
 from imaging.images.build import check_template_version
-from imaging.providers.hyperv.scripts import make_environment
 
 PROVISION_PATH = "C:\\Windows\\Setup\\Scripts\\provision.ps1"
 

@@ -5,13 +5,13 @@ Checking happens in full before any tool runs, so bad input changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from imaging.core.errors import InputError
+from imaging.core.hashing import sha256_and_size
 from imaging.core.quoting import check_ntfs_name
 from imaging.images.manifest import FileEntry
 
@@ -82,18 +82,11 @@ def scan_tree(tree: Path) -> SourceTree:
     return SourceTree(files, dirs)
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def hash_tree(scanned: SourceTree) -> list[FileEntry]:
     """sha256 of every file; a file whose size changed since the scan means the tree is being written to."""
     out = []
     for rel, abs_path, size in scanned.files:
-        with open(abs_path, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-            now = os.fstat(fh.fileno()).st_size
+        digest, now = sha256_and_size(abs_path)
         if now != size:
             raise InputError(f"file changed size while the image was being built ({size} -> {now} bytes)",
                              file=abs_path, fix="build from a tree nothing else is writing to")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import ImagingError, InputError
+from imaging.core.hashing import sha256_file
 from imaging.core.quoting import check_label
 from imaging.images import gpt
 from imaging.images import tools as imagetools
@@ -38,7 +39,6 @@ from imaging.images.source_tree import (
     estimate_volume_size,
     hash_tree,
     scan_tree,
-    sha256_file,
 )
 
 
@@ -426,5 +426,5 @@ def qemu_info(image: Path) -> dict[str, Any]:
 
 __all__ = ["WINDOWS_MANAGED", "FileEntry", "ImageManifest", "ReadBack", "SourceTree", "assemble_disk",
            "build_volume_image", "capture_config", "convert_to_vhdx", "create_empty_volume",
-           "estimate_volume_size", "qemu_info", "read_image_files", "scan_tree", "sha256_file",
+           "estimate_volume_size", "qemu_info", "read_image_files", "scan_tree",
            "verify_image"]

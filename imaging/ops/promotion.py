@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from imaging.core.errors import InputError
-from imaging.core.gitfile import CommitResult, commit_file
+from imaging.core.git import CommitResult, commit_file
 from imaging.model.labels import KNOWN_LABELS, LABELS_FILE, load_labels
 from imaging.model.releases import ReleaseDefinition, load_release
 from imaging.state.journal import OK, Operation

@@ -1,222 +1,39 @@
-"""The operations a user asks for (reimage, resume, rollback, stage), wired from the pure parts.
+"""Reimage one instrument: new OS and Apps disks from the release, fresh Settings, Var and Data kept.
 
-Each function gathers what a plan needs (inventory, release, artifacts, what the host shows, settings),
-asks the planner for the plan, and hands it to the executor. Printing belongs to tasks.py.
+Gathers what the plan needs (release, artifacts, what the host shows, settings), asks the planner for the
+plan and hands it to the executor; afterwards retires old generations and re-applies the hotfixes the
+instrument carries over (downward, through ``imaging.ops.hotfix``). Also: resume of an interrupted
+operation.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
-from imaging.core.config import Paths
-from imaging.core.errors import ArtifactError, ImagingError, InputError
+from imaging.core.errors import ImagingError
 from imaging.core.hashing import manifest_digest, sha256_bytes
-from imaging.engine.executor import Executor, Listener, Outcome, StepEvent, is_live
-from imaging.images import samples
-from imaging.model import layout
-from imaging.model.inventory import SLOTS, Instrument, Inventory, load_inventory
-from imaging.model.labels import load_labels, resolve
-from imaging.model.plan import SETTINGS_MANIFEST, Artifact, Observed, Plan, ReimageInputs, generation, plan_reimage
-from imaging.model.releases import ReleaseDefinition, load_releases
+from imaging.core.stamps import new_op_id, stamp, who
+from imaging.engine.executor import Listener, Outcome, StepEvent
+from imaging.model.inventory import SLOTS, Instrument
+from imaging.model.plan import SETTINGS_MANIFEST, Observed, Plan
 from imaging.model.steps import Step
-from imaging.providers.dispatcher import Dispatcher
-from imaging.providers.lab.provider import FaultHook
+from imaging.ops.context import Context
+from imaging.ops.facts import (
+    desired_release,
+    hotfixes_to_reapply,
+    interrupted,
+    observe,
+    refuse_dropped_hotfixes,
+    refuse_if_interrupted,
+    running_release,
+)
+from imaging.ops.hotfix import reapply_after_reimage
+from imaging.ops.stage import artifacts_of, publish, stage_steps
+from imaging.plans.reimage import ReimageInputs, plan_reimage
 from imaging.settings import migrations
 from imaging.settings.instruments import DeployedSettings, ReimageSettings, prepare_reimage_settings
-from imaging.state.journal import OK, RUNNING, Journal, Operation, who
-from imaging.state.store import ArtifactStore
-
-LAB_OS_FILES = 400
-LAB_APPS_FILES = 300
-
-
-@dataclass
-class Context:
-    """Everything one invocation works with, loaded and validated once before anything acts."""
-
-    paths: Paths
-    inventory: Inventory
-    releases: dict[str, ReleaseDefinition]
-    labels: dict[str, dict[str, str]]
-    store: ArtifactStore
-    journal: Journal
-    providers: Dispatcher
-    sample_sizes: tuple[int, int] = (LAB_OS_FILES, LAB_APPS_FILES)
-
-    @classmethod
-    def load(cls, paths: Paths | None = None, *, fault: FaultHook | None = None) -> Context:
-        paths = paths or Paths.from_env()
-        inventory = load_inventory(paths.inventory)
-        releases = load_releases(paths.releases)
-        labels = load_labels(paths.releases)
-        return cls(paths=paths, inventory=inventory, releases=releases, labels=labels,
-                   store=ArtifactStore(paths.store), journal=Journal(paths.journal),
-                   providers=Dispatcher(inventory, paths.lab, fault=fault))
-
-    def close(self) -> None:
-        self.providers.close()
-
-    def executor(self, listener: Listener | None = None) -> Executor:
-        return Executor(self.providers, self.journal, self.paths.locks, listener)
-
-
-def stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")[:-4] + "Z"
-
-
-def new_op_id() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-# --- releases and artifacts ------------------------------------------------------------------------
-
-
-def desired_release(ctx: Context, inst: Instrument, override: str | None = None) -> str:
-    name = override or inst.desired(ctx.inventory.groups)
-    source = "--release" if override else (inst.source if inst.release else str(ctx.paths.inventory / "groups.yaml"))
-    release = resolve(name, group=inst.group, labels=ctx.labels, releases=ctx.releases, source=source)
-    rel = ctx.releases[release]
-    if not override:
-        from imaging.ops.hotfix import bad_releases
-
-        bad = bad_releases(ctx, inst.name).get(release)
-        if bad:
-            raise InputError(f"release {release} is marked bad for {inst.name} (rolled back {bad['when']} by "
-                             f"{bad['who']}, operation {bad['operation']}); it is not chosen by default",
-                             field="release", value=release,
-                             fix=f"give --release={release} to use it anyway, or point the label elsewhere")
-    if rel.revoked:
-        raise InputError(f"release {release} is revoked ({rel.revoked.reason})", field="release", value=release,
-                         fix="choose another release or label")
-    return release
-
-
-def artifacts_of(ctx: Context, release: str, *, lab: bool, create: bool = True) -> tuple[Artifact, Artifact]:
-    """The OS template and Apps image of a release, from the store; on the lab, made on first use.
-
-    With ``create=False`` (dry runs) a missing lab sample is described but not stored.
-    """
-    rel = ctx.releases[release]
-    out = []
-    for ref, kind in ((rel.os_template, "os-template"), (rel.apps, "apps")):
-        if not ctx.store.exists(ref.name):
-            if not lab:
-                raise ArtifactError(f"artifact {ref.name} of release {release} is not in the store; build it with "
-                                    f"`invoke build-{'template' if kind == 'os-template' else 'apps'}`")
-            os_files, apps_files = ctx.sample_sizes
-            files = (samples.os_tree_files(ref.name, os_files) if kind == "os-template"
-                     else samples.apps_tree_files(ref.name, rel.apps.version, apps_files))
-            if not create:
-                sha, size = samples.sample_identity(files)
-                out.append(Artifact(name=ref.name, sha256=sha, size=size, suffix=".tar"))
-                continue
-            samples.ensure_sample(ctx.store, name=ref.name, kind=kind, files=files)
-        man = ctx.store.get(ref.name)
-        if ref.sha256 and ref.sha256 != man.sha256:
-            raise ArtifactError(f"release {release} pins {ref.name} to sha256 {ref.sha256}, the store holds "
-                                f"{man.sha256}; the artifact was rebuilt or replaced")
-        out.append(Artifact(name=man.name, sha256=man.sha256, size=man.size, suffix=man.suffix or ".vhdx"))
-    return out[0], out[1]
-
-
-def stage_steps(ctx: Context, release: str, host_name: str) -> list[Step]:
-    """The steps that put a release's images on one host, each verified on arrival."""
-    host = ctx.inventory.hosts[host_name]
-    steps = []
-    for art in artifacts_of(ctx, release, lab=host.provider == "lab"):
-        steps.append(Step("stage_artifact", host_name, {
-            "name": art.name, "sha256": art.sha256,
-            "share_path": layout.share_path(host, art.name, art.sha256, art.suffix),
-            "dest_path": layout.image_path(host, art.name, art.sha256)},
-            f"stage {art.name} on {host_name} (pull from the share, verify sha256, make read-only)"))
-    return steps
-
-
-@dataclass(frozen=True)
-class StageEvent:
-    """Progress of staging on one host: ``phase`` is "publish" (bytes onto the share, with done/total) or
-    "stage" (the host pulls and verifies; ``result`` is set when the step ended)."""
-
-    host: str
-    artifact: str
-    phase: str
-    done: int = 0
-    total: int = 0
-    result: dict[str, Any] | None = None
-
-
-StageProgress = Callable[[StageEvent], None]
-
-
-def publish(ctx: Context, release: str, host_name: str, *, progress: StageProgress | None = None) -> None:
-    """Put a release's artifacts on the host's share. The lab share is a folder; a real one is mounted."""
-    host = ctx.inventory.hosts[host_name]
-    if host.provider != "lab":
-        return  # real shares are filled by `invoke publish` on the machine that mounts them
-    lab = ctx.providers.lab
-    for art in artifacts_of(ctx, release, lab=True):
-        dest = lab.path(host_name, layout.share_path(host, art.name, art.sha256, art.suffix)).parent
-        cb = None
-        if progress is not None:
-            def cb(done: int, total: int, _name: str = art.name) -> None:
-                progress(StageEvent(host_name, _name, "publish", done, total))
-        ctx.store.stage(art.name, dest, progress=cb)
-
-
-def stage(ctx: Context, release: str, host_name: str, *,
-          progress: StageProgress | None = None) -> list[dict[str, Any]]:
-    """Stage a release's images on one host: once, verified, resumable (a half-done copy is finished or
-    redone; a staged image is left alone). Returns one result per artifact with ``name``, ``changed``
-    and ``bytes`` copied."""
-    publish(ctx, release, host_name, progress=progress)
-    out = []
-    for s in stage_steps(ctx, release, host_name):
-        name = str(s.inputs["name"])
-        if progress is not None:
-            progress(StageEvent(host_name, name, "stage"))
-        res = {"name": name, **ctx.providers.run(s)}
-        if progress is not None:
-            progress(StageEvent(host_name, name, "stage", result=res))
-        out.append(res)
-    return out
-
-
-# --- state ---------------------------------------------------------------------------------------
-
-
-def observe(ctx: Context, inst: Instrument) -> Observed:
-    state = ctx.providers.run(Step("get_state", inst.host, {"vm": inst.vm}, f"look at {inst.vm}"))
-    return Observed.from_state(state)
-
-
-def running_release(ctx: Context, inst: Instrument) -> str | None:
-    """What the instrument runs, by the journal's last finished operation that put a release on it."""
-    op = ctx.journal.last(inst.name, kinds=("reimage", "rollback"), statuses=(OK,))
-    return op.to_release if op else None
-
-
-def interrupted(ctx: Context, inst: Instrument) -> Operation | None:
-    """An operation that is marked running but whose process is gone."""
-    op = ctx.journal.last(inst.name)
-    if op and op.status == RUNNING and not is_live(ctx.paths.locks, inst.name):
-        return op
-    return None
-
-
-def refuse_if_interrupted(ctx: Context, inst: Instrument) -> None:
-    op = interrupted(ctx, inst)
-    if op:
-        raise ImagingError(
-            f"{inst.name} has an interrupted {op.kind} ({op.id}, started {op.started} by {op.user}); finish it "
-            f"with `invoke resume --instrument={inst.name}` or undo it with `invoke rollback --instrument={inst.name}`")
-
+from imaging.state.journal import OK, RUNNING, Operation
 
 # --- settings ------------------------------------------------------------------------------------
 
@@ -239,7 +56,7 @@ def deployed_settings(ctx: Context, inst: Instrument, observed: Observed) -> Dep
 def settings_for(ctx: Context, inst: Instrument, release: str, observed: Observed, *, dry_run: bool,
                  capture_drift: bool = False, allow_dirty: bool = False, ref: str = "HEAD",
                  stamp_: str | None = None) -> ReimageSettings:
-    """Drift check (refuses before any change), drift capture, migrations, render: see settings_fleet."""
+    """Drift check (refuses before any change), drift capture, migrations, render: see settings.instruments."""
     return prepare_reimage_settings(
         repo=ctx.paths.root, inventory=ctx.inventory, inst=inst, release=release,
         settings_version=ctx.releases[release].settings_version, deployed=deployed_settings(ctx, inst, observed),
@@ -252,7 +69,8 @@ def settings_for(ctx: Context, inst: Instrument, release: str, observed: Observe
 def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_id: str | None = None,
                      allow_dirty: bool = False, dry_run: bool = True, capture_drift: bool = False,
                      settings_ref: str = "HEAD", hotfixes: tuple[str, ...] = ()) -> Plan:
-    """Gather the inputs (reading only) and compute the plan. Touches nothing when ``dry_run``.
+    """Gather the inputs (reading only) and compute the plan for ``release`` (an id or a label; default the
+    instrument's desired release). Touches nothing when ``dry_run``.
 
     Without ``dry_run`` the settings half may already act before the plan runs, and only in ways that
     lose nothing: captured drift is committed to the instrument's settings branch, and pending migrations
@@ -260,11 +78,16 @@ def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_
     ``hotfixes`` are the ones the instrument will carry after the reimage (recorded on Var).
     """
     inst = ctx.inventory.instrument(name)
+    return _plan(ctx, inst, desired_release(ctx, inst, release), op_id=op_id or new_op_id(),
+                 allow_dirty=allow_dirty, dry_run=dry_run, capture_drift=capture_drift,
+                 settings_ref=settings_ref, hotfixes=hotfixes)
+
+
+def _plan(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow_dirty: bool, dry_run: bool,
+          capture_drift: bool, settings_ref: str, hotfixes: tuple[str, ...]) -> Plan:
     host = ctx.inventory.host_of(inst)
-    target = desired_release(ctx, inst, release)
-    os_img, apps_img = artifacts_of(ctx, target, lab=host.provider == "lab", create=not dry_run)
+    os_img, apps_img = artifacts_of(ctx, target, inst.host, create=not dry_run)
     observed = observe(ctx, inst)
-    op_id = op_id or new_op_id()
     when = stamp()
     rs = settings_for(ctx, inst, target, observed, dry_run=dry_run, capture_drift=capture_drift,
                       allow_dirty=allow_dirty, ref=settings_ref, stamp_=when)
@@ -287,28 +110,41 @@ def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_
         post_boot=tuple(post_boot)))
 
 
+def preview_reimage(ctx: Context, name: str, release: str | None = None, *, drop_hotfixes: tuple[str, ...] = (),
+                    allow_dirty: bool = False, capture_drift: bool = False, settings_ref: str = "HEAD") -> Plan:
+    """The dry run of ``reimage``: the same refusals (hotfixes it would lose), then the plan; changes nothing."""
+    inst = ctx.inventory.instrument(name)
+    target = desired_release(ctx, inst, release)
+    refuse_dropped_hotfixes(ctx, inst, target, drop_hotfixes)
+    return _plan(ctx, inst, target, op_id=new_op_id(), allow_dirty=allow_dirty, dry_run=True,
+                 capture_drift=capture_drift, settings_ref=settings_ref, hotfixes=())
+
+
 def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Listener | None = None,
             batch: str | None = None, allow_dirty: bool = False, capture_drift: bool = False,
             settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = ()) -> Outcome:
-    """Reimage one instrument. Hotfixes it carries that the target release lacks stop it before anything
-    changes (settings capture included), unless declared for the target (re-applied after the reimage) or
-    dropped by the caller."""
-    from imaging.ops.hotfix import hotfixes_to_reapply, refuse_dropped_hotfixes
-
+    """Reimage one instrument to ``release`` (an id or a label; default its desired release)."""
     inst = ctx.inventory.instrument(name)
+    return reimage_to(ctx, inst, desired_release(ctx, inst, release), listener=listener, batch=batch,
+                      allow_dirty=allow_dirty, capture_drift=capture_drift, settings_ref=settings_ref,
+                      drop_hotfixes=drop_hotfixes)
+
+
+def reimage_to(ctx: Context, inst: Instrument, target: str, *, listener: Listener | None = None,
+               batch: str | None = None, allow_dirty: bool = False, capture_drift: bool = False,
+               settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = ()) -> Outcome:
+    """Reimage one instrument to an already resolved release. Hotfixes it carries that the target lacks
+    stop it before anything changes (settings capture included), unless declared for the target (re-applied
+    after the reimage) or dropped by the caller."""
     refuse_if_interrupted(ctx, inst)
-    target = desired_release(ctx, inst, release)
     refuse_dropped_hotfixes(ctx, inst, target, drop_hotfixes)
     carry = hotfixes_to_reapply(ctx, inst, target, drop_hotfixes)
     included = tuple(ctx.releases[target].includes_hotfixes)
     op_id = new_op_id()
-    plan = plan_for_reimage(ctx, name, target, op_id=op_id, allow_dirty=allow_dirty, dry_run=False,
-                            capture_drift=capture_drift, settings_ref=settings_ref,
-                            hotfixes=included + tuple(carry))
-    host = ctx.inventory.host_of(inst)
-    if host.provider == "lab":
-        publish(ctx, plan.to_release or "", inst.host)
-    for s in stage_steps(ctx, plan.to_release or "", inst.host):
+    plan = _plan(ctx, inst, target, op_id=op_id, allow_dirty=allow_dirty, dry_run=False,
+                 capture_drift=capture_drift, settings_ref=settings_ref, hotfixes=included + tuple(carry))
+    publish(ctx, target, inst.host)
+    for s in stage_steps(ctx, target, inst.host):
         res = ctx.providers.run(s)  # idempotent: copies nothing when the images are already staged
         if listener and res.get("changed"):
             listener(StepEvent(inst.name, "stage", 0, 0, s, ok=True, result=res))
@@ -321,8 +157,6 @@ def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Li
 def _after_reimage(ctx: Context, inst: Instrument, outcome: Outcome, carry: list[str],
                    listener: Listener | None) -> None:
     """Once a reimage finished: retire old generations, put carried hotfixes back on the new Apps disk."""
-    from imaging.ops.hotfix import reapply_after_reimage
-
     retire_old_generations(ctx, inst)
     for hid, out in reapply_after_reimage(ctx, inst, carry, listener=listener, reimage_op=outcome.op_id).items():
         if not out.ok:
@@ -340,6 +174,7 @@ def _carried_by_plan(ctx: Context, op: Operation) -> list[str]:
 
 
 def resume(ctx: Context, name: str, *, listener: Listener | None = None) -> Outcome:
+    """Finish an interrupted operation from its first step not finished."""
     inst = ctx.inventory.instrument(name)
     op = interrupted(ctx, inst)
     if op is None:
@@ -381,10 +216,3 @@ def retire_old_generations(ctx: Context, inst: Instrument) -> list[str]:
                 if res.get("changed"):
                     deleted.append(path)
     return deleted
-
-
-def load_context(root: Path | None = None) -> Context:
-    return Context.load(Paths.from_env(root))
-
-
-__all__ = ["Context", "reimage", "resume", "plan_for_reimage", "stage", "observe", "generation"]

@@ -1,4 +1,4 @@
-"""Release management wired to a Context: promote, revoke, prune, and the label warnings for `releases`.
+"""Release management wired to a Context: the release list, promote, revoke, prune, label warnings.
 
 The deciding parts are pure (:mod:`imaging.ops.promotion`, :mod:`imaging.plans.retention`); this module gathers
 their inputs from the inventory, the journal, the store and the build records, and carries out the result.
@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imaging.core.errors import ImagingError, InputError
-from imaging.core.gitfile import CommitResult, commit_file
+from imaging.core.git import CommitResult, commit_file
+from imaging.core.stamps import who
 from imaging.model import layout
-from imaging.model.labels import resolve
+from imaging.model.releases import ReleaseDefinition, newest_first
 from imaging.model.steps import Step
+from imaging.ops.context import Context
+from imaging.ops.facts import desired_release, running_release, who_runs
 from imaging.ops.promotion import (
     Promotion,
     Revoke,
@@ -23,14 +26,26 @@ from imaging.ops.promotion import (
     revoke_release,
     write_labels,
 )
-from imaging.ops.reimage import Context, running_release
 from imaging.plans.retention import Decision, ReleaseImages, select, usage
-from imaging.state.builds import BuildRecords
-from imaging.state.journal import OK, RUNNING, who
+from imaging.state.journal import OK, RUNNING
 
 
-def records(ctx: Context) -> BuildRecords:
-    return BuildRecords(ctx.paths.state / "builds")
+@dataclass(frozen=True)
+class ReleaseRow:
+    release: ReleaseDefinition
+    labels: list[str]       # "group:label", with "!" when the release is revoked
+    running_on: list[str]
+
+
+def release_rows(ctx: Context) -> list[ReleaseRow]:
+    """Every release, newest first, with the labels that point to it and the instruments that run it."""
+    runs = who_runs(ctx)
+    rows = []
+    for rel in newest_first(ctx.releases.values()):
+        labels = [f"{g}:{label}" + ("!" if rel.revoked else "") for g, m in sorted(ctx.labels.items())
+                  for label, rid in m.items() if rid == rel.id]
+        rows.append(ReleaseRow(rel, labels, runs.get(rel.id, [])))
+    return rows
 
 
 # --- promote ---------------------------------------------------------------------------------------------
@@ -98,9 +113,8 @@ def _uses(ctx: Context) -> Any:
     for inst in ctx.inventory.instruments.values():
         running[inst.name] = running_release(ctx, inst)
         try:
-            desired[inst.name] = resolve(inst.desired(ctx.inventory.groups), group=inst.group, labels=ctx.labels,
-                                         releases=ctx.releases, source=inst.source)
-        except InputError:
+            desired[inst.name] = desired_release(ctx, inst)
+        except ImagingError:
             desired[inst.name] = None
         points: list[str] = []
         for op in ctx.journal.operations(instrument=inst.name):
@@ -118,7 +132,7 @@ def _uses(ctx: Context) -> Any:
 def prune_decisions(ctx: Context) -> list[Decision]:
     rels = [ReleaseImages(r.id, r.is_revoked, {"apps": r.apps.name, "os-template": r.os_template.name})
             for r in ctx.releases.values()]
-    builds = {(rec.kind, rec.name): rec.status for rec in records(ctx).all()}
+    builds = {(rec.kind, rec.name): rec.status for rec in ctx.builds.all()}
     stored = set()
     for m in ctx.store.list():
         if ctx.store.blob_path(m.sha256).exists():

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from imaging.core.errors import ImagingError
-from imaging.ops.reimage import Context, desired_release, interrupted, observe, running_release
+from imaging.ops.context import Context
+from imaging.ops.facts import desired_release, interrupted, observe, running_release
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,20 @@ def fleet_status(ctx: Context, names: list[str] | None = None) -> list[Instrumen
             last_operation=last.kind if last else None, last_result=last.status if last else None,
             last_when=last.ended or last.started if last else None, pending=pending, hint=hint))
     return rows
+
+
+@dataclass(frozen=True)
+class Validation:
+    instruments: int
+    hosts: int
+    groups: int
+    releases: int
+
+
+def validate(ctx: Context) -> Validation:
+    """The inventory, releases and labels loaded (validated by ``Context.load``), and every instrument's
+    desired release resolved; raises the first problem."""
+    for inst in ctx.inventory.instruments.values():
+        desired_release(ctx, inst)
+    return Validation(len(ctx.inventory.instruments), len(ctx.inventory.hosts), len(ctx.inventory.groups),
+                      len(ctx.releases))

@@ -1,10 +1,16 @@
-"""What every provider offers: carry out one step, idempotently, and say whether it changed anything."""
+"""What every provider offers: carry out one step, idempotently, and answer the few questions that only the
+provider of a host can answer without a step (orchestration never asks which provider a host has)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from imaging.model.steps import Step
+
+StepHook = Callable[[Step], None]
+"""Called with every step before the lab carries it out (tests and rehearsals inject faults and delays)."""
 
 
 class Provider(Protocol):
@@ -12,6 +18,23 @@ class Provider(Protocol):
 
     name: str
 
+    # Images missing from the store are made on first use from the built-in samples (the lab only: a real
+    # host must run what the facility built).
+    sample_images: bool
+
     def run(self, step: Step) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+    def share_folder(self, host: str, share_path: str) -> Path | None:
+        """The local folder that is ``host``'s image share, where this machine can fill it; else None."""
+        ...
+
+    def staged(self, host: str, image_path: str, sha256: str) -> bool | None:
+        """Whether the image is staged and verified on the host; None when it cannot be seen without a
+        host call."""
+        ...
+
+    def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
+        """The instrument record on its Var disk, where it can be read without a guest call; else None."""
+        ...

@@ -11,8 +11,8 @@ from typing import Any
 from imaging.core.errors import ProviderError
 from imaging.model.inventory import Inventory
 from imaging.model.steps import Step
-from imaging.providers.base import Provider
-from imaging.providers.lab.provider import FaultHook, LabProvider, faults_from_env
+from imaging.providers.base import Provider, StepHook
+from imaging.providers.lab.provider import LabProvider, faults_from_env
 
 
 class Dispatcher:
@@ -20,7 +20,7 @@ class Dispatcher:
 
     name = "dispatcher"
 
-    def __init__(self, inventory: Inventory, lab: Path, *, fault: FaultHook | None = None) -> None:
+    def __init__(self, inventory: Inventory, lab: Path, *, fault: StepHook | None = None) -> None:
         self.inventory = inventory
         self._lab_dir = lab
         self._fault = fault if fault is not None else faults_from_env(os.environ.get("IMAGING_LAB_FAULTS"))
@@ -52,6 +52,18 @@ class Dispatcher:
 
     def run(self, step: Step) -> dict[str, Any]:
         return self.for_host(step.host).run(step)
+
+    def sample_images(self, host: str) -> bool:
+        return self.for_host(host).sample_images
+
+    def share_folder(self, host: str, share_path: str) -> Path | None:
+        return self.for_host(host).share_folder(host, share_path)
+
+    def staged(self, host: str, image_path: str, sha256: str) -> bool | None:
+        return self.for_host(host).staged(host, image_path, sha256)
+
+    def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
+        return self.for_host(host).read_record(host, vm, var_path)
 
     def close(self) -> None:
         for p in self._providers.values():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,6 @@ def instrument_variables(inst: Instrument, release: str) -> dict[str, Any]:
                          field=f"variables.{clash[0]}", fix="remove them from variables:")
     return {**inst.variables, "instrument": inst.name, "vm": inst.vm, "host": inst.host, "group": inst.group,
             "release": release}
-
-
-def release_name(inst: Instrument, inventory: Inventory, labels: dict[str, dict[str, str]],
-                 override: str | None = None) -> str:
-    """The release the instrument should run, with a label resolved through releases/labels.yaml."""
-    name = override or inst.desired(inventory.groups)
-    return labels.get(inst.group, {}).get(name, name)
 
 
 @dataclass(frozen=True)
@@ -101,8 +94,6 @@ def rehearse_fleet(repo: Path, inventory: Inventory, instruments: Iterable[Instr
 
 
 def _renamed(r: migrations.Rehearsal, name: str) -> migrations.Rehearsal:
-    from dataclasses import replace
-
     return replace(r, name=name)
 
 

@@ -8,14 +8,14 @@ the image manifest) outlives the image, so a pruned release can be rebuilt and c
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import InputError
+from imaging.core.files import write_json
 from imaging.core.quoting import check_name
-from imaging.state.journal import now, who
+from imaging.core.stamps import now, who
 
 STARTED, OK, FAILED = "started", "ok", "failed"
 KINDS = ("apps", "os-template", "settings", "var", "data")
@@ -55,11 +55,7 @@ class BuildRecords:
         return self.root / kind / f"{check_name(name, field='name')}.json"
 
     def _write(self, rec: BuildRecord) -> BuildRecord:
-        path = self.path(rec.kind, rec.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(rec.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_json(self.path(rec.kind, rec.name), rec.to_dict())
         return rec
 
     def start(self, *, kind: str, name: str, release: str | None, inputs: dict[str, Any]) -> BuildRecord:

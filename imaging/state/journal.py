@@ -7,7 +7,6 @@ status; nothing is deleted.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import socket
@@ -17,9 +16,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from imaging.core.stamps import now, who
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
@@ -61,17 +61,6 @@ CREATE INDEX IF NOT EXISTS steps_op ON steps (op_id, idx);
 # Operation statuses. "running" with no live owner is shown as interrupted.
 RUNNING, OK, FAILED, ROLLED_BACK, ROLLBACK_FAILED, ABANDONED = (
     "running", "ok", "failed", "rolled_back", "rollback_failed", "abandoned")
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def who() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return f"uid{os.getuid()}"
 
 
 @dataclass(frozen=True)

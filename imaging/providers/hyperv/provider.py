@@ -2,7 +2,7 @@
 
 The provider renders the step (``imaging.providers.hyperv.scripts``), runs it through the transport's session pool on
 the step's host (sessions reused per host, retries only for transient failures, the result read by
-``imaging.providers.hyperv.transport.parse_result``, the one parser), and turns every way that can go wrong (the script
+``results.parse_result``, the one parser), and turns every way that can go wrong (the script
 failed, printed no result, printed a broken one, the host did not answer in time) into one
 ``ProviderError`` naming host and step. Actions that mount disks or change drive letters on the host run
 under the pool's per-host mount lock, because those operations race each other on one host. The guest
@@ -12,20 +12,18 @@ credential travels as pipeline parameters wrapped in ``transport.Secret``, never
 from __future__ import annotations
 
 import contextlib
-import getpass
-import os
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from imaging.core.errors import ImagingError, InputError, LockHeld, ProviderError
-from imaging.core.redaction import redact, register_secret
+from imaging.core.redaction import redact
 from imaging.model.steps import Step
+from imaging.providers.hyperv.credentials import GuestCredential, Secret
 from imaging.providers.hyperv.scripts import GUEST_ACTIONS, render_script
-from imaging.providers.hyperv.transport import Secret, SessionPool
+from imaging.providers.hyperv.session import SessionPool
 
 # Actions that mount a VHDX on the host (Mount-VHD, access paths, Initialize-Disk/Format-Volume).
 MOUNT_ACTIONS = frozenset({"create_disk", "backup_volume", "rescue_user_files", "write_settings", "read_volume",
@@ -65,46 +63,11 @@ class SessionPoolLike(Protocol):
     def mount_lock(self, host: str) -> AbstractContextManager[Any]: ...
 
 
-@dataclass(frozen=True)
-class GuestCredential:
-    """The guest account used over PowerShell Direct; passed as script parameters, never rendered."""
-
-    user: str
-    password: str = field(repr=False)
-
-    def __post_init__(self) -> None:
-        register_secret(self.password)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> GuestCredential | None:
-        env = os.environ if environ is None else environ
-        user, password = env.get("IMAGING_GUEST_USER"), env.get("IMAGING_GUEST_PASSWORD")
-        return cls(user, password) if user and password is not None else None
-
-    @classmethod
-    def resolve(cls, environ: Mapping[str, str] | None = None, *, interactive: bool | None = None,
-                ask_user: Callable[[str], str] | None = None,
-                prompt: Callable[[str], str] | None = None) -> GuestCredential:
-        """From IMAGING_GUEST_USER / IMAGING_GUEST_PASSWORD, else asked for when a person is at a terminal."""
-        found = cls.from_env(environ)
-        if found is not None:
-            return found
-        env = os.environ if environ is None else environ
-        if interactive is None:
-            interactive = sys.stdin is not None and sys.stdin.isatty()
-        if not interactive:
-            raise InputError("no guest credential", field="environment",
-                             fix="export IMAGING_GUEST_USER and IMAGING_GUEST_PASSWORD (a local administrator "
-                                 "of the instrument PCs), or run at a terminal to be asked")
-        user = env.get("IMAGING_GUEST_USER") or (ask_user or input)("Guest user (PowerShell Direct): ").strip()
-        password = (prompt or getpass.getpass)(f"Guest password for {user}: ")
-        return cls(user, password)
-
-
 class HypervProvider:
     """Carries out steps on Hyper-V hosts through a session pool (``SessionPool``)."""
 
     name = "hyperv"
+    sample_images = False
 
     def __init__(self, pool: SessionPoolLike, *, guest_credential: GuestCredential | None = None,
                  guest_credential_source: Callable[[], GuestCredential] | None = None,
@@ -129,6 +92,15 @@ class HypervProvider:
         pool = SessionPool.from_inventory(inventory, connection_overrides=connection_overrides, **pool_options)
         return cls(pool, guest_credential=GuestCredential.from_env(),
                    guest_credential_source=GuestCredential.resolve, timeouts=timeouts)
+
+    def share_folder(self, host: str, share_path: str) -> Path | None:
+        return None  # a real share is a UNC path this machine may not reach: filled by publishing
+
+    def staged(self, host: str, image_path: str, sha256: str) -> bool | None:
+        return None  # only a script on the host can tell (stage_artifact checks before it copies)
+
+    def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
+        return None  # the record is on a disk the running VM holds: read in the guest, not here
 
     def close(self) -> None:
         """Close the pool's sessions (they count against the host's per-user shell quota)."""

@@ -11,12 +11,9 @@ through to its parent.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 from pathlib import Path, PureWindowsPath
-from typing import Any
 
 from imaging.core.errors import ProviderError
 from imaging.core.quoting import check_name, check_windows_path
@@ -44,28 +41,6 @@ def guest_rel(winpath: str) -> list[str]:
     if drive.upper() != "C:":
         raise ProviderError(f"guest path {winpath!r} is not on C: (the lab guest has one system drive)")
     return parts
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file by rename: a hard link to a parent disk's file is replaced, never written through."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, doc: Any) -> None:
-    atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def clone_tree(src: Path, dst: Path) -> int:

@@ -1,0 +1,96 @@
+"""Tasks about settings: render them from git for review, and migrate or rehearse their format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import Exit, task
+
+from imaging.cli.ui import console, context, err_console, reports_errors
+from imaging.core.errors import InputError
+from imaging.ops import settings as settings_ops
+
+
+@task(help={"instrument": "the instrument to render (ZOOM or NDXZOOM)",
+            "all": "render every instrument of the inventory",
+            "ref": "git branch, tag or commit of the project to render the templates from (default HEAD)",
+            "out": "folder to write into (one sub-folder per instrument; default .state/rendered-settings)",
+            "check": "render only to check for errors; write nothing",
+            "release": "release id or label the settings are for (default: each instrument's desired release)",
+            "allow_dirty": "render uncommitted template changes from the working tree (output marked dirty)"})
+@reports_errors
+def render(c, instrument=None, all=False, ref="HEAD", out=None, check=False, release=None,  # noqa: A002
+           allow_dirty=False):  # noqa: ANN001
+    """Render instrument settings from git into a folder for review, or check that every instrument renders."""
+    with context() as ctx:
+        chosen = settings_ops.choose(ctx, instrument, all)
+        done = settings_ops.render(ctx, chosen, release=release, ref=ref, allow_dirty=allow_dirty,
+                                   out=Path(out) if out else None, check=check)
+    for res in done.results:
+        if res.rendered is None:
+            err_console.print(f"[bold red]{res.instrument}: FAILED[/] {res.error}", soft_wrap=True)
+            continue
+        r = res.rendered
+        where = f" -> {done.written[res.instrument]}" if res.instrument in done.written else ""
+        dirty = " [yellow]DIRTY[/]" if r.dirty else ""
+        commit = (r.provenance.get("commit") or "no commit")[:12]
+        console.print(f"{res.instrument}: {len(r.files)} files, settings v{r.version}, {commit}, "
+                      f"sha256 {r.sha256[:16]}{dirty}{where}", soft_wrap=True)
+    console.print(f"{len(done.results) - done.failed} rendered, {done.failed} failed"
+                  + (" (check only: nothing written)" if check else ""))
+    if done.failed:
+        raise Exit(code=1)
+
+
+@task(help={"instrument": "the instrument whose settings branch to migrate (ZOOM or NDXZOOM)",
+            "all": "every instrument (only with --check)",
+            "dry_run": "show the diff the migrations would make and commit nothing",
+            "check": "rehearse the migrations on throw-away copies and report which would fail; changes nothing",
+            "target": "settings version to migrate to (default: the newest the migrations reach)",
+            "ref": "git ref of the project templates (used with --check when there is no settings repository)",
+            "restore": "roll back: restore the instrument's branch to this commit (the one before the migrations)"})
+@reports_errors
+def migrate(c, instrument=None, all=False, dry_run=False, check=False, target=None, ref="HEAD",  # noqa: A002
+            restore=None):  # noqa: ANN001
+    """Run pending settings migrations on an instrument's settings branch, one commit per step."""
+    if all and not check:
+        raise InputError("--all is for rehearsals only", field="--all",
+                         fix="use --all --check before a shutdown; migrate instruments one by one, or let "
+                             "reimage migrate each instrument it reimages")
+    with context() as ctx:
+        chosen = settings_ops.choose(ctx, instrument, all)
+        if restore:
+            new = settings_ops.restore(ctx, chosen[0], restore)
+            console.print(f"{chosen[0].name}: branch {chosen[0].vm} restored to {restore[:12]} (commit {new[:12]})")
+            return
+        if check:
+            results = settings_ops.rehearse(ctx, chosen, target=target, ref=ref)
+            for r in results:
+                if r.ok:
+                    what = (f"v{r.from_version} -> v{r.to_version} via {', '.join(r.steps)}; "
+                            f"{len(r.changed_files)} files change") if r.steps else f"already at v{r.to_version}"
+                    console.print(f"{r.name}: [green]ok[/] {what}", soft_wrap=True)
+                else:
+                    err_console.print(f"{r.name}: [bold red]WOULD FAIL[/] {r.error}", soft_wrap=True)
+            bad = [r for r in results if not r.ok]
+            console.print(f"{len(results) - len(bad)} ok, {len(bad)} would fail; rehearsal only, nothing was changed")
+            if bad:
+                raise Exit(code=1)
+            return
+        inst = chosen[0]
+        result = settings_ops.migrate(ctx, inst, target=target, dry_run=dry_run)
+    if result is None:
+        console.print(f"{inst.name}: no settings repository; its settings are rendered from the templates "
+                      f"(version {settings_ops.target_version(None)}), so there is nothing to migrate")
+        return
+    if not result.steps:
+        console.print(f"{inst.name}: branch {result.branch} is already at settings v{result.from_version}")
+        return
+    if dry_run:
+        console.print(result.diff, markup=False, highlight=False, soft_wrap=True)
+        console.print(f"{inst.name}: would run {', '.join(result.steps)} (v{result.from_version} -> "
+                      f"v{result.to_version}); dry run: nothing was committed")
+        return
+    console.print(f"{inst.name}: ran {', '.join(result.steps)} (v{result.from_version} -> v{result.to_version}); "
+                  f"branch {result.branch} now at {result.after_commit[:12]}. To roll back: invoke migrate "
+                  f"--instrument={inst.name} --restore={result.before_commit}")

@@ -1,0 +1,238 @@
+"""Read-only questions about the world and the journal, answered in one place: which release an instrument
+should run, what it runs and carries, whether it is busy, what its host shows. Every operation asks these;
+planners take the answers as data. Nothing here changes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from imaging.core.errors import ImagingError, InputError
+from imaging.engine.executor import is_live
+from imaging.model import layout
+from imaging.model.inventory import Instrument
+from imaging.model.labels import resolve
+from imaging.model.plan import Observed
+from imaging.model.releases import ReleaseDefinition
+from imaging.model.steps import Step
+from imaging.ops.context import Context
+from imaging.settings.migrations import plan_migrations
+from imaging.state.journal import OK, RUNNING, Operation
+
+CARRY = "carry-"  # batch prefix of hotfixes re-applied after a reimage: they belong to that reimage
+FAILED = "failed"
+
+
+# --- which instruments -----------------------------------------------------------------------------------
+
+
+def select(ctx: Context, *, group: str | None = None, instruments: str = "", everything: bool = False,
+           kind: str = "deploy") -> list[Instrument]:
+    """The instruments a fleet run works on: ``--group``, ``--instruments=A,B`` or ``@failed`` (the failures
+    of the last run of the same ``kind``: deploy, hotfix or revert), or ``--all``."""
+    names = [n.strip() for n in instruments.split(",") if n.strip()]
+    if not (group or names or everything):
+        raise InputError("choose what to deploy", field="--group/--instruments/--all",
+                         fix="pass --group=A, --instruments=ZOOM,LARMOR, --instruments=@failed or --all")
+    if "@failed" in names:
+        last = ctx.runs.last(kind)
+        if last is None:
+            raise InputError(f"no earlier {kind} to take failures from", field="--instruments", value="@failed",
+                             fix="name the instruments instead")
+        failed = [n for n, r in last.get("results", {}).items() if r.get("status") == FAILED]
+        names = [n for n in names if n != "@failed"] + failed
+        if not names:
+            raise InputError(f"the last {kind} ({last['id']}) had no failures", field="--instruments",
+                             value="@failed", fix="nothing to redo; name instruments to deploy them")
+    return ctx.inventory.select(names=names or None, group=group)
+
+
+# --- releases --------------------------------------------------------------------------------------------
+
+
+def desired_release(ctx: Context, inst: Instrument, override: str | None = None) -> str:
+    """The release ``inst`` should run: ``override`` (a release id or label) or the instrument's own choice
+    (its pinned release, else its group's label). A revoked release is refused; a release marked bad for
+    the instrument (it was rolled back there) is refused unless named by ``override``."""
+    name = override or inst.desired(ctx.inventory.groups)
+    source = "--release" if override else (inst.source if inst.release else str(ctx.paths.inventory / "groups.yaml"))
+    release = resolve(name, group=inst.group, labels=ctx.labels, releases=ctx.releases, source=source)
+    rel = ctx.releases[release]
+    if not override:
+        bad = ctx.bad.of(inst.name).get(release)
+        if bad:
+            raise InputError(f"release {release} is marked bad for {inst.name} (rolled back {bad['when']} by "
+                             f"{bad['who']}, operation {bad['operation']}); it is not chosen by default",
+                             field="release", value=release,
+                             fix=f"give --release={release} to use it anyway, or point the label elsewhere")
+    if rel.revoked:
+        raise InputError(f"release {release} is revoked ({rel.revoked.reason})", field="release", value=release,
+                         fix="choose another release or label")
+    return release
+
+
+def desired_releases(ctx: Context, insts: Iterable[Instrument], override: str | None = None) -> dict[str, str]:
+    """``desired_release`` of each instrument, by name: computed once per instrument for a fleet run."""
+    return {i.name: desired_release(ctx, i, override) for i in insts}
+
+
+def running_release(ctx: Context, inst: Instrument) -> str | None:
+    """What the instrument runs, by the journal's last finished operation that put a release on it."""
+    op = ctx.journal.last(inst.name, kinds=("reimage", "rollback"), statuses=(OK,))
+    return op.to_release if op else None
+
+
+def who_runs(ctx: Context) -> dict[str, list[str]]:
+    """release -> the instruments running it."""
+    runs: dict[str, list[str]] = {}
+    for inst in ctx.inventory.instruments.values():
+        r = running_release(ctx, inst)
+        if r:
+            runs.setdefault(r, []).append(inst.name)
+    return {r: sorted(names) for r, names in runs.items()}
+
+
+def migrations_needed(ctx: Context, current: str | None, target: ReleaseDefinition) -> list[str]:
+    """The settings migrations the move runs, by id, from the settings version of the running release to the
+    target's (``imaging.settings.migrations``); a move with no known path is named as such rather than hidden."""
+    if current is None or current not in ctx.releases:
+        return []
+    start, end = ctx.releases[current].settings_version, target.settings_version
+    if start >= end:
+        return []
+    try:
+        return [m.id for m in plan_migrations(start, end)]
+    except ImagingError as exc:
+        return [f"NO PATH v{start}->v{end}: {exc}"]
+
+
+# --- what the host shows, and whether the instrument is busy ---------------------------------------------
+
+
+def observe(ctx: Context, inst: Instrument) -> Observed:
+    state = ctx.providers.run(Step("get_state", inst.host, {"vm": inst.vm}, f"look at {inst.vm}"))
+    return Observed.from_state(state)
+
+
+def instrument_record(ctx: Context, inst: Instrument) -> dict[str, Any] | None:
+    """The instrument record on its Var disk, where the provider can read it without a guest call."""
+    host = ctx.inventory.host_of(inst)
+    return ctx.providers.read_record(inst.host, inst.vm, layout.disk_path(host, inst, "var"))
+
+
+def interrupted(ctx: Context, inst: Instrument) -> Operation | None:
+    """An operation that is marked running but whose process is gone."""
+    op = ctx.journal.last(inst.name)
+    if op and op.status == RUNNING and not is_live(ctx.paths.locks, inst.name):
+        return op
+    return None
+
+
+def refuse_if_interrupted(ctx: Context, inst: Instrument) -> None:
+    op = interrupted(ctx, inst)
+    if op:
+        raise ImagingError(
+            f"{inst.name} has an interrupted {op.kind} ({op.id}, started {op.started} by {op.user}); finish it "
+            f"with `invoke resume --instrument={inst.name}` or undo it with `invoke rollback --instrument={inst.name}`")
+
+
+# --- what an instrument carries, from the journal ---------------------------------------------------------
+
+
+@dataclass
+class Carried:
+    """The hotfixes of the running Apps generation, derived generation by generation from the journal (a
+    reimage starts a generation with none, a hotfix adds one, a revert removes it, a rollback returns to the
+    previous generation and what it carried)."""
+
+    generation: str | None
+    hotfixes: dict[str, dict[str, Any]]  # id -> manifest (as a dict) in the current generation
+    by_generation: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+def carried(ctx: Context, inst: Instrument) -> Carried:
+    gens: dict[str, dict[str, dict[str, Any]]] = {}
+    current: str | None = None
+    for op in ctx.journal.operations(instrument=inst.name):
+        rp = op.rollback_point or {}
+        if op.status != OK:
+            continue
+        if op.kind == "reimage" and rp.get("generation"):
+            current = rp["generation"]
+            gens[current] = {}
+        elif op.kind == "rollback":
+            current = rp.get("generation")
+        elif op.kind == "hotfix" and rp.get("generation"):
+            gens.setdefault(rp["generation"], {})[rp["hotfix"]] = rp["manifest"]
+        elif op.kind == "hotfix-revert" and rp.get("generation"):
+            gens.setdefault(rp["generation"], {}).pop(rp["hotfix"], None)
+    return Carried(generation=current, hotfixes=dict(gens.get(current or "", {})), by_generation=gens)
+
+
+def known_hotfix(ctx: Context, hotfix_id: str) -> dict[str, Any] | None:
+    """The manifest (as a dict) of a hotfix any instrument was ever given (from the journal)."""
+    for op in reversed(ctx.journal.operations(kind="hotfix")):
+        rp = op.rollback_point or {}
+        if rp.get("hotfix") == hotfix_id and rp.get("manifest"):
+            return rp["manifest"]
+    return None
+
+
+def setter_op(ctx: Context, inst: Instrument) -> Operation | None:
+    """The finished operation that put the running OS/Apps/Settings disks in place (reimage or rollback)."""
+    return ctx.journal.last(inst.name, kinds=("reimage", "rollback"), statuses=(OK,))
+
+
+def plan_step(op: Operation, action: str) -> dict[str, Any] | None:
+    """The inputs of the last step of ``action`` in an operation's recorded plan."""
+    found = [s for s in op.plan if s["action"] == action]
+    return found[-1]["inputs"] if found else None
+
+
+def last_operation(ctx: Context, inst: Instrument) -> Operation | None:
+    """The last finished operation that changed the instrument (reimage, hotfix, revert or rollback).
+
+    Hotfixes re-applied right after a reimage are part of that reimage: rolling back returns past both."""
+    ops = [o for o in ctx.journal.operations(instrument=inst.name)
+           if o.status == OK and o.kind in ("reimage", "hotfix", "hotfix-revert", "rollback")
+           and not (o.batch or "").startswith(CARRY)]
+    return ops[-1] if ops else None
+
+
+def hotfixes_blocking(ctx: Context, inst: Instrument, target_release: str, drop: Iterable[str] = ()) -> list[str]:
+    """The hotfixes the instrument carries that ``target_release`` neither includes nor is declared for."""
+    rel = ctx.releases[target_release]
+    dropped = set(drop)
+    return sorted(hid for hid, man in carried(ctx, inst).hotfixes.items()
+                  if hid not in rel.includes_hotfixes and hid not in dropped
+                  and target_release not in man["applies_to"])
+
+
+def hotfixes_to_reapply(ctx: Context, inst: Instrument, target_release: str, drop: Iterable[str] = ()
+                        ) -> list[str]:
+    """The hotfixes a reimage to ``target_release`` carries over: declared for it, not included in it."""
+    rel = ctx.releases[target_release]
+    dropped = set(drop)
+    return sorted(hid for hid, man in carried(ctx, inst).hotfixes.items()
+                  if hid not in rel.includes_hotfixes and hid not in dropped and target_release in man["applies_to"])
+
+
+def refuse_dropped_hotfixes(ctx: Context, inst: Instrument, target_release: str, drop: Iterable[str] = ()
+                            ) -> None:
+    """Refuse a reimage that would lose a hotfix the operator did not drop, or that drops one not carried."""
+    drop = list(drop)
+    have = carried(ctx, inst).hotfixes
+    unknown = [d for d in drop if d not in have]
+    if unknown:
+        raise InputError(f"{inst.name} does not carry hotfix {', '.join(unknown)}", field="drop-hotfix",
+                         value=",".join(unknown), fix=f"it carries {', '.join(sorted(have)) or 'none'}")
+    blocking = hotfixes_blocking(ctx, inst, target_release, drop)
+    if blocking:
+        ids = ", ".join(blocking)
+        raise InputError(
+            f"{inst.name} carries hotfix {ids}, which release {target_release} does not include and which is "
+            f"not declared for {target_release}; nothing was changed", field="release", value=target_release,
+            fix=f"add {target_release} to the hotfix's applies_to, choose a release that includes it, or give "
+                + " ".join(f"--drop-hotfix={h}" for h in blocking))

@@ -1,0 +1,141 @@
+"""Images onto hosts: the release's artifacts from the store (on the lab, made on first use), put on each
+host's image share, and pulled from the share to the host, verified. Staging once per host, before a
+shutdown, is what makes a reimage fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from imaging.core.errors import ArtifactError
+from imaging.images import samples
+from imaging.model import layout
+from imaging.model.inventory import Instrument
+from imaging.model.plan import Artifact
+from imaging.model.steps import Step
+from imaging.ops.context import Context
+from imaging.ops.facts import desired_release
+
+
+def artifacts_of(ctx: Context, release: str, host: str, *, create: bool = True) -> tuple[Artifact, Artifact]:
+    """The OS template and Apps image of a release, from the store; where the host's provider allows sample
+    images (the lab), made on first use.
+
+    With ``create=False`` (dry runs) a missing sample is described but not stored.
+    """
+    rel = ctx.releases[release]
+    out = []
+    for ref, kind in ((rel.os_template, "os-template"), (rel.apps, "apps")):
+        if not ctx.store.exists(ref.name):
+            if not ctx.providers.sample_images(host):
+                raise ArtifactError(f"artifact {ref.name} of release {release} is not in the store; build it with "
+                                    f"`invoke build-{'template' if kind == 'os-template' else 'apps'}`")
+            os_files, apps_files = ctx.sample_sizes
+            files = (samples.os_tree_files(ref.name, os_files) if kind == "os-template"
+                     else samples.apps_tree_files(ref.name, rel.apps.version, apps_files))
+            if not create:
+                sha, size = samples.sample_identity(files)
+                out.append(Artifact(name=ref.name, sha256=sha, size=size, suffix=".tar"))
+                continue
+            samples.ensure_sample(ctx.store, name=ref.name, kind=kind, files=files)
+        man = ctx.store.get(ref.name)
+        if ref.sha256 and ref.sha256 != man.sha256:
+            raise ArtifactError(f"release {release} pins {ref.name} to sha256 {ref.sha256}, the store holds "
+                                f"{man.sha256}; the artifact was rebuilt or replaced")
+        out.append(Artifact(name=man.name, sha256=man.sha256, size=man.size, suffix=man.suffix or ".vhdx"))
+    return out[0], out[1]
+
+
+def stage_steps(ctx: Context, release: str, host_name: str) -> list[Step]:
+    """The steps that put a release's images on one host, each verified on arrival."""
+    host = ctx.inventory.hosts[host_name]
+    steps = []
+    for art in artifacts_of(ctx, release, host_name):
+        steps.append(Step("stage_artifact", host_name, {
+            "name": art.name, "sha256": art.sha256,
+            "share_path": layout.share_path(host, art.name, art.sha256, art.suffix),
+            "dest_path": layout.image_path(host, art.name, art.sha256)},
+            f"stage {art.name} on {host_name} (pull from the share, verify sha256, make read-only)"))
+    return steps
+
+
+def not_staged(ctx: Context, release: str, host_name: str) -> list[str] | None:
+    """The release's artifacts missing on a host; None when that cannot be seen without a host call."""
+    host = ctx.inventory.hosts[host_name]
+    missing = []
+    for art in artifacts_of(ctx, release, host_name, create=False):
+        staged = ctx.providers.staged(host_name, layout.image_path(host, art.name, art.sha256), art.sha256)
+        if staged is None:
+            return None
+        if not staged:
+            missing.append(art.name)
+    return missing
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """Progress of staging on one host: ``phase`` is "publish" (bytes onto the share, with done/total) or
+    "stage" (the host pulls and verifies; ``result`` is set when the step ended)."""
+
+    host: str
+    artifact: str
+    phase: str
+    done: int = 0
+    total: int = 0
+    result: dict[str, Any] | None = None
+
+
+StageProgress = Callable[[StageEvent], None]
+
+
+def publish(ctx: Context, release: str, host_name: str, *, progress: StageProgress | None = None) -> None:
+    """Put a release's artifacts on the host's share, where this machine can fill it (the lab's share is a
+    folder); a real share is filled by publishing from the machine that mounts it."""
+    host = ctx.inventory.hosts[host_name]
+    for art in artifacts_of(ctx, release, host_name):
+        dest = ctx.providers.share_folder(host_name, layout.share_path(host, art.name, art.sha256, art.suffix))
+        if dest is None:
+            return
+        cb = None
+        if progress is not None:
+            def cb(done: int, total: int, _name: str = art.name) -> None:
+                progress(StageEvent(host_name, _name, "publish", done, total))
+        ctx.store.stage(art.name, dest, progress=cb)
+
+
+def stage(ctx: Context, release: str, host_name: str, *,
+          progress: StageProgress | None = None) -> list[dict[str, Any]]:
+    """Stage a release's images on one host: once, verified, resumable (a half-done copy is finished or
+    redone; a staged image is left alone). Returns one result per artifact with ``name``, ``changed``
+    and ``bytes`` copied."""
+    publish(ctx, release, host_name, progress=progress)
+    out = []
+    for s in stage_steps(ctx, release, host_name):
+        name = str(s.inputs["name"])
+        if progress is not None:
+            progress(StageEvent(host_name, name, "stage"))
+        res = {"name": name, **ctx.providers.run(s)}
+        if progress is not None:
+            progress(StageEvent(host_name, name, "stage", result=res))
+        out.append(res)
+    return out
+
+
+@dataclass(frozen=True)
+class Staged:
+    host: str
+    release: str
+    result: dict[str, Any]  # name, changed, bytes
+
+
+def stage_for(ctx: Context, release: str, insts: Iterable[Instrument], *,
+              progress: StageProgress | None = None) -> list[Staged]:
+    """Stage ``release`` (an id or a label, resolved per instrument like every other release choice: revoked
+    releases are refused) on each host of the instruments, once per host and release."""
+    pairs = sorted({(desired_release(ctx, i, release), i.host) for i in insts})
+    out = []
+    for rid, host in pairs:
+        out += [Staged(host, rid, res) for res in stage(ctx, rid, host, progress=progress)]
+    return out

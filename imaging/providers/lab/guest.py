@@ -1,0 +1,102 @@
+"""The lab's guest actions: volumes mounted by label and linked, the health check, the record on Var,
+commands run in the guest.
+
+Mixed into ``LabProvider``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from imaging.core.errors import ProviderError
+from imaging.core.files import read_json, write_json
+from imaging.providers.lab.fs import guest_rel
+
+
+class GuestActions:
+    """The lab's guest actions: volumes mounted by label and linked, the health check, the record on Var,"""
+
+    # --- the guest -----------------------------------------------------------------------------------
+    def _running_guest(self, host: str, vm: str, step: str) -> tuple[dict[str, Any], Path]:
+        rec = self._vm(host, vm, step=step)
+        if rec["power"] != "Running":
+            raise ProviderError(f"guest {vm} is not running", host=host, step=step)
+        return rec, self.guest_root(host, vm)
+
+    def _volume_by_label(self, host: str, rec: dict[str, Any], label: str, step: str) -> Path:
+        for path in rec["slots"].values():
+            meta = read_json(self.path(host, path) / "disk.json")
+            if meta.get("label") == label:
+                return self.path(host, path) / "content"
+        raise ProviderError(f"no attached volume is labelled {label}", host=host, step=step)
+
+    def _do_configure_guest(self, host: str, vm: str, volumes: list[dict[str, str]]) -> dict:
+        rec, groot = self._running_guest(host, vm, "configure_guest")
+        changed = False
+        for vol in volumes:
+            target = self._volume_by_label(host, rec, vol["label"], "configure_guest")
+            mount = groot.joinpath(*guest_rel(vol["mount"]))
+            mount.parent.mkdir(parents=True, exist_ok=True)
+            want = os.path.relpath(target, mount.parent)
+            if mount.is_symlink() and os.readlink(mount) == want:
+                pass
+            else:
+                if mount.is_symlink():
+                    mount.unlink()
+                elif mount.exists():
+                    if any(mount.iterdir()):
+                        raise ProviderError(f"{vol['mount']} exists and is not empty; refusing to mount over it",
+                                            host=host, step="configure_guest")
+                    mount.rmdir()
+                os.symlink(want, mount)
+                changed = True
+            link = groot.joinpath(*guest_rel(vol["link"]))
+            link.parent.mkdir(parents=True, exist_ok=True)
+            want_link = os.path.relpath(mount, link.parent)
+            if link.is_symlink():
+                if os.readlink(link) == want_link:
+                    continue
+                link.unlink()
+            elif link.exists():
+                if link.is_dir() and not any(link.iterdir()):
+                    link.rmdir()  # an empty placeholder folder is replaced by the junction
+                else:
+                    raise ProviderError(f"{vol['link']} is a folder with content; refusing to replace it by a "
+                                        "link (move its content to the volume first)", host=host,
+                                        step="configure_guest")
+            os.symlink(want_link, link)
+            changed = True
+        return {"changed": changed}
+
+    def _do_health_check(self, host: str, vm: str, expect_apps_version: str, links: list[dict[str, str]],
+                         expect_settings_sha256: str) -> dict:
+        rec, groot = self._running_guest(host, vm, "health_check")
+        problems = []
+        resolved = {}
+        for item in links:
+            p = groot.joinpath(*guest_rel(item["link"]))
+            target = self._volume_by_label(host, rec, item["label"], "health_check")
+            ok = p.exists() and p.resolve() == target.resolve()
+            resolved[item["link"]] = item["label"] if ok else None
+            if not ok:
+                problems.append(f"{item['link']} does not lead to the {item['label']} volume")
+        version_file = groot.joinpath(*guest_rel("C:\\Instrument\\Apps\\version.txt"))
+        version = version_file.read_text().strip() if version_file.exists() else None
+        if version != expect_apps_version:
+            problems.append(f"Apps version is {version!r}, expected {expect_apps_version!r}")
+        prov_file = groot.joinpath(*guest_rel("C:\\Instrument\\Settings\\.imaging\\manifest.json"))
+        digest = read_json(prov_file).get("digest") if prov_file.exists() else None
+        if digest != expect_settings_sha256:
+            problems.append(f"Settings digest is {digest!r}, expected {expect_settings_sha256!r}")
+        if problems:
+            raise ProviderError("health check failed: " + "; ".join(problems), host=host, step="health_check")
+        return {"changed": False, "apps_version": version, "links": resolved, "settings": {"digest": digest}}
+
+    def _do_write_record(self, host: str, vm: str, record: dict[str, Any]) -> dict:
+        _, groot = self._running_guest(host, vm, "write_record")
+        f = groot.joinpath(*guest_rel("C:\\Instrument\\Var\\imaging\\record.json"))
+        if f.exists() and read_json(f) == record:
+            return {"changed": False}
+        write_json(f.parent.resolve() / f.name, record)
+        return {"changed": True}

@@ -1,0 +1,143 @@
+"""The lab's host-level actions: preflight, the host lock, VMs and their power, staging images.
+
+Mixed into ``LabProvider``, which holds the paths and the per-host locks these use."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from datetime import UTC, datetime
+from typing import Any
+
+from imaging.core.errors import LockHeld, ProviderError
+from imaging.core.files import read_json, write_json
+from imaging.core.hashing import sha256_file
+
+
+class HostActions:
+    """The lab's host-level actions: preflight, the host lock, VMs and their power, staging images."""
+
+    # --- host-level actions --------------------------------------------------------------------------
+    def _do_preflight(self, host: str, vm: str, artifacts: list[dict[str, Any]], need_bytes: int) -> dict:
+        hroot = self.lab / "hosts" / host
+        hroot.mkdir(parents=True, exist_ok=True)
+        missing = []
+        for art in artifacts:
+            d = self.path(host, art["path"])
+            meta = d / "disk.json"
+            if not meta.exists() or read_json(meta).get("sha256") != art["sha256"]:
+                missing.append(art["name"])
+        free = shutil.disk_usage(hroot).free
+        if free < need_bytes:
+            raise ProviderError(f"not enough space: {free} bytes free, {need_bytes} needed", host=host,
+                                step="preflight")
+        if missing:
+            raise ProviderError(f"artifacts not staged on the host: {', '.join(missing)}; run "
+                                "`invoke stage` for this release first", host=host, step="preflight")
+        return {"changed": False, "host_ok": True, "vm_exists": self._vm_file(host, vm).exists(),
+                "free_bytes": free, "missing": missing}
+
+    def _do_acquire_lock(self, host: str, vm: str, lock_path: str, op_id: str, owner: str) -> dict:
+        f = self.path(host, lock_path)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"op_id": op_id, "owner": owner, "since": datetime.now(UTC).isoformat()}).encode()
+        try:
+            fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held = json.loads(f.read_bytes() or b"{}")
+            if held.get("op_id") == op_id:
+                return {"changed": False}
+            raise LockHeld(f"{vm} is locked by operation {held.get('op_id')} of {held.get('owner')} since "
+                           f"{held.get('since')}; wait for it, or finish it with `invoke resume --instrument=...` "
+                           "or `invoke rollback --instrument=...`") from None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body)
+        return {"changed": True}
+
+    def _do_release_lock(self, host: str, vm: str, lock_path: str, op_id: str) -> dict:
+        f = self.path(host, lock_path)
+        if not f.exists():
+            return {"changed": False}
+        held = json.loads(f.read_bytes() or b"{}")
+        if held.get("op_id") != op_id:
+            raise ProviderError(f"lock of {vm} belongs to operation {held.get('op_id')}, not {op_id}",
+                                host=host, step="release_lock")
+        f.unlink()
+        return {"changed": True}
+
+    def _do_ensure_vm(self, host: str, vm: str, generation: int, memory_mb: int, cpus: int, switch: str) -> dict:
+        f = self._vm_file(host, vm)
+        if f.exists():
+            return {"changed": False}
+        write_json(f, {"name": vm, "power": "Off", "slots": {}, "generation": generation,
+                       "memory_mb": memory_mb, "cpus": cpus, "switch": switch})
+        return {"changed": True}
+
+    def _do_get_state(self, host: str, vm: str) -> dict:
+        f = self._vm_file(host, vm)
+        if not f.exists():
+            return {"changed": False, "exists": False, "power": "Absent", "disks": []}
+        rec = read_json(f)
+        disks = []
+        for slot, path in sorted(rec["slots"].items(), key=lambda x: int(x[0])):
+            meta = self.path(host, path) / "disk.json"
+            parent = read_json(meta).get("parent") if meta.exists() else None
+            disks.append({"slot": int(slot), "path": path, "parent": parent})
+        return {"changed": False, "exists": True, "power": rec["power"], "disks": disks}
+
+    def _do_stop_vm(self, host: str, vm: str, timeout_s: int) -> dict:
+        rec = self._vm(host, vm, step="stop_vm")
+        if rec["power"] == "Off":
+            return {"changed": False, "forced": False}
+        rec["power"] = "Off"
+        write_json(self._vm_file(host, vm), rec)
+        return {"changed": True, "forced": False}
+
+    def _do_start_vm(self, host: str, vm: str) -> dict:
+        rec = self._vm(host, vm, step="start_vm")
+        if rec["power"] == "Running":
+            return {"changed": False}
+        if "0" not in rec["slots"]:
+            raise ProviderError(f"VM {vm} has no OS disk in slot 0", host=host, step="start_vm")
+        rec["power"] = "Running"
+        write_json(self._vm_file(host, vm), rec)
+        return {"changed": True}
+
+    def _do_wait_guest(self, host: str, vm: str, timeout_s: int) -> dict:
+        rec = self._vm(host, vm, step="wait_guest")
+        if rec["power"] != "Running":
+            raise ProviderError(f"guest {vm} does not answer: the VM is {rec['power']}", host=host, step="wait_guest")
+        return {"changed": False}
+
+    def _do_stage_artifact(self, host: str, name: str, sha256: str, share_path: str, dest_path: str) -> dict:
+        dest = self.path(host, dest_path)
+        meta = dest / "disk.json"
+        if meta.exists() and read_json(meta).get("sha256") == sha256:
+            return {"changed": False, "bytes": 0}
+        src = self.path(host, share_path)
+        if not src.exists():
+            raise ProviderError(f"{share_path} is not on the share; publish the release first (`invoke stage`)",
+                                host=host, step="stage_artifact")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        (partial / "content").mkdir(parents=True)
+        blob = partial / "image.tar"
+        shutil.copyfile(src, blob)
+        actual = sha256_file(blob)
+        if actual != sha256:
+            shutil.rmtree(partial)
+            raise ProviderError(f"{name}: sha256 on arrival is {actual}, expected {sha256}; the share copy is "
+                                "corrupt, publish it again", host=host, step="stage_artifact")
+        with tarfile.open(blob) as tar:
+            tar.extractall(partial / "content", filter="data")
+        blob.unlink()
+        write_json(partial / "disk.json", {"role": "template", "label": None, "parent": None, "read_only": True,
+                                           "size_gb": 0, "attached_to": None, "sha256": sha256, "name": name})
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(partial, dest)
+        return {"changed": True, "bytes": src.stat().st_size}
