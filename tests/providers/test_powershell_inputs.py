@@ -11,7 +11,7 @@ import pytest
 from imaging.core.errors import InputError
 from imaging.providers.hyperv.scripts import render_script, settings_manifest
 
-SAMPLES = json.loads((Path(__file__).parent / "golden" / "powershell" / "_inputs.json").read_text())
+SAMPLES = json.loads((Path(__file__).parents[1] / "golden" / "powershell" / "_inputs.json").read_text())
 
 
 @pytest.mark.parametrize("action, field, value", [

@@ -12,7 +12,7 @@ import yaml
 
 from imaging.core.hashing import tree_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def inv(project: Path, *args: str) -> subprocess.CompletedProcess[str]:

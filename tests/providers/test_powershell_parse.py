@@ -28,7 +28,7 @@ from imaging.model.steps import ACTIONS
 from imaging.providers.hyperv.scripts import TEMPLATE_DIR, render_script
 
 PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
-SAMPLES = json.loads((Path(__file__).parent / "golden" / "powershell" / "_inputs.json").read_text())
+SAMPLES = json.loads((Path(__file__).parents[1] / "golden" / "powershell" / "_inputs.json").read_text())
 QUOTES = "'\u2018\u2019\u201a\u201b"
 
 

@@ -14,7 +14,7 @@ import pytest
 from imaging.model.steps import ACTIONS
 from imaging.providers.hyperv.scripts import GOLDEN_INPUTS, refresh_golden, render_script
 
-GOLDEN = Path(__file__).parent / "golden" / "powershell"
+GOLDEN = Path(__file__).parents[1] / "golden" / "powershell"
 SAMPLES = json.loads((GOLDEN / GOLDEN_INPUTS).read_text(encoding="utf-8"))
 
 

@@ -19,7 +19,7 @@ from imaging.ops.context import Context
 from imaging.ops.promotion import Move, plan_promotion, write_labels
 from imaging.plans.retention import ReleaseImages, select, usage
 from tests.conftest import git
-from tests.test_cli import inv
+from tests.cli.test_cli import inv
 
 LABELS = """# Labels for these tests (the shipped file changes as releases are made).
 labels:
@@ -75,7 +75,7 @@ def test_label_edit_refuses_a_layout_it_cannot_edit_safely(tmp_path: Path) -> No
 
 # --- promotion (pure) -----------------------------------------------------------------------------------
 
-RELEASES = load_releases(Path(__file__).resolve().parents[1] / "releases")
+RELEASES = load_releases(Path(__file__).resolve().parents[2] / "releases")
 
 
 def test_promotion_needs_a_canary_unless_forced() -> None:

@@ -21,11 +21,11 @@ from imaging.images.manifest import ImageManifest
 from imaging.model.releases import load_releases
 from imaging.state.builds import BuildRecords
 from imaging.state.store import ArtifactStore
-from tests.test_cli import inv
+from tests.cli.test_cli import inv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RELEASES = load_releases(ROOT / "releases")
-GOLDEN = Path(__file__).parent / "golden" / "unattend"
+GOLDEN = Path(__file__).parents[1] / "golden" / "unattend"
 PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
 
 

@@ -11,7 +11,7 @@ import yaml
 from imaging.core.errors import ValidationFailed
 from imaging.model.inventory import load_inventory
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

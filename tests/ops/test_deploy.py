@@ -28,7 +28,7 @@ from imaging.ops.context import Context
 from imaging.providers.lab.provider import InjectedFault
 from imaging.state.journal import OK, Journal
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OLD, NEW = "2026C3.0", "2026C3.1"
 
 
@@ -475,7 +475,7 @@ def test_cli_deploy_refuses_a_lost_hotfix_after_the_plan_then_drops_it(project: 
     from imaging.engine import runner
     from imaging.ops import deploy as deploys
     from imaging.ops import facts
-    from tests.test_cli import inv
+    from tests.cli.test_cli import inv
 
     ctx = ctx_for(project)
     assert deploys.deploy(ctx, facts.select(ctx, instruments="ALF"), OLD, runner.Options()).summary.names("ok")

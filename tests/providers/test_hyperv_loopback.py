@@ -34,7 +34,7 @@ from imaging.providers.hyperv.scripts import render_script
 from imaging.providers.hyperv.session import SessionPool
 from imaging.state.journal import FAILED, OK, ROLLED_BACK, Journal
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "instruments" / "examples" / "hyperv"
+EXAMPLE = Path(__file__).resolve().parents[2] / "instruments" / "examples" / "hyperv"
 HOST_CREDS = Credentials("CONTROLS\\svc-imaging", "loopback-host-pw")
 GUEST = GuestCredential("Administrator", "loopback-guest-pw")
 SCRIPT_MESSAGE = "The disk 'D:\\Imaging\\x.vhdx' is in use by another virtual machine"

@@ -24,7 +24,7 @@ from imaging.ops import reimage as reimaging
 from imaging.ops import rollback as rollbacks
 from imaging.ops.context import Context
 from imaging.providers.lab.provider import InjectedFault
-from tests.test_reimage import put_user_data, user_data, var_dir
+from tests.ops.test_reimage import put_user_data, user_data, var_dir
 
 RELEASES = ("2025C5.0", "2026C1.0", "2026C3.0", "2026C3.1")
 GROUP_A = "WISH"
@@ -102,7 +102,7 @@ def test_archive_with_dotdot_member_is_refused_and_a_good_archive_loads(tmp_path
 
 
 def test_shipped_example_package_is_valid(project: Path) -> None:
-    example = Path(__file__).resolve().parent.parent / "hotfixes" / "examples" / "HF-2026C3-001"
+    example = Path(__file__).resolve().parents[2] / "hotfixes" / "examples" / "HF-2026C3-001"
     pkg = open_package(example, releases=RELEASES, scratch=project / "s")
     assert pkg.hotfix.applies_to and pkg.hotfix.files
 
@@ -446,9 +446,9 @@ def test_retention_keeps_current_and_previous_never_counts_failed_or_what_a_roll
 
 
 def test_cli_hotfix_list_revert_and_rollback_dry_run(project: Path) -> None:
-    from tests.test_cli import inv
+    from tests.cli.test_cli import inv
 
-    example = Path(__file__).resolve().parent.parent / "hotfixes" / "examples" / "HF-2026C3-001"
+    example = Path(__file__).resolve().parents[2] / "hotfixes" / "examples" / "HF-2026C3-001"
     assert inv(project, "reimage", "--instrument=ZOOM").returncode == 0
     res = inv(project, "hotfix", f"--patch={example}", "--instruments=ZOOM", "--yes")
     assert res.returncode == 0, res.stderr
@@ -482,7 +482,7 @@ def test_pre_and_post_scripts_are_carried_to_the_guest_in_order(project: Path, t
 
 def test_rollback_puts_the_settings_branch_back_before_the_migrations(project: Path, tmp_path: Path) -> None:
     from imaging.core import git as gitrepo
-    from tests.test_reimage_settings import branch_repo
+    from tests.ops.test_reimage_settings import branch_repo
 
     ctx = ctx_for(project)
     assert reimaging.reimage(ctx, "ZOOM").ok
@@ -502,7 +502,7 @@ def test_rollback_puts_the_settings_branch_back_before_the_migrations(project: P
 def test_hyperv_scripts_refuse_unsafe_hotfix_inputs_before_rendering() -> None:
     from imaging.providers.hyperv.scripts import render_script
 
-    samples = json.loads((Path(__file__).parent / "golden/powershell/_inputs.json").read_text())
+    samples = json.loads((Path(__file__).parents[1] / "golden/powershell/_inputs.json").read_text())
     good = samples["apply_hotfix"]
     assert "Copy-Item -LiteralPath $src" in render_script("apply_hotfix", good)
     for field, bad in (("files", [{"path": "../Windows/x.dll", "sha256": "0" * 64}]),

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from imaging.core.errors import InputError
 from imaging.model.releases import ReleaseDefinition, ReleaseId, load_release, load_releases, newest_first
 
-DATA = Path(__file__).parent / "data"
-REPO = Path(__file__).parent.parent
+DATA = Path(__file__).parents[1] / "data"
+REPO = Path(__file__).resolve().parents[2]
 
 VALID = yaml.safe_load((DATA / "release_ids_valid.yaml").read_text(encoding="utf-8"))
 

@@ -1,7 +1,7 @@
 """The hyperv provider against a fake session pool: results, every failure path, and the mount lock.
 
 The fake pool parses output with the transport's own ``parse_result``, as the real ``SessionPool`` does;
-tests/test_hyperv_loopback.py runs the same provider over the real pool and the loopback endpoint.
+tests/providers/test_hyperv_loopback.py runs the same provider over the real pool and the loopback endpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from imaging.providers.hyperv.credentials import GuestCredential, Secret
 from imaging.providers.hyperv.provider import MOUNT_ACTIONS, HypervProvider
 from imaging.providers.hyperv.results import parse_result
 
-SAMPLES = json.loads((Path(__file__).parent / "golden" / "powershell" / "_inputs.json").read_text())
+SAMPLES = json.loads((Path(__file__).parents[1] / "golden" / "powershell" / "_inputs.json").read_text())
 
 
 def step(action: str, host: str = "HVHOST01") -> Step:
