@@ -18,8 +18,8 @@ from imaging.ops import stage as staging
 from imaging.ops.context import Context
 from imaging.ops.promotion import Move, plan_promotion, write_labels
 from imaging.plans.retention import ReleaseImages, select, usage
-from tests.conftest import git
 from tests.cli.test_cli import inv
+from tests.conftest import git
 
 LABELS = """# Labels for these tests (the shipped file changes as releases are made).
 labels:
