@@ -13,7 +13,6 @@ Refresh the reviewed golden files after a deliberate template change with::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from typing import Any
 import jinja2
 
 from imaging.core.errors import ImagingError, InputError
+from imaging.core.hashing import manifest_digest, sha256_bytes
 from imaging.core.pstemplates import make_environment
 from imaging.core.quoting import check_label, check_name, check_relpath, check_sha256, check_windows_path
 from imaging.model.steps import ACTIONS
@@ -167,11 +167,8 @@ def render_script(action: str, inputs: Mapping[str, Any], *, env: jinja2.Environ
 def settings_manifest(files: Mapping[str, str]) -> tuple[str, str]:
     """The Settings manifest text and its digest: each file's sha256 (of its UTF-8 bytes) and one digest
     over the sorted (path, sha256) pairs, the same digest the plan expects in ``expect_settings_sha256``."""
-    hashes = {rel: hashlib.sha256(text.encode("utf-8")).hexdigest() for rel, text in files.items()}
-    h = hashlib.sha256()
-    for rel, digest in sorted(hashes.items()):
-        h.update(rel.encode("utf-8") + b"\0" + digest.encode("ascii") + b"\n")
-    digest = h.hexdigest()
+    hashes = {rel: sha256_bytes(text.encode("utf-8")) for rel, text in files.items()}
+    digest = manifest_digest(hashes)
     return json.dumps({"files": hashes, "digest": digest}, indent=2, sort_keys=True) + "\n", digest
 
 
