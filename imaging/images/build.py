@@ -8,7 +8,6 @@ after the build succeeded, so a failed or unfinished build never looks like a re
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -16,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import ArtifactError, InputError
-from imaging.core.hashing import sha256_file
 from imaging.core.quoting import check_name, check_windows_path
-from imaging.core.tarball import write_tar
 from imaging.images import vhdx
 from imaging.images.manifest import ImageManifest
+from imaging.images.source_tree import hash_tree, scan_tree
 from imaging.model.inventory import Host
 from imaging.model.releases import ReleaseDefinition
 from imaging.model.steps import Step
@@ -196,51 +194,42 @@ def build_apps_on_host(*, records: BuildRecords, run: Any, host: Host, rel: Rele
 
 # --- OS templates ------------------------------------------------------------------------------------
 
-def tar_tree(root: Path, out: Path) -> Path:
-    """A reproducible tar of a folder (sorted, fixed owner, mode and time): same tree, same sha256."""
-    root = Path(root)
-    members: dict[str, Path | None] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = Path(dirpath).relative_to(root)
-        for entry in [*dirnames, *filenames]:
-            full = Path(dirpath) / entry
-            if full.is_symlink() or not (full.is_dir() or full.is_file()):
-                raise InputError("only regular files and folders can go into a template",
-                                 file=str(full), fix="replace links and special files by regular files")
-            members[(rel_dir / entry).as_posix()] = None if full.is_dir() else full
-    write_tar(members, out)
-    return out
+OS_LABEL = "OS"
 
 
 def build_lab_template(*, store: ArtifactStore, records: BuildRecords, version: str, base: Path,
                        workdir: Path) -> BuildRecord:
-    """A lab OS template from a base tree, registered read-only; a version is never registered twice
-    with different content (the same content again is accepted and changes nothing)."""
+    """An OS template VHDX (one NTFS volume labelled OS) built here from a base tree, stored read-only with
+    its manifest. A version is built once: a stored template is never rebuilt, whatever the base tree."""
     check_template_version(version, field="--version")
     base = Path(base)
     if not base.is_dir():
         raise InputError("base tree not found", field="--base", value=str(base),
                          fix="give the folder that holds the template's C: drive")
-    with tempfile.TemporaryDirectory(prefix="build-template-", dir=_ensure(workdir)) as tmp:
-        tar = tar_tree(base, Path(tmp) / f"{version}.tar")
-        sha = sha256_file(tar)
-        if store.exists(version) and store.get(version).sha256 != sha:
-            raise ArtifactError(f"OS template {version} is already registered with sha256 "
-                                f"{store.get(version).sha256}, the base tree gives {sha}; templates are never "
-                                f"modified: register it under a new version")
-        previous = records.get("os-template", version)
-        if previous is not None and previous.status == "ok" and store.exists(version):
-            return previous
-        rec = records.start(kind="os-template", name=version, release=None,
-                            inputs={"base": str(base.resolve()), "builder": "lab"})
-        try:
-            man = store.add(tar, name=version, kind="os-template", source=f"build-template from {base}",
-                            suffix=".tar")
-        except BaseException as exc:
-            records.fail(rec, str(exc) or type(exc).__name__)
-            raise
-        return records.finish(rec, sha256=man.sha256, size=man.size, tools={"builder": "lab tar"},
-                              manifest=None)
+    previous = records.get("os-template", version)
+    if previous is not None and previous.status == "ok" and store.exists(version) and previous.manifest:
+        built = ImageManifest.from_dict(previous.manifest).files
+        if hash_tree(scan_tree(base)) == built:
+            return previous  # the same tree again: nothing to do
+        raise ArtifactError(f"OS template {version} is already built ({store.get(version).sha256}) from another "
+                            "tree; templates are never modified: build it under a new version")
+    _refuse_existing(store, version)
+    rec = records.start(kind="os-template", name=version, release=None,
+                        inputs={"base": str(base.resolve()), "label": OS_LABEL, "builder": "linux"})
+    try:
+        with tempfile.TemporaryDirectory(prefix="build-template-", dir=_ensure(workdir)) as tmp:
+            out = Path(tmp) / f"{version}.vhdx"
+            manifest = vhdx.build_volume_image(base, out, label=OS_LABEL, workdir=Path(tmp))
+            stored = store.add(out, name=version, kind="os-template", source=f"build-template from {base}",
+                               suffix=".vhdx", move=True)
+            if stored.sha256 != manifest.image_sha256:
+                raise ArtifactError(f"the store holds {stored.sha256} for {version}, the build made "
+                                    f"{manifest.image_sha256}")
+    except BaseException as exc:
+        records.fail(rec, str(exc) or type(exc).__name__)
+        raise
+    return records.finish(rec, sha256=manifest.image_sha256, size=manifest.image_size, tools=manifest.tools,
+                          manifest=manifest.to_dict())
 
 
 def template_build_step(host: Host, version: str, *, iso_path: str, unattend: str, provision: str,

@@ -1,16 +1,17 @@
 """Sample images for the lab: an OS template tree and an Apps tree per release, made on first use.
 
 They let a fresh clone reimage at once. The trees are generated deterministically (same release, same
-bytes, same sha256) and stored as tar archives in the artifact store, like any other lab image.
+bytes) and built into VHDX images by the project's own builder (``images.build``), so a sample image is
+stored, published, staged and read back exactly like an image a facility builds.
 """
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
+import os
 from pathlib import Path
 
-from imaging.core import tarball
+SAMPLE_TIME = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 OS_DIRS = ("Windows/System32", "Windows/System32/drivers", "Windows/SysWOW64", "Windows/Fonts",
            "Program Files/Common Files", "Program Files (x86)/Common Files", "ProgramData/Microsoft",
@@ -52,33 +53,11 @@ def apps_tree_files(name: str, version: str, files: int = 300) -> dict[str, byte
     return tree
 
 
-def write_tar(files: dict[str, bytes], out: Path) -> Path:
-    """A reproducible tar of the tree (see imaging.core.tarball)."""
-    tarball.write_tar(files, out)
-    return out
-
-
 def write_tree(files: dict[str, bytes], root: Path) -> Path:
+    """Write a sample tree (fixed file times, so that the same tree captures the same way)."""
     for rel, data in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
+        os.utime(p, (SAMPLE_TIME, SAMPLE_TIME))
     return root
-
-
-def ensure_sample(store, *, name: str, kind: str, files: dict[str, bytes]):  # noqa: ANN001 - ArtifactStore
-    """Add a generated image to the store unless an artifact of that name is already there."""
-    if store.exists(name):
-        return store.get(name)
-    with tempfile.TemporaryDirectory(prefix="imaging-sample-") as tmp:
-        tar = write_tar(files, Path(tmp) / f"{name}.tar")
-        return store.add(tar, name=name, kind=kind, source="generated lab sample", suffix=".tar")
-
-
-def sample_identity(files: dict[str, bytes]) -> tuple[str, int]:
-    """The sha256 and size the sample would have in the store, without storing it (for dry runs)."""
-    from imaging.core.hashing import sha256_file
-
-    with tempfile.TemporaryDirectory(prefix="imaging-sample-") as tmp:
-        tar = write_tar(files, Path(tmp) / "sample.tar")
-        return sha256_file(tar), tar.stat().st_size

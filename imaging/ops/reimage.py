@@ -29,7 +29,7 @@ from imaging.ops.facts import (
     running_release,
 )
 from imaging.ops.hotfix import reapply_after_reimage
-from imaging.ops.stage import artifacts_of, publish, stage_steps
+from imaging.ops.stage import UNBUILT, artifacts_of, publish, stage_steps
 from imaging.plans.reimage import ReimageInputs, plan_reimage
 from imaging.settings import migrations
 from imaging.settings.instruments import DeployedSettings, ReimageSettings, prepare_reimage_settings
@@ -86,7 +86,7 @@ def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_
 def _plan(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow_dirty: bool, dry_run: bool,
           capture_drift: bool, settings_ref: str, hotfixes: tuple[str, ...]) -> Plan:
     host = ctx.inventory.host_of(inst)
-    os_img, apps_img = artifacts_of(ctx, target, inst.host, create=not dry_run)
+    os_img, apps_img = artifacts_of(ctx, target, inst.host, build_samples=not dry_run)
     observed = observe(ctx, inst)
     when = stamp()
     rs = settings_for(ctx, inst, target, observed, dry_run=dry_run, capture_drift=capture_drift,
@@ -100,7 +100,7 @@ def _plan(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow_dirt
         _, body = migrations.completion_record(pb, op_id=op_id, result={"exit_code": 0})
         post_boot.append({"migration": pb.migration, "description": pb.description, "command": pb.command,
                           "marker": pb.marker, "record": json.loads(body)})
-    return plan_reimage(ReimageInputs(
+    plan = plan_reimage(ReimageInputs(
         inst=inst, host=host, release=target, apps_version=ctx.releases[target].apps.version,
         os_template=os_img, apps_image=apps_img, settings_files=files, settings_digest=digest,
         settings_commit=rs.rendered.provenance.get("commit"), observed=observed, op_id=op_id, owner=who(),
@@ -108,6 +108,10 @@ def _plan(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow_dirt
         migrations=tuple(rs.migration.steps) if rs.migration else (), settings_version=rs.target_version,
         settings_before_commit=rs.migration.before_commit if rs.migration else None, drift_files=drift_files,
         post_boot=tuple(post_boot)))
+    for art in (os_img, apps_img):
+        if art.sha256 == UNBUILT:
+            plan.notes.append(f"{art.name} is not built yet: it is built from the lab's sample tree on first use")
+    return plan
 
 
 def preview_reimage(ctx: Context, name: str, release: str | None = None, *, drop_hotfixes: tuple[str, ...] = (),

@@ -5,12 +5,17 @@ shutdown, is what makes a reimage fast.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import fcntl
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import ArtifactError
-from imaging.images import samples
+from imaging.images import build, samples
 from imaging.model import layout
 from imaging.model.inventory import Instrument
 from imaging.model.plan import Artifact
@@ -18,13 +23,46 @@ from imaging.model.steps import Step
 from imaging.ops.context import Context
 from imaging.ops.facts import desired_release
 
+_SAMPLES = threading.Lock()  # one process builds a missing sample once, whatever its threads ask
 
-def artifacts_of(ctx: Context, release: str, host: str, *, create: bool = True) -> tuple[Artifact, Artifact]:
+
+@contextmanager
+def _sample_lock(ctx: Context) -> Iterator[None]:
+    """Across processes: one builds a missing sample while the others wait, then find it stored."""
+    ctx.paths.locks.mkdir(parents=True, exist_ok=True)
+    with open(ctx.paths.locks / "samples.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _build_sample(ctx: Context, release: str, kind: str) -> None:
+    """Build a release's missing image from the built-in sample tree with the project's own builder."""
+    rel = ctx.releases[release]
+    os_files, apps_files = ctx.sample_sizes
+    ctx.paths.tmp.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sample-", dir=ctx.paths.tmp) as tmp:
+        if kind == "os-template":
+            tree = samples.write_tree(samples.os_tree_files(rel.os_template.name, os_files), Path(tmp) / "tree")
+            build.build_lab_template(store=ctx.store, records=ctx.builds, version=rel.os_template.name, base=tree,
+                                     workdir=ctx.paths.tmp)
+        else:
+            tree = samples.write_tree(samples.apps_tree_files(rel.apps.name, rel.apps.version, apps_files),
+                                      Path(tmp) / "tree")
+            build.build_apps(store=ctx.store, records=ctx.builds, releases=ctx.releases, release=release,
+                             source=tree, workdir=ctx.paths.tmp)
+
+
+UNBUILT = "0" * 64  # the sha256 a dry run shows for a sample image that is built on first use
+
+
+def artifacts_of(ctx: Context, release: str, host: str, *, build_samples: bool = True
+                 ) -> tuple[Artifact, Artifact]:
     """The OS template and Apps image of a release, from the store; where the host's provider allows sample
-    images (the lab), made on first use.
-
-    With ``create=False`` (dry runs) a missing sample is described but not stored.
-    """
+    images (the lab), built on first use from the sample trees (with ``build_samples=False``, for dry runs,
+    a missing sample is described with the sha256 ``UNBUILT`` and nothing is built)."""
     rel = ctx.releases[release]
     out = []
     for ref, kind in ((rel.os_template, "os-template"), (rel.apps, "apps")):
@@ -32,14 +70,12 @@ def artifacts_of(ctx: Context, release: str, host: str, *, create: bool = True) 
             if not ctx.providers.sample_images(host):
                 raise ArtifactError(f"artifact {ref.name} of release {release} is not in the store; build it with "
                                     f"`invoke build-{'template' if kind == 'os-template' else 'apps'}`")
-            os_files, apps_files = ctx.sample_sizes
-            files = (samples.os_tree_files(ref.name, os_files) if kind == "os-template"
-                     else samples.apps_tree_files(ref.name, rel.apps.version, apps_files))
-            if not create:
-                sha, size = samples.sample_identity(files)
-                out.append(Artifact(name=ref.name, sha256=sha, size=size, suffix=".tar"))
+            if not build_samples:
+                out.append(Artifact(name=ref.name, sha256=UNBUILT, size=0))
                 continue
-            samples.ensure_sample(ctx.store, name=ref.name, kind=kind, files=files)
+            with _SAMPLES, _sample_lock(ctx):
+                if not ctx.store.exists(ref.name):  # another thread or process may have built it meanwhile
+                    _build_sample(ctx, release, kind)
         man = ctx.store.get(ref.name)
         if ref.sha256 and ref.sha256 != man.sha256:
             raise ArtifactError(f"release {release} pins {ref.name} to sha256 {ref.sha256}, the store holds "
@@ -65,7 +101,10 @@ def not_staged(ctx: Context, release: str, host_name: str) -> list[str] | None:
     """The release's artifacts missing on a host; None when that cannot be seen without a host call."""
     host = ctx.inventory.hosts[host_name]
     missing = []
-    for art in artifacts_of(ctx, release, host_name, create=False):
+    for art in artifacts_of(ctx, release, host_name, build_samples=False):
+        if art.sha256 == UNBUILT:
+            missing.append(art.name)
+            continue
         staged = ctx.providers.staged(host_name, layout.image_path(host, art.name, art.sha256), art.sha256)
         if staged is None:
             return None

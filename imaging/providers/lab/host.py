@@ -14,6 +14,7 @@ from typing import Any
 from imaging.core.errors import LockHeld, ProviderError
 from imaging.core.files import read_json, write_json
 from imaging.core.hashing import sha256_file
+from imaging.images.vhdx import read_image_files
 
 
 class HostActions:
@@ -112,32 +113,45 @@ class HostActions:
         return {"changed": False}
 
     def _do_stage_artifact(self, host: str, name: str, sha256: str, share_path: str, dest_path: str) -> dict:
+        """Pull an image from the share like a host does: copy, verify sha256, mark read-only. The guest's
+        view of a VHDX comes from reading the volume inside the staged image once, here (children are then
+        hard-link clones of it); a hotfix package (a tar) is unpacked the same way."""
         dest = self.path(host, dest_path)
         meta = dest / "disk.json"
         if meta.exists() and read_json(meta).get("sha256") == sha256:
-            return {"changed": False, "bytes": 0}
+            return {"changed": False, "bytes": 0, "unpacked": False}
         src = self.path(host, share_path)
         if not src.exists():
-            raise ProviderError(f"{share_path} is not on the share; publish the release first (`invoke stage`)",
-                                host=host, step="stage_artifact")
+            raise ProviderError(f"{share_path} is not on the share; publish the release first "
+                                "(`invoke publish`)", host=host, step="stage_artifact")
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + ".partial")
         if partial.exists():
             shutil.rmtree(partial)
-        (partial / "content").mkdir(parents=True)
-        blob = partial / "image.tar"
-        shutil.copyfile(src, blob)
-        actual = sha256_file(blob)
-        if actual != sha256:
-            shutil.rmtree(partial)
-            raise ProviderError(f"{name}: sha256 on arrival is {actual}, expected {sha256}; the share copy is "
-                                "corrupt, publish it again", host=host, step="stage_artifact")
-        with tarfile.open(blob) as tar:
-            tar.extractall(partial / "content", filter="data")
-        blob.unlink()
-        write_json(partial / "disk.json", {"role": "template", "label": None, "parent": None, "read_only": True,
-                                           "size_gb": 0, "attached_to": None, "sha256": sha256, "name": name})
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(partial, dest)
-        return {"changed": True, "bytes": src.stat().st_size}
+        partial.mkdir()
+        try:
+            is_vhdx = share_path.lower().endswith(".vhdx")
+            blob = partial / ("image.vhdx" if is_vhdx else "image.tar")
+            shutil.copyfile(src, blob)
+            actual = sha256_file(blob)
+            if actual != sha256:
+                raise ProviderError(f"{name}: sha256 on arrival is {actual}, expected {sha256}; the share copy is "
+                                    "corrupt, publish it again", host=host, step="stage_artifact")
+            if is_vhdx:
+                blob.chmod(0o444)
+                read_image_files(blob, partial / "content", workdir=partial)
+            else:
+                (partial / "content").mkdir()
+                with tarfile.open(blob) as tar:
+                    tar.extractall(partial / "content", filter="data")
+                blob.unlink()
+            write_json(partial / "disk.json", {"role": "template", "label": None, "parent": None, "read_only": True,
+                                               "size_gb": 0, "attached_to": None, "sha256": sha256, "name": name,
+                                               "image": blob.name if is_vhdx else None})
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(partial, dest)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return {"changed": True, "bytes": src.stat().st_size, "unpacked": True}

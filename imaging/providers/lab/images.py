@@ -14,6 +14,7 @@ from typing import Any
 from imaging.core.errors import ProviderError
 from imaging.core.files import atomic_write, read_json, write_json
 from imaging.core.hashing import sha256_file, tree_manifest
+from imaging.images import vhdx
 from imaging.providers.lab.fs import copy_tree, guest_rel
 
 
@@ -22,18 +23,17 @@ class ImageActions:
 
     # --- build hosts ---------------------------------------------------------------------------------
     def _image_dir(self, host: str, partial: Path, final: Path, **meta: Any) -> dict[str, Any]:
-        """Seal a built lab image: hash its content as a reproducible tar, mark it read-only, rename it."""
-        import tempfile
-
-        from imaging.images.build import tar_tree
-
-        with tempfile.TemporaryDirectory(prefix="lab-image-") as tmp:
-            tar = tar_tree(partial / "content", Path(tmp) / "image.tar")
-            sha, size = sha256_file(tar), tar.stat().st_size
+        """Seal a built lab image: the build host makes a real VHDX of the content (as New-VHD, Format-Volume
+        and a copy do on Hyper-V), marks it read-only, and renames the folder into place."""
+        image = partial / "image.vhdx"
+        vhdx.build_volume_image(partial / "content", image, label=meta.get("label") or "OS", workdir=partial,
+                                size_bytes=int(meta["size_gb"]) * 1024 ** 3 if meta.get("size_gb") else None)
+        image.chmod(0o444)
+        sha, size = sha256_file(image), image.stat().st_size
         write_json(partial / "disk.json", {"role": "template", "label": meta.get("label"), "parent": None,
                                            "read_only": True, "size_gb": meta.get("size_gb", 0),
                                            "attached_to": None, "sha256": sha, "name": final.name,
-                                           "image_size": size})
+                                           "image_size": size, "image": image.name})
         os.replace(partial, final)
         return {"sha256": sha, "size": size}
 
