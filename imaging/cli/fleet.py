@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from invoke import task
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
 from imaging.cli.ui import (
@@ -27,8 +27,54 @@ from imaging.core.errors import ImagingError
 from imaging.ops import deploy as deploys
 from imaging.ops import facts
 from imaging.ops import hotfix as hotfixing
+from imaging.ops import publish as publishing
 from imaging.ops import stage as staging
 from imaging.ops.deploy import Options, TimeModel
+
+
+def _transfer_display(bar: Progress) -> Any:
+    """A progress callback for publish and stage: bytes and rate onto the share, then the host's pull."""
+    tasks: dict[tuple[str, str], Any] = {}
+
+    def show(ev: Any) -> None:
+        key = (ev.host, ev.artifact)
+        if key not in tasks:
+            tasks[key] = bar.add_task(f"{ev.host} {ev.artifact}", total=None)
+        if ev.phase == "publish":
+            bar.update(tasks[key], completed=ev.done, total=ev.total or None,
+                       description=f"{ev.artifact}: to the share of {ev.host}")
+        elif ev.result is None:
+            bar.update(tasks[key], description=f"{ev.host} {ev.artifact}: host pulls and verifies")
+        else:
+            done = "copied" if ev.result.get("changed") else "already staged"
+            bar.update(tasks[key], description=f"{ev.host} {ev.artifact}: {done}")
+
+    return show
+
+
+def _bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeElapsedColumn(), console=console, transient=not sys.stdout.isatty())
+
+
+@task(help={"release": "the release whose images to publish (id or label)",
+            "group": "only the shares of this group's hosts",
+            "instruments": "only the shares of these instruments' hosts (comma-separated)"})
+@reports_errors
+def publish(c, release, group=None, instruments=""):  # noqa: ANN001
+    """Put a release's images from the store onto the image share hosts pull from: verified, resumable."""
+    with context() as ctx, _bar() as bar:
+        done = publishing.publish_release(ctx, release, group=group, instruments=names(instruments),
+                                          progress=_transfer_display(bar))
+    table = Table(title=f"Published {release}")
+    for col in ("release", "artifact", "share", "result", "bytes copied"):
+        table.add_column(col)
+    for p in done:
+        table.add_row(p.release, p.artifact, p.share, "copied, verified" if p.copied else "already there",
+                      str(p.bytes))
+    console.print(table)
+    console.print(f"{sum(1 for p in done if p.copied)} image(s) copied, {sum(p.bytes for p in done)} bytes; "
+                  f"next: `invoke stage --release={release}`")
 
 
 @task(help={"release": "the release whose images to stage (id or label)",
@@ -39,24 +85,8 @@ def stage(c, release, group=None, instruments=""):  # noqa: ANN001
     """Copy a release's images to each host that needs them, once per host, verified, resumable."""
     with context() as ctx:
         chosen = ctx.inventory.select(names=names(instruments) or None, group=group)
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-                      console=console, transient=not sys.stdout.isatty()) as bar:
-            tasks: dict[tuple[str, str], Any] = {}
-
-            def show(ev: Any) -> None:
-                key = (ev.host, ev.artifact)
-                if key not in tasks:
-                    tasks[key] = bar.add_task(f"{ev.host} {ev.artifact}", total=None)
-                if ev.phase == "publish":
-                    bar.update(tasks[key], completed=ev.done, total=ev.total or None,
-                               description=f"{ev.host} {ev.artifact}: to the share")
-                elif ev.result is None:
-                    bar.update(tasks[key], description=f"{ev.host} {ev.artifact}: host pulls and verifies")
-                else:
-                    done = "copied" if ev.result.get("changed") else "already staged"
-                    bar.update(tasks[key], description=f"{ev.host} {ev.artifact}: {done}")
-
-            staged = staging.stage_for(ctx, release, chosen, progress=show)
+        with _bar() as bar:
+            staged = staging.stage_for(ctx, release, chosen, progress=_transfer_display(bar))
     table = Table(title=f"Staged {release}")
     for col in ("host", "release", "artifact", "result", "bytes copied"):
         table.add_column(col)

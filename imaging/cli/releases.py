@@ -10,6 +10,7 @@ from rich.table import Table
 
 from imaging.cli.ui import console, context, err_console, reports_errors
 from imaging.ops import build as builds
+from imaging.ops import new_release as new_releases
 from imaging.ops import releases as release_ops
 
 
@@ -177,3 +178,35 @@ def prune(c, apply=False):  # noqa: ANN001
         return
     console.print(f"pruned {len(report.to_remove)}: blobs removed {', '.join(report.removed_blobs) or '-'}; "
                   f"staged copies removed {', '.join(report.unstaged) or '-'}; manifests and build records kept")
+
+
+@task(help={"id": "the new release id, e.g. 2026C3.3 (year, cycle, patch)",
+            "from": "the release it starts from (default for a patch: the newest release of its cycle)",
+            "os_template": "the OS template version (default: the one of --from)",
+            "settings_version": "the settings format (default: that of --from, else the templates')",
+            "apps_source": "build the Apps image from this folder in the same run (its version.txt must say the id)",
+            "notes": "a line about the release",
+            "dry_run": "check everything and print the definition; write nothing"})
+@reports_errors
+def new_release(c, id, from_=None, os_template=None, settings_version=None, apps_source=None,  # noqa: A002, ANN001
+                notes="", dry_run=False):
+    """Write releases/<id>.yaml (validated), optionally build its Apps image, and commit it."""
+    with context() as ctx:
+        done = new_releases.new_release(ctx, id, parent=from_, os_template=os_template,
+                                        settings_version=int(settings_version) if settings_version else None,
+                                        apps_source=Path(apps_source) if apps_source else None, notes=notes,
+                                        dry_run=dry_run)
+    rel = done.release
+    what = (f"{rel.id}: OS template {rel.os_template.name}, Apps {rel.apps.name} ({rel.apps.version}), settings "
+            f"v{rel.settings_version}" + (f", from {done.parent}" if done.parent else ""))
+    if dry_run:
+        console.print(f"would write {done.path}: {what}")
+        console.print("[dim]dry run: nothing was changed[/]")
+        return
+    console.print(f"[green]wrote[/] {done.path}: {what}")
+    if done.built is not None:
+        m = done.built.manifest
+        console.print(f"[green]built[/] {rel.apps.name}: {len(m.files)} files, sha256 {m.image_sha256}")
+    _commit_note(done.commit)
+    console.print(f"next: `invoke publish --release={rel.id}`" if done.built else
+                  f"next: `invoke build-apps --release={rel.id} --source=DIR`, then `invoke publish`")

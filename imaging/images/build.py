@@ -18,7 +18,7 @@ from imaging.core.errors import ArtifactError, InputError
 from imaging.core.quoting import check_name, check_windows_path
 from imaging.images import vhdx
 from imaging.images.manifest import ImageManifest
-from imaging.images.source_tree import hash_tree, scan_tree
+from imaging.images.source_tree import find_name, hash_tree, scan_tree
 from imaging.model.inventory import Host
 from imaging.model.releases import ReleaseDefinition
 from imaging.model.steps import Step
@@ -60,7 +60,7 @@ def check_apps_source(source: Path, rel: ReleaseDefinition) -> Path:
     if not source.is_dir():
         raise InputError("source folder not found", field="--source", value=str(source),
                          fix="give the folder holding server, client, python and version.txt")
-    version = source / VERSION_FILE
+    version = find_name(source, VERSION_FILE) or source / VERSION_FILE
     if not version.is_file():
         raise InputError(f"the tree has no {VERSION_FILE}", file=str(version), field="--source",
                          fix=f"write the release's apps version ({rel.apps.version}) into {VERSION_FILE}")

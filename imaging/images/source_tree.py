@@ -82,6 +82,14 @@ def scan_tree(tree: Path) -> SourceTree:
     return SourceTree(files, dirs)
 
 
+def find_name(folder: Path, name: str) -> Path | None:
+    """The entry of ``folder`` that Windows would open as ``name`` (names are case-insensitive there)."""
+    if not Path(folder).is_dir():
+        return None
+    found = [e for e in Path(folder).iterdir() if e.name.casefold() == name.casefold()]
+    return found[0] if len(found) == 1 else None
+
+
 def hash_tree(scanned: SourceTree) -> list[FileEntry]:
     """sha256 of every file; a file whose size changed since the scan means the tree is being written to."""
     out = []

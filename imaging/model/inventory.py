@@ -71,6 +71,9 @@ class Host(_Model):
     address: str
     storage_root: str
     share: str
+    # Where this machine mounts ``share`` (e.g. /mnt/imagestore), so `invoke publish` can copy images onto
+    # it as plain files; not needed for the lab, whose share is a folder of its own.
+    share_mount: str | None = None
     max_concurrent: int = Field(default=2, ge=1, le=32)
     port: int = Field(default=5986, ge=1, le=65535)
     auth: Literal["negotiate", "kerberos", "ntlm", "credssp", "certificate"] = "negotiate"

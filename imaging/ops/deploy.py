@@ -43,9 +43,10 @@ from imaging.ops.facts import (
     migrations_needed,
     running_release,
 )
+from imaging.ops.publish import publish
 from imaging.ops.reimage import reimage_to
 from imaging.ops.reimage import resume as resume_instrument
-from imaging.ops.stage import not_staged, publish, stage
+from imaging.ops.stage import not_staged, stage
 from imaging.state.journal import OK, RUNNING
 from imaging.state.runs import new_run_id
 

@@ -8,7 +8,6 @@ hotfixes declared for its target release through ``reapply_after_reimage``.
 from __future__ import annotations
 
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,11 +34,11 @@ from imaging.ops.facts import (
     running_release,
     setter_op,
 )
+from imaging.ops.publish import to_share
 from imaging.plans.hotfix import HotfixInputs, plan_hotfix, plan_revert_hotfix
 from imaging.state.runs import new_run_id
 
 ALREADY = "already-applied"
-_PUBLISH = threading.Lock()
 
 
 # --- packages ----------------------------------------------------------------------------------------
@@ -74,10 +73,7 @@ def stage_package(ctx: Context, name: str, sha: str, host_name: str) -> str:
     host = ctx.inventory.hosts[host_name]
     share = layout.share_path(host, name, sha, ".tar")
     dest = layout.hotfix_stage_path(host, name, sha)
-    folder = ctx.providers.share_folder(host_name, share)
-    if folder is not None:
-        with _PUBLISH:  # hosts share one share folder: publish one copy at a time
-            ctx.store.stage(name, folder)
+    to_share(ctx, host_name, name)
     ctx.providers.run(Step("stage_artifact", host_name, {"name": name, "sha256": sha, "share_path": share,
                                                           "dest_path": dest},
                            f"stage {name} on {host_name} (pull from the share, verify sha256)"))

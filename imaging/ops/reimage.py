@@ -29,7 +29,8 @@ from imaging.ops.facts import (
     running_release,
 )
 from imaging.ops.hotfix import reapply_after_reimage
-from imaging.ops.stage import UNBUILT, artifacts_of, publish, stage_steps
+from imaging.ops.publish import publish
+from imaging.ops.stage import UNBUILT, artifacts_of, stage_steps
 from imaging.plans.reimage import ReimageInputs, plan_reimage
 from imaging.settings import migrations
 from imaging.settings.instruments import DeployedSettings, ReimageSettings, prepare_reimage_settings

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imaging.core.errors import ArtifactError
+from imaging.core.errors import ArtifactError, ImagingError
 from imaging.images import build, samples
 from imaging.model import layout
 from imaging.model.inventory import Instrument
@@ -113,10 +113,23 @@ def not_staged(ctx: Context, release: str, host_name: str) -> list[str] | None:
     return missing
 
 
+def unpublished(ctx: Context, release: str, host_name: str) -> list[str]:
+    """The release's images missing from the host's share, where this machine can see the share (else [])."""
+    host = ctx.inventory.hosts[host_name]
+    missing = []
+    for art in artifacts_of(ctx, release, host_name, build_samples=False):
+        share_file = layout.share_path(host, art.name, art.sha256, art.suffix)
+        folder = ctx.providers.share_folder(host_name, share_file)
+        if folder is not None and (art.sha256 == UNBUILT or not (folder / layout.staged_name(
+                art.name, art.sha256, art.suffix)).is_file()):
+            missing.append(art.name)
+    return missing
+
+
 @dataclass(frozen=True)
 class StageEvent:
-    """Progress of staging on one host: ``phase`` is "publish" (bytes onto the share, with done/total) or
-    "stage" (the host pulls and verifies; ``result`` is set when the step ended)."""
+    """Progress of moving an image: ``phase`` is "publish" (bytes from the store onto a host's share, with
+    done/total) or "stage" (the host pulls and verifies; ``result`` is set when the step ended)."""
 
     host: str
     artifact: str
@@ -129,27 +142,11 @@ class StageEvent:
 StageProgress = Callable[[StageEvent], None]
 
 
-def publish(ctx: Context, release: str, host_name: str, *, progress: StageProgress | None = None) -> None:
-    """Put a release's artifacts on the host's share, where this machine can fill it (the lab's share is a
-    folder); a real share is filled by publishing from the machine that mounts it."""
-    host = ctx.inventory.hosts[host_name]
-    for art in artifacts_of(ctx, release, host_name):
-        dest = ctx.providers.share_folder(host_name, layout.share_path(host, art.name, art.sha256, art.suffix))
-        if dest is None:
-            return
-        cb = None
-        if progress is not None:
-            def cb(done: int, total: int, _name: str = art.name) -> None:
-                progress(StageEvent(host_name, _name, "publish", done, total))
-        ctx.store.stage(art.name, dest, progress=cb)
-
-
 def stage(ctx: Context, release: str, host_name: str, *,
           progress: StageProgress | None = None) -> list[dict[str, Any]]:
-    """Stage a release's images on one host: once, verified, resumable (a half-done copy is finished or
-    redone; a staged image is left alone). Returns one result per artifact with ``name``, ``changed``
-    and ``bytes`` copied."""
-    publish(ctx, release, host_name, progress=progress)
+    """Stage a release's images on one host: the host pulls them from the image share (`invoke publish` puts
+    them there), once, verified, resumable (a half-done copy is finished or redone; a staged image is left
+    alone). Returns one result per artifact with ``name``, ``changed`` and ``bytes`` copied."""
     out = []
     for s in stage_steps(ctx, release, host_name):
         name = str(s.inputs["name"])
@@ -174,6 +171,12 @@ def stage_for(ctx: Context, release: str, insts: Iterable[Instrument], *,
     """Stage ``release`` (an id or a label, resolved per instrument like every other release choice: revoked
     releases are refused) on each host of the instruments, once per host and release."""
     pairs = sorted({(desired_release(ctx, i, release), i.host) for i in insts})
+    for rid, host in pairs:
+        missing = unpublished(ctx, rid, host)
+        if missing:
+            raise ImagingError(f"release {rid} is not published for {host} ({', '.join(missing)} not on "
+                               f"{ctx.inventory.hosts[host].share}); run `invoke publish --release={rid}` first; "
+                               "nothing was staged")
     out = []
     for rid, host in pairs:
         out += [Staged(host, rid, res) for res in stage(ctx, rid, host, progress=progress)]

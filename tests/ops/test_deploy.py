@@ -23,6 +23,7 @@ from imaging.model.steps import Step
 from imaging.ops import deploy as deploys
 from imaging.ops import facts
 from imaging.ops import hotfix as hotfixing
+from imaging.ops import publish as publishing
 from imaging.ops import stage as staging
 from imaging.ops.context import Context
 from imaging.providers.lab.provider import InjectedFault
@@ -276,6 +277,7 @@ def _spawn(project: Path, names: str, delay: float, deploy_id: str) -> subproces
 
 def _prestage(ctx: Context, names: list[str]) -> None:
     for host in sorted({ctx.inventory.instrument(n).host for n in names}):
+        publishing.publish(ctx, OLD, host)
         staging.stage(ctx, OLD, host)
 
 
@@ -365,6 +367,7 @@ def test_cli_deploy_plan_simulate_and_confirmation(project: Path) -> None:
 def test_stage_reports_progress_and_copies_once(project: Path) -> None:
     ctx = ctx_for(project)
     events: list[staging.StageEvent] = []
+    publishing.publish(ctx, NEW, "HVHOST01", progress=events.append)
     first = staging.stage(ctx, NEW, "HVHOST01", progress=events.append)
     assert [r["changed"] for r in first] == [True, True] and all(r["bytes"] > 0 for r in first)
     assert {e.phase for e in events} == {"publish", "stage"}

@@ -12,6 +12,7 @@ from imaging.core.config import Paths
 from imaging.core.errors import ImagingError, InputError
 from imaging.model.labels import load_labels
 from imaging.model.releases import load_releases
+from imaging.ops import publish as publishing
 from imaging.ops import reimage as reimaging
 from imaging.ops import releases as release_ops
 from imaging.ops import stage as staging
@@ -216,6 +217,7 @@ def test_prune_dry_run_then_apply_keeps_what_is_used(labelled: Path) -> None:
     ctx = ctx_for(project)
     try:
         for rid in ("2025C5.0", "2026C1.0"):  # older releases: their images are in the store and on the host
+            publishing.publish(ctx, rid, ctx.inventory.instrument("ZOOM").host)
             staging.stage(ctx, rid, ctx.inventory.instrument("ZOOM").host)
         assert reimaging.reimage(ctx, "ZOOM", "2026C3.0").ok
         assert reimaging.reimage(ctx, "ZOOM", "2026C3.1").ok  # ZOOM runs 2026C3.1, rollback point 2026C3.0

@@ -15,7 +15,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Protocol
 
 from imaging.core.errors import ImagingError, InputError, LockHeld, ProviderError
@@ -78,6 +78,7 @@ class HypervProvider:
         self._guest_source = guest_credential_source
         self._guest_lock = threading.Lock()
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
+        self.shares: dict[str, tuple[str, str | None]] = {}  # host -> (UNC share, where it is mounted here)
 
     @classmethod
     def from_inventory(cls, inventory: Any, *, connection_overrides: Mapping[str, Any] | None = None,
@@ -90,11 +91,21 @@ class HypervProvider:
         inventory but addresses and connection settings.
         """
         pool = SessionPool.from_inventory(inventory, connection_overrides=connection_overrides, **pool_options)
-        return cls(pool, guest_credential=GuestCredential.from_env(),
-                   guest_credential_source=GuestCredential.resolve, timeouts=timeouts)
+        provider = cls(pool, guest_credential=GuestCredential.from_env(),
+                       guest_credential_source=GuestCredential.resolve, timeouts=timeouts)
+        provider.shares = {h.name: (h.share, h.share_mount) for h in inventory.hosts.values()}
+        return provider
 
     def share_folder(self, host: str, share_path: str) -> Path | None:
-        return None  # a real share is a UNC path this machine may not reach: filled by publishing
+        """The folder of ``share_path`` under the host's ``share_mount`` (the SMB share mounted here), if set."""
+        share, mount = self.shares.get(host, (None, None))
+        if not share or not mount:
+            return None
+        inside = PureWindowsPath(share_path)
+        root = PureWindowsPath(share)
+        if inside.parts[:len(root.parts)] != root.parts:
+            return None
+        return Path(mount).joinpath(*inside.parts[len(root.parts):]).parent
 
     def staged(self, host: str, image_path: str, sha256: str) -> bool | None:
         return None  # only a script on the host can tell (stage_artifact checks before it copies)

@@ -11,6 +11,7 @@ from typing import Any
 
 from imaging.core.errors import ProviderError
 from imaging.core.files import read_json, write_json
+from imaging.images.source_tree import find_name
 from imaging.providers.lab.fs import guest_rel
 
 
@@ -81,7 +82,8 @@ class GuestActions:
             resolved[item["link"]] = item["label"] if ok else None
             if not ok:
                 problems.append(f"{item['link']} does not lead to the {item['label']} volume")
-        version_file = groot.joinpath(*guest_rel("C:\\Instrument\\Apps\\version.txt"))
+        apps = groot.joinpath(*guest_rel("C:\\Instrument\\Apps"))
+        version_file = find_name(apps, "version.txt") or apps / "version.txt"  # Windows: any case
         version = version_file.read_text().strip() if version_file.exists() else None
         if version != expect_apps_version:
             problems.append(f"Apps version is {version!r}, expected {expect_apps_version!r}")

@@ -15,6 +15,7 @@ from imaging.core.errors import ProviderError
 from imaging.core.files import atomic_write, read_json, write_json
 from imaging.core.hashing import sha256_file, tree_manifest
 from imaging.images import vhdx
+from imaging.images.source_tree import find_name
 from imaging.providers.lab.fs import copy_tree, guest_rel
 
 
@@ -45,8 +46,8 @@ class ImageActions:
             src = self.path(host, source_path)
             if not src.is_dir():
                 raise ProviderError(f"source folder {source_path} not found", host=host, step="build_apps_disk")
-            version = src / "version.txt"
-            found = version.read_text(encoding="utf-8").strip() if version.is_file() else None
+            version = find_name(src, "version.txt")  # Windows: any case
+            found = version.read_text(encoding="utf-8").strip() if version and version.is_file() else None
             if found != expect_version:
                 raise ProviderError(f"{source_path}\\version.txt says {found!r}, the release expects "
                                     f"{expect_version!r}", host=host, step="build_apps_disk")
