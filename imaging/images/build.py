@@ -8,6 +8,7 @@ after the build succeeded, so a failed or unfinished build never looks like a re
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import ArtifactError, InputError
+from imaging.core.hashing import sha256_and_size, sha256_file
 from imaging.core.quoting import check_name, check_windows_path
 from imaging.images import vhdx
-from imaging.images.manifest import ImageManifest
+from imaging.images.manifest import FileEntry, ImageManifest
 from imaging.images.source_tree import find_name, hash_tree, scan_tree
 from imaging.model.inventory import Host
 from imaging.model.releases import ReleaseDefinition
@@ -259,3 +261,44 @@ def build_template_on_host(*, records: BuildRecords, run: Any, step: Step) -> Bu
         raise
     return records.finish(rec, sha256=result["sha256"], size=int(result["size"]),
                           tools={"builder": f"hyperv:{step.host}"}, manifest=None)
+
+
+# --- images built on a Windows build host ---------------------------------------------------------------
+
+
+def manifest_from_image(image: Path, *, workdir: Path) -> ImageManifest:
+    """The manifest of an image built elsewhere, by reading it back (the build host reported only the
+    image's own hash): what `verify-image` later compares the stored image with."""
+    with tempfile.TemporaryDirectory(prefix="read-manifest-", dir=_ensure(workdir)) as tmp:
+        dest = Path(tmp) / "files"
+        back = vhdx.read_image_files(image, dest, workdir=Path(tmp))
+        files, dirs = [], []
+        for dirpath, dirnames, filenames in os.walk(dest):
+            rel_dir = Path(dirpath).relative_to(dest)
+            dirs += [(rel_dir / d).as_posix() for d in dirnames]
+            for f in filenames:
+                sha, size = sha256_and_size(Path(dirpath) / f)
+                files.append(FileEntry((rel_dir / f).as_posix(), size, sha))
+    return ImageManifest(label=back.label, partition_name=back.partition_name, disk_size=back.disk_size,
+                         volume_size=back.volume_size, image_size=image.stat().st_size,
+                         image_sha256=sha256_file(image), files=sorted(files, key=lambda e: e.path),
+                         directories=sorted(dirs), tools={"builder": "read back after import"})
+
+
+def import_built(*, store: ArtifactStore, records: BuildRecords, rec: BuildRecord, image: Path,
+                 workdir: Path) -> BuildRecord:
+    """Take an image a build host made (and copied to the share, ``image`` as this machine sees it) into the
+    store: refused unless its sha256 is the one the host's Get-FileHash reported; its manifest is the
+    host's when it sent one, else read back from the image."""
+    kind = "os-template" if rec.kind == "os-template" else "apps"
+    man = store.add(image, name=rec.name, kind=kind, source=f"built on {rec.inputs.get('builder')}", suffix=".vhdx")
+    if man.sha256 != rec.sha256:
+        raise ArtifactError(f"{image} has sha256 {man.sha256}, the build host reported {rec.sha256}: the copy "
+                            "was corrupted on the way; it is not used")
+    read_back = manifest_from_image(store.path_of(rec.name), workdir=workdir).to_dict()
+    # The host's own list of what it put in the image (its source files) is the stronger claim; the disk's
+    # geometry and the image's hash are what the image itself says.
+    geometry = ("label", "partition_name", "disk_size", "volume_size", "image_size", "image_sha256")
+    manifest = {**rec.manifest, **{k: read_back[k] for k in geometry}} if rec.manifest else read_back
+    rec.inputs["stored"] = True
+    return records.finish(rec, sha256=rec.sha256, size=rec.size or man.size, tools=rec.tools, manifest=manifest)

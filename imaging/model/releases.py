@@ -122,6 +122,9 @@ class ReleaseDefinition(_Strict):
     includes_hotfixes: list[str] = Field(default_factory=list)
     notes: str
     revoked: Revocation | None = None
+    # The lab may build this release's missing images from its built-in sample trees (the shipped demo
+    # releases); a release a facility authors runs only what was built for it.
+    samples: bool = False
 
     @field_validator("includes_hotfixes")
     @classmethod

@@ -43,6 +43,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "build_template": ("vm", "version", "iso_path", "image_index", "vhd_path", "work_root", "size_gb", "memory_mb",
                        "switch", "unattend", "provision", "timeout_s"),
     "remove_image": ("path", "sha256"),
+    # A built image leaves its build host by the image share (a file copy, never WinRM), verified by sha256.
+    "export_image": ("path", "share_path", "sha256"),
     "read_volume": ("path", "max_bytes"),
     "write_volume_files": ("path", "files"),
     "run_guest_command": ("vm", "command", "var_path", "marker", "record"),

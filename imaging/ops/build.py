@@ -11,6 +11,7 @@ from imaging.core.errors import ImagingError
 from imaging.images import build, vhdx
 from imaging.images.answer_files import TemplateSettings, render_provision, render_unattend
 from imaging.images.manifest import ImageManifest
+from imaging.model import layout
 from imaging.model.inventory import Host
 from imaging.model.releases import ReleaseDefinition
 from imaging.model.steps import Step
@@ -56,6 +57,7 @@ def build_apps(ctx: Context, release: str, source: str, *, host: str | None = No
             return AppsBuild(rel, host=host, step=step)
         rec = build.build_apps_on_host(records=ctx.builds, run=ctx.providers.run, host=h, rel=rel,
                                        source_path=source, size_gb=int(size_gb))
+        rec = import_from_host(ctx, h, rec, step.inputs["vhd_path"])
         return AppsBuild(rel, host=host, step=step, record=rec)
     src = build.check_apps_source(Path(source), rel)
     if dry_run:
@@ -109,5 +111,24 @@ def build_template(ctx: Context, version: str, *, base: Path | None = None, host
                                      provision=render_provision(settings, templates=ctx.paths.templates))
     if dry_run:
         return TemplateBuild(version, host=host, step=step)
+    rec = build.build_template_on_host(records=ctx.builds, run=ctx.providers.run, step=step)
     return TemplateBuild(version, host=host, step=step,
-                         record=build.build_template_on_host(records=ctx.builds, run=ctx.providers.run, step=step))
+                         record=import_from_host(ctx, h, rec, step.inputs["vhd_path"]))
+
+
+def import_from_host(ctx: Context, host: Host, rec: BuildRecord, vhd_path: str) -> BuildRecord:
+    """Bring an image built on ``host`` into the store: the host copies it onto its image share (verified),
+    this machine takes it from there (verified against the host's Get-FileHash). Until then the release is
+    not deployable; running the build again retries (the build itself is not redone)."""
+    share_file = layout.share_path(host, rec.name, rec.sha256 or "", ".vhdx")
+    ctx.providers.run(Step("export_image", host.name, {"path": vhd_path, "share_path": share_file,
+                                                       "sha256": rec.sha256},
+                           f"copy {rec.name} from {host.name} onto the image share"))
+    folder = ctx.providers.share_folder(host.name, share_file)
+    if folder is None:
+        raise ImagingError(f"{rec.name} was built on {host.name} and copied to {host.share}, but that share is not "
+                           f"mounted here, so it is not in the store yet: mount it, set share_mount for {host.name} "
+                           "in hosts.yaml, and run the build again (it is not redone)")
+    return build.import_built(store=ctx.store, records=ctx.builds, rec=rec,
+                              image=folder / layout.staged_name(rec.name, rec.sha256 or "", ".vhdx"),
+                              workdir=ctx.paths.tmp)

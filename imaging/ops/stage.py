@@ -19,6 +19,7 @@ from imaging.images import build, samples
 from imaging.model import layout
 from imaging.model.inventory import Instrument
 from imaging.model.plan import Artifact
+from imaging.model.releases import ReleaseDefinition
 from imaging.model.steps import Step
 from imaging.ops.context import Context
 from imaging.ops.facts import desired_release
@@ -41,6 +42,8 @@ def _sample_lock(ctx: Context) -> Iterator[None]:
 def _build_sample(ctx: Context, release: str, kind: str) -> None:
     """Build a release's missing image from the built-in sample tree with the project's own builder."""
     rel = ctx.releases[release]
+    if kind == "os-template":  # built from the tree of a demo release that uses it
+        rel = next(r for r in ctx.releases.values() if r.samples and r.os_template.name == rel.os_template.name)
     os_files, apps_files = ctx.sample_sizes
     ctx.paths.tmp.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sample-", dir=ctx.paths.tmp) as tmp:
@@ -58,6 +61,14 @@ def _build_sample(ctx: Context, release: str, kind: str) -> None:
 UNBUILT = "0" * 64  # the sha256 a dry run shows for a sample image that is built on first use
 
 
+def _has_sample(ctx: Context, name: str, kind: str, rel: ReleaseDefinition) -> bool:
+    """Whether a sample tree stands for this image: the release is a demo release (``samples: true``), or
+    (an OS template) a demo release uses the same template."""
+    if kind == "apps":
+        return rel.samples
+    return any(r.samples and r.os_template.name == name for r in ctx.releases.values())
+
+
 def artifacts_of(ctx: Context, release: str, host: str, *, build_samples: bool = True
                  ) -> tuple[Artifact, Artifact]:
     """The OS template and Apps image of a release, from the store; where the host's provider allows sample
@@ -67,7 +78,7 @@ def artifacts_of(ctx: Context, release: str, host: str, *, build_samples: bool =
     out = []
     for ref, kind in ((rel.os_template, "os-template"), (rel.apps, "apps")):
         if not ctx.store.exists(ref.name):
-            if not ctx.providers.sample_images(host):
+            if not (ctx.providers.sample_images(host) and _has_sample(ctx, ref.name, kind, rel)):
                 raise ArtifactError(f"artifact {ref.name} of release {release} is not in the store; build it with "
                                     f"`invoke build-{'template' if kind == 'os-template' else 'apps'}`")
             if not build_samples:

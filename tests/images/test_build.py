@@ -292,6 +292,9 @@ def test_cli_build_template_lab_base_tree_and_build_host(project: Path, tmp_path
     assert res.returncode == 0, res.stderr
     rec = BuildRecords(project / ".state" / "builds").get("os-template", "win11-ltsc-2027.2")
     assert rec.status == "ok" and rec.sha256
+    # ... and it entered the store, by the image share, verified against what the host reported
+    stored = ArtifactStore(project / ".state" / "store").get("win11-ltsc-2027.2")
+    assert stored.sha256 == rec.sha256 and stored.kind == "os-template" and rec.manifest
     built = next((project / ".state" / "lab" / "hosts" / "HVHOST01").rglob("win11-ltsc-2027.2.vhdx"))
     answer = ET.fromstring((built / "content" / "Windows" / "Panther" / "unattend.xml").read_bytes())
     ns = {"u": "urn:schemas-microsoft-com:unattend"}

@@ -97,3 +97,22 @@ def test_deploying_a_group_reads_each_image_once_per_host(project: Path, monkeyp
         assert [p.copied for p in again] == [False, False]  # a complete copy on the share is left alone
     finally:
         ctx.close()
+
+
+def test_an_apps_image_built_on_a_build_host_enters_the_store_and_reads_back(project: Path) -> None:
+    _ok(inv(project, "new-release", "--id=2026C3.3", "--from=2026C3.1"))
+    not_yet = inv(project, "publish", "--release=2026C3.3", "--instruments=ZOOM")
+    assert not_yet.returncode == 1 and "not in the store" in not_yet.stderr and "build-apps" in not_yet.stderr
+    _apps_tree(project / ".state" / "lab" / "hosts" / "HVHOST01" / "D" / "src" / "apps", "2026C3.3")
+    _ok(inv(project, "build-apps", "--release=2026C3.3", "--host=HVHOST01", "--source=D:\\src\\apps",
+            "--size-gb=1"))
+    _ok(inv(project, "verify-image", "--release=2026C3.3"))
+    _ok(inv(project, "publish", "--release=2026C3.3", "--instruments=ZOOM"))
+    _ok(inv(project, "reimage", "--instrument=ZOOM", "--release=2026C3.3"))
+    ctx = Context.load(Paths.from_env(project))
+    try:
+        zoom = ctx.inventory.instrument("ZOOM")
+        apps = ctx.providers.lab.guest_path(zoom.host, zoom.vm, r"C:\Instrument\Apps")
+        assert (apps / "server" / "bin" / "beamline-fix.dll").exists()
+    finally:
+        ctx.close()

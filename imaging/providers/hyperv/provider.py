@@ -39,7 +39,7 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
     "apply_hotfix": 1800, "revert_hotfix": 1800, "restart_services": 600,
     "configure_guest": 600, "health_check": 600, "write_record": 300, "read_volume": 600,
     "write_volume_files": 900, "run_guest_command": 3600,
-    "build_apps_disk": 6 * 3600, "remove_image": 600, "build_template": 600,
+    "build_apps_disk": 6 * 3600, "remove_image": 600, "build_template": 600, "export_image": 6 * 3600,
 }
 _TIMEOUT_FROM_INPUT = ("stop_vm", "wait_guest", "build_template")
 

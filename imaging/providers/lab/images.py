@@ -94,6 +94,26 @@ class ImageActions:
         return {"changed": changed, "path": vhd_path, "version": version, "sha256": meta["sha256"],
                 "size": meta["image_size"]}
 
+    def _do_export_image(self, host: str, path: str, share_path: str, sha256: str) -> dict:
+        """The build host copies a built image onto the image share, verified before and after the copy."""
+        built = self.path(host, path) / "image.vhdx"
+        if not built.is_file():
+            raise ProviderError(f"{path} does not exist on this host", host=host, step="export_image")
+        dest = self.path(host, share_path)
+        if dest.is_file() and sha256_file(dest) == sha256:
+            return {"changed": False, "path": share_path, "sha256": sha256, "size": dest.stat().st_size}
+        if sha256_file(built) != sha256:
+            raise ProviderError(f"{path} does not have the sha256 {sha256} the build reported", host=host,
+                                step="export_image")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.copyfile(built, partial)
+        if sha256_file(partial) != sha256:
+            partial.unlink()
+            raise ProviderError("the copy on the share is corrupt", host=host, step="export_image")
+        os.replace(partial, dest)
+        return {"changed": True, "path": share_path, "sha256": sha256, "size": dest.stat().st_size}
+
     def _do_remove_image(self, host: str, path: str, sha256: str) -> dict:
         d = self.path(host, path)
         if not (d / "disk.json").exists():
