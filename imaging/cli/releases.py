@@ -31,14 +31,15 @@ def releases(c):  # noqa: ANN001
         rows = release_ops.release_rows(ctx)
         flags = release_ops.revoked_labels(ctx)
     table = Table(title="Releases")
-    for col in ("release", "settings", "labels", "running on", "notes"):
+    for col in ("release", "settings", "labels", "built (sha256)", "published", "staged on", "deployable",
+                "running on"):
         table.add_column(col)
     for row in rows:
         rel = row.release
-        note = rel.notes.strip().splitlines()[0] if rel.notes.strip() else ""
-        if rel.revoked:
-            note = f"REVOKED: {rel.revoked.reason}"
-        table.add_row(rel.id, str(rel.settings_version), " ".join(row.labels), ", ".join(row.running_on) or "-", note)
+        built = "\n".join(f"{n}: {v[:12] if len(v) == 64 else v}" for n, v in row.built.items())
+        table.add_row(rel.id, str(rel.settings_version), " ".join(row.labels), built,
+                      ", ".join(row.published) or "-", ", ".join(row.staged_on) or "-", row.deployable,
+                      ", ".join(row.running_on) or "-")
     console.print(table)
     for flag in flags:
         console.print(f"[bold red]label points to a revoked release:[/] {flag}", soft_wrap=True)

@@ -26,25 +26,65 @@ from imaging.ops.promotion import (
     revoke_release,
     write_labels,
 )
+from imaging.ops.stage import has_sample, not_staged, unpublished
 from imaging.plans.retention import Decision, ReleaseImages, select, usage
 from imaging.state.journal import OK, RUNNING
 
 
 @dataclass(frozen=True)
 class ReleaseRow:
+    """One release along the whole path: defined, built, published, staged, deployable, running."""
+
     release: ReleaseDefinition
-    labels: list[str]       # "group:label", with "!" when the release is revoked
+    labels: list[str]        # "group:label", with "!" when the release is revoked
     running_on: list[str]
+    built: dict[str, str]    # image name -> sha256, or why it is not built
+    published: list[str]     # the shares (as hosts.yaml names them) holding every image
+    staged_on: list[str]     # hosts holding every image, verified ("HOST?" where only the host can tell)
+    deployable: str          # "yes", or why not and what to run
+
+
+def _built(ctx: Context, rel: ReleaseDefinition) -> dict[str, str]:
+    out = {}
+    for ref, kind in ((rel.os_template, "os-template"), (rel.apps, "apps")):
+        if ctx.store.exists(ref.name):
+            out[ref.name] = ctx.store.get(ref.name).sha256
+        elif has_sample(ctx, ref.name, kind, rel):
+            out[ref.name] = "sample, built on first use"
+        else:
+            out[ref.name] = "NOT BUILT"
+    return out
 
 
 def release_rows(ctx: Context) -> list[ReleaseRow]:
-    """Every release, newest first, with the labels that point to it and the instruments that run it."""
+    """Every release, newest first: labels, images built (sha256), published, staged, deployable, running."""
     runs = who_runs(ctx)
     rows = []
     for rel in newest_first(ctx.releases.values()):
         labels = [f"{g}:{label}" + ("!" if rel.revoked else "") for g, m in sorted(ctx.labels.items())
                   for label, rid in m.items() if rid == rel.id]
-        rows.append(ReleaseRow(rel, labels, runs.get(rel.id, [])))
+        built = _built(ctx, rel)
+        missing = [n for n, v in built.items() if v == "NOT BUILT"]
+        published: set[str] = set()
+        staged: list[str] = []
+        if not missing:
+            for host in sorted(ctx.inventory.hosts):
+                share = ctx.inventory.hosts[host].share
+                if ctx.providers.share_folder(host, share + "\\x") is not None and not unpublished(ctx, rel.id, host):
+                    published.add(share)
+                have = not_staged(ctx, rel.id, host)
+                if have is None:
+                    staged.append(f"{host}?")
+                elif not have:
+                    staged.append(host)
+        if rel.revoked:
+            deployable = f"no: revoked ({rel.revoked.reason})"
+        elif missing:
+            deployable = (f"no: {', '.join(missing)} not in the store (`invoke build-apps` / `invoke build-template`, "
+                          "or the build host's import)")
+        else:
+            deployable = "yes"
+        rows.append(ReleaseRow(rel, labels, runs.get(rel.id, []), built, sorted(published), staged, deployable))
     return rows
 
 

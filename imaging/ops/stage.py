@@ -61,7 +61,7 @@ def _build_sample(ctx: Context, release: str, kind: str) -> None:
 UNBUILT = "0" * 64  # the sha256 a dry run shows for a sample image that is built on first use
 
 
-def _has_sample(ctx: Context, name: str, kind: str, rel: ReleaseDefinition) -> bool:
+def has_sample(ctx: Context, name: str, kind: str, rel: ReleaseDefinition) -> bool:
     """Whether a sample tree stands for this image: the release is a demo release (``samples: true``), or
     (an OS template) a demo release uses the same template."""
     if kind == "apps":
@@ -78,7 +78,7 @@ def artifacts_of(ctx: Context, release: str, host: str, *, build_samples: bool =
     out = []
     for ref, kind in ((rel.os_template, "os-template"), (rel.apps, "apps")):
         if not ctx.store.exists(ref.name):
-            if not (ctx.providers.sample_images(host) and _has_sample(ctx, ref.name, kind, rel)):
+            if not (ctx.providers.sample_images(host) and has_sample(ctx, ref.name, kind, rel)):
                 raise ArtifactError(f"artifact {ref.name} of release {release} is not in the store; build it with "
                                     f"`invoke build-{'template' if kind == 'os-template' else 'apps'}`")
             if not build_samples:

@@ -18,6 +18,7 @@ from imaging.images import samples
 from imaging.ops import deploy as deploys
 from imaging.ops import facts
 from imaging.ops import publish as publishing
+from imaging.ops import releases as release_ops
 from imaging.ops import stage as staging
 from imaging.ops.context import Context
 from imaging.providers.lab import host as lab_host
@@ -103,14 +104,24 @@ def test_an_apps_image_built_on_a_build_host_enters_the_store_and_reads_back(pro
     _ok(inv(project, "new-release", "--id=2026C3.3", "--from=2026C3.1"))
     not_yet = inv(project, "publish", "--release=2026C3.3", "--instruments=ZOOM")
     assert not_yet.returncode == 1 and "not in the store" in not_yet.stderr and "build-apps" in not_yet.stderr
+    ctx = Context.load(Paths.from_env(project))
+    try:
+        [row] = [r for r in release_ops.release_rows(ctx) if r.release.id == "2026C3.3"]
+        assert row.built["apps-2026C3.3"] == "NOT BUILT" and row.deployable.startswith("no: apps-2026C3.3")
+    finally:
+        ctx.close()
     _apps_tree(project / ".state" / "lab" / "hosts" / "HVHOST01" / "D" / "src" / "apps", "2026C3.3")
     _ok(inv(project, "build-apps", "--release=2026C3.3", "--host=HVHOST01", "--source=D:\\src\\apps",
             "--size-gb=1"))
     _ok(inv(project, "verify-image", "--release=2026C3.3"))
     _ok(inv(project, "publish", "--release=2026C3.3", "--instruments=ZOOM"))
+    _ok(inv(project, "stage", "--release=2026C3.3", "--instruments=ZOOM"))
     _ok(inv(project, "reimage", "--instrument=ZOOM", "--release=2026C3.3"))
     ctx = Context.load(Paths.from_env(project))
     try:
+        [row] = [r for r in release_ops.release_rows(ctx) if r.release.id == "2026C3.3"]
+        assert len(row.built["apps-2026C3.3"]) == 64 and row.deployable == "yes"
+        assert row.published and "HVHOST04" in row.staged_on and row.running_on == ["ZOOM"]
         zoom = ctx.inventory.instrument("ZOOM")
         apps = ctx.providers.lab.guest_path(zoom.host, zoom.vm, r"C:\Instrument\Apps")
         assert (apps / "server" / "bin" / "beamline-fix.dll").exists()
