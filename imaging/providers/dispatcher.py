@@ -20,11 +20,14 @@ class Dispatcher:
 
     name = "dispatcher"
 
-    def __init__(self, inventory: Inventory, lab: Path, *, fault: StepHook | None = None) -> None:
+    def __init__(self, inventory: Inventory, lab: Path, *, fault: StepHook | None = None,
+                 providers: dict[str, Provider] | None = None) -> None:
+        """``providers`` (by kind) replaces the ones made from the inventory: a session pool pointed at a test
+        endpoint, for example."""
         self.inventory = inventory
         self._lab_dir = lab
         self._fault = fault if fault is not None else faults_from_env(os.environ.get("IMAGING_LAB_FAULTS"))
-        self._providers: dict[str, Provider] = {}
+        self._providers: dict[str, Provider] = dict(providers or {})
         self._guard = threading.RLock()
 
     def for_host(self, host: str) -> Provider:
