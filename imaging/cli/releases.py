@@ -36,10 +36,12 @@ def releases(c):  # noqa: ANN001
         table.add_column(col)
     for row in rows:
         rel = row.release
-        built = "\n".join(f"{n}: {v[:12] if len(v) == 64 else v}" for n, v in row.built.items())
+        built = "\n".join(f"{kind} {v[:12] if len(v) == 64 else v}"
+                          for kind, v in zip(("os", "apps"), row.built.values(), strict=True))
+        running = ", ".join(row.running_on) if len(row.running_on) <= 3 else f"{len(row.running_on)} instruments"
         table.add_row(rel.id, str(rel.settings_version), " ".join(row.labels), built,
                       ", ".join(row.published) or "-", ", ".join(row.staged_on) or "-", row.deployable,
-                      ", ".join(row.running_on) or "-")
+                      running or "-")
     console.print(table)
     for flag in flags:
         console.print(f"[bold red]label points to a revoked release:[/] {flag}", soft_wrap=True)

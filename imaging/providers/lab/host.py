@@ -8,13 +8,16 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import LockHeld, ProviderError
 from imaging.core.files import read_json, write_json
 from imaging.core.hashing import sha256_file
 from imaging.images.vhdx import read_image_files
+from imaging.providers.lab.fs import clone_tree
 
 
 class HostActions:
@@ -112,6 +115,25 @@ class HostActions:
             raise ProviderError(f"guest {vm} does not answer: the VM is {rec['power']}", host=host, step="wait_guest")
         return {"changed": False}
 
+    def _unpacked(self, image: Path, sha256: str) -> Path:
+        """The files of the volume inside a staged image, read once per sha256 for the whole lab and kept:
+        every host's staged copy is a hard-link clone of them (the lab's hosts share one disk)."""
+        cache = self.lab / "unpacked" / sha256
+        if (cache / "content").is_dir():
+            return cache / "content"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=cache.parent))
+        try:
+            read_image_files(image, partial / "content", workdir=partial)
+            try:
+                os.rename(partial, cache)  # atomic; refused when another process got there first
+            except OSError:
+                if not (cache / "content").is_dir():
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return cache / "content"
+
     def _do_stage_artifact(self, host: str, name: str, sha256: str, share_path: str, dest_path: str) -> dict:
         """Pull an image from the share like a host does: copy, verify sha256, mark read-only. The guest's
         view of a VHDX comes from reading the volume inside the staged image once, here (children are then
@@ -139,7 +161,7 @@ class HostActions:
                                     "corrupt, publish it again", host=host, step="stage_artifact")
             if is_vhdx:
                 blob.chmod(0o444)
-                read_image_files(blob, partial / "content", workdir=partial)
+                clone_tree(self._unpacked(blob, sha256), partial / "content")
             else:
                 (partial / "content").mkdir()
                 with tarfile.open(blob) as tar:
