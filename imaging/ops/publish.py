@@ -56,9 +56,10 @@ def to_share(ctx: Context, host_name: str, name: str, *, progress: StageProgress
             progress(StageEvent(host_name, name, "publish", done, total))
     with _SHARES:
         target = folder / man.staged_name
-        had = target.is_file() and target.stat().st_size == man.size
+        before = (target.stat().st_ino, target.stat().st_mtime_ns) if target.is_file() else None
         try:
-            return ctx.store.stage(name, folder, progress=cb), not had
+            path = ctx.store.stage(name, folder, progress=cb)
+            return path, (path.stat().st_ino, path.stat().st_mtime_ns) != before
         except OSError as exc:
             why = "the share is full" if exc.errno == errno.ENOSPC else f"{exc.strerror or exc}"
             raise ImagingError(f"publishing {name} to {host.share} ({folder}) for {host_name} failed: {why}; "

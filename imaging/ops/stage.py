@@ -9,6 +9,7 @@ import fcntl
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,10 +178,14 @@ class Staged:
     result: dict[str, Any]  # name, changed, bytes
 
 
+PULLS = 4  # hosts pulling from the share at once (as a deploy's --pulls)
+
+
 def stage_for(ctx: Context, release: str, insts: Iterable[Instrument], *,
-              progress: StageProgress | None = None) -> list[Staged]:
+              progress: StageProgress | None = None, pulls: int = PULLS) -> list[Staged]:
     """Stage ``release`` (an id or a label, resolved per instrument like every other release choice: revoked
-    releases are refused) on each host of the instruments, once per host and release."""
+    releases are refused) on each host of the instruments, once per host and release; up to ``pulls``
+    hosts pull at once, as real hosts do. The first failure is raised once the others have finished."""
     pairs = sorted({(desired_release(ctx, i, release), i.host) for i in insts})
     for rid, host in pairs:
         missing = unpublished(ctx, rid, host)
@@ -188,7 +193,16 @@ def stage_for(ctx: Context, release: str, insts: Iterable[Instrument], *,
             raise ImagingError(f"release {rid} is not published for {host} ({', '.join(missing)} not on "
                                f"{ctx.inventory.hosts[host].share}); run `invoke publish --release={rid}` first; "
                                "nothing was staged")
+    for rid in sorted({rid for rid, _ in pairs}):  # build a missing sample before threads start
+        artifacts_of(ctx, rid, pairs[0][1])
+
+    def one(pair: tuple[str, str]) -> list[Staged]:
+        rid, host = pair
+        return [Staged(host, rid, res) for res in stage(ctx, rid, host, progress=progress)]
+
+    with ThreadPoolExecutor(max_workers=max(1, min(pulls, len(pairs))), thread_name_prefix="stage") as pool:
+        futures = [pool.submit(one, pair) for pair in pairs]
     out = []
-    for rid, host in pairs:
-        out += [Staged(host, rid, res) for res in stage(ctx, rid, host, progress=progress)]
+    for f in futures:
+        out += f.result()
     return out

@@ -80,3 +80,21 @@ def test_publishing_to_a_full_share_names_the_share_and_the_fix(ctx: Context,
         publishing.publish(ctx, "2026C3.1", "HVHOST01")
     text = str(err.value)
     assert "the share is full" in text and "imagestore" in text and "invoke publish" in text
+
+
+def test_a_corrupt_copy_on_the_share_is_refused_by_the_host_and_publishing_again_repairs_it(ctx: Context) -> None:
+    from imaging.ops import stage as staging
+
+    zoom = ctx.inventory.instrument("ZOOM")
+    [os_pub, apps_pub] = publishing.publish(ctx, "2026C3.1", zoom.host)
+    data = bytearray(apps_pub.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    apps_pub.path.chmod(0o644)
+    apps_pub.path.write_bytes(bytes(data))
+    with pytest.raises(ImagingError, match="corrupt, publish it again"):
+        staging.stage_for(ctx, "2026C3.1", [zoom])
+    assert not list(ctx.paths.lab.rglob("*.partial"))  # the failed pull left nothing half-made
+    again = publishing.publish(ctx, "2026C3.1", zoom.host)
+    assert [p.copied for p in again] == [False, True]  # the bad copy is replaced, the good one left alone
+    staged = {r.result["name"]: r.result["changed"] for r in staging.stage_for(ctx, "2026C3.1", [zoom])}
+    assert staged == {"win11-ltsc-2026.1": False, "apps-2026C3.1": True}

@@ -130,3 +130,24 @@ def test_an_apps_image_built_on_a_build_host_enters_the_store_and_reads_back(pro
         assert (apps / "server" / "bin" / "beamline-fix.dll").exists()
     finally:
         ctx.close()
+
+
+def test_a_missing_image_tool_stops_with_the_package_to_install(project: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from imaging.core.errors import ImagingError
+    from imaging.images import tools
+    from imaging.ops import reimage as reimaging
+
+    real = tools.shutil.which
+
+    def which(name: str, path: str | None = None) -> str | None:
+        return None if name == "mkntfs" else real(name, path=path)
+
+    monkeypatch.setattr(tools.shutil, "which", which)
+    ctx = Context.load(Paths.from_env(project))
+    try:
+        with pytest.raises(ImagingError, match=r"mkntfs.*apt-get install ntfs-3g"):
+            reimaging.reimage(ctx, "ZOOM")
+        assert not list(ctx.store.list())  # nothing half-made in the store
+    finally:
+        ctx.close()

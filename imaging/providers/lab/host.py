@@ -9,6 +9,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -119,10 +120,16 @@ class HostActions:
         """The files of the volume inside a staged image, read once per sha256 for the whole lab and kept:
         every host's staged copy is a hard-link clone of them (the lab's hosts share one disk)."""
         cache = self.lab / "unpacked" / sha256
+        with self._locks_guard:
+            lock = self._unpacking.setdefault(sha256, threading.Lock())
+        with lock:  # two hosts of this process staging one image read it once
+            return self._unpack_once(image, cache)
+
+    def _unpack_once(self, image: Path, cache: Path) -> Path:
         if (cache / "content").is_dir():
             return cache / "content"
         cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=cache.parent))
+        partial = Path(tempfile.mkdtemp(prefix=f".{cache.name[:12]}-", dir=cache.parent))
         try:
             read_image_files(image, partial / "content", workdir=partial)
             try:

@@ -59,6 +59,7 @@ class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixAc
         self.fault = fault
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
+        self._unpacking: dict[str, threading.Lock] = {}  # sha256 -> held while that image is read
         self._purger: threading.Thread | None = None
         self._purge_again = False
         if (self.lab / ".trash").exists():
