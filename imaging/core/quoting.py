@@ -70,16 +70,21 @@ def ps_literal(value: object) -> str:
 
 def check_name(value: object, *, field: str, file: str | None = None) -> str:
     """A name that ends up in a VM name, a file name or a script: letters, digits, ``_ . -``; 1-63 chars."""
-    if not isinstance(value, str) or not NAME_RE.match(value) or value in (".", ".."):
+    # fullmatch: ``$`` would let a trailing newline through ("NDXZOOM\n")
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or value in (".", ".."):
         raise InputError(
             "not a safe name", file=file, field=field, value=value,
             fix="use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    if value.endswith(".") or value.split(".", 1)[0].upper() in _WIN_RESERVED:
+        raise InputError(
+            "not a name Windows can hold (a device name like NUL or COM1, or a trailing dot)", file=file,
+            field=field, value=value, fix="choose another name; Windows would open a device or drop the dot")
     return value
 
 
 def check_label(value: object, *, field: str, file: str | None = None) -> str:
     """An NTFS volume label we mount by: letters, digits, ``_ -``; at most 32 characters."""
-    if not isinstance(value, str) or not LABEL_RE.match(value):
+    if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
         raise InputError(
             "not a safe volume label", file=file, field=field, value=value,
             fix="use 1-32 letters, digits, '_' or '-', starting with a letter or digit")
@@ -87,7 +92,7 @@ def check_label(value: object, *, field: str, file: str | None = None) -> str:
 
 
 def check_sha256(value: object, *, field: str = "sha256", file: str | None = None) -> str:
-    if not isinstance(value, str) or not SHA256_RE.match(value):
+    if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
         raise InputError("not a sha256 (64 lowercase hex digits)", file=file, field=field, value=value,
                          fix="copy the hash from the artifact manifest")
     return value
@@ -105,7 +110,7 @@ def check_windows_path(value: object, *, field: str, file: str | None = None) ->
     if not p.anchor or not (p.drive and p.root):
         raise InputError("not an absolute Windows path", file=file, field=field, value=value, fix=fix)
     for seg in p.parts[1:]:
-        if seg in (".", "..") or not _WIN_SEGMENT_RE.match(seg):
+        if seg in (".", "..") or not _WIN_SEGMENT_RE.fullmatch(seg):
             raise InputError(f"unsafe path segment {seg!r}", file=file, field=field, value=value, fix=fix)
     return value
 

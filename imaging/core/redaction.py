@@ -16,6 +16,8 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 
+from imaging.core.errors import InputError
+
 REDACTED = "[REDACTED]"
 # Shorter base64 fragments would match unrelated data too often to be useful.
 _MIN_B64_CORE = 4
@@ -74,6 +76,17 @@ def register_secret(secret: str | None) -> None:
     with _lock:
         _needles.update(needles)
     install()
+
+
+def check_secret(secret: str, *, field: str) -> str:
+    """The one gate every password passes: one shorter than ``MIN_SECRET_LENGTH`` is refused (it could not be
+    told apart from ordinary text, so it could not be kept out of logs); a good one is registered for
+    redaction before anything can print it."""
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise InputError(f"a password must have at least {MIN_SECRET_LENGTH} characters", field=field,
+                         fix="use the account's real password (it is never stored, only kept out of logs)")
+    register_secret(secret)
+    return secret
 
 
 def register_secrets(secrets: Iterable[str | None]) -> None:

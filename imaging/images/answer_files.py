@@ -11,6 +11,7 @@ import jinja2
 
 from imaging.core.errors import InputError
 from imaging.core.pstemplates import make_environment
+from imaging.core.redaction import check_secret
 from imaging.images.build import check_template_version
 
 PROVISION_PATH = "C:\\Windows\\Setup\\Scripts\\provision.ps1"
@@ -21,7 +22,7 @@ class TemplateSettings:
     """What the answer file and provisioning script need; defaults suit the facility's instrument PCs."""
 
     version: str
-    admin_password: str  # the build account's, removed from the disk before sysprep
+    admin_password: str  # the build account's, removed from the disk before sysprep; kept out of every log
     computer_name: str = "*"
     time_zone: str = "GMT Standard Time"
     organization: str = "Facility"
@@ -44,6 +45,7 @@ def render_unattend(settings: TemplateSettings, *, templates: Path) -> str:
     if not settings.admin_password:
         raise InputError("the build account needs a password", field="admin_password",
                          fix="set IMAGING_TEMPLATE_PASSWORD for the build (it is removed before sysprep)")
+    check_secret(settings.admin_password, field="IMAGING_TEMPLATE_PASSWORD")  # kept out of every log from here
     values = asdict(settings)
     values["provision_command"] = (f"powershell.exe -NoProfile -ExecutionPolicy Bypass -File {PROVISION_PATH}")
     return _xml_env(Path(templates)).get_template("autounattend.xml.j2").render(**values)

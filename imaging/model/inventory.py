@@ -78,6 +78,8 @@ class Host(_Model):
     port: int = Field(default=5986, ge=1, le=65535)
     auth: Literal["negotiate", "kerberos", "ntlm", "credssp", "certificate"] = "negotiate"
     ssl: bool = True
+    # With ssl: false, every WinRM message must be encrypted by the authentication layer: say "always".
+    message_encryption: Literal["auto", "always", "never"] = "auto"
     cert_validation: bool | str = True
     switch: str = "Instruments"
 
@@ -104,7 +106,7 @@ class Host(_Model):
     def _address(cls, v: str) -> str:
         import re
 
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$|^\[[0-9A-Fa-f:]+\]$", v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:]+\]", v):
             raise ValueError("not a host name or address")
         return v
 
@@ -149,7 +151,7 @@ class Instrument(_Model):
         import re
 
         for key in v:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(key)):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
                 raise ValueError(f"variable name {key!r} is not an identifier")
         return v
 
@@ -193,7 +195,11 @@ class Inventory(_Model):
 def _read_yaml(path: Path, problems: list[InputError]) -> Any:
     try:
         with path.open(encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            doc = yaml.safe_load(fh)
+        if doc is None:  # an empty (or comment-only) file would silently mean "nothing": say so
+            problems.append(InputError("file is empty", file=str(path),
+                                       fix="restore it from git (`git checkout -- <file>`) or remove it"))
+        return doc
     except FileNotFoundError:
         problems.append(InputError("file is missing", file=str(path), fix="create it (see docs/inventory.md)"))
     except yaml.YAMLError as exc:
@@ -294,6 +300,17 @@ def load_inventory(root: Path) -> Inventory:
     if not files:
         problems.append(InputError("no instrument files found", file=str(fleet),
                                    fix="add one <NAME>.yaml per instrument"))
+    known = {HOSTS_FILE, GROUPS_FILE, DEFAULTS_FILE}
+    for extra in sorted(p for p in root.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml")
+                        and p.name not in known):
+        problems.append(InputError("this file is not read: the inventory is hosts.yaml, groups.yaml, defaults.yaml "
+                                   f"and {FLEET_DIR}/<NAME>.yaml", file=str(extra),
+                                   fix="move an instrument into the fleet folder, or remove the file"))
+    if fleet.is_dir():
+        for extra in sorted(p for p in fleet.iterdir() if p.is_file() and p.suffix != ".yaml"
+                            and not p.name.startswith(".")):
+            problems.append(InputError("this file is not read: only <NAME>.yaml files are instruments",
+                                       file=str(extra), fix="rename it to <NAME>.yaml or remove it"))
     for path in files:
         doc = _read_yaml(path, problems)
         if doc is None:

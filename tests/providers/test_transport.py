@@ -65,8 +65,16 @@ def test_plain_http_without_encryption_is_refused():
 
 
 def test_plain_http_with_message_encryption_is_accepted():
-    conn = Connection(host="HV1", address="hv1.example.org", port=5985, ssl=False, auth="kerberos")
-    assert wsman_kwargs(conn, Credentials())["encryption"] == "auto"
+    conn = Connection(host="HV1", address="hv1.example.org", port=5985, ssl=False, auth="kerberos",
+                      message_encryption="always")
+    assert wsman_kwargs(conn, Credentials())["encryption"] == "always"
+
+
+@pytest.mark.parametrize("auth", ["negotiate", "ntlm", "kerberos"])
+def test_plain_http_that_does_not_say_always_encrypt_is_refused(auth):
+    with pytest.raises(InputError, match="plain HTTP is accepted only when every message is encrypted") as err:
+        Connection(host="HV1", address="hv1.example.org", port=5985, ssl=False, auth=auth)
+    assert "hosts.HV1.message_encryption" in str(err.value) and "ssl: true" in str(err.value)
 
 
 def test_certificate_auth_needs_https():
@@ -592,3 +600,29 @@ def test_an_auth_whose_package_is_missing_says_what_to_install(endpoint, monkeyp
         pool.run_script("HV1", "x", step="preflight", timeout_s=5)
     assert err.value.transient is False and "host HV1 step preflight" in str(err.value)
     assert endpoint.actions == []  # refused before anything was sent
+
+
+@pytest.mark.parametrize("short", ["a", "abc"])
+def test_a_password_too_short_to_redact_is_refused(short):
+    from imaging.providers.hyperv.credentials import GuestCredential
+
+    conn = Connection(host="HV1", address="hv1.example.org")
+    env = {"IMAGING_HYPERV_USER": "svc", "IMAGING_HYPERV_PASSWORD": short}
+    with pytest.raises(InputError, match="at least 4 characters"):
+        Credentials.for_connection(conn, environ=env, interactive=False)
+    with pytest.raises(InputError, match="at least 4 characters"):
+        GuestCredential("Administrator", short)
+
+
+def test_the_template_password_is_kept_out_of_logs_and_errors(tmp_path):
+    from imaging.core.redaction import redact
+    from imaging.images.answer_files import TemplateSettings, render_unattend
+    from imaging.providers.hyperv.scripts import TEMPLATE_DIR
+
+    secret = "Tmpl-pass-8472"
+    render_unattend(TemplateSettings(version="win11-ltsc-2026.1", admin_password=secret),
+                    templates=TEMPLATE_DIR.parent)
+    assert secret not in redact(f"Invoke-Thing -Password {secret}")
+    with pytest.raises(InputError, match="at least 4 characters"):
+        render_unattend(TemplateSettings(version="win11-ltsc-2026.1", admin_password="pw"),
+                        templates=TEMPLATE_DIR.parent)

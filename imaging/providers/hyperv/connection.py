@@ -59,7 +59,7 @@ class Connection:
         """Settings from an inventory host entry (``imaging.model.inventory.Host``: name, address, port, ssl, auth,
         cert_validation, max_concurrent); timeouts and the rest keep their defaults unless overridden."""
         values: dict[str, Any] = {"host": host.name, "address": host.address, "source": source}
-        for name in ("port", "ssl", "auth", "cert_validation", "max_concurrent"):
+        for name in ("port", "ssl", "auth", "cert_validation", "max_concurrent", "message_encryption"):
             if getattr(host, name, None) is not None:
                 values[name] = getattr(host, name)
         values.update(overrides)
@@ -140,11 +140,19 @@ class Connection:
                     "plain HTTP without message encryption would expose every script and secret",
                     "message_encryption",
                     self.message_encryption,
-                    "use ssl: true (port 5986), or message_encryption 'auto' with negotiate/kerberos",
+                    "use ssl: true (port 5986), or message_encryption 'always' with negotiate/kerberos",
                 )
             if self.auth == "certificate":
                 raise self._bad(
                     "certificate authentication needs HTTPS", "ssl", self.ssl, "set ssl: true (port 5986)"
+                )
+            if self.message_encryption == "auto":
+                raise self._bad(
+                    "plain HTTP is accepted only when every message is encrypted, and 'auto' does not say so",
+                    "message_encryption",
+                    self.message_encryption,
+                    "use ssl: true (port 5986, certificate validated), or message_encryption: always with "
+                    "negotiate, kerberos or credssp (NTLM over HTTP encrypts with weak keys: prefer HTTPS)",
                 )
         if self.ssl and self.auth == "certificate" and self.message_encryption == "always":
             raise self._bad(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imaging.core.errors import InputError
-from imaging.core.redaction import REDACTED, register_secret
+from imaging.core.redaction import REDACTED, check_secret, register_secret
 
 if TYPE_CHECKING:
     from imaging.providers.hyperv.connection import Connection
@@ -29,7 +29,7 @@ def ask_for(env: Mapping[str, str], *, users: tuple[str, ...], passwords: tuple[
     user = next((env[k] for k in users if env.get(k)), None)
     password = next((env[k] for k in passwords if env.get(k)), None)
     if password:
-        register_secret(password)
+        check_secret(password, field=next(k for k in passwords if env.get(k) == password))
     if user and password:
         return user, password
     if interactive is None:
@@ -39,8 +39,7 @@ def ask_for(env: Mapping[str, str], *, users: tuple[str, ...], passwords: tuple[
     if not user:
         user = (ask_user or input)(user_prompt).strip()
     if not password:
-        password = (prompt or getpass.getpass)(password_prompt(user))
-    register_secret(password)
+        password = check_secret((prompt or getpass.getpass)(password_prompt(user)), field="password")
     return user, password
 
 
@@ -140,7 +139,7 @@ class GuestCredential:
     password: str = field(repr=False)
 
     def __post_init__(self) -> None:
-        register_secret(self.password)
+        check_secret(self.password, field="IMAGING_GUEST_PASSWORD")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GuestCredential | None:
