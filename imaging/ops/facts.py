@@ -19,7 +19,7 @@ from imaging.model.releases import ReleaseDefinition
 from imaging.model.steps import Step
 from imaging.ops.context import Context
 from imaging.settings.migrations import plan_migrations
-from imaging.state.journal import OK, RUNNING, Operation
+from imaging.state.journal import OK, ROLLBACK_FAILED, RUNNING, Operation
 
 CARRY = "carry-"  # batch prefix of hotfixes re-applied after a reimage: they belong to that reimage
 FAILED = "failed"
@@ -130,12 +130,34 @@ def interrupted(ctx: Context, inst: Instrument) -> Operation | None:
     return None
 
 
-def refuse_if_interrupted(ctx: Context, inst: Instrument) -> None:
+def unfinished(ctx: Context, inst: Instrument) -> Operation | None:
+    """The operation that left the instrument in no known state: interrupted (its process is gone), or failed
+    with an undo that did not complete (the instrument stays locked until `invoke rollback` finishes it)."""
     op = interrupted(ctx, inst)
-    if op:
+    if op is not None:
+        return op
+    last = ctx.journal.last(inst.name)
+    return last if last is not None and last.status == ROLLBACK_FAILED else None
+
+
+def way_out(inst: Instrument, op: Operation) -> str:
+    """The one command that gets the instrument out of ``op``'s unfinished state."""
+    if op.status == ROLLBACK_FAILED:
+        return f"`invoke rollback --instrument={inst.name}` (after fixing the cause; it finishes the undo)"
+    return f"`invoke resume --instrument={inst.name}` or `invoke rollback --instrument={inst.name}`"
+
+
+def refuse_if_interrupted(ctx: Context, inst: Instrument) -> None:
+    op = unfinished(ctx, inst)
+    if op is None:
+        return
+    if op.status == ROLLBACK_FAILED:
         raise ImagingError(
-            f"{inst.name} has an interrupted {op.kind} ({op.id}, started {op.started} by {op.user}); finish it "
-            f"with `invoke resume --instrument={inst.name}` or undo it with `invoke rollback --instrument={inst.name}`")
+            f"{inst.name} was not fully restored after its {op.kind} {op.id} failed ({op.error}); it stays locked "
+            f"until the undo is finished: {way_out(inst, op)}")
+    raise ImagingError(
+        f"{inst.name} has an interrupted {op.kind} ({op.id}, started {op.started} by {op.user}); finish it "
+        f"with `invoke resume --instrument={inst.name}` or undo it with `invoke rollback --instrument={inst.name}`")
 
 
 # --- what an instrument carries, from the journal ---------------------------------------------------------

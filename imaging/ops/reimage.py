@@ -27,6 +27,8 @@ from imaging.ops.facts import (
     refuse_dropped_hotfixes,
     refuse_if_interrupted,
     running_release,
+    unfinished,
+    way_out,
 )
 from imaging.ops.hotfix import reapply_after_reimage
 from imaging.ops.publish import publish
@@ -183,6 +185,10 @@ def resume(ctx: Context, name: str, *, listener: Listener | None = None) -> Outc
     inst = ctx.inventory.instrument(name)
     op = interrupted(ctx, inst)
     if op is None:
+        stuck = unfinished(ctx, inst)
+        if stuck is not None:
+            raise ImagingError(f"{inst.name}'s {stuck.kind} {stuck.id} failed and its undo did not finish; it cannot "
+                               f"be resumed: {way_out(inst, stuck)}")
         raise ImagingError(f"{inst.name} has no interrupted operation to resume")
     outcome = ctx.executor(listener).resume(op.id)
     if outcome.ok and op.kind == "reimage":

@@ -12,7 +12,7 @@ from imaging.model.hotfixes import Hotfix
 from imaging.model.inventory import SLOTS, Instrument
 from imaging.model.plan import Plan
 from imaging.ops.context import Context
-from imaging.ops.facts import carried, interrupted, last_operation, observe, plan_step, refuse_if_interrupted
+from imaging.ops.facts import carried, last_operation, observe, plan_step, refuse_if_interrupted, unfinished
 from imaging.ops.hotfix import hotfix_inputs
 from imaging.plans.hotfix import plan_revert_hotfix
 from imaging.plans.rollback import RollbackInputs, plan_rollback
@@ -91,14 +91,14 @@ class RollbackChoice:
     """What `invoke rollback` will do: finish undoing an interrupted operation, or undo the last one."""
 
     instrument: str
-    interrupted: Operation | None
+    interrupted: Operation | None  # interrupted, or failed with an undo that did not finish
     plan: Plan | None  # the plan that undoes the last finished operation (when nothing is interrupted)
 
 
 def choose_rollback(ctx: Context, name: str) -> RollbackChoice:
     """Decide, reading only, which kind of rollback applies to the instrument."""
     inst = ctx.inventory.instrument(name)
-    op = interrupted(ctx, inst)
+    op = unfinished(ctx, inst)
     if op is not None:
         return RollbackChoice(inst.name, op, None)
     return RollbackChoice(inst.name, None, plan_for_rollback(ctx, inst.name))

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from imaging.core.errors import ImagingError
 from imaging.ops.context import Context
-from imaging.ops.facts import desired_release, interrupted, observe, running_release
+from imaging.ops.facts import desired_release, observe, running_release, unfinished, way_out
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,12 @@ def fleet_status(ctx: Context, names: list[str] | None = None) -> list[Instrumen
             desired = None
         running = running_release(ctx, inst)
         last = ctx.journal.last(inst.name)
-        stuck = interrupted(ctx, inst)
+        stuck = unfinished(ctx, inst)
         hint = ""
         if stuck:
-            pending = f"interrupted {stuck.kind} {stuck.id}"
-            hint = (f"`invoke resume --instrument={inst.name}` or `invoke rollback --instrument={inst.name}`")
+            pending = (f"interrupted {stuck.kind} {stuck.id}" if stuck.status == "running" else
+                       f"{stuck.kind} {stuck.id} failed and was not fully undone; locked")
+            hint = way_out(inst, stuck)
         elif last and last.status == "running":
             pending = f"{last.kind} in progress"
         elif desired is None:
