@@ -61,10 +61,11 @@ def validate(c):  # noqa: ANN001
             "capture_drift": "save settings changed on the instrument (to its settings branch, or to "
                              "Var\\settings-drift\\<time>\\) before replacing them, instead of stopping",
             "settings_ref": "git ref (branch, tag, commit) to render settings templates from (default HEAD)",
-            "drop_hotfix": "hotfix id(s), comma-separated, the instrument may lose (the release lacks them)"})
+            "drop_hotfix": "hotfix id(s), comma-separated, the instrument may lose (the release lacks them)",
+            "force": "reimage even to the release the instrument already runs (e.g. to repair its OS disk)"})
 @reports_errors
 def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, capture_drift=False,  # noqa: ANN001
-            settings_ref="HEAD", drop_hotfix=""):
+            settings_ref="HEAD", drop_hotfix="", force=False):
     """Reimage one instrument: new OS and Apps disks from the release, fresh Settings, Var and Data kept."""
     drops = tuple(names(drop_hotfix))
     with context() as ctx:
@@ -74,7 +75,8 @@ def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, captu
                                                  settings_ref=settings_ref))
             return
         outcome = reimaging.reimage(ctx, instrument, release, listener=StepPrinter(), allow_dirty=allow_dirty,
-                                    capture_drift=capture_drift, settings_ref=settings_ref, drop_hotfixes=drops)
+                                    capture_drift=capture_drift, settings_ref=settings_ref, drop_hotfixes=drops,
+                                    force=force)
         print_outcome(outcome, outcome.instrument, ctx.journal)
         if outcome.error:
             err_console.print(f"[yellow]warning:[/] {outcome.error}", soft_wrap=True)

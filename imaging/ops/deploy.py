@@ -211,7 +211,8 @@ def _work(ctx: Context, deploy_id: str, targets: dict[str, str], options: Option
                 notify(Result(name, PULLED, inst.host))
             have = set(carried(ctx, inst).hotfixes)
             drop = tuple(h for h in options.drop_hotfixes if h in have)
-            outcome = reimage_to(ctx, inst, targets[name], listener=listener, batch=deploy_id, drop_hotfixes=drop)
+            outcome = reimage_to(ctx, inst, targets[name], listener=listener, batch=deploy_id, drop_hotfixes=drop,
+                                 force=options.force)
         return outcome_result(name, outcome, "restored to its previous release")
 
     return reimage_one

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 
-from imaging.core.errors import ImagingError
+from imaging.core.errors import ImagingError, InputError
 from imaging.core.hashing import manifest_digest, sha256_bytes
 from imaging.core.stamps import new_op_id, stamp, who
 from imaging.engine.executor import Listener, Outcome, StepEvent
@@ -129,21 +129,31 @@ def preview_reimage(ctx: Context, name: str, release: str | None = None, *, drop
 
 def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Listener | None = None,
             batch: str | None = None, allow_dirty: bool = False, capture_drift: bool = False,
-            settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = ()) -> Outcome:
+            settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = (), force: bool = False) -> Outcome:
     """Reimage one instrument to ``release`` (an id or a label; default its desired release)."""
     inst = ctx.inventory.instrument(name)
     return reimage_to(ctx, inst, desired_release(ctx, inst, release), listener=listener, batch=batch,
                       allow_dirty=allow_dirty, capture_drift=capture_drift, settings_ref=settings_ref,
-                      drop_hotfixes=drop_hotfixes)
+                      drop_hotfixes=drop_hotfixes, force=force)
+
+
+def refuse_same_release(ctx: Context, inst: Instrument, target: str, force: bool) -> None:
+    """Reimaging to the release an instrument already runs replaces a working generation with a copy of
+    itself: only on purpose (``--force``, e.g. to repair a damaged OS disk)."""
+    if not force and running_release(ctx, inst) == target:
+        raise InputError(f"{inst.name} already runs {target}; nothing was changed", field="--release", value=target,
+                         fix=f"give --force to reimage it to {target} again (its previous generation is kept for "
+                             "rollback), or choose another release")
 
 
 def reimage_to(ctx: Context, inst: Instrument, target: str, *, listener: Listener | None = None,
                batch: str | None = None, allow_dirty: bool = False, capture_drift: bool = False,
-               settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = ()) -> Outcome:
+               settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = (), force: bool = False) -> Outcome:
     """Reimage one instrument to an already resolved release. Hotfixes it carries that the target lacks
     stop it before anything changes (settings capture included), unless declared for the target (re-applied
     after the reimage) or dropped by the caller."""
     refuse_if_interrupted(ctx, inst)
+    refuse_same_release(ctx, inst, target, force)
     refuse_dropped_hotfixes(ctx, inst, target, drop_hotfixes)
     carry = hotfixes_to_reapply(ctx, inst, target, drop_hotfixes)
     included = tuple(ctx.releases[target].includes_hotfixes)
@@ -203,12 +213,19 @@ def retire_old_generations(ctx: Context, inst: Instrument) -> list[str]:
     never are), and nothing attached, used by the rollback point of the last finished reimage or rollback,
     or touched by an unfinished operation is deleted (the provider refuses attached disks anyway).
     """
-    gens: list[dict[str, str]] = []
+    made: list[tuple[str | None, dict[str, str]]] = []
     for op in ctx.journal.operations(instrument=inst.name):
         if op.status == OK and op.rollback_point and op.rollback_point.get("new") and op.kind == "reimage":
-            gens.append(op.rollback_point["new"])
+            made.append((op.to_release, op.rollback_point["new"]))
+    gens = [g for _, g in made]
     current_disks = set(observe(ctx, inst).disks.values())
     keep = {p for g in gens[-2:] for p in g.values()} | current_disks
+    # A reimage to the same release again must not push the real previous release out: the newest
+    # generation of another release than the newest one is always kept.
+    if made:
+        other = [g for rel, g in made if rel != made[-1][0]]
+        if other:
+            keep |= set(other[-1].values())
     # What the last finished reimage or rollback would return to is the previous generation: keep it.
     for kind in ("reimage", "rollback"):
         last = ctx.journal.last(inst.name, kinds=(kind,), statuses=(OK,))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imaging.core.config import Paths
-from imaging.core.errors import ImagingError
+from imaging.core.errors import ImagingError, InputError
 from imaging.core.hashing import tree_manifest
 from imaging.model.steps import Step
 from imaging.ops import facts
@@ -69,7 +69,7 @@ def test_reimage_twice_keeps_var_and_data_byte_for_byte(project: Path) -> None:
     put_user_data(ctx)
     before = user_data(ctx)
     assert len(before) == 3
-    assert reimaging.reimage(ctx, "ZOOM").ok
+    assert reimaging.reimage(ctx, "ZOOM", force=True).ok
     assert reimaging.reimage(ctx, "ZOOM", "2026C3.1").ok
     assert user_data(ctx) == before
 
@@ -79,7 +79,7 @@ def test_user_file_on_os_disk_is_rescued_and_named(project: Path) -> None:
     assert reimaging.reimage(ctx, "ZOOM").ok
     ctx.providers.lab.guest_write("HVHOST04", "NDXZOOM", r"C:\Users\operator\Desktop\shift-notes.txt", b"notes")
     events = []
-    out = reimaging.reimage(ctx, "ZOOM", listener=events.append)
+    out = reimaging.reimage(ctx, "ZOOM", listener=events.append, force=True)
     assert out.ok
     rescue = [e for e in events if e.step.action == "rescue_user_files" and e.ok]
     assert rescue[0].result["files"] == ["Users/operator/Desktop/shift-notes.txt"]
@@ -111,12 +111,12 @@ def test_second_reimage_is_refused_while_the_first_holds_the_lock(project: Path)
 
     first_ctx = ctx_for(project, fault=slow)
     result: dict = {}
-    t = threading.Thread(target=lambda: result.update(out=reimaging.reimage(first_ctx, "ZOOM")))
+    t = threading.Thread(target=lambda: result.update(out=reimaging.reimage(first_ctx, "ZOOM", force=True)))
     t.start()
     assert gate.wait(20)
     try:
         with pytest.raises(ImagingError, match="ZOOM is being operated on"):
-            reimaging.reimage(ctx_for(project), "ZOOM")
+            reimaging.reimage(ctx_for(project), "ZOOM", force=True)
     finally:
         release.set()
         t.join()
@@ -244,3 +244,19 @@ def test_post_boot_step_runs_in_the_guest_once_and_leaves_its_marker_on_var(proj
                                                      "marker": "imaging/migrations/n.json"}, "post-boot")
     with pytest.raises(ImagingError, match="not installed in the guest"):
         ctx.providers.run(missing)
+
+
+def test_reimaging_to_the_running_release_needs_force_and_keeps_the_real_previous_release(project: Path) -> None:
+    ctx = ctx_for(project)
+    assert reimaging.reimage(ctx, "ZOOM", "2026C3.0").ok
+    assert reimaging.reimage(ctx, "ZOOM", "2026C3.1").ok
+    c30 = [op for op in ctx.journal.operations(instrument="ZOOM") if op.to_release == "2026C3.0"][0]
+    old_disks = set(c30.rollback_point["new"].values())
+    with pytest.raises(InputError, match="already runs 2026C3.1") as err:
+        reimaging.reimage(ctx, "ZOOM", "2026C3.1")
+    assert "--force" in str(err.value)
+    for _ in range(2):  # twice on purpose: the 2026C3.0 generation must survive both
+        assert reimaging.reimage(ctx, "ZOOM", "2026C3.1", force=True).ok
+    zoom = ctx.inventory.instrument("ZOOM")
+    for path in old_disks:
+        assert (ctx.providers.lab.path(zoom.host, path) / "disk.json").exists(), path
