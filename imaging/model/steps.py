@@ -33,6 +33,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "configure_guest": ("vm", "volumes"),
     "health_check": ("vm", "expect_apps_version", "links", "expect_settings_sha256"),
     "write_record": ("vm", "record"),
+    # The undo of write_record: the record it replaced (kept beside it as record.previous.json) comes back.
+    "restore_record": ("vm",),
     # Hotfixes: files put in place on the running guest's Apps volume, the replaced ones backed up on Var.
     "apply_hotfix": ("vm", "hotfix_id", "package_path", "files", "backup_rel", "ledger", "apps_generation",
                      "entry", "scripts"),

@@ -65,3 +65,29 @@ def test_the_faults_used_above_are_real_failures() -> None:
     except InjectedFault:
         return
     raise AssertionError("the fault hook did not fail the step")
+
+
+def test_a_failed_reimage_puts_the_var_record_back_too(project: Path) -> None:
+    ctx = _ctx(project)
+    assert reimaging.reimage(ctx, "ZOOM", "2026C3.0").ok
+    zoom = ctx.inventory.instrument("ZOOM")
+    host = ctx.inventory.host_of(zoom)
+    from imaging.model import layout
+
+    def record() -> dict:
+        return ctx.providers.read_record(zoom.host, zoom.vm, layout.disk_path(host, zoom, "var"))
+
+    assert record()["release"] == "2026C3.0"
+    ctx.close()
+    broken = _ctx(project, "NDXZOOM:release_lock")  # fails after write_record, and so does the unlock
+    out = reimaging.reimage(broken, "ZOOM", "2026C3.1")
+    assert not out.ok and out.failed_step == "release_lock"
+    assert record()["release"] == "2026C3.0"  # the record was undone with the rest
+    broken.close()
+    ctx = _ctx(project)
+    try:
+        assert rollbacks.rollback(ctx, rollbacks.choose_rollback(ctx, "ZOOM")).restored  # the unlock, finished
+        assert record()["release"] == "2026C3.0"  # one release everywhere: disks, journal, guest and Var record
+        assert facts.running_release(ctx, zoom) == "2026C3.0" and facts.unfinished(ctx, zoom) is None
+    finally:
+        ctx.close()

@@ -31,7 +31,8 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "templates" / "powershell"
 
 # Actions whose script runs inside the guest over PowerShell Direct; they take the guest credential as
 # script parameters ($GuestUser, $GuestPassword), never as rendered text.
-GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record", "run_guest_command",
+GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record", "restore_record",
+                           "run_guest_command",
                            "apply_hotfix", "revert_hotfix", "restart_services"})
 
 ROLES = ("os", "apps", "settings", "var", "data")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import ProviderError
-from imaging.core.files import read_json, write_json
+from imaging.core.files import atomic_write, read_json, write_json
 from imaging.images.source_tree import find_name
 from imaging.providers.lab.fs import guest_rel
 
@@ -95,10 +95,32 @@ class GuestActions:
             raise ProviderError("health check failed: " + "; ".join(problems), host=host, step="health_check")
         return {"changed": False, "apps_version": version, "links": resolved, "settings": {"digest": digest}}
 
+    RECORD = "C:\\Instrument\\Var\\imaging\\record.json"
+    PREVIOUS = "C:\\Instrument\\Var\\imaging\\record.previous.json"
+
     def _do_write_record(self, host: str, vm: str, record: dict[str, Any]) -> dict:
+        """Write the record, keeping the one it replaces (or ``null``: there was none) for the undo."""
         _, groot = self._running_guest(host, vm, "write_record")
-        f = groot.joinpath(*guest_rel("C:\\Instrument\\Var\\imaging\\record.json"))
+        f = groot.joinpath(*guest_rel(self.RECORD))
         if f.exists() and read_json(f) == record:
             return {"changed": False}
-        write_json(f.parent.resolve() / f.name, record)
+        folder = f.parent.resolve()
+        atomic_write(folder / "record.previous.json", f.read_bytes() if f.exists() else b"null\n")
+        write_json(folder / f.name, record)
+        return {"changed": True}
+
+    def _do_restore_record(self, host: str, vm: str) -> dict:
+        """Put back the record write_record replaced (none: remove it); nothing kept means nothing to do."""
+        _, groot = self._running_guest(host, vm, "restore_record")
+        f = groot.joinpath(*guest_rel(self.RECORD))
+        previous = groot.joinpath(*guest_rel(self.PREVIOUS))
+        if not previous.exists():
+            return {"changed": False}
+        folder = f.parent.resolve()
+        old = previous.read_bytes()
+        if old.strip() == b"null":
+            (folder / f.name).unlink(missing_ok=True)
+        else:
+            atomic_write(folder / f.name, old)
+        (folder / previous.name).unlink()
         return {"changed": True}

@@ -49,7 +49,8 @@ try {
     $GuestSecret = ConvertTo-SecureString -String $GuestPassword -AsPlainText -Force
     $GuestCredential = New-Object System.Management.Automation.PSCredential -ArgumentList $GuestUser, $GuestSecret
     # Inside the guest, over PowerShell Direct: writes the instrument record onto the Var volume, replacing
-    # the old one atomically and only when its content differs.
+    # the old one atomically and only when its content differs. The record it replaces is kept beside it
+    # (record.previous.json; "null" when there was none) for restore_record, the undo of this step.
     $Vm = 'NDXZOOM'
     $Record = [ordered]@{'instrument' = 'ZOOM'; 'vm' = 'NDXZOOM'; 'host' = 'HVHOST01'; 'release' = '2026C3.0'; 'os_generation' = 7; 'disks' = [ordered]@{'os' = 'D:\Imaging\instruments\NDXZOOM\NDXZOOM-os-7.vhdx'}; 'hotfixes' = @(); 'operation' = [ordered]@{'id' = 'reimage-20261121-1930-ab12'; 'by' = 'jbloggs'; 'finished_utc' = '2026-11-21T19:52:00Z'}}
     $RecordPath = 'C:\Instrument\Var\imaging\record.json'
@@ -64,8 +65,13 @@ try {
         if (Test-Path -LiteralPath $Path -PathType Leaf) { $old = [System.IO.File]::ReadAllText($Path) }
         if ($old -ceq $Text) { 'unchanged' }
         else {
+            $utf8 = New-Object System.Text.UTF8Encoding -ArgumentList $false
+            $previous = Join-Path -Path $folder -ChildPath 'record.previous.json'
+            $keep = if ($null -eq $old) { 'null' } else { $old }
+            [System.IO.File]::WriteAllText($previous + '.partial', $keep, $utf8)
+            Move-Item -LiteralPath ($previous + '.partial') -Destination $previous -Force
             $partial = $Path + '.partial'
-            [System.IO.File]::WriteAllText($partial, $Text, (New-Object System.Text.UTF8Encoding -ArgumentList $false))
+            [System.IO.File]::WriteAllText($partial, $Text, $utf8)
             Move-Item -LiteralPath $partial -Destination $Path -Force
             'written'
         }

@@ -1,0 +1,81 @@
+param([string] $GuestUser, [string] $GuestPassword)
+# A step script rendered by imaging.powershell; every value in it came through ps_literal.
+Set-StrictMode -Version 3
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+
+function Write-ImagingResult {
+    # The only way a step reports: one compressed JSON line between two marker lines.
+    param([Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result)
+    $json = ConvertTo-Json -InputObject $Result -Depth 8 -Compress
+    Write-Output '<<<IMAGING-RESULT>>>'
+    Write-Output $json
+    Write-Output '<<<END-IMAGING-RESULT>>>'
+}
+
+function Write-ImagingFailure {
+    # A failed step still reports in the same frame, saying whether it had already changed something.
+    param(
+        [Parameter(Mandatory = $true)] [System.Management.Automation.ErrorRecord] $ErrorRecord,
+        [Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result
+    )
+    $where = ''
+    if ($null -ne $ErrorRecord.InvocationInfo) { $where = [string]$ErrorRecord.InvocationInfo.PositionMessage }
+    $Result['ok'] = $false
+    $Result['error'] = [string]$ErrorRecord.Exception.Message
+    $Result['where'] = $where
+    Write-ImagingResult -Result $Result
+}
+
+function Initialize-ImagingFolder {
+    # Creates a folder (and its parents) if it is missing; never touches an existing one.
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    if (-not (Test-Path -LiteralPath $Path -PathType Container)) {
+        New-Item -ItemType Directory -Path $Path -Force | Out-Null
+    }
+}
+
+function Get-ImagingSha256 {
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
+}
+
+$ImagingAction = 'restore_record'
+$Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
+try {
+    if ([string]::IsNullOrEmpty($GuestUser) -or $null -eq $GuestPassword) {
+        throw 'no guest credential was passed: set IMAGING_GUEST_USER and IMAGING_GUEST_PASSWORD'
+    }
+    $GuestSecret = ConvertTo-SecureString -String $GuestPassword -AsPlainText -Force
+    $GuestCredential = New-Object System.Management.Automation.PSCredential -ArgumentList $GuestUser, $GuestSecret
+    # Inside the guest, over PowerShell Direct: the undo of write_record. Puts back the record it replaced
+    # (kept as record.previous.json; "null" means there was none, so the record is removed), atomically.
+    # With nothing kept there is nothing to undo.
+    $Vm = 'NDXZOOM'
+    $RecordPath = 'C:\Instrument\Var\imaging\record.json'
+    $answer = Invoke-Command -VMName $Vm -Credential $GuestCredential -ErrorAction Stop -ArgumentList $RecordPath -ScriptBlock {
+        param([string] $Path)
+        Set-StrictMode -Version 3
+        $ErrorActionPreference = 'Stop'
+        $previous = Join-Path -Path (Split-Path -Path $Path -Parent) -ChildPath 'record.previous.json'
+        if (-not (Test-Path -LiteralPath $previous -PathType Leaf)) { 'unchanged' }
+        else {
+            $old = [System.IO.File]::ReadAllText($previous)
+            if ($old.Trim() -eq 'null') {
+                if (Test-Path -LiteralPath $Path -PathType Leaf) { Remove-Item -LiteralPath $Path -Force }
+            } else {
+                $partial = $Path + '.partial'
+                [System.IO.File]::WriteAllText($partial, $old, (New-Object System.Text.UTF8Encoding -ArgumentList $false))
+                Move-Item -LiteralPath $partial -Destination $Path -Force
+            }
+            Remove-Item -LiteralPath $previous -Force
+            'restored'
+        }
+    }
+    $Result['changed'] = ([string]$answer -eq 'restored')
+    $Result['record_path'] = $RecordPath
+    Write-ImagingResult -Result $Result
+}
+catch {
+    Write-ImagingFailure -ErrorRecord $_ -Result $Result
+}
