@@ -4,6 +4,7 @@ Mixed into ``LabProvider``, which holds the paths and the per-host locks these u
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -19,6 +20,19 @@ from imaging.core.files import read_json, write_json
 from imaging.core.hashing import sha256_file
 from imaging.images.vhdx import read_image_files
 from imaging.providers.lab.fs import clone_tree
+
+
+class _Flock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
 
 
 class HostActions:
@@ -146,6 +160,16 @@ class HostActions:
         view of a VHDX comes from reading the volume inside the staged image once, here (children are then
         hard-link clones of it); a hotfix package (a tar) is unpacked the same way."""
         dest = self.path(host, dest_path)
+        with self._exclusive(host, dest.name):  # one stager per host and image, across processes
+            return self._stage_locked(host, name, sha256, share_path, dest_path, dest)
+
+    def _exclusive(self, host: str, what: str) -> Any:
+        """A crash-safe lock (flock, released by the kernel when a process dies) on one thing of one host."""
+        folder = self.lab / "locks" / host
+        folder.mkdir(parents=True, exist_ok=True)
+        return _Flock(folder / f"{what}.lock")
+
+    def _stage_locked(self, host: str, name: str, sha256: str, share_path: str, dest_path: str, dest: Path) -> dict:
         meta = dest / "disk.json"
         if meta.exists() and read_json(meta).get("sha256") == sha256:
             return {"changed": False, "bytes": 0, "unpacked": False}
