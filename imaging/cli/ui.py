@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.prompt import Confirm
 from rich.table import Table
 
-from imaging.core.errors import ImagingError
+from imaging.core.errors import ImagingError, os_error
 from imaging.ops.context import Context
 
 # Piped output (logs, CI) is not squeezed to 80 columns: tables stay readable; COLUMNS still wins.
@@ -37,6 +37,9 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except ImagingError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            raise Exit(code=1) from None
+        except OSError as exc:  # disk full, read-only, permissions: the path and the fix, never a traceback
+            err_console.print(f"[bold red]error:[/] {os_error(exc)}", soft_wrap=True)
             raise Exit(code=1) from None
 
     return wrapper

@@ -56,3 +56,32 @@ class LockHeld(ImagingError):
 
 class ArtifactError(ImagingError):
     """An artifact is missing, corrupted, or not staged."""
+
+
+_OS_FIXES = {
+    "ENOSPC": "the disk is full: free space on it (or point IMAGING_STATE elsewhere) and run the command again; "
+              "a half-done operation is finished with `invoke resume` or undone with `invoke rollback`",
+    "EDQUOT": "the disk quota is used up: free space and run the command again",
+    "EROFS": "the file system is read-only: remount it read-write or point IMAGING_STATE elsewhere",
+    "EACCES": "you may not write there: run as the user that owns the state folder, or fix its permissions",
+    "EPERM": "the operation is not permitted there: check the owner and permissions of the path",
+    "ENAMETOOLONG": "the path is too long: use a shorter state folder (IMAGING_STATE) or shorter names",
+}
+
+
+def os_error(exc: OSError) -> ImagingError:
+    """An operating system error as the user sees every error: the path, what went wrong, and the fix."""
+    import errno
+    import os
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    where = exc.filename or "a file"
+    text = f"{where}: {exc.strerror or exc}"
+    fix = _OS_FIXES.get(name)
+    if name in ("ENOSPC", "EDQUOT") and exc.filename:
+        try:
+            st = os.statvfs(os.path.dirname(os.fspath(exc.filename)) or ".")
+            text += f" ({st.f_bavail * st.f_frsize // (1024 * 1024)} MiB free there)"
+        except OSError:
+            pass
+    return ImagingError(f"{text}. Fix: {fix}" if fix else text)

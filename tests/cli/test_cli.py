@@ -68,3 +68,13 @@ def test_reimage_dry_run_then_reimage_then_status_json(project: Path) -> None:
 def test_unknown_instrument_is_a_clear_error(project: Path) -> None:
     res = inv(project, "reimage", "--instrument=NOPE")
     assert res.returncode == 1 and "no instrument named 'NOPE'" in res.stderr and "ZOOM" in res.stderr
+
+
+def test_an_os_error_is_a_message_with_the_path_and_the_fix_never_a_traceback(project: Path, tmp_path: Path) -> None:
+    state = tmp_path / ("s" * 300)  # a folder name no file system accepts: ENAMETOOLONG
+    exe = Path(sys.executable).with_name("invoke")
+    res = subprocess.run([str(exe), "--search-root", str(ROOT), "reimage", "--instrument=ZOOM"], capture_output=True,
+                         text=True, env={**os.environ, "IMAGING_ROOT": str(project), "IMAGING_STATE": str(state)},
+                         timeout=300)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr and "too long" in res.stderr and "IMAGING_STATE" in res.stderr
