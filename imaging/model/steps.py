@@ -18,6 +18,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "release_lock": ("vm", "lock_path", "op_id"),
     "ensure_vm": ("vm", "generation", "memory_mb", "cpus", "switch"),
     "get_state": ("vm",),
+    # Observe under the lock: what the plan was made from must still be what the host shows.
+    "check_state": ("vm", "exists", "power", "disks"),
     "stop_vm": ("vm", "timeout_s"),
     "start_vm": ("vm",),
     "wait_guest": ("vm", "timeout_s"),
@@ -53,7 +55,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
 }
 
 # Actions that only look and never change anything (their "changed" is always false).
-CHECK_ACTIONS = frozenset({"preflight", "get_state", "wait_guest", "health_check", "read_volume"})
+CHECK_ACTIONS = frozenset({"preflight", "get_state", "check_state", "wait_guest", "health_check", "read_volume"})
 
 
 @dataclass(frozen=True)

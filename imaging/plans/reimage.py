@@ -72,6 +72,9 @@ def plan_reimage(x: ReimageInputs) -> Plan:
                    {"name": x.apps_image.name, "sha256": x.apps_image.sha256, "path": apps_master}])
     add("acquire_lock", f"lock {inst.name} for this operation ({x.op_id}) so nobody else changes it",
         undo=Step("release_lock", h, dict(lock), f"unlock {inst.name}"), owner=x.owner, **lock)
+    add("check_state", f"check {vm} is as this plan saw it ({obs.power}, {len(obs.disks)} disks): nobody changed it "
+        "before the lock was taken", vm=vm, exists=obs.exists, power=obs.power,
+        disks={str(k): v for k, v in sorted(obs.disks.items())})
     if not obs.exists:
         notes.append(f"VM {vm} does not exist on {h} yet: it will be created")
     add("ensure_vm", f"{'create' if not obs.exists else 'find'} VM {vm} on {h}", vm=vm, generation=2,

@@ -47,6 +47,9 @@ def plan_rollback(x: RollbackInputs) -> Plan:
 
     add("acquire_lock", f"lock {inst.name} for the rollback ({x.op_id})",
         undo=Step("release_lock", h, dict(lock), f"unlock {inst.name}"), owner=x.owner, **lock)
+    add("check_state", f"check {vm} is as this plan saw it ({obs.power}, {len(obs.disks)} disks): nobody changed it "
+        "before the lock was taken", vm=vm, exists=obs.exists, power=obs.power,
+        disks={str(k): v for k, v in sorted(obs.disks.items())})
     running = obs.power == "Running"
     add("stop_vm", f"stop {vm}" if running else f"{vm} is already off: nothing to stop",
         undo=Step("start_vm", h, {"vm": vm}, f"start {vm} again") if running else None,

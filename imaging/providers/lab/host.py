@@ -106,6 +106,25 @@ class HostActions:
             disks.append({"slot": int(slot), "path": path, "parent": parent})
         return {"changed": False, "exists": True, "power": rec["power"], "disks": disks}
 
+    def _do_check_state(self, host: str, vm: str, exists: bool, power: str, disks: dict[str, str]) -> dict:
+        """Observe under the lock: stop before any change when the VM is not what the plan was made from."""
+        now = self._do_get_state(host, vm)
+        have = {str(d["slot"]): d["path"] for d in now["disks"]}
+        changes = []
+        if now["exists"] != exists:
+            changes.append(f"the VM exists: {now['exists']}, planned on {exists}")
+        if now["power"] != power:
+            changes.append(f"power is {now['power']}, planned on {power}")
+        for slot in sorted(set(have) | set(disks), key=int):
+            if have.get(slot) != disks.get(slot):
+                changes.append(f"SCSI 0:{slot} holds {have.get(slot) or 'nothing'}, planned on "
+                               f"{disks.get(slot) or 'nothing'}")
+        if changes:
+            raise ProviderError(f"{vm} changed since this plan was made (another operation ran meanwhile): "
+                                + "; ".join(changes) + "; nothing was changed: look at `invoke status` and plan again",
+                                host=host, step="check_state")
+        return {"changed": False, "power": now["power"]}
+
     def _do_stop_vm(self, host: str, vm: str, timeout_s: int) -> dict:
         rec = self._vm(host, vm, step="stop_vm")
         if rec["power"] == "Off":
