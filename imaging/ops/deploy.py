@@ -96,6 +96,9 @@ def fleet_plan(ctx: Context, insts: list[Instrument], targets: dict[str, str], m
             note = "interrupted operation: resume or roll back first"
         elif now == target:
             note = "already on the release (skipped unless --force)"
+        if (instrument_record(ctx, inst) or {}).get("damaged"):
+            note = "; ".join(filter(None, [note, "its Var record is damaged: the reimage keeps it aside "
+                                                   "(record.damaged.json) and writes a new one"]))
         carry = hotfixes_to_reapply(ctx, inst, target)
         if carry:
             note = "; ".join(filter(None, [note, "re-applies " + ", ".join(carry)]))

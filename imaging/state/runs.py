@@ -23,6 +23,7 @@ def new_run_id(kind: str = "deploy") -> str:
 class RunRecords:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self.damaged: list[Path] = []  # records found unreadable by ``all`` (named by `invoke status`)
 
     def write(self, record: dict[str, Any]) -> None:
         write_json(self.folder / f"{record['id']}.json", record, sort_keys=False)
@@ -31,12 +32,26 @@ class RunRecords:
         f = self.folder / f"{run_id}.json"
         if not f.exists():
             raise InputError(f"no deploy {run_id}", file=str(f), fix="see the ids in the deploys folder")
-        return read_json(f)
+        try:
+            return read_json(f)
+        except (ValueError, UnicodeDecodeError):
+            raise InputError("the run record is damaged", file=str(f),
+                             fix="its operations are in the journal: name the instruments instead of @failed, "
+                                 "or move the file aside") from None
 
     def all(self, kind: str = "deploy") -> list[dict[str, Any]]:
         """The records of one kind of fleet run, oldest first."""
         d = self.folder
-        recs = [read_json(f) for f in d.glob(f"{kind}-*.json")] if d.is_dir() else []
+        recs = []
+        for f in sorted(d.glob(f"{kind}-*.json")) if d.is_dir() else []:
+            try:
+                rec = read_json(f)
+                if isinstance(rec, dict) and {"id", "started", "status"} <= rec.keys():
+                    recs.append(rec)
+                    continue
+            except (ValueError, UnicodeDecodeError):
+                pass
+            self.damaged.append(f)  # a damaged record affects only its own run: the others are still found
         return sorted((r for r in recs if r.get("kind", "deploy") == kind), key=lambda r: (r["started"], r["id"]))
 
     def last(self, kind: str = "deploy") -> dict[str, Any] | None:

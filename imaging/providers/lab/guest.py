@@ -102,9 +102,13 @@ class GuestActions:
         """Write the record, keeping the one it replaces (or ``null``: there was none) for the undo."""
         _, groot = self._running_guest(host, vm, "write_record")
         f = groot.joinpath(*guest_rel(self.RECORD))
-        if f.exists() and read_json(f) == record:
-            return {"changed": False}
         folder = f.parent.resolve()
+        if f.exists():
+            try:
+                if read_json(f) == record:
+                    return {"changed": False}
+            except (ValueError, UnicodeDecodeError):  # damaged: kept aside, never the undo's content
+                os.replace(folder / f.name, folder / "record.damaged.json")
         atomic_write(folder / "record.previous.json", f.read_bytes() if f.exists() else b"null\n")
         write_json(folder / f.name, record)
         return {"changed": True}

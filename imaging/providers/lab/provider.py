@@ -121,8 +121,16 @@ class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixAc
 
     # --- questions answered without a step (the provider interface) -----------------------------------
     def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
+        """The record on Var; a damaged one reads as ``{"damaged": <path>}`` (it affects only this instrument,
+        and the next write_record keeps it aside and writes a good one)."""
         f = self.path(host, var_path) / "content" / "imaging" / "record.json"
-        return read_json(f) if f.exists() else None
+        if not f.exists():
+            return None
+        try:
+            doc = read_json(f)
+        except (ValueError, UnicodeDecodeError):
+            return {"damaged": str(f)}
+        return doc if isinstance(doc, dict) else {"damaged": str(f)}
 
     def share_folder(self, host: str, share_path: str) -> Path | None:
         return self.path(host, share_path).parent
