@@ -46,3 +46,24 @@ def test_two_processes_staging_one_image_stage_it_once_and_completely(project: P
         assert not list(ctx.paths.lab.rglob("*.partial"))
     finally:
         ctx.close()
+
+
+def test_a_byte_flipped_in_a_staged_image_is_found_and_staging_repairs_it(project: Path) -> None:
+    ctx = Context.load(Paths.from_env(project))
+    ctx.sample_sizes = (60, 40)
+    try:
+        zoom = ctx.inventory.instrument("ZOOM")
+        publishing.publish(ctx, "2026C3.1", zoom.host)
+        staging.stage_for(ctx, "2026C3.1", [zoom])
+        _, apps = staging.artifacts_of(ctx, "2026C3.1", zoom.host)
+        image = ctx.providers.lab.path(zoom.host, layout.image_path(ctx.inventory.host_of(zoom), apps.name,
+                                                                   apps.sha256)) / "image.vhdx"
+        data = bytearray(image.read_bytes())
+        data[len(data) // 3] ^= 0x01
+        image.chmod(0o644)
+        image.write_bytes(bytes(data))
+        assert staging.not_staged(ctx, "2026C3.1", zoom.host) == [apps.name]  # not "already staged"
+        again = {s.result["name"]: s.result["changed"] for s in staging.stage_for(ctx, "2026C3.1", [zoom])}
+        assert again[apps.name] is True and staging.not_staged(ctx, "2026C3.1", zoom.host) == []
+    finally:
+        ctx.close()

@@ -45,15 +45,14 @@ class HostActions:
         missing = []
         for art in artifacts:
             d = self.path(host, art["path"])
-            meta = d / "disk.json"
-            if not meta.exists() or read_json(meta).get("sha256") != art["sha256"]:
+            if not self._verified(d, art["sha256"]):
                 missing.append(art["name"])
         free = shutil.disk_usage(hroot).free
         if free < need_bytes:
             raise ProviderError(f"not enough space: {free} bytes free, {need_bytes} needed", host=host,
                                 step="preflight")
         if missing:
-            raise ProviderError(f"artifacts not staged on the host: {', '.join(missing)}; run "
+            raise ProviderError(f"artifacts not staged (or no longer intact) on the host: {', '.join(missing)}; run "
                                 "`invoke stage` for this release first", host=host, step="preflight")
         return {"changed": False, "host_ok": True, "vm_exists": self._vm_file(host, vm).exists(),
                 "free_bytes": free, "missing": missing}
@@ -188,9 +187,27 @@ class HostActions:
         folder.mkdir(parents=True, exist_ok=True)
         return _Flock(folder / f"{what}.lock")
 
+    def _verified(self, staged: Path, sha256: str) -> bool:
+        """Staged means verified complete: the marker names this sha256, and the image file still has the size
+        and modification time it had when it was verified (else it is hashed again, as Get-FileHash would)."""
+        meta = staged / "disk.json"
+        if not meta.exists():
+            return False
+        m = read_json(meta)
+        if m.get("sha256") != sha256:
+            return False
+        image = staged / m["image"] if m.get("image") else None
+        if image is None:
+            return True  # an unpacked package: its content is what was verified
+        if not image.is_file():
+            return False
+        st = image.stat()
+        if [st.st_size, st.st_mtime_ns] == m.get("verified"):
+            return True
+        return sha256_file(image) == sha256
+
     def _stage_locked(self, host: str, name: str, sha256: str, share_path: str, dest_path: str, dest: Path) -> dict:
-        meta = dest / "disk.json"
-        if meta.exists() and read_json(meta).get("sha256") == sha256:
+        if self._verified(dest, sha256):
             return {"changed": False, "bytes": 0, "unpacked": False}
         src = self.path(host, share_path)
         if not src.exists():
@@ -217,9 +234,11 @@ class HostActions:
                 with tarfile.open(blob) as tar:
                     tar.extractall(partial / "content", filter="data")
                 blob.unlink()
+            st = blob.stat() if is_vhdx else None
             write_json(partial / "disk.json", {"role": "template", "label": None, "parent": None, "read_only": True,
                                                "size_gb": 0, "attached_to": None, "sha256": sha256, "name": name,
-                                               "image": blob.name if is_vhdx else None})
+                                               "image": blob.name if is_vhdx else None,
+                                               "verified": [st.st_size, st.st_mtime_ns] if st else None})
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(partial, dest)

@@ -136,5 +136,4 @@ class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixAc
         return self.path(host, share_path).parent
 
     def staged(self, host: str, image_path: str, sha256: str) -> bool | None:
-        meta = self.path(host, image_path) / "disk.json"
-        return meta.exists() and read_json(meta).get("sha256") == sha256
+        return self._verified(self.path(host, image_path), sha256)

@@ -42,8 +42,10 @@ function Get-ImagingSha256 {
 $ImagingAction = 'preflight'
 $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
-    # Checks the host can take the operation: Hyper-V running, the images staged, room for new disks.
-    # It changes nothing. Staged images are read-only once verified, so a writable or absent file is missing.
+    # Checks the host can take the operation: Hyper-V running, the images staged and intact, room for new
+    # disks. It changes nothing. Staged images are read-only once verified, so a writable or absent file is
+    # missing; one whose size or time differs from its integrity marker is hashed again, and a wrong hash
+    # makes it missing too (`invoke stage` then says what to do).
     $Vm = 'NDXZOOM'
     $Artifacts = @([ordered]@{'name' = 'win11-ltsc-2026C3'; 'sha256' = '3f1c0c2a9d5e4b7f8a6c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a'; 'path' = 'D:\Imaging\images\win11-ltsc-2026C3-3f1c0c2a9d5e.vhdx'}, [ordered]@{'name' = 'apps-2026C3.0'; 'sha256' = '9b8a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b'; 'path' = 'D:\Imaging\images\apps-2026C3.0-9b8a7c6d5e4f.vhdx'})
     $NeedBytes = [long]21474836480
@@ -57,7 +59,15 @@ try {
     $missing = New-Object System.Collections.Generic.List[string]
     foreach ($artifact in $Artifacts) {
         $item = Get-Item -LiteralPath $artifact['path'] -ErrorAction SilentlyContinue
-        if ($null -eq $item -or -not $item.IsReadOnly) { $missing.Add([string]$artifact['name']) }
+        if ($null -eq $item -or -not $item.IsReadOnly) { $missing.Add([string]$artifact['name']); continue }
+        $marker = [string]$artifact['path'] + '.verified'
+        $intact = $false
+        if (Test-Path -LiteralPath $marker -PathType Leaf) {
+            $mark = Get-Content -LiteralPath $marker -Raw | ConvertFrom-Json
+            $intact = ($mark.sha256 -eq $artifact['sha256'] -and [long]$mark.length -eq $item.Length -and [long]$mark.ticks -eq $item.LastWriteTimeUtc.Ticks)
+        }
+        if (-not $intact) { $intact = ((Get-ImagingSha256 -Path $item.FullName) -eq $artifact['sha256']) }
+        if (-not $intact) { $missing.Add([string]$artifact['name'] + ' (damaged: its sha256 changed)') }
     }
     $freeBytes = $null
     if (@($Artifacts).Count -gt 0) {

@@ -60,6 +60,7 @@ try {
         if ($actual -ne $Sha256) { throw "$Path has sha256 $actual, not $Sha256; refusing to remove it" }
         Set-ItemProperty -LiteralPath $Path -Name IsReadOnly -Value $false
         Remove-Item -LiteralPath $Path -Force
+        Remove-Item -LiteralPath ($Path + '.verified') -Force -ErrorAction SilentlyContinue
         $Result['changed'] = $true
     }
     $Result['path'] = $Path

@@ -60,12 +60,20 @@ try {
     $SharePath = '\\isis-images\imaging$\artifacts\apps-2026C3.0.vhdx'
     $DestPath = 'D:\Imaging\images\apps-2026C3.0-9b8a7c6d5e4f.vhdx'
     $Result['dest_path'] = $DestPath
+    $Marker = $DestPath + '.verified'
     if (Test-Path -LiteralPath $DestPath -PathType Leaf) {
-        $actual = Get-ImagingSha256 -Path $DestPath
+        # The integrity marker (the sha256 with the size and time the file had when it was hashed) spares a
+        # full hash of an unchanged file; a file whose size or time moved is hashed again.
+        $item = Get-Item -LiteralPath $DestPath
+        $actual = $null
+        if (Test-Path -LiteralPath $Marker -PathType Leaf) {
+            $mark = Get-Content -LiteralPath $Marker -Raw | ConvertFrom-Json
+            if ($mark.sha256 -eq $Sha256 -and [long]$mark.length -eq $item.Length -and [long]$mark.ticks -eq $item.LastWriteTimeUtc.Ticks) { $actual = $Sha256 }
+        }
+        if ($null -eq $actual) { $actual = Get-ImagingSha256 -Path $DestPath }
         if ($actual -ne $Sha256) {
             throw "$DestPath exists but its sha256 is $actual, not $Sha256; it may be the parent of instrument disks, so it is not replaced: inspect it and remove it by hand"
         }
-        $item = Get-Item -LiteralPath $DestPath
         if (-not $item.IsReadOnly) {
             $item.IsReadOnly = $true
             $Result['changed'] = $true
@@ -116,8 +124,11 @@ try {
         $Result['changed'] = $true
         $Result['how'] = 'pulled from share'
     }
+    $item = Get-Item -LiteralPath $DestPath
+    $mark = [ordered]@{ sha256 = $Sha256; length = $item.Length; ticks = $item.LastWriteTimeUtc.Ticks }
+    Set-Content -LiteralPath $Marker -Value (ConvertTo-Json -InputObject $mark) -Encoding UTF8
     $Result['sha256'] = $Sha256
-    $Result['bytes'] = (Get-Item -LiteralPath $DestPath).Length
+    $Result['bytes'] = $item.Length
     Write-ImagingResult -Result $Result
 }
 catch {
