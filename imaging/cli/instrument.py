@@ -62,10 +62,12 @@ def validate(c):  # noqa: ANN001
                              "Var\\settings-drift\\<time>\\) before replacing them, instead of stopping",
             "settings_ref": "git ref (branch, tag, commit) to render settings templates from (default HEAD)",
             "drop_hotfix": "hotfix id(s), comma-separated, the instrument may lose (the release lacks them)",
-            "force": "reimage even to the release the instrument already runs (e.g. to repair its OS disk)"})
+            "force": "reimage even to the release the instrument already runs (e.g. to repair its OS disk)",
+            "verify_content": "the check after the reimage hashes every Apps file against the image's manifest "
+                              "(default: counts, sizes and the version file)"})
 @reports_errors
 def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, capture_drift=False,  # noqa: ANN001
-            settings_ref="HEAD", drop_hotfix="", force=False):
+            settings_ref="HEAD", drop_hotfix="", force=False, verify_content=False):
     """Reimage one instrument: new OS and Apps disks from the release, fresh Settings, Var and Data kept."""
     drops = tuple(names(drop_hotfix))
     with context() as ctx:
@@ -76,7 +78,7 @@ def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, captu
             return
         outcome = reimaging.reimage(ctx, instrument, release, listener=StepPrinter(), allow_dirty=allow_dirty,
                                     capture_drift=capture_drift, settings_ref=settings_ref, drop_hotfixes=drops,
-                                    force=force)
+                                    force=force, verify_content=verify_content)
         print_outcome(outcome, outcome.instrument, ctx.journal)
         if outcome.error:
             err_console.print(f"[yellow]warning:[/] {outcome.error}", soft_wrap=True)

@@ -33,7 +33,7 @@ from imaging.ops.facts import (
 from imaging.ops.hotfix import reapply_after_reimage
 from imaging.ops.publish import publish
 from imaging.ops.stage import UNBUILT, artifacts_of, stage_steps
-from imaging.plans.reimage import ReimageInputs, plan_reimage
+from imaging.plans.reimage import ReimageInputs, apps_expectation, plan_reimage
 from imaging.settings import migrations
 from imaging.settings.instruments import DeployedSettings, ReimageSettings, prepare_reimage_settings
 from imaging.state.journal import OK, RUNNING, Operation
@@ -86,8 +86,16 @@ def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_
                  settings_ref=settings_ref, hotfixes=hotfixes)
 
 
+def _apps_expectation(ctx: Context, apps: str, verify_content: bool) -> dict | None:
+    """What the Apps volume must hold after the reimage, from the image's build manifest (None: none known)."""
+    rec = ctx.builds.get("apps", apps)
+    if rec is None or not rec.manifest or not rec.manifest.get("files"):
+        return None
+    return apps_expectation(rec.manifest["files"], verify_content=verify_content)
+
+
 def _plan(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow_dirty: bool, dry_run: bool,
-          capture_drift: bool, settings_ref: str, hotfixes: tuple[str, ...]) -> Plan:
+          capture_drift: bool, settings_ref: str, hotfixes: tuple[str, ...], verify_content: bool = False) -> Plan:
     host = ctx.inventory.host_of(inst)
     os_img, apps_img = artifacts_of(ctx, target, inst.host, build_samples=not dry_run)
     observed = observe(ctx, inst)
@@ -110,7 +118,7 @@ def _plan(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow_dirt
         stamp=when, from_release=running_release(ctx, inst), hotfixes=hotfixes,
         migrations=tuple(rs.migration.steps) if rs.migration else (), settings_version=rs.target_version,
         settings_before_commit=rs.migration.before_commit if rs.migration else None, drift_files=drift_files,
-        post_boot=tuple(post_boot)))
+        post_boot=tuple(post_boot), expect_apps=_apps_expectation(ctx, apps_img.name, verify_content)))
     for art in (os_img, apps_img):
         if art.sha256 == UNBUILT:
             plan.notes.append(f"{art.name} is not built yet: it is built from the lab's sample tree on first use")
@@ -129,12 +137,13 @@ def preview_reimage(ctx: Context, name: str, release: str | None = None, *, drop
 
 def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Listener | None = None,
             batch: str | None = None, allow_dirty: bool = False, capture_drift: bool = False,
-            settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = (), force: bool = False) -> Outcome:
+            settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = (), force: bool = False,
+            verify_content: bool = False) -> Outcome:
     """Reimage one instrument to ``release`` (an id or a label; default its desired release)."""
     inst = ctx.inventory.instrument(name)
     return reimage_to(ctx, inst, desired_release(ctx, inst, release), listener=listener, batch=batch,
                       allow_dirty=allow_dirty, capture_drift=capture_drift, settings_ref=settings_ref,
-                      drop_hotfixes=drop_hotfixes, force=force)
+                      drop_hotfixes=drop_hotfixes, force=force, verify_content=verify_content)
 
 
 def refuse_same_release(ctx: Context, inst: Instrument, target: str, force: bool) -> None:
@@ -148,7 +157,8 @@ def refuse_same_release(ctx: Context, inst: Instrument, target: str, force: bool
 
 def reimage_to(ctx: Context, inst: Instrument, target: str, *, listener: Listener | None = None,
                batch: str | None = None, allow_dirty: bool = False, capture_drift: bool = False,
-               settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = (), force: bool = False) -> Outcome:
+               settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = (), force: bool = False,
+               verify_content: bool = False) -> Outcome:
     """Reimage one instrument to an already resolved release. Hotfixes it carries that the target lacks
     stop it before anything changes (settings capture included), unless declared for the target (re-applied
     after the reimage) or dropped by the caller."""
@@ -159,7 +169,8 @@ def reimage_to(ctx: Context, inst: Instrument, target: str, *, listener: Listene
     included = tuple(ctx.releases[target].includes_hotfixes)
     op_id = new_op_id()
     plan = _plan(ctx, inst, target, op_id=op_id, allow_dirty=allow_dirty, dry_run=False,
-                 capture_drift=capture_drift, settings_ref=settings_ref, hotfixes=included + tuple(carry))
+                 capture_drift=capture_drift, settings_ref=settings_ref, hotfixes=included + tuple(carry),
+                 verify_content=verify_content)
     publish(ctx, target, inst.host)
     for s in stage_steps(ctx, target, inst.host):
         res = ctx.providers.run(s)  # idempotent: copies nothing when the images are already staged

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from imaging.core.hashing import manifest_digest
 from imaging.model import layout
 from imaging.model.inventory import SLOTS, Host, Instrument
 from imaging.model.plan import (
@@ -44,6 +45,9 @@ class ReimageInputs:
     settings_before_commit: str | None = None  # the settings branch before migrations (rollback restores it)
     drift_files: dict[str, str] = field(default_factory=dict)  # captured drift for Var (posix rel -> base64)
     post_boot: tuple[dict[str, Any], ...] = ()  # {migration, description, command, marker, record}
+    # What the Apps volume must hold, from the image's manifest: file count, bytes, a digest of (path, size)
+    # and, with --verify-content, of (path, sha256) (see ``apps_expectation``). None: no manifest known.
+    expect_apps: dict[str, Any] | None = None
 
 
 def plan_reimage(x: ReimageInputs) -> Plan:
@@ -149,7 +153,8 @@ def plan_reimage(x: ReimageInputs) -> Plan:
             command=pb["command"], var_path=var_path, marker=pb["marker"], record=pb["record"])
     add("health_check", f"check the Apps version is {x.apps_version}, every link leads to its volume and the "
         "Settings are the ones rendered", vm=vm, expect_apps_version=x.apps_version,
-        links=[{"link": v["link"], "label": v["label"]} for v in volumes], expect_settings_sha256=x.settings_digest)
+        links=[{"link": v["link"], "label": v["label"]} for v in volumes], expect_settings_sha256=x.settings_digest,
+        **({"expect_apps": x.expect_apps} if x.expect_apps else {}))
     record = {"release": x.release, "apps_version": x.apps_version, "settings_commit": x.settings_commit,
               "settings_digest": x.settings_digest, "settings_version": x.settings_version,
               "settings_before_commit": x.settings_before_commit,
@@ -164,3 +169,15 @@ def plan_reimage(x: ReimageInputs) -> Plan:
                                 "release": x.from_release, "generation": gen, "new": new,
                                 "settings_before_commit": x.settings_before_commit})
 
+
+
+def apps_expectation(files: list[dict[str, Any]], *, verify_content: bool = False) -> dict[str, Any]:
+    """What the health check compares the Apps volume with, from the image manifest's files: cheap (count,
+    bytes, a digest over each path and size) or, with ``verify_content``, also a digest over each file's
+    sha256 (every file is then hashed in the guest). Paths are posix, compared as Windows does (any case)."""
+    sizes = {f["path"].lower(): str(f["size"]) for f in files}
+    out: dict[str, Any] = {"files": len(files), "bytes": sum(int(f["size"]) for f in files),
+                           "sizes_digest": manifest_digest(sizes)}
+    if verify_content:
+        out["content_digest"] = manifest_digest({f["path"].lower(): f["sha256"] for f in files})
+    return out

@@ -11,8 +11,30 @@ from typing import Any
 
 from imaging.core.errors import ProviderError
 from imaging.core.files import atomic_write, read_json, write_json
+from imaging.core.hashing import manifest_digest, sha256_file
 from imaging.images.source_tree import find_name
 from imaging.providers.lab.fs import guest_rel
+
+
+def _apps_problems(apps: Path, expect: dict[str, Any]) -> list[str]:
+    """The Apps volume against the image's manifest: count, bytes and a digest of (path, size); with a
+    content digest, every file hashed too."""
+    sizes: dict[str, str] = {}
+    hashes: dict[str, str] = {}
+    for dirpath, _, filenames in os.walk(apps):
+        for name in filenames:
+            full = Path(dirpath) / name
+            rel = full.relative_to(apps).as_posix().lower()
+            sizes[rel] = str(full.stat().st_size)
+            if "content_digest" in expect:
+                hashes[rel] = sha256_file(full)
+    total = sum(int(v) for v in sizes.values())
+    if manifest_digest(sizes) != expect["sizes_digest"]:
+        return [f"the Apps volume does not match its image: {len(sizes)} files, {total} bytes; the image has "
+                f"{expect['files']} files, {expect['bytes']} bytes"]
+    if "content_digest" in expect and manifest_digest(hashes) != expect["content_digest"]:
+        return ["the Apps volume's content differs from its image (sizes match, a file's bytes do not)"]
+    return []
 
 
 class GuestActions:
@@ -71,7 +93,7 @@ class GuestActions:
         return {"changed": changed}
 
     def _do_health_check(self, host: str, vm: str, expect_apps_version: str, links: list[dict[str, str]],
-                         expect_settings_sha256: str) -> dict:
+                         expect_settings_sha256: str, expect_apps: dict[str, Any] | None = None) -> dict:
         rec, groot = self._running_guest(host, vm, "health_check")
         problems = []
         resolved = {}
@@ -87,6 +109,8 @@ class GuestActions:
         version = version_file.read_text().strip() if version_file.exists() else None
         if version != expect_apps_version:
             problems.append(f"Apps version is {version!r}, expected {expect_apps_version!r}")
+        if expect_apps:
+            problems += _apps_problems(apps.resolve(), expect_apps)
         prov_file = groot.joinpath(*guest_rel("C:\\Instrument\\Settings\\.imaging\\manifest.json"))
         digest = read_json(prov_file).get("digest") if prov_file.exists() else None
         if digest != expect_settings_sha256:

@@ -57,8 +57,13 @@ try {
     $ExpectSettingsSha256 = '0d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e'
     $AppsVersionFile = 'version.txt'
     $SettingsManifest = '.imaging/manifest.json'
+    # What the Apps volume must hold, from the image's manifest (absent: not checked). The guest computes the
+    # same digests as the planner: sha256 over "path NUL value LF" for each file, paths lower-case with '/',
+    # in ordinal order; value = the size, or (content check) the file's sha256.
+    $ExpectApps = [ordered]@{'files' = 300; 'bytes' = 1234567; 'sizes_digest' = '1111111111111111111111111111111111111111111111111111111111111111'; 'content_digest' = '2222222222222222222222222222222222222222222222222222222222222222'}
     $request = ConvertTo-Json -Depth 4 -Compress -InputObject ([ordered]@{
         links = @($Links); apps_version_file = $AppsVersionFile; settings_manifest = $SettingsManifest
+        apps_manifest = ($null -ne $ExpectApps); apps_content = ($null -ne $ExpectApps -and $ExpectApps.Contains('content_digest'))
     })
     $answer = Invoke-Command -VMName $Vm -Credential $GuestCredential -ErrorAction Stop -ArgumentList $request -ScriptBlock {
         param([string] $RequestJson)
@@ -87,6 +92,33 @@ try {
             $file = Join-Path -Path $byLabel['Apps'] -ChildPath ([string]$request.apps_version_file)
             if (Test-Path -LiteralPath $file -PathType Leaf) { $version = ([System.IO.File]::ReadAllText($file)).Trim() }
         }
+        $apps = [ordered]@{ files = 0; bytes = 0; sizes_digest = $null; content_digest = $null }
+        if ($request.apps_manifest -and $byLabel.ContainsKey('Apps')) {
+            $root = $byLabel['Apps']
+            $sizes = @{}
+            $hashes = @{}
+            foreach ($file in @(Get-ChildItem -LiteralPath $root -Recurse -File -Force)) {
+                $rel = $file.FullName.Substring($root.Length + 1).Replace('\', '/').ToLowerInvariant()
+                $sizes[$rel] = [string]$file.Length
+                $apps.bytes += $file.Length
+                if ($request.apps_content) { $hashes[$rel] = (Get-FileHash -LiteralPath $file.FullName -Algorithm SHA256).Hash.ToLowerInvariant() }
+            }
+            $apps.files = $sizes.Count
+            $digest = {
+                param([hashtable] $Entries)
+                [string[]] $keys = @($Entries.Keys)
+                [Array]::Sort($keys, [StringComparer]::Ordinal)
+                $stream = New-Object System.IO.MemoryStream
+                foreach ($key in $keys) {
+                    $bytes = [System.Text.Encoding]::UTF8.GetBytes($key + [char]0 + $Entries[$key] + "`n")
+                    $stream.Write($bytes, 0, $bytes.Length)
+                }
+                $sha = [System.Security.Cryptography.SHA256]::Create()
+                (-join ($sha.ComputeHash($stream.ToArray()) | ForEach-Object { $_.ToString('x2') }))
+            }
+            $apps.sizes_digest = & $digest $sizes
+            if ($request.apps_content) { $apps.content_digest = & $digest $hashes }
+        }
         $settings = [ordered]@{ digest = $null; mismatched = @() }
         if ($byLabel.ContainsKey('Settings')) {
             $manifestPath = Join-Path -Path $byLabel['Settings'] -ChildPath (([string]$request.settings_manifest).Replace('/', '\'))
@@ -104,12 +136,20 @@ try {
                 $settings.mismatched = @($bad.ToArray())
             }
         }
-        ConvertTo-Json -InputObject ([ordered]@{ apps_version = $version; links = $links; settings = $settings }) -Depth 8 -Compress
+        ConvertTo-Json -InputObject ([ordered]@{ apps_version = $version; links = $links; settings = $settings; apps = $apps }) -Depth 8 -Compress
     }
     $guest = ConvertFrom-Json -InputObject ([string]$answer)
     $problems = New-Object System.Collections.Generic.List[string]
     if ($null -ne $ExpectAppsVersion -and [string]$guest.apps_version -ne $ExpectAppsVersion) {
         $problems.Add("Apps version is '$($guest.apps_version)', expected '$ExpectAppsVersion'")
+    }
+    if ($null -ne $ExpectApps) {
+        if ([string]$guest.apps.sizes_digest -ne [string]$ExpectApps['sizes_digest']) {
+            $problems.Add("the Apps volume does not match its image: $($guest.apps.files) files, $($guest.apps.bytes) bytes; the image has $($ExpectApps['files']) files, $($ExpectApps['bytes']) bytes")
+        }
+        elseif ($ExpectApps.Contains('content_digest') -and [string]$guest.apps.content_digest -ne [string]$ExpectApps['content_digest']) {
+            $problems.Add("the Apps volume's content differs from its image (sizes match, a file's bytes do not)")
+        }
     }
     $linkLabels = [ordered]@{}
     $linkTargets = [ordered]@{}
