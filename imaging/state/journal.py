@@ -61,6 +61,7 @@ CREATE INDEX IF NOT EXISTS steps_op ON steps (op_id, idx);
 # Operation statuses. "running" with no live owner is shown as interrupted.
 RUNNING, OK, FAILED, ROLLED_BACK, ROLLBACK_FAILED, ABANDONED = (
     "running", "ok", "failed", "rolled_back", "rollback_failed", "abandoned")
+INTERRUPTED = "interrupted"  # a step whose process stopped while it ran (closed when the operation is taken over)
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,13 @@ class Journal:
         return op_id
 
     def claim(self, op_id: str) -> None:
-        """A resuming process takes over an interrupted operation."""
+        """A resuming (or rolling-back) process takes over an interrupted operation; the step that was running
+        when its process stopped is closed as interrupted, so no row stays "running" for ever."""
         with self._db() as db:
             db.execute("UPDATE operations SET pid=?, machine=?, status=? WHERE id=?",
                        (os.getpid(), socket.gethostname(), RUNNING, op_id))
+            db.execute("UPDATE steps SET status=?, ended=?, error=? WHERE op_id=? AND status=?",
+                       (INTERRUPTED, now(), "the process stopped during this step", op_id, RUNNING))
 
     def set_rollback_point(self, op_id: str, point: dict[str, Any]) -> None:
         with self._db() as db:

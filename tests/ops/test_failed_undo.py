@@ -91,3 +91,29 @@ def test_a_failed_reimage_puts_the_var_record_back_too(project: Path) -> None:
         assert facts.running_release(ctx, zoom) == "2026C3.0" and facts.unfinished(ctx, zoom) is None
     finally:
         ctx.close()
+
+
+def test_after_a_resume_no_journal_step_stays_running(project: Path) -> None:
+    import pytest
+
+    from tests.ops.test_reimage import Crash
+
+    ctx = _ctx(project)
+    assert reimaging.reimage(ctx, "ZOOM", "2026C3.0").ok
+    ctx.close()
+
+    def crash(step: Step) -> None:
+        if step.action == "attach_disk":
+            raise Crash("killed")
+
+    killed = Context.load(Paths.from_env(project), fault=crash)
+    killed.sample_sizes = (60, 40)
+    with pytest.raises(Crash):
+        reimaging.reimage(killed, "ZOOM", "2026C3.1")
+    ctx = _ctx(project)
+    op = facts.interrupted(ctx, ctx.inventory.instrument("ZOOM"))
+    assert [s.status for s in ctx.journal.steps(op.id)].count("running") == 1  # the step it died in
+    assert reimaging.resume(ctx, "ZOOM").ok
+    statuses = [s.status for s in ctx.journal.steps(op.id)]
+    assert "running" not in statuses and statuses.count("interrupted") == 1
+    ctx.close()
