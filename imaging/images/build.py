@@ -94,22 +94,30 @@ def build_apps(*, store: ArtifactStore, records: BuildRecords, releases: dict[st
     rec = records.start(kind="apps", name=name, release=release,
                         inputs={"source": str(source.resolve()), "label": APPS_LABEL, "size_bytes": size_bytes,
                                 "builder": "linux"})
+    rec, manifest = _build_and_store(store=store, records=records, rec=rec, tree=source, label=APPS_LABEL,
+                                     kind="apps", source=f"build-apps {release} from {source}", workdir=workdir,
+                                     size_bytes=size_bytes)
+    return BuildResult(rec, manifest)
+
+
+def _build_and_store(*, store: ArtifactStore, records: BuildRecords, rec: BuildRecord, tree: Path, label: str,
+                     kind: str, source: str, workdir: Path, size_bytes: int | None = None
+                     ) -> tuple[BuildRecord, ImageManifest]:
+    """Build ``tree`` into a VHDX and move it into the store; the record ends ok with the manifest, or failed
+    with the reason (nothing half-made stays: the scratch folder goes, the store takes whole files only)."""
     try:
-        with tempfile.TemporaryDirectory(prefix="build-apps-", dir=_ensure(workdir)) as tmp:
-            out = Path(tmp) / f"{name}.vhdx"
-            manifest = vhdx.build_volume_image(source, out, label=APPS_LABEL, size_bytes=size_bytes,
-                                               workdir=Path(tmp))
-            stored = store.add(out, name=name, kind="apps", source=f"build-apps {release} from {source}",
-                               suffix=".vhdx", move=True)
+        with tempfile.TemporaryDirectory(prefix=f"build-{kind}-", dir=_ensure(workdir)) as tmp:
+            out = Path(tmp) / f"{rec.name}.vhdx"
+            manifest = vhdx.build_volume_image(tree, out, label=label, size_bytes=size_bytes, workdir=Path(tmp))
+            stored = store.add(out, name=rec.name, kind=kind, source=source, suffix=".vhdx", move=True)
             if stored.sha256 != manifest.image_sha256:
-                raise ArtifactError(f"the store holds {stored.sha256} for {name}, the build made "
+                raise ArtifactError(f"the store holds {stored.sha256} for {rec.name}, the build made "
                                     f"{manifest.image_sha256}")
     except BaseException as exc:
         records.fail(rec, str(exc) or type(exc).__name__)
         raise
-    rec = records.finish(rec, sha256=manifest.image_sha256, size=manifest.image_size, tools=manifest.tools,
-                         manifest=manifest.to_dict())
-    return BuildResult(rec, manifest)
+    return records.finish(rec, sha256=manifest.image_sha256, size=manifest.image_size, tools=manifest.tools,
+                          manifest=manifest.to_dict()), manifest
 
 
 def _ensure(folder: Path) -> Path:
@@ -218,20 +226,8 @@ def build_lab_template(*, store: ArtifactStore, records: BuildRecords, version: 
     _refuse_existing(store, version)
     rec = records.start(kind="os-template", name=version, release=None,
                         inputs={"base": str(base.resolve()), "label": OS_LABEL, "builder": "linux"})
-    try:
-        with tempfile.TemporaryDirectory(prefix="build-template-", dir=_ensure(workdir)) as tmp:
-            out = Path(tmp) / f"{version}.vhdx"
-            manifest = vhdx.build_volume_image(base, out, label=OS_LABEL, workdir=Path(tmp))
-            stored = store.add(out, name=version, kind="os-template", source=f"build-template from {base}",
-                               suffix=".vhdx", move=True)
-            if stored.sha256 != manifest.image_sha256:
-                raise ArtifactError(f"the store holds {stored.sha256} for {version}, the build made "
-                                    f"{manifest.image_sha256}")
-    except BaseException as exc:
-        records.fail(rec, str(exc) or type(exc).__name__)
-        raise
-    return records.finish(rec, sha256=manifest.image_sha256, size=manifest.image_size, tools=manifest.tools,
-                          manifest=manifest.to_dict())
+    return _build_and_store(store=store, records=records, rec=rec, tree=base, label=OS_LABEL, kind="os-template",
+                            source=f"build-template from {base}", workdir=workdir)[0]
 
 
 def template_build_step(host: Host, version: str, *, iso_path: str, unattend: str, provision: str,
