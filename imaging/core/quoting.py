@@ -8,6 +8,7 @@ than repair. Nothing else in the project builds a script or a path from a raw va
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath, PureWindowsPath
 
@@ -128,7 +129,37 @@ def check_relpath(value: object, *, field: str, file: str | None = None) -> str:
         raise InputError("'..' and '.' are not allowed", file=file, field=field, value=value, fix=fix)
     if any(not seg.strip() or seg != seg.strip() for seg in norm.split("/")):
         raise InputError("empty or space-padded path segment", file=file, field=field, value=value, fix=fix)
+    for seg in parts:  # every segment is a name Windows can hold, and not a look-alike of one
+        check_ntfs_name(seg, field=field, file=file)
+        check_not_lookalike(seg, field=field, file=file)
     return "/".join(parts)
+
+
+# Scripts whose letters look alike: a name mixing two of them is a look-alike (the micro sign, accents and
+# other letters of one script are fine).
+_CONFUSABLE_SCRIPTS = frozenset({"LATIN", "CYRILLIC", "GREEK"})
+
+
+def _script(ch: str) -> str | None:
+    """The script of a letter, by its Unicode name (LATIN, CYRILLIC, GREEK, ...); None for anything else."""
+    if not ch.isalpha():
+        return None
+    name = unicodedata.name(ch, "")
+    return name.split(" ", 1)[0] if name else None
+
+
+def check_not_lookalike(value: str, *, field: str, file: str | None = None) -> str:
+    """Refuse a name that only looks like another: letters of two scripts in one name (a Cyrillic 'а' in
+    'server'), or fullwidth forms ('／', 'ｓ'). Such a name names a different file than the one it shows."""
+    if any("\uff00" <= ch <= "\uffef" for ch in value):
+        raise InputError("the name holds fullwidth characters that look like ordinary ones", file=file, field=field,
+                         value=value, fix="type the name again with ordinary characters")
+    scripts = {sc for sc in map(_script, value) if sc in _CONFUSABLE_SCRIPTS}
+    if len(scripts) > 1:
+        raise InputError(f"the name mixes letters of {' and '.join(sorted(scripts))} scripts, so it only looks "
+                         "like the name it shows", file=file, field=field, value=value,
+                         fix="type the name again in one script (the look-alike letters are another file)")
+    return value
 
 
 # Names Windows keeps for devices, with or without an extension, in any case.

@@ -41,3 +41,24 @@ def test_accepts_or_refuses_with_a_fix(name: str) -> None:
         assert "Fix:" in str(exc)
         assert name[-1] in ". " or name.split(".")[0].rstrip(" ").upper() in {
             "CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} or name[:3].upper() in ("COM", "LPT")
+
+
+@pytest.mark.parametrize("path", [
+    "server/bin/CON", "NUL.dll", "COM1/x.dll", "module.bin:evil", "x.dll.", "*.dll", "a?b|c.dll",
+    "server/bin/\u0441erver.dll",  # a Cyrillic look-alike of 'server.dll'
+    "server\uff0fbin.dll",         # a fullwidth '/'
+    "a" * 260,
+])
+def test_relative_paths_that_reach_windows_are_refused_when_windows_cannot_hold_them(path: str) -> None:
+    from imaging.core.errors import InputError
+    from imaging.core.quoting import check_relpath
+
+    with pytest.raises(InputError):
+        check_relpath(path, field="files")
+
+
+def test_ordinary_relative_paths_pass_unchanged() -> None:
+    from imaging.core.quoting import check_relpath
+
+    assert check_relpath("server\\bin\\run-control.dll", field="files") == "server/bin/run-control.dll"
+    assert check_relpath("python/init_{instrument}.py.j2", field="files") == "python/init_{instrument}.py.j2"
