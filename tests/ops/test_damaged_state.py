@@ -4,20 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imaging.core.config import Paths
 from imaging.engine import runner
 from imaging.model import layout
 from imaging.ops import deploy as deploys
 from imaging.ops import facts
 from imaging.ops import reimage as reimaging
-from imaging.ops.context import Context
-from imaging.providers.lab.provider import faults_from_env
-
-
-def _ctx(project: Path, faults: str | None = None) -> Context:
-    ctx = Context.load(Paths.from_env(project), fault=faults_from_env(faults) if faults else None)
-    ctx.sample_sizes = (60, 40)
-    return ctx
+from tests.ops.test_failed_undo import _ctx
 
 
 def test_a_damaged_var_record_does_not_stop_the_fleet_plan_or_the_reimage(project: Path) -> None:
