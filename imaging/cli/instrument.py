@@ -1,4 +1,5 @@
-"""Tasks about one instrument (and the fleet at a glance): status, validate, reimage, resume, rollback."""
+"""Tasks about one instrument (and the fleet at a glance): status, validate, reimage, resume, rollback, and
+repair-journal (the way out of a damaged journal)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from imaging.cli.ui import (
     reports_errors,
 )
 from imaging.ops import reimage as reimaging
+from imaging.ops import repair as repairs
 from imaging.ops import rollback as rollbacks
 from imaging.ops import status as statuses
 
@@ -29,8 +31,12 @@ def status(c, json=False, instruments=""):  # noqa: ANN001
     """Show every instrument: host, VM, power, release running vs desired, last operation, pending work."""
     with context() as ctx:
         rows = statuses.fleet_status(ctx, names(instruments) or None)
+        problems = statuses.journal_problems(ctx)
+        trust = statuses.trust_lines(ctx, names(instruments) or None)
     if json:
         print(jsonlib.dumps([r.to_dict() for r in rows], indent=2))
+        for line in problems:
+            err_console.print(line, soft_wrap=True)
         return
     table = Table(title="Fleet status")
     for col in ("instrument", "host", "VM", "power", "running", "desired", "last operation", "pending"):
@@ -42,6 +48,33 @@ def status(c, json=False, instruments=""):  # noqa: ANN001
     for r in rows:
         if r.hint:
             console.print(f"{r.instrument}: {r.pending}: finish it with {r.hint}", soft_wrap=True)
+    for line in trust:
+        console.print(line, soft_wrap=True)
+    for line in problems:
+        err_console.print(f"[red]{line}[/]", soft_wrap=True)
+
+
+@task(help={"dry_run": "say what would be rebuilt and marked, and change nothing"})
+@reports_errors
+def repair_journal(c, dry_run=False):  # noqa: ANN001
+    """Rebuild a damaged journal: keep the damaged file, keep every intact row, rebuild damaged rows from the
+    instruments' own records, and mark the rest as damaged (they no longer count as finished changes)."""
+    with context() as ctx:
+        out = repairs.repair_journal(ctx, dry_run=dry_run)
+    if out.kept_as is None:
+        console.print(f"[green]journal ok[/]: {out.operations} operations, every row's checksum matches; "
+                      "nothing to repair")
+        return
+    for line in out.rebuilt:
+        console.print(f"rebuilt from the instrument's record: {line}", soft_wrap=True)
+    for line in out.marked:
+        console.print(f"[yellow]marked damaged[/] (no record vouches for it): {line}", soft_wrap=True)
+    if out.steps_marked:
+        console.print(f"{out.steps_marked} step row(s) marked damaged")
+    if out.unreadable:
+        console.print(f"[yellow]{out.unreadable} row(s) SQLite could not read at all[/]")
+    verb = "would keep" if dry_run else "kept"
+    console.print(f"{'dry run: ' if dry_run else ''}{verb} the damaged journal as {out.kept_as}", soft_wrap=True)
 
 
 @task

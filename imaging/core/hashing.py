@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -67,3 +68,10 @@ def manifest_digest(manifest: dict[str, str]) -> str:
     for rel, digest in sorted(manifest.items()):
         h.update(rel.encode("utf-8") + b"\0" + digest.encode("ascii") + b"\n")
     return h.hexdigest()
+
+
+def value_sum(value: object) -> str:
+    """The checksum of a JSON value (records, journal rows): sha256 of its canonical form, so that a flipped
+    byte is told apart from a change anybody made on purpose."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

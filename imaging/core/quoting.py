@@ -129,10 +129,15 @@ def check_relpath(value: object, *, field: str, file: str | None = None) -> str:
         raise InputError("'..' and '.' are not allowed", file=file, field=field, value=value, fix=fix)
     if any(not seg.strip() or seg != seg.strip() for seg in norm.split("/")):
         raise InputError("empty or space-padded path segment", file=file, field=field, value=value, fix=fix)
-    for seg in parts:  # every segment is a name Windows can hold, and not a look-alike of one
-        check_ntfs_name(seg, field=field, file=file)
-        check_not_lookalike(seg, field=field, file=file)
+    for seg in parts:
+        check_windows_name(seg, field=field, file=file)
     return "/".join(parts)
+
+
+def check_windows_name(value: object, *, field: str, file: str | None = None) -> str:
+    """A name Windows can hold (``check_ntfs_name``) that is not a look-alike of another (``check_not_lookalike``):
+    path segments, and free-form names such as a Hyper-V virtual switch."""
+    return check_not_lookalike(check_ntfs_name(value, field=field, file=file), field=field, file=file)
 
 
 # Scripts whose letters look alike: a name mixing two of them is a look-alike (the micro sign, accents and

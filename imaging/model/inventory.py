@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from imaging.core.errors import InputError, ValidationFailed
-from imaging.core.quoting import check_label, check_name, check_windows_path
+from imaging.core.git import dirty_paths, is_repo, run_git, toplevel
+from imaging.core.quoting import check_label, check_name, check_windows_name, check_windows_path
 
 ROLES = ("os", "apps", "settings", "var", "data")
 DATA_ROLES = ("apps", "settings", "var", "data")  # roles that carry a labelled volume linked in the guest
@@ -87,6 +88,11 @@ class Host(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, field="name")
+
+    @field_validator("switch")
+    @classmethod
+    def _switch(cls, v: str) -> str:
+        return check_windows_name(v, field="switch")
 
     @field_validator("storage_root")
     @classmethod
@@ -276,6 +282,32 @@ def _load_named(path: Path, key: str, model: type[_Model], problems: list[InputE
     return out
 
 
+def _cut_short(root: Path) -> list[InputError]:
+    """The shared inventory files (hosts, groups, defaults: read for every instrument) that are the beginning
+    of their committed version, cut inside a list or mapping. A file cut at a line boundary (a full disk, an
+    interrupted copy) is still valid YAML that silently lost the end of a list; git knows what it held, so
+    such a file is named instead of read as the truth. A deliberate edit that drops whole top-level keys is
+    not mistaken for a cut."""
+    if not is_repo(root):
+        return []
+    top = toplevel(root)
+    found = []
+    root = root.resolve()
+    for rel in dirty_paths(top, [str(root)]):
+        path = top / rel
+        if path.name not in (HOSTS_FILE, GROUPS_FILE, DEFAULTS_FILE) or path.parent != root or not path.is_file():
+            continue
+        committed = run_git(top, "cat-file", "blob", f"HEAD:{rel}", check=False)
+        now = path.read_bytes()
+        rest = committed[len(now):]
+        if committed.startswith(now) and rest[:1] in (b" ", b"\t", b"-") and now.endswith(b"\n"):
+            found.append(InputError(
+                f"this file is the first {len(now)} of the {len(committed)} bytes it has in git and nothing else: "
+                "it looks cut off", file=str(path),
+                fix=f"restore it with `git checkout -- {rel}`, or commit the change if you removed its end on purpose"))
+    return found
+
+
 def load_inventory(root: Path) -> Inventory:
     """Read and validate the whole inventory; raise ValidationFailed listing every problem found."""
     root = Path(root)
@@ -359,6 +391,7 @@ def load_inventory(root: Path) -> Inventory:
             links[lnk] = role
         instruments[inst.name] = inst
 
+    problems += _cut_short(root)
     if problems:
         raise ValidationFailed(problems)
     repo = (root / settings_repo).resolve() if settings_repo else None

@@ -148,6 +148,12 @@ def way_out(inst: Instrument, op: Operation) -> str:
 
 
 def refuse_if_interrupted(ctx: Context, inst: Instrument) -> None:
+    damaged = ctx.journal.damaged(inst.name)
+    if damaged:
+        raise ImagingError(
+            f"the journal's row of {inst.name}'s {damaged[-1].kind} {damaged[-1].id} is damaged "
+            f"({damaged[-1].damaged}); its history cannot be trusted, so nothing was changed: run "
+            "`invoke repair-journal` (it rebuilds the row from the instrument's own record)")
     op = unfinished(ctx, inst)
     if op is None:
         return

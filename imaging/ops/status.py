@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from imaging.core.errors import ImagingError
+from imaging.model.inventory import Instrument
 from imaging.ops.context import Context
-from imaging.ops.facts import desired_release, observe, running_release, unfinished, way_out
+from imaging.ops.facts import desired_release, instrument_record, observe, running_release, unfinished, way_out
+from imaging.state.journal import JournalDamaged
+
+REPAIR = "`invoke repair-journal`"
 
 
 @dataclass(frozen=True)
@@ -22,43 +26,79 @@ class InstrumentStatus:
     last_when: str | None
     pending: str
     hint: str = ""  # the command that resolves the pending work, when there is one
+    recorded: str | None = None  # the release the instrument's own record names (None: none, or unreadable)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
 def fleet_status(ctx: Context, names: list[str] | None = None) -> list[InstrumentStatus]:
-    rows = []
-    for inst in ctx.inventory.select(names=names):
-        try:
-            power = observe(ctx, inst).power
-        except ImagingError as exc:
-            power = f"unreachable ({exc})"
-        try:
-            desired: str | None = desired_release(ctx, inst)
-        except ImagingError:
-            desired = None
+    """One row per instrument. The journal and the instrument's own record are both read and compared: a
+    damaged journal row, a damaged record or a disagreement is shown with its way out, never hidden."""
+    return [_status(ctx, inst) for inst in ctx.inventory.select(names=names)]
+
+
+def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
+    try:
+        power = observe(ctx, inst).power
+    except ImagingError as exc:
+        power = f"unreachable ({exc})"
+    try:
+        desired: str | None = desired_release(ctx, inst)
+    except ImagingError:
+        desired = None
+    record = instrument_record(ctx, inst) or {}
+    recorded = record.get("release") if isinstance(record.get("release"), str) else None
+    base = dict(instrument=inst.name, host=inst.host, vm=inst.vm, power=power, desired=desired, recorded=recorded)
+    try:
         running = running_release(ctx, inst)
         last = ctx.journal.last(inst.name)
+        damaged = ctx.journal.damaged(inst.name)
         stuck = unfinished(ctx, inst)
-        hint = ""
-        if stuck:
-            pending = (f"interrupted {stuck.kind} {stuck.id}" if stuck.status == "running" else
-                       f"{stuck.kind} {stuck.id} failed and was not fully undone; locked")
-            hint = way_out(inst, stuck)
-        elif last and last.status == "running":
-            pending = f"{last.kind} in progress"
-        elif desired is None:
-            pending = "desired release cannot be resolved (see `invoke validate`)"
-        elif running != desired:
-            pending = f"reimage to {desired}"
-        else:
-            pending = ""
-        rows.append(InstrumentStatus(
-            instrument=inst.name, host=inst.host, vm=inst.vm, power=power, running=running, desired=desired,
-            last_operation=last.kind if last else None, last_result=last.status if last else None,
-            last_when=last.ended or last.started if last else None, pending=pending, hint=hint))
-    return rows
+    except JournalDamaged as exc:  # pages SQLite cannot read: every instrument still gets its row
+        return InstrumentStatus(**base, running=None, last_operation=None, last_result=None, last_when=None,
+                                pending=f"the journal cannot be read ({exc.detail})", hint=REPAIR)
+    seen = dict(running=running, last_operation=last.kind if last else None,
+                last_result=last.status if last else None, last_when=last.ended or last.started if last else None)
+    pending, hint = "", ""
+    if damaged:
+        pending = f"the journal's row of {damaged[-1].kind} {damaged[-1].id} is damaged ({damaged[-1].damaged})"
+        hint = REPAIR
+    elif stuck:
+        pending = (f"interrupted {stuck.kind} {stuck.id}" if stuck.status == "running" else
+                   f"{stuck.kind} {stuck.id} failed and was not fully undone; locked")
+        hint = way_out(inst, stuck)
+    elif last and last.status == "running":
+        pending = f"{last.kind} in progress"
+    elif record.get("damaged"):
+        pending = f"its own record is damaged ({record['damaged']})"
+        hint = f"`invoke reimage --instrument={inst.name} --force` (the damaged record is kept beside the new one)"
+    elif recorded and running and recorded != running:
+        pending = f"the journal says it runs {running}, its own record says {recorded}"
+        hint = f"`invoke reimage --instrument={inst.name} --release={desired or running} --force`"
+    elif desired is None:
+        pending = "desired release cannot be resolved (see `invoke validate`)"
+    elif running != desired:
+        pending = f"reimage to {desired}"
+    return InstrumentStatus(**base, **seen, pending=pending, hint=hint)
+
+
+def trust_lines(ctx: Context, names: list[str] | None = None) -> list[str]:
+    """For each host of the selection reached over the network: what validates its certificate."""
+    hosts = sorted({i.host for i in ctx.inventory.select(names=names)})
+    return [f"{h}: TLS trust: {said}" for h in hosts if (said := ctx.providers.trust(h))]
+
+
+def journal_problems(ctx: Context) -> list[str]:
+    """Damaged journal rows that belong to no instrument of the inventory (their instrument field is what
+    was damaged), and a journal SQLite cannot read: fleet-wide lines for `invoke status`."""
+    try:
+        damaged = ctx.journal.damaged()
+    except JournalDamaged as exc:
+        return [str(exc)]
+    known = set(ctx.inventory.instruments)
+    return [f"the journal's row of {o.kind} {o.id} (instrument {o.instrument!r}) is damaged ({o.damaged}); "
+            f"run {REPAIR}" for o in damaged if o.instrument not in known]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from imaging.model.plan import (
     Plan,
     generation,
 )
+from imaging.model.record import seal
 from imaging.model.steps import Step
 
 
@@ -160,7 +161,7 @@ def plan_reimage(x: ReimageInputs) -> Plan:
               "settings_before_commit": x.settings_before_commit,
               "hotfixes": list(x.hotfixes), "migrations": list(x.migrations),
               "operation": x.op_id, "generation": gen, "os_template": x.os_template.name, "when": x.stamp}
-    add("write_record", f"record on the Var disk that {inst.name} runs {x.release}", vm=vm, record=record,
+    add("write_record", f"record on the Var disk that {inst.name} runs {x.release}", vm=vm, record=seal(record),
         undo=Step("restore_record", h, {"vm": vm}, "put back the record it replaced"))
     add("release_lock", f"unlock {inst.name}", **lock)
     return Plan(kind="reimage", instrument=inst.name, vm=vm, host=h, from_release=x.from_release,

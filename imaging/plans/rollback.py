@@ -12,6 +12,7 @@ from typing import Any
 from imaging.model import layout
 from imaging.model.inventory import SLOTS, Host, Instrument
 from imaging.model.plan import GUEST_TIMEOUT_S, STOP_TIMEOUT_S, Observed, Plan
+from imaging.model.record import seal
 from imaging.model.steps import Step
 
 
@@ -77,7 +78,7 @@ def plan_rollback(x: RollbackInputs) -> Plan:
     add("health_check", f"check the Apps version is {x.health['expect_apps_version']} and the Settings are the "
         "previous ones", **x.health)
     add("write_record", f"record on the Var disk that {inst.name} runs {x.previous_release} again", vm=vm,
-        record={**x.record, "rolled_back_from": x.rolled_away, "rollback_operation": x.op_id},
+        record=seal({**x.record, "rolled_back_from": x.rolled_away, "rollback_operation": x.op_id}),
         undo=Step("restore_record", h, {"vm": vm}, "put back the record it replaced"))
     if x.previous_power != "Running":
         add("stop_vm", f"stop {vm} again (it was off before the operation rolled back)",

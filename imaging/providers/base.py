@@ -35,6 +35,10 @@ class Provider(Protocol):
         host call."""
         ...
 
+    def trust(self, host: str) -> str | None:
+        """What validates the host's TLS certificate, in a sentence; None where no network is involved."""
+        ...
+
     def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
         """The instrument record on its Var disk, where it can be read without a guest call; else None."""
         ...

@@ -68,6 +68,9 @@ class Dispatcher:
     def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
         return self.for_host(host).read_record(host, vm, var_path)
 
+    def trust(self, host: str) -> str | None:
+        return self.for_host(host).trust(host)
+
     def close(self) -> None:
         for p in self._providers.values():
             p.close()

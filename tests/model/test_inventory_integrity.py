@@ -3,6 +3,7 @@ refused wherever a name is checked (issue 13, items 8 and 10)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,19 @@ def test_an_empty_inventory_file_is_named(inventory: Path, name: str) -> None:
     assert name in text and "file is empty" in text
 
 
+@pytest.mark.parametrize("lines", [11, 13, 16])
+def test_an_inventory_file_cut_at_a_line_boundary_is_named_with_git_checkout(project: Path, lines: int) -> None:
+    """defaults.yaml cut short is still valid YAML that silently lost the end of rescue_exclude; git knows."""
+    path = project / "instruments" / "defaults.yaml"
+    whole = path.read_text()
+    path.write_text("".join(whole.splitlines(keepends=True)[:lines]))
+    text = _problems(project / "instruments")
+    assert "defaults.yaml: this file is the first" in text and "it looks cut off" in text
+    assert "git checkout -- instruments/defaults.yaml" in text
+    path.write_text(whole + "# a comment added at the end is an edit, not a cut\n")
+    load_inventory(project / "instruments")
+
+
 def test_yaml_files_the_inventory_does_not_read_are_reported(inventory: Path) -> None:
     (inventory / "WISH.yaml").write_text("name: WISH\n")           # an instrument in the wrong folder
     (inventory / "fleet" / "LET.yml").write_text("name: LET\n")    # the wrong extension
@@ -73,3 +87,12 @@ def test_check_name_accepts_only_full_matches_of_its_rule(value: str) -> None:
     assert value.isascii() and value.strip() == value and "\n" not in value and not value.endswith(".")
     assert value.split(".", 1)[0].upper() not in {"CON", "PRN", "AUX", "NUL"}
     assert all(c.isalnum() or c in "_.-" for c in value) and 1 <= len(value) <= 63
+
+
+@pytest.mark.parametrize("switch", ["Instruments\nStop-Computer", "Instru\x00ments", "Instruments ", "Ins|truments"])
+def test_validate_refuses_a_switch_name_windows_cannot_hold(inventory: Path, switch: str) -> None:
+    hosts = inventory / "hosts.yaml"
+    text = hosts.read_text()
+    hosts.write_text(text.replace("    provider: lab\n", f"    provider: lab\n    switch: {json.dumps(switch)}\n", 1))
+    problems = _problems(inventory)
+    assert "hosts.yaml" in problems and "switch" in problems

@@ -381,6 +381,7 @@ def test_stage_reports_progress_and_copies_once(project: Path) -> None:
 def test_fleet_plan_shows_dropped_hotfixes_migrations_and_staging(project: Path) -> None:
     from imaging.core.files import write_json
     from imaging.engine.simulate import TimeModel
+    from imaging.model.record import seal
 
     ctx = ctx_for(project)
     res = deploys.deploy(ctx, facts.select(ctx, instruments="ALF"), OLD, runner.Options(parallel=1))
@@ -388,7 +389,7 @@ def test_fleet_plan_shows_dropped_hotfixes_migrations_and_staging(project: Path)
     host, vm, var = _var(ctx, "ALF")
     rec_file = ctx.providers.lab.path(host, var) / "content" / "imaging" / "record.json"
     record = json.loads(rec_file.read_text())
-    write_json(rec_file, {**record, "hotfixes": [{"id": "HF-2026-007"}]})
+    write_json(rec_file, seal({**record, "hotfixes": [{"id": "HF-2026-007"}]}))  # a record another operator wrote
     [row] = deploys.plan_deploy(ctx, facts.select(ctx, instruments="ALF"), NEW, runner.Options(), TimeModel()).rows
     assert (row.now, row.after) == (OLD, NEW)
     assert row.hotfixes_dropped == ["HF-2026-007"]

@@ -27,6 +27,9 @@ SAMPLES = json.loads((Path(__file__).parents[1] / "golden" / "powershell" / "_in
     ("stop_vm", "timeout_s", True),
     ("rescue_user_files", "dest_rel", "../outside"),
     ("write_settings", "manifest_name", "/abs/manifest.json"),
+    ("ensure_vm", "switch", "Instruments\n; Stop-Computer"),
+    ("ensure_vm", "switch", "Instru\x00ments"),
+    ("ensure_vm", "switch", "Instruments."),
 ])
 def test_bad_value_is_refused_naming_the_field(action, field, value):
     inputs = copy.deepcopy(SAMPLES[action])
@@ -43,6 +46,8 @@ def test_bad_value_is_refused_naming_the_field(action, field, value):
     ("write_settings", lambda i: i["files"].update({"..\\x.txt": "x"}), "files['..\\\\x.txt']"),
     ("write_settings", lambda i: i["files"].update({"ok.txt": 3}), "files['ok.txt']"),
     ("get_state", lambda i: i.pop("vm"), "vm"),
+    ("write_volume_files", lambda i: i["files"].update({"drift/NUL.txt": "x"}), "files['drift/NUL.txt']"),
+    ("write_volume_files", lambda i: i["files"].update({"../x.txt": "x"}), "files['../x.txt']"),
 ])
 def test_bad_nested_value_is_refused_naming_where(action, mutate, field):
     inputs = copy.deepcopy(SAMPLES[action])

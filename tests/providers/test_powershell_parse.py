@@ -68,14 +68,18 @@ def read_verbatim(text: str) -> str:
 # --- every script the provider can render parses cleanly -------------------------------------------
 
 HOSTILE = "it's ‘quoted’ ‚low‛ `backtick` $(Remove-Item C:\\) ; # <# not a comment #>\n@'\nnext'@ ünï"
+# A name (the virtual switch) may hold anything a Windows name can: still quotes, `$(...)`, `;` and `#`.
+HOSTILE_NAME = "it's ‘quoted’ ‚low‛ `backtick` $(Remove-Item C) ; # @'next'@ ünï"
 
 
 def hostile_inputs(action: str) -> dict[str, Any]:
     """The sample inputs with every free-text value replaced by something that would break naive quoting."""
     inputs = json.loads(json.dumps(SAMPLES[action]))
-    for key in ("owner", "op_id", "switch", "expect_apps_version", "expect_version", "unattend", "provision"):
+    for key in ("owner", "op_id", "expect_apps_version", "expect_version", "unattend", "provision"):
         if key in inputs:
             inputs[key] = HOSTILE
+    if "switch" in inputs:
+        inputs["switch"] = HOSTILE_NAME
     if isinstance(inputs.get("files"), dict):  # write_settings, write_volume_files: relpath -> text
         inputs["files"] = {"a/b.txt": HOSTILE, "c.xml": ""}
     if "entry" in inputs:  # apply_hotfix: free text recorded in the ledger

@@ -178,6 +178,28 @@ def test_certificate_credentials_need_existing_files(tmp_path):
     assert "password" not in kwargs
 
 
+def test_the_inventory_trust_wins_over_requests_ca_bundle(tmp_path, monkeypatch):
+    """requests swaps REQUESTS_CA_BUNDLE in for ``verify=True``; the session pypsrp builds must not."""
+    import requests.certs
+    from pypsrp.wsman import WSMan
+
+    other = tmp_path / "someone-elses.pem"
+    other.write_text("not our CA")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other))
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    conn = Connection(host="HV1", address="hv1.example.org")
+    verify, said = conn.trust()
+    assert verify == requests.certs.where() and f"REQUESTS_CA_BUNDLE={other} is ignored" in said
+    session = WSMan(**wsman_kwargs(conn, CREDS["HV1"])).transport._build_session()
+    assert session.verify == requests.certs.where()  # with verify=True pypsrp would have taken the variable
+
+    ours = tmp_path / "facility-ca.pem"
+    ours.write_text("our CA")
+    conn = Connection(host="HV1", address="hv1.example.org", cert_validation=str(ours))
+    assert conn.trust() == (str(ours), f"the CA bundle {ours} (cert_validation in hosts.yaml)")
+    assert WSMan(**wsman_kwargs(conn, CREDS["HV1"])).transport._build_session().verify == str(ours)
+
+
 # ------------------------------------------------------------------------------------------ parse_result
 def test_parse_result_reads_only_the_marked_json():
     lines = ['noise {"changed": true}', RESULT_BEGIN, '{"changed": true,', ' "n": 2}', RESULT_END, "after"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,7 @@ class Connection:
                     "CA bundle not found",
                     "cert_validation",
                     self.cert_validation,
-                    "give the path of a PEM CA bundle, or true to use the system store",
+                    "give the path of a PEM CA bundle, or true to use the default bundle (certifi)",
                 )
         elif self.cert_validation is not True:
             if self.cert_validation is not False:
@@ -191,6 +192,26 @@ class Connection:
                     self.host,
                     self.address,
                 )
+
+    def trust(self) -> tuple[bool | str, str]:
+        """What validates the host's TLS certificate: the value handed to the transport and a sentence for
+        the operator. The inventory's setting wins: ``true`` means the default CA bundle even when
+        REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE is set (requests would otherwise swap it in silently)."""
+        if not self.ssl:
+            return False, f"none: plain HTTP, each message encrypted by {self.auth} (message_encryption: always)"
+        if isinstance(self.cert_validation, str):
+            return self.cert_validation, f"the CA bundle {self.cert_validation} (cert_validation in hosts.yaml)"
+        if self.cert_validation is False:
+            return False, "NONE: certificate validation is off (allow_unvalidated_cert)"
+        import requests.certs
+
+        default = requests.certs.where()
+        said = "the default CA bundle " + default
+        env = [f"{k}={os.environ[k]}" for k in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE") if os.environ.get(k)]
+        if env:
+            said += (f" ({', '.join(env)} is ignored: to trust that bundle, set cert_validation to its path for "
+                     f"host {self.host} in hosts.yaml)")
+        return default, said
 
     @staticmethod
     def _address_ok(address: str) -> bool:

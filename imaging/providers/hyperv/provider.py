@@ -110,6 +110,10 @@ class HypervProvider:
     def staged(self, host: str, image_path: str, sha256: str) -> bool | None:
         return None  # only a script on the host can tell (stage_artifact checks before it copies)
 
+    def trust(self, host: str) -> str | None:
+        connection = getattr(self.pool, "connection", None)
+        return connection(host).trust()[1] if callable(connection) else None
+
     def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
         return None  # the record is on a disk the running VM holds: read in the guest, not here
 

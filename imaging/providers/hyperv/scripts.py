@@ -24,7 +24,14 @@ import jinja2
 from imaging.core.errors import ImagingError, InputError
 from imaging.core.hashing import manifest_digest, sha256_bytes
 from imaging.core.pstemplates import make_environment
-from imaging.core.quoting import check_label, check_name, check_relpath, check_sha256, check_windows_path
+from imaging.core.quoting import (
+    check_label,
+    check_name,
+    check_relpath,
+    check_sha256,
+    check_windows_name,
+    check_windows_path,
+)
 from imaging.model.steps import ACTIONS
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "templates" / "powershell"
@@ -100,6 +107,14 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             if not isinstance(text, str):
                 raise InputError("file content must be text", file=where, field=f"files[{rel!r}]",
                                  fix="render settings files to strings before planning")
+    if action == "write_volume_files":
+        if not isinstance(inputs["files"], Mapping):
+            raise InputError("files must map relative paths to text", file=where, field="files",
+                             fix="pass {relpath: text}")
+        for rel in inputs["files"]:
+            check_relpath(rel, field=f"files[{rel!r}]", file=where)
+    if "switch" in inputs:
+        check_windows_name(inputs["switch"], field="switch", file=where)
     if action == "configure_guest":
         for i, vol in enumerate(inputs["volumes"]):
             check_label(vol.get("label"), field=f"volumes[{i}].label", file=where)

@@ -59,7 +59,7 @@ def wsman_kwargs(connection: Connection, credentials: Credentials) -> dict[str, 
         "ssl": connection.ssl,
         "path": connection.path,
         "auth": connection.auth,
-        "cert_validation": connection.cert_validation,
+        "cert_validation": connection.trust()[0],  # the inventory's trust, never an environment variable's
         "encryption": "never" if connection.insecure_loopback else connection.message_encryption,
         "connection_timeout": connection.connect_timeout_s,
         "operation_timeout": operation,
@@ -144,6 +144,9 @@ class SessionPool:
     def hosts(self) -> list[str]:
         """The hosts this pool can reach."""
         return sorted(self._slots)
+
+    def connection(self, host: str) -> Connection:
+        return self._slot(host).connection
 
     # -- context management
     def __enter__(self) -> SessionPool:

@@ -13,6 +13,7 @@ from imaging.core.errors import ProviderError
 from imaging.core.files import atomic_write, read_json, write_json
 from imaging.core.hashing import manifest_digest, sha256_file
 from imaging.images.source_tree import find_name
+from imaging.model.record import problem as record_problem
 from imaging.providers.lab.fs import guest_rel
 
 
@@ -129,9 +130,12 @@ class GuestActions:
         folder = f.parent.resolve()
         if f.exists():
             try:
-                if read_json(f) == record:
-                    return {"changed": False}
-            except (ValueError, UnicodeDecodeError):  # damaged: kept aside, never the undo's content
+                old = read_json(f)
+            except (ValueError, UnicodeDecodeError):
+                old = None
+            if old == record:
+                return {"changed": False}
+            if old is None or record_problem(old):  # damaged: kept aside, never the undo's content
                 os.replace(folder / f.name, folder / "record.damaged.json")
         atomic_write(folder / "record.previous.json", f.read_bytes() if f.exists() else b"null\n")
         write_json(folder / f.name, record)

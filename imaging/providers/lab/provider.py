@@ -14,6 +14,7 @@ from typing import Any
 
 from imaging.core.errors import ProviderError
 from imaging.core.files import atomic_write, read_json
+from imaging.model.record import problem as record_problem
 from imaging.model.steps import Step
 from imaging.providers.base import StepHook
 from imaging.providers.lab.disks import DiskActions
@@ -129,11 +130,15 @@ class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixAc
         try:
             doc = read_json(f)
         except (ValueError, UnicodeDecodeError):
-            return {"damaged": str(f)}
-        return doc if isinstance(doc, dict) else {"damaged": str(f)}
+            return {"damaged": f"{f}: it is not JSON"}
+        why = record_problem(doc)
+        return {"damaged": f"{f}: {why}"} if why else doc
 
     def share_folder(self, host: str, share_path: str) -> Path | None:
         return self.path(host, share_path).parent
+
+    def trust(self, host: str) -> str | None:
+        return None  # a local folder: no connection to trust
 
     def staged(self, host: str, image_path: str, sha256: str) -> bool | None:
         return self._verified(self.path(host, image_path), sha256)
