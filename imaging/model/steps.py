@@ -27,6 +27,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "create_child_disk": ("path", "parent_path", "role"),
     "create_disk": ("path", "size_gb", "label", "role"),
     "delete_disk": ("path", "role"),
+    # What a step killed while writing ``path`` left at ``path.partial``: removed by the undo.
+    "remove_partial": ("path",),
     "attach_disk": ("vm", "slot", "path"),
     "detach_disk": ("vm", "slot", "path"),
     "backup_volume": ("vm", "path", "role", "label", "dest_path", "keep"),
@@ -34,9 +36,10 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "write_settings": ("path", "files", "manifest_name"),
     "configure_guest": ("vm", "volumes"),
     "health_check": ("vm", "expect_apps_version", "links", "expect_settings_sha256"),
-    "write_record": ("vm", "record"),
-    # The undo of write_record: the record it replaced (kept beside it as record.previous.json) comes back.
-    "restore_record": ("vm",),
+    # The record it replaces is kept beside it (record.previous.json), marked with the operation that wrote.
+    "write_record": ("vm", "record", "operation"),
+    # The undo of write_record: the record that operation replaced comes back (none kept by it: nothing to do).
+    "restore_record": ("vm", "operation"),
     # Hotfixes: files put in place on the running guest's Apps volume, the replaced ones backed up on Var.
     "apply_hotfix": ("vm", "hotfix_id", "package_path", "files", "backup_rel", "ledger", "apps_generation",
                      "entry", "scripts"),

@@ -51,6 +51,12 @@ class ReimageInputs:
     expect_apps: dict[str, Any] | None = None
 
 
+def _drop_partial(host: str, path: str) -> Step:
+    """The undo of a backup: the backup itself is kept (it is the safety copy); only what a kill in the
+    middle of it left half-written goes."""
+    return Step("remove_partial", host, {"path": path}, f"remove a half-written {path}.partial, if any")
+
+
 def plan_reimage(x: ReimageInputs) -> Plan:
     """The steps that take one instrument to a release, keeping Var and Data and the previous generation."""
     inst, host, obs = x.inst, x.host, x.observed
@@ -99,11 +105,13 @@ def plan_reimage(x: ReimageInputs) -> Plan:
     if old["settings"]:
         add("backup_volume", f"back up the Settings volume to the host's backup area (last {BACKUPS_KEPT} kept)",
             vm=vm, path=old["settings"], role="settings", label=disks["settings"].label,
-            dest_path=layout.backup_path(host, inst, backup_id, "settings"), keep=BACKUPS_KEPT)
+            dest_path=layout.backup_path(host, inst, backup_id, "settings"), keep=BACKUPS_KEPT,
+            undo=_drop_partial(h, layout.backup_path(host, inst, backup_id, "settings")))
     if obs.exists:
         add("backup_volume", f"back up the Var volume to the host's backup area (last {BACKUPS_KEPT} kept)",
             vm=vm, path=var_path, role="var", label=disks["var"].label,
-            dest_path=layout.backup_path(host, inst, backup_id, "var"), keep=BACKUPS_KEPT)
+            dest_path=layout.backup_path(host, inst, backup_id, "var"), keep=BACKUPS_KEPT,
+            undo=_drop_partial(h, layout.backup_path(host, inst, backup_id, "var")))
     notes.append(f"the Data disk ({disks['data'].label}) is kept attached and untouched; it is never copied")
     if x.drift_files:
         add("write_volume_files", f"save the settings changes made on the instrument to Var "
@@ -162,7 +170,8 @@ def plan_reimage(x: ReimageInputs) -> Plan:
               "hotfixes": list(x.hotfixes), "migrations": list(x.migrations),
               "operation": x.op_id, "generation": gen, "os_template": x.os_template.name, "when": x.stamp}
     add("write_record", f"record on the Var disk that {inst.name} runs {x.release}", vm=vm, record=seal(record),
-        undo=Step("restore_record", h, {"vm": vm}, "put back the record it replaced"))
+        operation=x.op_id, undo=Step("restore_record", h, {"vm": vm, "operation": x.op_id},
+                                     "put back the record it replaced"))
     add("release_lock", f"unlock {inst.name}", **lock)
     return Plan(kind="reimage", instrument=inst.name, vm=vm, host=h, from_release=x.from_release,
                 to_release=x.release, steps=steps, notes=notes,

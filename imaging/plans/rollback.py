@@ -79,7 +79,8 @@ def plan_rollback(x: RollbackInputs) -> Plan:
         "previous ones", **x.health)
     add("write_record", f"record on the Var disk that {inst.name} runs {x.previous_release} again", vm=vm,
         record=seal({**x.record, "rolled_back_from": x.rolled_away, "rollback_operation": x.op_id}),
-        undo=Step("restore_record", h, {"vm": vm}, "put back the record it replaced"))
+        operation=x.op_id, undo=Step("restore_record", h, {"vm": vm, "operation": x.op_id},
+                                     "put back the record it replaced"))
     if x.previous_power != "Running":
         add("stop_vm", f"stop {vm} again (it was off before the operation rolled back)",
             undo=Step("start_vm", h, {"vm": vm}, f"start {vm}"), vm=vm, timeout_s=STOP_TIMEOUT_S)

@@ -9,8 +9,9 @@ from typing import Any, Protocol
 
 from imaging.model.steps import Step
 
-StepHook = Callable[[Step], None]
-"""Called with every step before the lab carries it out (tests and rehearsals inject faults and delays)."""
+StepHook = Callable[[Step], Callable[[], None] | None]
+"""Called with every step before the lab carries it out (tests and rehearsals inject faults and delays);
+what it returns, if anything, is called once the step's work is done (a kill "after" the step)."""
 
 
 class Provider(Protocol):

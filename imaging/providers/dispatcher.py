@@ -12,7 +12,8 @@ from imaging.core.errors import ProviderError
 from imaging.model.inventory import Inventory
 from imaging.model.steps import Step
 from imaging.providers.base import Provider, StepHook
-from imaging.providers.lab.provider import LabProvider, faults_from_env
+from imaging.providers.lab.faults import faults_from_env
+from imaging.providers.lab.provider import LabProvider
 
 
 class Dispatcher:
@@ -26,7 +27,8 @@ class Dispatcher:
         endpoint, for example."""
         self.inventory = inventory
         self._lab_dir = lab
-        self._fault = fault if fault is not None else faults_from_env(os.environ.get("IMAGING_LAB_FAULTS"))
+        self._fault = fault if fault is not None else faults_from_env(os.environ.get("IMAGING_LAB_FAULTS"),
+                                                                                  lab)
         self._providers: dict[str, Provider] = dict(providers or {})
         self._guard = threading.RLock()
 

@@ -26,7 +26,7 @@ from imaging.ops import hotfix as hotfixing
 from imaging.ops import publish as publishing
 from imaging.ops import stage as staging
 from imaging.ops.context import Context
-from imaging.providers.lab.provider import InjectedFault
+from imaging.providers.lab.faults import InjectedFault
 from imaging.state.journal import OK, Journal
 
 ROOT = Path(__file__).resolve().parents[2]

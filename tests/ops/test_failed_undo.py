@@ -12,7 +12,7 @@ from imaging.ops import reimage as reimaging
 from imaging.ops import rollback as rollbacks
 from imaging.ops import status as statuses
 from imaging.ops.context import Context
-from imaging.providers.lab.provider import InjectedFault, faults_from_env
+from imaging.providers.lab.faults import InjectedFault, faults_from_env
 from tests.cli.test_cli import inv
 from tests.ops.test_reimage import user_data
 

@@ -23,7 +23,7 @@ from imaging.ops import hotfix as hotfixing
 from imaging.ops import reimage as reimaging
 from imaging.ops import rollback as rollbacks
 from imaging.ops.context import Context
-from imaging.providers.lab.provider import InjectedFault
+from imaging.providers.lab.faults import InjectedFault
 from tests.ops.test_reimage import put_user_data, user_data, var_dir
 
 RELEASES = ("2025C5.0", "2026C1.0", "2026C3.0", "2026C3.1")

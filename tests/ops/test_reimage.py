@@ -15,7 +15,7 @@ from imaging.ops import facts
 from imaging.ops import reimage as reimaging
 from imaging.ops.context import Context
 from imaging.ops.status import fleet_status
-from imaging.providers.lab.provider import InjectedFault
+from imaging.providers.lab.faults import InjectedFault
 
 TOOL_OWNED_ON_VAR = ("imaging", "rescued")
 

@@ -103,8 +103,9 @@ class DiskActions:
 
     def _do_delete_disk(self, host: str, path: str, role: str) -> dict:
         d = self.path(host, path)
+        half = self._do_remove_partial(host, path)["changed"]  # a creation the process died in
         if not (d / "disk.json").exists():
-            return {"changed": False}
+            return {"changed": half}
         meta = read_json(d / "disk.json")
         if meta["role"] in PERSISTENT_ROLES or role in PERSISTENT_ROLES:
             raise ProviderError(f"refusing to delete {path}: {meta['role']} disks are never deleted", host=host,
@@ -116,6 +117,16 @@ class DiskActions:
             raise ProviderError(f"refusing to delete {path}: attached to {meta['attached_to']}", host=host,
                                 step="delete_disk")
         self._discard(d)
+        return {"changed": True}
+
+    def _do_remove_partial(self, host: str, path: str) -> dict:
+        """Remove what a step killed while writing ``path`` left under ``path.partial`` (its finished result,
+        if any, stays)."""
+        d = self.path(host, path)
+        partial = d.with_name(d.name + ".partial")
+        if not partial.exists():
+            return {"changed": False}
+        self._discard(partial)
         return {"changed": True}
 
     def _discard(self, d: Path) -> None:

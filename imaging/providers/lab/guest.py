@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import ProviderError
-from imaging.core.files import atomic_write, read_json, write_json
+from imaging.core.files import atomic_write, read_json, remove_dead_temporaries, write_json
 from imaging.core.hashing import manifest_digest, sha256_file
 from imaging.images.source_tree import find_name
 from imaging.model.record import problem as record_problem
@@ -123,11 +123,13 @@ class GuestActions:
     RECORD = "C:\\Instrument\\Var\\imaging\\record.json"
     PREVIOUS = "C:\\Instrument\\Var\\imaging\\record.previous.json"
 
-    def _do_write_record(self, host: str, vm: str, record: dict[str, Any]) -> dict:
-        """Write the record, keeping the one it replaces (or ``null``: there was none) for the undo."""
+    def _do_write_record(self, host: str, vm: str, record: dict[str, Any], operation: str) -> dict:
+        """Write the record, keeping the one it replaces for the undo, marked with ``operation`` (so that an
+        undo restores only what this operation replaced, never a copy an earlier operation left)."""
         _, groot = self._running_guest(host, vm, "write_record")
         f = groot.joinpath(*guest_rel(self.RECORD))
         folder = f.parent.resolve()
+        old_text: str | None = None
         if f.exists():
             try:
                 old = read_json(f)
@@ -137,22 +139,32 @@ class GuestActions:
                 return {"changed": False}
             if old is None or record_problem(old):  # damaged: kept aside, never the undo's content
                 os.replace(folder / f.name, folder / "record.damaged.json")
-        atomic_write(folder / "record.previous.json", f.read_bytes() if f.exists() else b"null\n")
+            else:
+                old_text = f.read_text(encoding="utf-8")
+        kept = folder / "record.previous.json"
+        if (read_json(kept) if kept.exists() else {}).get("operation") != operation:  # a retry keeps the first
+            write_json(kept, {"operation": operation, "previous": old_text})
         write_json(folder / f.name, record)
         return {"changed": True}
 
-    def _do_restore_record(self, host: str, vm: str) -> dict:
-        """Put back the record write_record replaced (none: remove it); nothing kept means nothing to do."""
+    def _do_restore_record(self, host: str, vm: str, operation: str) -> dict:
+        """Put back the record ``operation`` replaced (none: remove it). A kept copy of another operation
+        means this one never replaced the record: nothing to do."""
         _, groot = self._running_guest(host, vm, "restore_record")
         f = groot.joinpath(*guest_rel(self.RECORD))
         previous = groot.joinpath(*guest_rel(self.PREVIOUS))
-        if not previous.exists():
+        if f.parent.exists():
+            remove_dead_temporaries(f.parent.resolve())  # a write_record killed midway left its temporary
+        try:
+            kept = read_json(previous) if previous.exists() else None
+        except (ValueError, UnicodeDecodeError):
+            kept = None
+        if not isinstance(kept, dict) or kept.get("operation") != operation:
             return {"changed": False}
         folder = f.parent.resolve()
-        old = previous.read_bytes()
-        if old.strip() == b"null":
+        if kept.get("previous") is None:
             (folder / f.name).unlink(missing_ok=True)
         else:
-            atomic_write(folder / f.name, old)
+            atomic_write(folder / f.name, kept["previous"].encode("utf-8"))
         (folder / previous.name).unlink()
         return {"changed": True}

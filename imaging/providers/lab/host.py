@@ -58,11 +58,15 @@ class HostActions:
                 "free_bytes": free, "missing": missing}
 
     def _do_acquire_lock(self, host: str, vm: str, lock_path: str, op_id: str, owner: str) -> dict:
+        """The lock file appears whole or not at all: its content is written under a name of this operation's
+        own and linked into place (a link fails when the lock exists), so a kill never leaves an empty lock."""
         f = self.path(host, lock_path)
         f.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps({"op_id": op_id, "owner": owner, "since": datetime.now(UTC).isoformat()}).encode()
+        mine = f.with_name(f"{f.name}.{op_id}.partial")
+        mine.write_bytes(body)
         try:
-            fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(mine, f)
         except FileExistsError:
             held = json.loads(f.read_bytes() or b"{}")
             if held.get("op_id") == op_id:
@@ -70,12 +74,13 @@ class HostActions:
             raise LockHeld(f"{vm} is locked by operation {held.get('op_id')} of {held.get('owner')} since "
                            f"{held.get('since')}; wait for it, or finish it with `invoke resume --instrument=...` "
                            "or `invoke rollback --instrument=...`") from None
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(body)
+        finally:
+            mine.unlink(missing_ok=True)
         return {"changed": True}
 
     def _do_release_lock(self, host: str, vm: str, lock_path: str, op_id: str) -> dict:
         f = self.path(host, lock_path)
+        f.with_name(f"{f.name}.{op_id}.partial").unlink(missing_ok=True)  # left by a kill inside acquire_lock
         if not f.exists():
             return {"changed": False}
         held = json.loads(f.read_bytes() or b"{}")

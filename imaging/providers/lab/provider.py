@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import ProviderError
-from imaging.core.files import atomic_write, read_json
+from imaging.core.files import atomic_write, read_json, remove_dead_temporaries
 from imaging.model.record import problem as record_problem
 from imaging.model.steps import Step
 from imaging.providers.base import StepHook
@@ -23,28 +23,6 @@ from imaging.providers.lab.guest import GuestActions
 from imaging.providers.lab.host import HostActions
 from imaging.providers.lab.hotfix import HotfixActions
 from imaging.providers.lab.images import ImageActions
-
-
-class InjectedFault(ProviderError):
-    """A failure the lab was told to produce (tests and rehearsals)."""
-
-
-def faults_from_env(spec: str | None) -> StepHook | None:
-    """``IMAGING_LAB_FAULTS="NDXZOOM:health_check,NDXWISH:start_vm"``: fail that action on that VM."""
-    if not spec:
-        return None
-    pairs = set()
-    for item in spec.split(","):
-        if item.strip():
-            vm, _, action = item.strip().partition(":")
-            pairs.add((vm.upper(), action))
-
-    def hook(step: Step) -> None:
-        vm = str(step.inputs.get("vm", "")).upper()
-        if (vm, step.action) in pairs or ("*", step.action) in pairs:
-            raise InjectedFault(f"injected failure of {step.action} on {vm}", host=step.host, step=step.action)
-
-    return hook
 
 
 class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixActions):
@@ -83,6 +61,7 @@ class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixAc
         f = self._vm_file(host, vm)
         if not f.exists():
             raise ProviderError(f"VM {vm} does not exist", host=host, step=step)
+        remove_dead_temporaries(f.parent)  # what a process killed while writing a VM's settings left
         return read_json(f)
 
     def _disk(self, host: str, winpath: str, *, step: str) -> tuple[Path, dict[str, Any]]:
@@ -90,6 +69,7 @@ class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixAc
         meta = d / "disk.json"
         if not meta.exists():
             raise ProviderError(f"disk {winpath} does not exist", host=host, step=step)
+        remove_dead_temporaries(d)  # what a process killed while writing the disk's metadata left
         return d, read_json(meta)
 
     def guest_root(self, host: str, vm: str) -> Path:
@@ -110,15 +90,17 @@ class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixAc
 
     # --- dispatch ------------------------------------------------------------------------------------
     def run(self, step: Step) -> dict[str, Any]:
-        if self.fault is not None:
-            self.fault(step)
+        after = self.fault(step) if self.fault is not None else None
         handler = getattr(self, f"_do_{step.action}", None)
         if handler is None:
             raise ProviderError(f"the lab cannot carry out {step.action}", host=step.host, step=step.action)
         with self._locks_guard:
             lock = self._locks.setdefault(step.host, threading.RLock())
         with lock:
-            return handler(step.host, **step.inputs)
+            result = handler(step.host, **step.inputs)
+        if after is not None:
+            after()
+        return result
 
     # --- questions answered without a step (the provider interface) -----------------------------------
     def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:

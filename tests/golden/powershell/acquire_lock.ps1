@@ -42,7 +42,8 @@ function Get-ImagingSha256 {
 $ImagingAction = 'acquire_lock'
 $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
-    # Takes the instrument's lock file. Creation is atomic (CreateNew), so two operations cannot both win.
+    # Takes the instrument's lock file. Creation is atomic (a move onto a name that must not exist), so two
+    # operations cannot both win.
     # Taking a lock this operation already holds is a no-op; a lock held by another is reported, not broken.
     $Vm = 'NDXZOOM'
     $LockPath = 'D:\Imaging\locks\NDXZOOM.lock'
@@ -53,19 +54,18 @@ try {
         vm = $Vm; op_id = $OpId; owner = $Owner; host = $env:COMPUTERNAME
         since = [DateTime]::UtcNow.ToString('o')
     })
-    $stream = $null
-    try { $stream = [System.IO.File]::Open($LockPath, [System.IO.FileMode]::CreateNew, [System.IO.FileAccess]::Write, [System.IO.FileShare]::None) }
+    # The content is written under this operation's own name first and moved into place: File.Move fails
+    # when the lock exists and is atomic on NTFS, so a lock file is never seen empty, even after a kill.
+    $mine = "$LockPath.$OpId.partial"
+    [System.IO.File]::WriteAllText($mine, $body, (New-Object System.Text.UTF8Encoding -ArgumentList $false))
+    $taken = $false
+    try { [System.IO.File]::Move($mine, $LockPath); $taken = $true }
     catch {
-        # CreateNew failed: either the lock exists (held) or something else went wrong (rethrown).
+        # The move failed: either the lock exists (held) or something else went wrong (rethrown).
         if (-not (Test-Path -LiteralPath $LockPath -PathType Leaf)) { throw }
-        $stream = $null
     }
-    if ($null -ne $stream) {
-        try {
-            $bytes = (New-Object System.Text.UTF8Encoding -ArgumentList $false).GetBytes($body)
-            $stream.Write($bytes, 0, $bytes.Length)
-        }
-        finally { $stream.Dispose() }
+    finally { if (Test-Path -LiteralPath $mine) { Remove-Item -LiteralPath $mine -Force } }
+    if ($taken) {
         $Result['changed'] = $true
     }
     else {

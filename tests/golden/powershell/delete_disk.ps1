@@ -47,6 +47,11 @@ try {
     $Path = 'D:\Imaging\instruments\NDXZOOM\NDXZOOM-os-6.vhdx'
     $Role = 'os'
     if (@('var', 'data') -contains $Role) { throw "refusing to delete $Path: $Role disks are persistent and never deleted" }
+    # A creation the process died in leaves "$Path.partial" (create_disk builds under that name): it goes too.
+    if (Test-Path -LiteralPath "$Path.partial") {
+        Remove-Item -LiteralPath "$Path.partial" -Force -Recurse
+        $Result['changed'] = $true
+    }
     $item = Get-Item -LiteralPath $Path -ErrorAction SilentlyContinue
     if ($null -ne $item) {
         if ($item.IsReadOnly) { throw "refusing to delete $Path: it is read-only, so it is an image other disks may use as parent" }

@@ -46,6 +46,8 @@ try {
     $Vm = 'NDXZOOM'
     $LockPath = 'D:\Imaging\locks\NDXZOOM.lock'
     $OpId = 'reimage-20261121-1930-ab12'
+    $mine = "$LockPath.$OpId.partial"  # left by a kill inside acquire_lock
+    if (Test-Path -LiteralPath $mine) { Remove-Item -LiteralPath $mine -Force }
     if (Test-Path -LiteralPath $LockPath -PathType Leaf) {
         $held = ConvertFrom-Json -InputObject ([System.IO.File]::ReadAllText($LockPath))
         if ([string]$held.op_id -ne $OpId) {

@@ -48,24 +48,29 @@ try {
     }
     $GuestSecret = ConvertTo-SecureString -String $GuestPassword -AsPlainText -Force
     $GuestCredential = New-Object System.Management.Automation.PSCredential -ArgumentList $GuestUser, $GuestSecret
-    # Inside the guest, over PowerShell Direct: the undo of write_record. Puts back the record it replaced
-    # (kept as record.previous.json; "null" means there was none, so the record is removed), atomically.
-    # With nothing kept there is nothing to undo.
+    # Inside the guest, over PowerShell Direct: the undo of write_record. Puts back the record that this
+    # operation replaced (kept as record.previous.json with the operation's id; a null previous means there
+    # was none, so the record is removed), atomically. A kept copy of another operation, or none, means this
+    # operation never replaced the record: nothing to undo.
     $Vm = 'NDXZOOM'
+    $Operation = '3f2a9c1d7e6b'
     $RecordPath = 'C:\Instrument\Var\imaging\record.json'
-    $answer = Invoke-Command -VMName $Vm -Credential $GuestCredential -ErrorAction Stop -ArgumentList $RecordPath -ScriptBlock {
-        param([string] $Path)
+    $answer = Invoke-Command -VMName $Vm -Credential $GuestCredential -ErrorAction Stop -ArgumentList $RecordPath, $Operation -ScriptBlock {
+        param([string] $Path, [string] $Operation)
         Set-StrictMode -Version 3
         $ErrorActionPreference = 'Stop'
         $previous = Join-Path -Path (Split-Path -Path $Path -Parent) -ChildPath 'record.previous.json'
-        if (-not (Test-Path -LiteralPath $previous -PathType Leaf)) { 'unchanged' }
+        $kept = $null
+        if (Test-Path -LiteralPath $previous -PathType Leaf) {
+            try { $kept = ConvertFrom-Json -InputObject ([System.IO.File]::ReadAllText($previous)) } catch { $kept = $null }
+        }
+        if ($null -eq $kept -or -not ($kept.PSObject.Properties.Name -contains 'operation') -or [string]$kept.operation -cne $Operation) { 'unchanged' }
         else {
-            $old = [System.IO.File]::ReadAllText($previous)
-            if ($old.Trim() -eq 'null') {
+            if ($null -eq $kept.previous) {
                 if (Test-Path -LiteralPath $Path -PathType Leaf) { Remove-Item -LiteralPath $Path -Force }
             } else {
                 $partial = $Path + '.partial'
-                [System.IO.File]::WriteAllText($partial, $old, (New-Object System.Text.UTF8Encoding -ArgumentList $false))
+                [System.IO.File]::WriteAllText($partial, [string]$kept.previous, (New-Object System.Text.UTF8Encoding -ArgumentList $false))
                 Move-Item -LiteralPath $partial -Destination $Path -Force
             }
             Remove-Item -LiteralPath $previous -Force

@@ -50,13 +50,15 @@ try {
     $GuestCredential = New-Object System.Management.Automation.PSCredential -ArgumentList $GuestUser, $GuestSecret
     # Inside the guest, over PowerShell Direct: writes the instrument record onto the Var volume, replacing
     # the old one atomically and only when its content differs. The record it replaces is kept beside it
-    # (record.previous.json; "null" when there was none) for restore_record, the undo of this step.
+    # (record.previous.json: {operation, previous}; previous is null when there was none) for
+    # restore_record, the undo of this step, which restores only what this operation replaced.
     $Vm = 'NDXZOOM'
     $Record = [ordered]@{'instrument' = 'ZOOM'; 'vm' = 'NDXZOOM'; 'host' = 'HVHOST01'; 'release' = '2026C3.0'; 'os_generation' = 7; 'disks' = [ordered]@{'os' = 'D:\Imaging\instruments\NDXZOOM\NDXZOOM-os-7.vhdx'}; 'hotfixes' = @(); 'operation' = [ordered]@{'id' = 'reimage-20261121-1930-ab12'; 'by' = 'jbloggs'; 'finished_utc' = '2026-11-21T19:52:00Z'}}
+    $Operation = '3f2a9c1d7e6b'
     $RecordPath = 'C:\Instrument\Var\imaging\record.json'
     $text = ConvertTo-Json -InputObject $Record -Depth 8
-    $answer = Invoke-Command -VMName $Vm -Credential $GuestCredential -ErrorAction Stop -ArgumentList $RecordPath, $text -ScriptBlock {
-        param([string] $Path, [string] $Text)
+    $answer = Invoke-Command -VMName $Vm -Credential $GuestCredential -ErrorAction Stop -ArgumentList $RecordPath, $text, $Operation -ScriptBlock {
+        param([string] $Path, [string] $Text, [string] $Operation)
         Set-StrictMode -Version 3
         $ErrorActionPreference = 'Stop'
         $folder = Split-Path -Path $Path -Parent
@@ -67,9 +69,20 @@ try {
         else {
             $utf8 = New-Object System.Text.UTF8Encoding -ArgumentList $false
             $previous = Join-Path -Path $folder -ChildPath 'record.previous.json'
-            $keep = if ($null -eq $old) { 'null' } else { $old }
-            [System.IO.File]::WriteAllText($previous + '.partial', $keep, $utf8)
-            Move-Item -LiteralPath ($previous + '.partial') -Destination $previous -Force
+            $mine = $false
+            if (Test-Path -LiteralPath $previous -PathType Leaf) {
+                $kept = $null
+                try { $kept = ConvertFrom-Json -InputObject ([System.IO.File]::ReadAllText($previous)) } catch { $kept = $null }
+                if ($null -ne $kept -and ($kept.PSObject.Properties.Name -contains 'operation')) {
+                    $mine = ([string]$kept.operation -ceq $Operation)
+                }
+            }
+            # A retry of this operation keeps the copy it made first.
+            if (-not $mine) {
+                $keep = ConvertTo-Json -Compress -InputObject ([ordered]@{ operation = $Operation; previous = $old })
+                [System.IO.File]::WriteAllText($previous + '.partial', $keep, $utf8)
+                Move-Item -LiteralPath ($previous + '.partial') -Destination $previous -Force
+            }
             $partial = $Path + '.partial'
             [System.IO.File]::WriteAllText($partial, $Text, $utf8)
             Move-Item -LiteralPath $partial -Destination $Path -Force

@@ -1,0 +1,58 @@
+# A step script rendered by imaging.powershell; every value in it came through ps_literal.
+Set-StrictMode -Version 3
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+
+function Write-ImagingResult {
+    # The only way a step reports: one compressed JSON line between two marker lines.
+    param([Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result)
+    $json = ConvertTo-Json -InputObject $Result -Depth 8 -Compress
+    Write-Output '<<<IMAGING-RESULT>>>'
+    Write-Output $json
+    Write-Output '<<<END-IMAGING-RESULT>>>'
+}
+
+function Write-ImagingFailure {
+    # A failed step still reports in the same frame, saying whether it had already changed something.
+    param(
+        [Parameter(Mandatory = $true)] [System.Management.Automation.ErrorRecord] $ErrorRecord,
+        [Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result
+    )
+    $where = ''
+    if ($null -ne $ErrorRecord.InvocationInfo) { $where = [string]$ErrorRecord.InvocationInfo.PositionMessage }
+    $Result['ok'] = $false
+    $Result['error'] = [string]$ErrorRecord.Exception.Message
+    $Result['where'] = $where
+    Write-ImagingResult -Result $Result
+}
+
+function Initialize-ImagingFolder {
+    # Creates a folder (and its parents) if it is missing; never touches an existing one.
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    if (-not (Test-Path -LiteralPath $Path -PathType Container)) {
+        New-Item -ItemType Directory -Path $Path -Force | Out-Null
+    }
+}
+
+function Get-ImagingSha256 {
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
+}
+
+$ImagingAction = 'remove_partial'
+$Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
+try {
+    # The undo of a step that writes under "<path>.partial" and renames when done (backup_volume): what a
+    # kill in the middle left is removed. The finished file, if there is one, is kept.
+    $Path = 'D:\Imaging\backups\NDXZOOM\20261129T231047349Z-3f2a9c1d-var.zip'
+    $partial = "$Path.partial"
+    if (Test-Path -LiteralPath $partial) {
+        Remove-Item -LiteralPath $partial -Force -Recurse
+        $Result['changed'] = $true
+    }
+    $Result['path'] = $Path
+    Write-ImagingResult -Result $Result
+}
+catch {
+    Write-ImagingFailure -ErrorRecord $_ -Result $Result
+}
