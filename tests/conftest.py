@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Helpers shared by several test modules assert too: let pytest explain their failures.
+pytest.register_assert_rewrite("tests.ops.lab_processes")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 GIT_ENV = {

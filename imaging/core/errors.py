@@ -69,18 +69,22 @@ _OS_FIXES = {
 }
 
 
-def os_error(exc: OSError) -> ImagingError:
-    """An operating system error as the user sees every error: the path, what went wrong, and the fix."""
+def os_error(exc: OSError, where: str | None = None) -> ImagingError:
+    """An operating system error as the user sees every error: the path, what went wrong, and the fix.
+    ``where`` names the place when the error does not (a write that found the disk full names no file)."""
     import errno
     import os
 
     name = errno.errorcode.get(exc.errno or 0, "")
-    where = exc.filename or "a file"
-    text = f"{where}: {exc.strerror or exc}"
+    path = os.fspath(exc.filename) if exc.filename else where
+    text = f"{path or 'a file'}: {exc.strerror or exc}"
     fix = _OS_FIXES.get(name)
-    if name in ("ENOSPC", "EDQUOT") and exc.filename:
+    if name in ("ENOSPC", "EDQUOT") and path:
+        folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+        while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
         try:
-            st = os.statvfs(os.path.dirname(os.fspath(exc.filename)) or ".")
+            st = os.statvfs(folder)
             text += f" ({st.f_bavail * st.f_frsize // (1024 * 1024)} MiB free there)"
         except OSError:
             pass

@@ -126,7 +126,8 @@ class Executor:
             last = max(started) if started else -1
             self.journal.claim(op_id)
             t0 = time.monotonic()
-            ok = self._undo(op.instrument, op_id, steps, last, changed - undone, failed_idx=last)
+            failed = last if last not in undone else None  # an undo that already succeeded is not run again
+            ok = self._undo(op.instrument, op_id, steps, last, changed - undone, failed_idx=failed)
             status = ROLLED_BACK if ok else ROLLBACK_FAILED
             self.journal.finish(op_id, status, op.error or "interrupted; rolled back")
             return Outcome(op_id=op_id, instrument=op.instrument, ok=False, status=status, restored=ok,
@@ -187,7 +188,10 @@ class Executor:
 
     def _undo(self, instrument: str, op_id: str, steps: list[Step], last: int, changed: set[int],
               *, failed_idx: int | None) -> bool:
-        """Undo steps ``last``..0 that changed something (and the failed step itself); True when all undid."""
+        """Undo steps ``last``..0 that changed something (and the failed step itself), strictly in reverse;
+        True when all undid. The first undo that fails stops the rest (starting the VM again after its old
+        disks failed to come back would run it on the wrong disks): `invoke rollback` later carries on from
+        that step, in the same order."""
         order = list(range(last, -1, -1))
         if failed_idx is not None and failed_idx > last and steps[failed_idx].action != "acquire_lock":
             order.insert(0, failed_idx)
@@ -205,12 +209,12 @@ class Executor:
             s0 = time.monotonic()
             try:
                 result = self.provider.run(undo)
-            except Exception as exc:  # keep undoing the rest; report that this one failed
+            except Exception as exc:  # stop here: the undo steps before it assume it was done
                 all_ok = False
                 self.journal.step_end(op_id, j, "undo", ok=False, error=str(exc))
                 self.listener(StepEvent(instrument, "undo", j, total, undo, ok=False,
                                         seconds=time.monotonic() - s0, error=str(exc)))
-                continue
+                break
             self.journal.step_end(op_id, j, "undo", ok=True, changed=bool(result.get("changed")), result=result)
             self.listener(StepEvent(instrument, "undo", j, total, undo, ok=True, seconds=time.monotonic() - s0))
         return all_ok

@@ -76,6 +76,8 @@ class Host(_Model):
     # it as plain files; not needed for the lab, whose share is a folder of its own.
     share_mount: str | None = None
     max_concurrent: int = Field(default=2, ge=1, le=32)
+    # Free space a reimage leaves on the host's storage beyond what it writes (preflight refuses otherwise).
+    reserve_gb: float = Field(default=1.0, ge=0)
     port: int = Field(default=5986, ge=1, le=65535)
     auth: Literal["negotiate", "kerberos", "ntlm", "credssp", "certificate"] = "negotiate"
     ssl: bool = True

@@ -76,7 +76,7 @@ def plan_reimage(x: ReimageInputs) -> Plan:
         steps.append(s)
         return s
 
-    need = x.os_template.size // 10 + x.apps_image.size // 10 + 1024 ** 3
+    need = x.os_template.size // 10 + x.apps_image.size // 10 + int(host.reserve_gb * 1024 ** 3)
     add("preflight", f"check host {h} answers, the images of {x.release} are staged and verified, and there "
         "is room", vm=vm, need_bytes=need,
         artifacts=[{"name": x.os_template.name, "sha256": x.os_template.sha256, "path": tpl_path},

@@ -11,6 +11,7 @@ with `invoke repair-journal`. A file SQLite cannot read at all raises ``JournalD
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imaging.core.errors import ImagingError
+from imaging.core.errors import ImagingError, os_error
 from imaging.core.hashing import value_sum
 from imaging.core.stamps import now, who
 
@@ -186,6 +187,10 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             if type(exc) is sqlite3.DatabaseError or "malformed" in str(exc):  # not "locked", "no such table"
                 raise JournalDamaged(self.path, str(exc)) from exc
+            for words, code in (("disk is full", errno.ENOSPC), ("readonly", errno.EROFS),
+                                ("unable to open", errno.EACCES)):
+                if words in str(exc):  # the journal's own disk: said as every other disk problem is
+                    raise os_error(OSError(code, os.strerror(code), str(self.path))) from exc
             raise
 
     # --- operations ---

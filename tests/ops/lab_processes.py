@@ -91,10 +91,12 @@ def copy_project(base: Path, tmp_path: Path) -> Path:
     return root
 
 
-def run_invoke(root: Path, *args: str, faults: str = "") -> subprocess.CompletedProcess[str]:
+def run_invoke(root: Path, *args: str, faults: str = "", env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("invoke")
-    env = {**os.environ, **GIT_ENV, "IMAGING_ROOT": str(root), "COLUMNS": "200", "IMAGING_LAB_FAULTS": faults}
-    return subprocess.run([str(exe), "--search-root", str(ROOT), *args], env=env, capture_output=True, text=True,
+    full = {**os.environ, **GIT_ENV, "IMAGING_ROOT": str(root), "COLUMNS": "200", "IMAGING_LAB_FAULTS": faults,
+            **(env or {})}
+    return subprocess.run([str(exe), "--search-root", str(ROOT), *args], env=full, capture_output=True, text=True,
                           timeout=300)
 
 

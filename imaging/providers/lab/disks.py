@@ -6,6 +6,7 @@ Mixed into ``LabProvider``."""
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import shutil
 import threading
@@ -134,7 +135,13 @@ class DiskActions:
         folder (one rename) and frees the space in the background; leftovers are purged on the next start."""
         trash = self.lab / ".trash"
         trash.mkdir(exist_ok=True)
-        os.replace(d, trash / f"{d.name}.{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(d, trash / f"{d.name}.{uuid.uuid4().hex[:8]}")
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.rmtree(d)  # the host's drive is a file system of its own (a small test drive): delete here
+            return
         self._start_purge()
 
     def _start_purge(self) -> None:

@@ -100,20 +100,17 @@ def fill(host_dir: Path) -> list[Path]:
     for drive in sorted(p for p in host_dir.iterdir() if p.is_dir()):
         if not os.path.ismount(drive):
             continue
-        chunk = b"\0" * (1 << 20)
-        with open(drive / FILLER, "ab") as fh:
-            try:
-                while True:
-                    fh.write(chunk)
-                    fh.flush()
-            except OSError:
-                pass
-            try:
-                while True:  # the last partial chunk, a block at a time
-                    fh.write(chunk[:4096])
-                    fh.flush()
-            except OSError:
-                pass
+        fd = os.open(drive / FILLER, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for size in (1 << 20, 4096, 512):  # big blocks, then the last few, until not one more fits
+                block = b"\0" * size
+                try:
+                    while True:
+                        os.write(fd, block)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
         filled.append(drive)
     if not filled:
         raise InputError(f"no drive folder of {host_dir} is a mount point of its own", field="IMAGING_LAB_FAULTS",

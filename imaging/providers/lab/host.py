@@ -47,10 +47,14 @@ class HostActions:
             d = self.path(host, art["path"])
             if not self._verified(d, art["sha256"]):
                 missing.append(art["name"])
-        free = shutil.disk_usage(hroot).free
+        storage = self.path(host, artifacts[0]["path"]).parent if artifacts else hroot
+        while not storage.exists():  # the images folder of a host that never staged anything
+            storage = storage.parent
+        free = shutil.disk_usage(storage).free
         if free < need_bytes:
-            raise ProviderError(f"not enough space: {free} bytes free, {need_bytes} needed", host=host,
-                                step="preflight")
+            raise ProviderError(f"not enough space on the host's storage ({storage}): {free // 2**20} MiB free, "
+                                f"{need_bytes // 2**20} MiB needed. Fix: free space there (`invoke prune` removes "
+                                "images no release needs) and run the command again", host=host, step="preflight")
         if missing:
             raise ProviderError(f"artifacts not staged (or no longer intact) on the host: {', '.join(missing)}; run "
                                 "`invoke stage` for this release first", host=host, step="preflight")
@@ -64,8 +68,8 @@ class HostActions:
         f.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps({"op_id": op_id, "owner": owner, "since": datetime.now(UTC).isoformat()}).encode()
         mine = f.with_name(f"{f.name}.{op_id}.partial")
-        mine.write_bytes(body)
         try:
+            mine.write_bytes(body)
             os.link(mine, f)
         except FileExistsError:
             held = json.loads(f.read_bytes() or b"{}")

@@ -8,11 +8,14 @@ per VM and action to rehearse what happens when a real host misbehaves.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
-from imaging.core.errors import ProviderError
+from imaging.core.errors import ProviderError, os_error
 from imaging.core.files import atomic_write, read_json, remove_dead_temporaries
 from imaging.model.record import problem as record_problem
 from imaging.model.steps import Step
@@ -23,6 +26,19 @@ from imaging.providers.lab.guest import GuestActions
 from imaging.providers.lab.host import HostActions
 from imaging.providers.lab.hotfix import HotfixActions
 from imaging.providers.lab.images import ImageActions
+
+
+def _first_copy_error(exc: shutil.Error) -> OSError:
+    """shutil.copytree gathers (source, destination, reason) per file; the reason is text, so the errno is
+    read back from it."""
+    first = exc.args[0][0] if exc.args and isinstance(exc.args[0], list) and exc.args[0] else None
+    if not first:
+        return OSError(str(exc))
+    why = str(first[2])
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        if os.strerror(code) in why:
+            return OSError(code, os.strerror(code), first[1])
+    return OSError(why)
 
 
 class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixActions):
@@ -97,10 +113,24 @@ class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixAc
         with self._locks_guard:
             lock = self._locks.setdefault(step.host, threading.RLock())
         with lock:
-            result = handler(step.host, **step.inputs)
+            try:
+                result = handler(step.host, **step.inputs)
+            except shutil.Error as exc:  # a tree copy: the first file that failed says why
+                raise ProviderError(str(os_error(_first_copy_error(exc), self._place(step))), host=step.host,
+                                    step=step.action) from exc
+            except OSError as exc:  # as a host script reports a full or read-only disk: where, and the fix
+                raise ProviderError(str(os_error(exc, self._place(step))), host=step.host, step=step.action) \
+                    from exc
         if after is not None:
             after()
         return result
+
+    def _place(self, step: Step) -> str | None:
+        """The local folder of the first Windows path a step names: where an error without a path happened."""
+        for key, value in step.inputs.items():
+            if isinstance(value, str) and len(value) > 2 and value[1:3] == ":\\" and key != "link":
+                return str(self.path(step.host, value))
+        return None
 
     # --- questions answered without a step (the provider interface) -----------------------------------
     def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:

@@ -57,9 +57,12 @@ try {
     # The content is written under this operation's own name first and moved into place: File.Move fails
     # when the lock exists and is atomic on NTFS, so a lock file is never seen empty, even after a kill.
     $mine = "$LockPath.$OpId.partial"
-    [System.IO.File]::WriteAllText($mine, $body, (New-Object System.Text.UTF8Encoding -ArgumentList $false))
     $taken = $false
-    try { [System.IO.File]::Move($mine, $LockPath); $taken = $true }
+    try {
+        [System.IO.File]::WriteAllText($mine, $body, (New-Object System.Text.UTF8Encoding -ArgumentList $false))
+        [System.IO.File]::Move($mine, $LockPath)
+        $taken = $true
+    }
     catch {
         # The move failed: either the lock exists (held) or something else went wrong (rethrown).
         if (-not (Test-Path -LiteralPath $LockPath -PathType Leaf)) { throw }
