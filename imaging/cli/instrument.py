@@ -39,11 +39,12 @@ def status(c, json=False, instruments=""):  # noqa: ANN001
             err_console.print(line, soft_wrap=True)
         return
     table = Table(title="Fleet status")
-    for col in ("instrument", "host", "VM", "power", "running", "desired", "last operation", "pending"):
+    for col in ("instrument", "host", "VM", "power", "running", "desired", "prepared", "last operation", "pending"):
         table.add_column(col)
     for r in rows:
         last = f"{r.last_operation} {r.last_result}" if r.last_operation else ""
-        table.add_row(r.instrument, r.host, r.vm, r.power, r.running or "-", r.desired or "?", last, r.pending)
+        table.add_row(r.instrument, r.host, r.vm, r.power, r.running or "-", r.desired or "?", r.prepared or "-",
+                      last, r.pending)
     console.print(table)
     for r in rows:
         if r.hint:

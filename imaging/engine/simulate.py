@@ -36,6 +36,7 @@ class TimeModel:
     var_backup_gb: float = 8.0         # Var volume copied by backup_volume before every reimage
     vm_stop_s: float = 60.0            # graceful guest shutdown
     disk_ops_s: float = 20.0           # differencing children, settings disk, attach/detach, locks
+    switch_disk_ops_s: float = 5.0     # a switch's share of them: attach/detach and locks (the disks are made)
     vm_boot_s: float = 90.0            # start to guest answering PowerShell Direct
     guest_config_s: float = 120.0      # mount volumes by label, links, first-boot configuration
     health_check_s: float = 30.0
@@ -88,6 +89,11 @@ class TimeModel:
 
     def fixed_s(self) -> float:
         return self.vm_stop_s + self.disk_ops_s + self.vm_boot_s + self.guest_config_s + self.health_check_s
+
+    def switch_s(self, host: str) -> float:
+        """One instrument's switch to a prepared generation with nothing else running: its downtime."""
+        return (self.vm_stop_s + self.var_backup_gb * GB / self.disk_bps(host) + self.switch_disk_ops_s
+                + self.vm_boot_s + self.guest_config_s + self.health_check_s)
 
     def alone_s(self, host: str, *, staged: bool) -> float:
         """One instrument's reimage with nothing else running (staging included when not staged)."""

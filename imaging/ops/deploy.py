@@ -185,40 +185,55 @@ def _jobs(ctx: Context, insts: list[Instrument], model: TimeModel, targets: dict
     return jobs
 
 
-def _work(ctx: Context, deploy_id: str, targets: dict[str, str], options: Options,
-          progress: ProgressFn) -> Callable[[Job, Callable[[Result], None]], Result]:
+Start = Callable[[Job, Instrument, Callable[[Result], None], Callable[[StepEvent], None]], "Result | Outcome"]
+
+
+def job_in_run(ctx: Context, run_id: str, progress: ProgressFn, start: Start, restored: str
+               ) -> Callable[[Job, Callable[[Result], None]], Result]:
+    """One instrument's job in a resumable fleet run (deploy, switch): an instrument whose operation in this
+    run finished is never touched again, an interrupted one is continued (the same operation), one
+    interrupted outside this run is skipped; the rest are started by ``start``."""
     def listener(ev: StepEvent) -> None:
         progress("step", ev)
 
-    def reimage_one(job: Job, notify: Callable[[Result], None]) -> Result:
+    def one(job: Job, notify: Callable[[Result], None]) -> Result:
         name = job.name
         inst = ctx.inventory.instrument(name)
         op = ctx.journal.last(name)
-        if op and op.batch == deploy_id and op.status != RUNNING:
+        if op and op.batch == run_id and op.status != RUNNING:
             return Result(name, JOB_OK if op.status == OK else FAILED, op.error or "", step=None)
         stuck = interrupted(ctx, inst)
-        outcome: Outcome
-        if stuck is not None and stuck.batch == deploy_id:
-            outcome = resume_instrument(ctx, name, listener=listener)
+        if stuck is not None and stuck.batch == run_id:
+            outcome: Result | Outcome = resume_instrument(ctx, name, listener=listener)
         elif stuck is not None:
             return Result(name, SKIPPED, f"has an interrupted {stuck.kind} ({stuck.id}) from outside "
-                          "this deploy; resume or roll it back first")
-        elif not options.force and running_release(ctx, inst) == targets[name]:
-            return Result(name, SKIPPED, f"already on {targets[name]}")
+                          "this run; resume or roll it back first")
         else:
-            if job.unstaged:  # this job pulls the images for its host; the scheduler holds the others
-                try:
-                    stage(ctx, targets[name], inst.host)
-                except ImagingError as exc:
-                    return Result(name, FAILED, f"staging on {inst.host}: {exc}", step="stage_artifact")
-                notify(Result(name, PULLED, inst.host))
-            have = set(carried(ctx, inst).hotfixes)
-            drop = tuple(h for h in options.drop_hotfixes if h in have)
-            outcome = reimage_to(ctx, inst, targets[name], listener=listener, batch=deploy_id, drop_hotfixes=drop,
-                                 force=options.force)
-        return outcome_result(name, outcome, "restored to its previous release")
+            outcome = start(job, inst, notify, listener)
+        return outcome if isinstance(outcome, Result) else outcome_result(name, outcome, restored)
 
-    return reimage_one
+    return one
+
+
+def _work(ctx: Context, deploy_id: str, targets: dict[str, str], options: Options,
+          progress: ProgressFn) -> Callable[[Job, Callable[[Result], None]], Result]:
+    def reimage_one(job: Job, inst: Instrument, notify: Callable[[Result], None],
+                    listener: Callable[[StepEvent], None]) -> Result | Outcome:
+        name = job.name
+        if not options.force and running_release(ctx, inst) == targets[name]:
+            return Result(name, SKIPPED, f"already on {targets[name]}")
+        if job.unstaged:  # this job pulls the images for its host; the scheduler holds the others
+            try:
+                stage(ctx, targets[name], inst.host)
+            except ImagingError as exc:
+                return Result(name, FAILED, f"staging on {inst.host}: {exc}", step="stage_artifact")
+            notify(Result(name, PULLED, inst.host))
+        have = set(carried(ctx, inst).hotfixes)
+        drop = tuple(h for h in options.drop_hotfixes if h in have)
+        return reimage_to(ctx, inst, targets[name], listener=listener, batch=deploy_id, drop_hotfixes=drop,
+                          force=options.force)
+
+    return job_in_run(ctx, deploy_id, progress, reimage_one, "restored to its previous release")
 
 
 def _running(ctx: Context) -> Callable[[str], str | None]:
@@ -249,30 +264,32 @@ def deploy(ctx: Context, insts: list[Instrument], release: str, options: Options
                       deploy_id=deploy_id)
 
 
-def resumable(ctx: Context) -> dict | None:
-    """The newest deploy that did not finish and whose controlling process is gone (hotfix runs are not
-    resumed: each instrument's hotfix is one short operation, run again with ``--instruments=@failed``)."""
+def resumable(ctx: Context, kind: str = "deploy") -> dict | None:
+    """The newest run of ``kind`` (deploy or switch) that did not finish and whose controlling process is
+    gone (hotfix runs are not resumed: each instrument's hotfix is one short operation, run again with
+    ``--instruments=@failed``)."""
     guard_dir = ctx.paths.locks / FLEET_GUARDS
     for rec in reversed(ctx.runs.all()):
-        if rec["status"] == RUNNING and not is_live(guard_dir, rec["id"]):
+        if rec.get("kind", "deploy") == kind and rec["status"] == RUNNING and not is_live(guard_dir, rec["id"]):
             return rec
     return None
 
 
-def resume(ctx: Context, *, deploy_id: str | None = None, model: TimeModel | None = None,
-           progress: ProgressFn | None = None) -> FleetResult:
-    """Pick up an interrupted deploy from its record and the journal."""
-    model = model or TimeModel()
-    record = ctx.runs.read(deploy_id) if deploy_id else resumable(ctx)
+def interrupted_run(ctx: Context, kind: str, run_id: str | None) -> dict:
+    """The run to resume: the one named, or the newest interrupted one of ``kind``."""
+    record = ctx.runs.read(run_id) if run_id else resumable(ctx, kind)
     if record is None:
-        raise ImagingError("no interrupted deploy to resume (every deploy finished or is still running)")
+        raise ImagingError(f"no interrupted {kind} to resume (every {kind} finished or is still running)")
     if record["status"] != RUNNING:
-        raise ImagingError(f"deploy {record['id']} is {record['status']}; nothing to resume")
-    options = Options(**record["options"])
-    insts = [ctx.inventory.instrument(n) for n in record["selection"]]
-    targets = record["targets"]
-    _publish_all(ctx, insts, targets)
-    by_name = {j.name: j for j in _jobs(ctx, insts, model, targets)}
+        raise ImagingError(f"{kind} {record['id']} is {record['status']}; nothing to resume")
+    return record
+
+
+def resume_run(ctx: Context, record: dict, jobs: list[Job], work: Callable[[Job, Callable[[Result], None]], Result],
+               options: Options, progress: ProgressFn | None) -> FleetResult:
+    """Pick up an interrupted fleet run from its record and the journal: results already known are kept,
+    an instrument whose operation in the run is still running is resumed by its job."""
+    by_name = {j.name: j for j in jobs}
     waves = [[by_name[n] for n in w] for w in record["waves"]]
     done: dict[str, Result] = {}
     for name, r in record.get("results", {}).items():
@@ -289,9 +306,21 @@ def resume(ctx: Context, *, deploy_id: str | None = None, model: TimeModel | Non
             done.pop(name, None)  # interrupted: the job resumes it
     record["resumed"].append({"when": datetime.now(UTC).isoformat(timespec="seconds"), "user": who(),
                               "machine": socket.gethostname(), "pid": os.getpid()})
-    work = _work(ctx, record["id"], targets, options, progress or (lambda kind, payload: None))
     return run_fleet(ctx.fleet_folders, record, waves, limits_for(ctx.per_host_limits, options), work,
                      progress=progress, done=done, state_of=_running(ctx))
+
+
+def resume(ctx: Context, *, deploy_id: str | None = None, model: TimeModel | None = None,
+           progress: ProgressFn | None = None) -> FleetResult:
+    """Pick up an interrupted deploy from its record and the journal."""
+    model = model or TimeModel()
+    record = interrupted_run(ctx, "deploy", deploy_id)
+    options = Options(**record["options"])
+    insts = [ctx.inventory.instrument(n) for n in record["selection"]]
+    targets = record["targets"]
+    _publish_all(ctx, insts, targets)
+    work = _work(ctx, record["id"], targets, options, progress or (lambda kind, payload: None))
+    return resume_run(ctx, record, _jobs(ctx, insts, model, targets), work, options, progress)
 
 
 # --- prediction ----------------------------------------------------------------------------------------

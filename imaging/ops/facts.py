@@ -213,6 +213,35 @@ def setter_op(ctx: Context, inst: Instrument) -> Operation | None:
     return ctx.journal.last(inst.name, kinds=("reimage", "rollback"), statuses=(OK,))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A next generation made beside the running instrument by ``invoke prepare``, not yet switched to."""
+
+    op: Operation
+    release: str
+    generation: str
+    new: dict[str, str]  # role -> disk path
+    based_on: str | None  # the operation that had put the running disks in place when it was prepared
+
+
+def prepared(ctx: Context, inst: Instrument) -> Prepared | None:
+    """The instrument's prepared generation: its last finished prepare, unless a later reimage switched to it.
+    A later prepare supersedes an earlier one (whose disks it removed)."""
+    current: Operation | None = None
+    for op in ctx.journal.operations(instrument=inst.name):
+        if op.status != OK:
+            continue
+        if op.kind == "prepare":
+            current = op
+        elif op.kind == "reimage" and current and (op.rollback_point or {}).get("prepared") == current.id:
+            current = None
+    if current is None or not current.rollback_point:
+        return None
+    rp = current.rollback_point
+    return Prepared(op=current, release=rp["release"], generation=rp["generation"], new=dict(rp["new"]),
+                    based_on=rp.get("based_on"))
+
+
 def plan_step(op: Operation, action: str) -> dict[str, Any] | None:
     """The inputs of the last step of ``action`` in an operation's recorded plan."""
     found = [s for s in op.plan if s["action"] == action]

@@ -24,9 +24,11 @@ from imaging.ops.facts import (
     hotfixes_to_reapply,
     interrupted,
     observe,
+    prepared,
     refuse_dropped_hotfixes,
     refuse_if_interrupted,
     running_release,
+    setter_op,
     unfinished,
     way_out,
 )
@@ -81,7 +83,7 @@ def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_
     ``hotfixes`` are the ones the instrument will carry after the reimage (recorded on Var).
     """
     inst = ctx.inventory.instrument(name)
-    return _plan(ctx, inst, desired_release(ctx, inst, release), op_id=op_id or new_op_id(),
+    return plan_phase(ctx, inst, desired_release(ctx, inst, release), op_id=op_id or new_op_id(),
                  allow_dirty=allow_dirty, dry_run=dry_run, capture_drift=capture_drift,
                  settings_ref=settings_ref, hotfixes=hotfixes)
 
@@ -94,8 +96,10 @@ def _apps_expectation(ctx: Context, apps: str, verify_content: bool) -> dict | N
     return apps_expectation(rec.manifest["files"], verify_content=verify_content)
 
 
-def _plan(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow_dirty: bool, dry_run: bool,
-          capture_drift: bool, settings_ref: str, hotfixes: tuple[str, ...], verify_content: bool = False) -> Plan:
+def plan_phase(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow_dirty: bool, dry_run: bool,
+          capture_drift: bool, settings_ref: str, hotfixes: tuple[str, ...], verify_content: bool = False,
+          phase: str = "whole", generation: str | None = None, prepared_by: str | None = None) -> Plan:
+    """The plan of one phase (``plans.reimage``): ``whole`` for a reimage, ``prepare`` or ``switch``."""
     host = ctx.inventory.host_of(inst)
     os_img, apps_img = artifacts_of(ctx, target, inst.host, build_samples=not dry_run)
     observed = observe(ctx, inst)
@@ -118,7 +122,9 @@ def _plan(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow_dirt
         stamp=when, from_release=running_release(ctx, inst), hotfixes=hotfixes,
         migrations=tuple(rs.migration.steps) if rs.migration else (), settings_version=rs.target_version,
         settings_before_commit=rs.migration.before_commit if rs.migration else None, drift_files=drift_files,
-        post_boot=tuple(post_boot), expect_apps=_apps_expectation(ctx, apps_img.name, verify_content)))
+        post_boot=tuple(post_boot), expect_apps=_apps_expectation(ctx, apps_img.name, verify_content),
+        phase=phase, generation=generation, prepared_by=prepared_by,
+        based_on=(op.id if (op := setter_op(ctx, inst)) else None)))
     for art in (os_img, apps_img):
         if art.sha256 == UNBUILT:
             plan.notes.append(f"{art.name} is not built yet: it is built from the lab's sample tree on first use")
@@ -131,7 +137,7 @@ def preview_reimage(ctx: Context, name: str, release: str | None = None, *, drop
     inst = ctx.inventory.instrument(name)
     target = desired_release(ctx, inst, release)
     refuse_dropped_hotfixes(ctx, inst, target, drop_hotfixes)
-    return _plan(ctx, inst, target, op_id=new_op_id(), allow_dirty=allow_dirty, dry_run=True,
+    return plan_phase(ctx, inst, target, op_id=new_op_id(), allow_dirty=allow_dirty, dry_run=True,
                  capture_drift=capture_drift, settings_ref=settings_ref, hotfixes=())
 
 
@@ -168,7 +174,7 @@ def reimage_to(ctx: Context, inst: Instrument, target: str, *, listener: Listene
     carry = hotfixes_to_reapply(ctx, inst, target, drop_hotfixes)
     included = tuple(ctx.releases[target].includes_hotfixes)
     op_id = new_op_id()
-    plan = _plan(ctx, inst, target, op_id=op_id, allow_dirty=allow_dirty, dry_run=False,
+    plan = plan_phase(ctx, inst, target, op_id=op_id, allow_dirty=allow_dirty, dry_run=False,
                  capture_drift=capture_drift, settings_ref=settings_ref, hotfixes=included + tuple(carry),
                  verify_content=verify_content)
     publish(ctx, target, inst.host)
@@ -178,11 +184,11 @@ def reimage_to(ctx: Context, inst: Instrument, target: str, *, listener: Listene
             listener(StepEvent(inst.name, "stage", 0, 0, s, ok=True, result=res))
     outcome = ctx.executor(listener).execute(plan, op_id=op_id, batch=batch)
     if outcome.ok:
-        _after_reimage(ctx, inst, outcome, carry, listener)
+        after_reimage(ctx, inst, outcome, carry, listener)
     return outcome
 
 
-def _after_reimage(ctx: Context, inst: Instrument, outcome: Outcome, carry: list[str],
+def after_reimage(ctx: Context, inst: Instrument, outcome: Outcome, carry: list[str],
                    listener: Listener | None) -> None:
     """Once a reimage finished: retire old generations, put carried hotfixes back on the new Apps disk."""
     retire_old_generations(ctx, inst)
@@ -191,7 +197,7 @@ def _after_reimage(ctx: Context, inst: Instrument, outcome: Outcome, carry: list
             outcome.error = f"reimaged, but re-applying hotfix {hid} failed: {out.error}"
 
 
-def _carried_by_plan(ctx: Context, op: Operation) -> list[str]:
+def _carried_byplan_phase(ctx: Context, op: Operation) -> list[str]:
     """The hotfixes a reimage plan promised to carry (recorded in its write_record step, minus those the
     release already includes), so that a resumed reimage re-applies them too."""
     for d in op.plan:
@@ -213,7 +219,7 @@ def resume(ctx: Context, name: str, *, listener: Listener | None = None) -> Outc
         raise ImagingError(f"{inst.name} has no interrupted operation to resume")
     outcome = ctx.executor(listener).resume(op.id)
     if outcome.ok and op.kind == "reimage":
-        _after_reimage(ctx, inst, outcome, _carried_by_plan(ctx, op), listener)
+        after_reimage(ctx, inst, outcome, _carried_byplan_phase(ctx, op), listener)
     return outcome
 
 
@@ -242,6 +248,10 @@ def retire_old_generations(ctx: Context, inst: Instrument) -> list[str]:
         last = ctx.journal.last(inst.name, kinds=(kind,), statuses=(OK,))
         if last and last.rollback_point:
             keep |= set(last.rollback_point.get("disks", {}).values())
+    # A prepared generation is waiting for its switch: never retired.
+    ready = prepared(ctx, inst)
+    if ready is not None:
+        keep |= set(ready.new.values())
     # An unfinished operation may still need what it started from.
     for op in ctx.journal.operations(instrument=inst.name):
         if op.status == RUNNING and op.rollback_point:

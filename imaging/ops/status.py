@@ -7,7 +7,15 @@ from dataclasses import asdict, dataclass
 from imaging.core.errors import ImagingError
 from imaging.model.inventory import Instrument
 from imaging.ops.context import Context
-from imaging.ops.facts import desired_release, instrument_record, observe, running_release, unfinished, way_out
+from imaging.ops.facts import (
+    desired_release,
+    instrument_record,
+    observe,
+    prepared,
+    running_release,
+    unfinished,
+    way_out,
+)
 from imaging.state.journal import JournalDamaged
 
 REPAIR = "`invoke repair-journal`"
@@ -27,6 +35,7 @@ class InstrumentStatus:
     pending: str
     hint: str = ""  # the command that resolves the pending work, when there is one
     recorded: str | None = None  # the release the instrument's own record names (None: none, or unreadable)
+    prepared: str | None = None  # the release (and generation) prepared beside the running one, if any
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -55,10 +64,12 @@ def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
         last = ctx.journal.last(inst.name)
         damaged = ctx.journal.damaged(inst.name)
         stuck = unfinished(ctx, inst)
+        ready = prepared(ctx, inst)
     except JournalDamaged as exc:  # pages SQLite cannot read: every instrument still gets its row
         return InstrumentStatus(**base, running=None, last_operation=None, last_result=None, last_when=None,
-                                pending=f"the journal cannot be read ({exc.detail})", hint=REPAIR)
-    seen = dict(running=running, last_operation=last.kind if last else None,
+                                pending=f"the journal cannot be read ({exc.detail})", hint=REPAIR, prepared=None)
+    seen = dict(running=running, prepared=f"{ready.release} ({ready.generation})" if ready else None,
+                last_operation=last.kind if last else None,
                 last_result=last.status if last else None, last_when=last.ended or last.started if last else None)
     pending, hint = "", ""
     if damaged:
@@ -78,6 +89,9 @@ def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
         hint = f"`invoke reimage --instrument={inst.name} --release={desired or running} --force`"
     elif desired is None:
         pending = "desired release cannot be resolved (see `invoke validate`)"
+    elif running != desired and ready and ready.release == desired:
+        pending = f"switch to the prepared {desired}"
+        hint = f"`invoke switch --instruments={inst.name}`"
     elif running != desired:
         pending = f"reimage to {desired}"
     return InstrumentStatus(**base, **seen, pending=pending, hint=hint)

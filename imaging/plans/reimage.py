@@ -1,4 +1,10 @@
-"""The reimage planner: inputs in, ordered steps out. Pure: it reads and changes nothing."""
+"""The reimage planner: inputs in, ordered steps out. Pure: it reads and changes nothing.
+
+One plan, three ways to cut it (``ReimageInputs.phase``): ``whole`` (a reimage: everything inside the
+downtime), ``prepare`` (only the next generation's disks, made beside the running instrument: nothing
+touches the VM) and ``switch`` (the downtime part: stop, back up, swap to the prepared generation, start,
+configure, check, record). A prepare followed by a switch does exactly the steps of a whole reimage.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +55,13 @@ class ReimageInputs:
     # What the Apps volume must hold, from the image's manifest: file count, bytes, a digest of (path, size)
     # and, with --verify-content, of (path, sha256) (see ``apps_expectation``). None: no manifest known.
     expect_apps: dict[str, Any] | None = None
+    phase: str = "whole"  # "whole" | "prepare" | "switch"
+    generation: str | None = None  # the prepared generation a switch attaches (default: one of this op)
+    prepared_by: str | None = None  # the prepare operation a switch completes
+    based_on: str | None = None  # the operation that put the running disks in place (a prepare's baseline)
+
+
+PHASES = ("whole", "prepare", "switch")
 
 
 def _drop_partial(host: str, path: str) -> Step:
@@ -61,7 +74,7 @@ def plan_reimage(x: ReimageInputs) -> Plan:
     """The steps that take one instrument to a release, keeping Var and Data and the previous generation."""
     inst, host, obs = x.inst, x.host, x.observed
     h, vm = host.name, inst.vm
-    gen = generation(x.release, x.op_id)
+    gen = x.generation or generation(x.release, x.op_id)
     disks = inst.disks.by_role()
     tpl_path = layout.image_path(host, x.os_template.name, x.os_template.sha256)
     apps_master = layout.image_path(host, x.apps_image.name, x.apps_image.sha256)
@@ -71,18 +84,18 @@ def plan_reimage(x: ReimageInputs) -> Plan:
     steps: list[Step] = []
     notes: list[str] = []
 
-    def add(action: str, summary: str, undo: Step | None = None, **inputs: Any) -> Step:
-        s = Step(action=action, host=h, inputs=inputs, summary=summary, undo=undo)
-        steps.append(s)
-        return s
+    def add(action: str, summary: str, undo: Step | None = None, part: str = "switch", **inputs: Any) -> None:
+        """A step of ``part`` ("prepare", "switch" or "both"), kept when the plan's phase includes it."""
+        if x.phase == "whole" or part in ("both", x.phase):
+            steps.append(Step(action=action, host=h, inputs=inputs, summary=summary, undo=undo))
 
     need = x.os_template.size // 10 + x.apps_image.size // 10 + int(host.reserve_gb * 1024 ** 3)
     add("preflight", f"check host {h} answers, the images of {x.release} are staged and verified, and there "
-        "is room", vm=vm, need_bytes=need,
+        "is room", part="both", vm=vm, need_bytes=need,
         artifacts=[{"name": x.os_template.name, "sha256": x.os_template.sha256, "path": tpl_path},
                    {"name": x.apps_image.name, "sha256": x.apps_image.sha256, "path": apps_master}])
     add("acquire_lock", f"lock {inst.name} for this operation ({x.op_id}) so nobody else changes it",
-        undo=Step("release_lock", h, dict(lock), f"unlock {inst.name}"), owner=x.owner, **lock)
+        undo=Step("release_lock", h, dict(lock), f"unlock {inst.name}"), part="both", owner=x.owner, **lock)
     add("check_state", f"check {vm} is as this plan saw it ({obs.power}, {len(obs.disks)} disks): nobody changed it "
         "before the lock was taken", vm=vm, exists=obs.exists, power=obs.power,
         disks={str(k): v for k, v in sorted(obs.disks.items())})
@@ -130,16 +143,17 @@ def plan_reimage(x: ReimageInputs) -> Plan:
                 vm=vm, slot=SLOTS[role], path=old[role])
     add("create_child_disk", f"create the new OS disk as a differencing child of {x.os_template.name}",
         undo=Step("delete_disk", h, {"path": new["os"], "role": "os"}, "delete the new OS disk"),
-        path=new["os"], parent_path=tpl_path, role="os")
+        part="prepare", path=new["os"], parent_path=tpl_path, role="os")
     add("create_child_disk", f"create the new Apps disk as a differencing child of {x.apps_image.name}",
         undo=Step("delete_disk", h, {"path": new["apps"], "role": "apps"}, "delete the new Apps disk"),
-        path=new["apps"], parent_path=apps_master, role="apps")
+        part="prepare", path=new["apps"], parent_path=apps_master, role="apps")
     add("create_disk", "create the new Settings disk",
         undo=Step("delete_disk", h, {"path": new["settings"], "role": "settings"}, "delete the new Settings disk"),
-        path=new["settings"], size_gb=disks["settings"].size_gb, label=disks["settings"].label, role="settings")
+        part="prepare", path=new["settings"], size_gb=disks["settings"].size_gb, label=disks["settings"].label,
+        role="settings")
     add("write_settings", f"write {len(x.settings_files)} settings files rendered from git"
         + (f" (commit {x.settings_commit[:10]})" if x.settings_commit else ""),
-        path=new["settings"], files=x.settings_files, manifest_name=SETTINGS_MANIFEST)
+        part="prepare", path=new["settings"], files=x.settings_files, manifest_name=SETTINGS_MANIFEST)
     for role in ("os", "apps", "settings"):
         add("attach_disk", f"attach the new {role} disk at SCSI 0:{SLOTS[role]}",
             undo=Step("detach_disk", h, {"vm": vm, "slot": SLOTS[role], "path": new[role]},
@@ -172,12 +186,19 @@ def plan_reimage(x: ReimageInputs) -> Plan:
     add("write_record", f"record on the Var disk that {inst.name} runs {x.release}", vm=vm, record=seal(record),
         operation=x.op_id, undo=Step("restore_record", h, {"vm": vm, "operation": x.op_id},
                                      "put back the record it replaced"))
-    add("release_lock", f"unlock {inst.name}", **lock)
+    add("release_lock", f"unlock {inst.name}", part="both", **lock)
+    if x.phase == "prepare":  # the next generation, made beside the running one: what a switch checks it against
+        return Plan(kind="prepare", instrument=inst.name, vm=vm, host=h, from_release=x.from_release,
+                    to_release=x.release, steps=steps, notes=notes,
+                    rollback_point={"generation": gen, "new": new, "release": x.release,
+                                    "settings_digest": x.settings_digest, "settings_commit": x.settings_commit,
+                                    "based_on": x.based_on, "hotfixes": list(x.hotfixes)})
     return Plan(kind="reimage", instrument=inst.name, vm=vm, host=h, from_release=x.from_release,
                 to_release=x.release, steps=steps, notes=notes,
                 rollback_point={"power": obs.power, "disks": {str(k): v for k, v in obs.disks.items()},
                                 "release": x.from_release, "generation": gen, "new": new,
-                                "settings_before_commit": x.settings_before_commit})
+                                "settings_before_commit": x.settings_before_commit,
+                                **({"prepared": x.prepared_by} if x.prepared_by else {})})
 
 
 

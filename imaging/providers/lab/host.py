@@ -35,6 +35,12 @@ class _Flock:
         os.close(self.fd)
 
 
+def _power_changed(rec: dict[str, Any], power: str) -> None:
+    """Every power change of a lab VM is kept in its record (as Hyper-V's event log keeps them), so a test can
+    prove what did or did not stop an instrument."""
+    rec.setdefault("power_history", []).append({"power": power, "when": datetime.now(UTC).isoformat()})
+
+
 class HostActions:
     """The lab's host-level actions: preflight, the host lock, VMs and their power, staging images."""
 
@@ -138,6 +144,7 @@ class HostActions:
         if rec["power"] == "Off":
             return {"changed": False, "forced": False}
         rec["power"] = "Off"
+        _power_changed(rec, "Off")
         write_json(self._vm_file(host, vm), rec)
         return {"changed": True, "forced": False}
 
@@ -148,6 +155,7 @@ class HostActions:
         if "0" not in rec["slots"]:
             raise ProviderError(f"VM {vm} has no OS disk in slot 0", host=host, step="start_vm")
         rec["power"] = "Running"
+        _power_changed(rec, "Running")
         write_json(self._vm_file(host, vm), rec)
         return {"changed": True}
 

@@ -1,0 +1,85 @@
+"""Two-phase deploys: prepare the next generation while instruments run, switch to it in the shutdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import task
+
+from imaging.cli.ui import FleetDisplay, confirm, console, context, names, print_recap, reports_errors, run_live
+from imaging.core.errors import ImagingError
+from imaging.ops import facts
+from imaging.ops import prepare as preparing
+from imaging.ops import switch as switching
+from imaging.ops.deploy import Options, TimeModel
+
+
+@task(help={"release": "the release (id or label) to prepare",
+            "group": "prepare this group's instruments",
+            "instruments": "comma-separated names, or @failed for the failures of the last prepare",
+            "all": "prepare every instrument",
+            "parallel": "at most this many instruments at once (each host's max_concurrent also holds)",
+            "force": "prepare the release an instrument already runs",
+            "drop_hotfix": "comma-separated hotfix ids the switch may drop (the release neither includes them nor "
+                           "is declared for them)",
+            "yes": "do not ask for confirmation (unattended runs)"})
+@reports_errors
+def prepare(c, release, group=None, instruments="", all=False, parallel=4, force=False,  # noqa: A002, ANN001
+            drop_hotfix="", yes=False):
+    """Make the next generation of each instrument beside the running one (images staged, new OS and Apps
+    children, the next Settings disk, migrations committed): the running VMs are never stopped or touched."""
+    with context() as ctx:
+        insts = facts.select(ctx, group=group, instruments=instruments, everything=all, kind="prepare")
+        options = Options(parallel=int(parallel), canary="", force=force, drop_hotfixes=tuple(names(drop_hotfix)))
+        confirm(f"prepare {release} on {len(insts)} instruments (they keep running)?", yes)
+        display = FleetDisplay(len(insts))
+        print_recap(run_live(display, lambda: preparing.prepare_fleet(ctx, insts, release, options,
+                                                                      progress=display)))
+
+
+@task(help={"group": "switch this group's instruments",
+            "instruments": "comma-separated names, or @failed for the failures of the last switch",
+            "all": "switch every instrument",
+            "to": "prepared (default): the prepared generation; previous: back to what ran before",
+            "canary": "the instrument switched alone first (default: the first of the selection; 'none': no canary)",
+            "batches": "wave sizes after the canary, e.g. 1,5,20% (the last size repeats); default 100%",
+            "parallel": "at most this many instruments at once (each host's max_concurrent also holds)",
+            "max_fail_percent": "stop starting instruments when more than this share of a wave failed",
+            "yes": "do not ask for confirmation (unattended runs)",
+            "dry_run": "check every instrument is prepared and still current, then stop",
+            "resume": "continue the interrupted switch (its record and the journal say where)",
+            "model": "a YAML file overriding the time model's defaults (see docs/deploy.md)"})
+@reports_errors
+def switch(c, group=None, instruments="", all=False, to="prepared", canary=None, batches="100%",  # noqa: A002, ANN001
+           parallel=4, max_fail_percent=100.0, yes=False, dry_run=False, resume=False, model=None):
+    """The downtime part only: stop, back up Var, swap to the prepared disks, start, configure, check, in
+    the deploy's waves. Refused before any change when an instrument is not prepared or its preparation is
+    out of date."""
+    tm = TimeModel.load(Path(model) if model else None)
+    with context() as ctx:
+        if resume:
+            rec = switching.interrupted_run(ctx, "switch", None)
+            display = FleetDisplay(len(rec["selection"]))
+            console.print(f"resuming {rec['id']} ({len(rec['selection'])} instruments)")
+            print_recap(run_live(display, lambda: switching.resume(ctx, run_id=rec["id"], model=tm,
+                                                                   progress=display)))
+            return
+        options = Options(parallel=int(parallel), max_fail_percent=float(max_fail_percent),
+                          canary="" if canary == "none" else canary, batches=batches)
+        insts = facts.select(ctx, group=group, instruments=instruments, everything=all, kind="switch")
+        targets = switching.check_switchable(ctx, insts, to)
+        for inst in insts:
+            console.print(f"{inst.name}: {facts.running_release(ctx, inst) or '-'} -> "
+                          f"{targets.get(inst.name, 'the generation it ran before')}")
+        if dry_run:
+            console.print("[dim]dry run: nothing was changed[/]")
+            return
+        what = "back to what they ran before" if to == "previous" else "to their prepared generation"
+        confirm(f"switch {len(insts)} instruments {what} (each is stopped for the switch)?", yes)
+        display = FleetDisplay(len(insts))
+        result = run_live(display, lambda: switching.switch_fleet(ctx, insts, options, to=to, model=tm,
+                                                                  progress=display))
+        print_recap(result)
+        if result.failed:
+            raise ImagingError(f"switch {result.id} did not finish cleanly; see the recap above and "
+                               f"{result.report_md}")

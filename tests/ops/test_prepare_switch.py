@@ -1,0 +1,166 @@
+"""Two-phase deploys (issue 14): prepare beside the running instrument, switch in the downtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imaging.core.errors import ImagingError, InputError, ValidationFailed
+from imaging.engine.runner import Options
+from imaging.model import layout
+from imaging.model.steps import Step
+from imaging.ops import facts
+from imaging.ops import prepare as preparing
+from imaging.ops import reimage as reimaging
+from imaging.ops import switch as switching
+from imaging.ops.context import Context
+from imaging.ops.status import fleet_status
+from imaging.providers.lab.faults import InjectedFault
+from tests.cli.test_cli import inv
+from tests.ops.test_failed_undo import _ctx
+from tests.ops.test_reimage import put_user_data, user_data
+
+OLD, NEW = "2026C3.0", "2026C3.1"
+PREPARE_STEPS = 8  # preflight, lock, OS child, Apps child, Settings disk, settings files, unlock
+
+
+def _power_history(ctx: Context, name: str) -> list[dict]:
+    inst = ctx.inventory.instrument(name)
+    vm = ctx.providers.lab.lab / "hosts" / inst.host / "vms" / f"{inst.vm}.json"
+    return json.loads(vm.read_text()).get("power_history", [])
+
+
+def _running(ctx: Context, name: str = "ZOOM") -> tuple[str | None, dict[str, str]]:
+    inst = ctx.inventory.instrument(name)
+    return facts.running_release(ctx, inst), dict(facts.observe(ctx, inst).disks)
+
+
+def test_prepare_never_touches_the_running_vm_and_switch_puts_the_release_in_place(project: Path) -> None:
+    ctx = _ctx(project)
+    assert reimaging.reimage(ctx, "ZOOM", OLD).ok
+    put_user_data(ctx)
+    data, history, (release, disks) = user_data(ctx), _power_history(ctx, "ZOOM"), _running(ctx)
+    zoom = ctx.inventory.instrument("ZOOM")
+
+    out = preparing.prepare(ctx, zoom, NEW)
+    assert out.outcome is not None and out.outcome.ok, out
+    assert _power_history(ctx, "ZOOM") == history  # never stopped, never started
+    assert _running(ctx) == (release, disks) and user_data(ctx) == data  # nothing attached, nothing changed
+    ready = facts.prepared(ctx, zoom)
+    assert ready is not None and ready.release == NEW
+    for path in ready.new.values():
+        assert (ctx.providers.lab.path(zoom.host, path) / "disk.json").exists()
+    [row] = fleet_status(ctx, ["ZOOM"])
+    assert row.prepared == f"{NEW} ({ready.generation})" and row.running == OLD
+    again = preparing.prepare(ctx, zoom, NEW)
+    assert again.outcome is None and "already prepared" in again.note  # a no-op
+
+    done = switching.switch(ctx, zoom)
+    assert done.ok, done
+    assert _running(ctx)[0] == NEW and user_data(ctx) == data
+    attached = set(facts.observe(ctx, zoom).disks.values())
+    assert set(ready.new.values()) <= attached  # exactly the prepared disks
+    assert facts.prepared(ctx, zoom) is None
+    steps = [s.action for s in ctx.journal.steps(done.op_id)]
+    assert "create_child_disk" not in steps and "write_settings" not in steps  # made during prepare
+    [row] = fleet_status(ctx, ["ZOOM"])
+    assert row.recorded == row.running == NEW
+    with pytest.raises(InputError, match="invoke prepare --release="):
+        switching.switch(ctx, zoom)  # nothing prepared any more
+
+
+def test_switch_refuses_an_unprepared_or_outdated_instrument_naming_the_prepare_command(project: Path) -> None:
+    ctx = _ctx(project)
+    for name in ("ZOOM", "ALF"):
+        assert reimaging.reimage(ctx, name, OLD).ok
+    zoom, alf = ctx.inventory.instrument("ZOOM"), ctx.inventory.instrument("ALF")
+    with pytest.raises(ValidationFailed) as err:
+        switching.check_switchable(ctx, [zoom, alf], "prepared")
+    text = str(err.value)
+    assert "ZOOM has no prepared generation" in text and "ALF has no prepared generation" in text
+    assert "invoke prepare --release=" in text
+
+    assert preparing.prepare(ctx, zoom, NEW).outcome.ok
+    settings = project / "instruments" / "fleet" / "ZOOM.yaml"
+    settings.write_text(settings.read_text() + "variables:\n  extra_note: changed after prepare\n")
+    ctx = _ctx(project)
+    with pytest.raises(InputError) as err:
+        switching.switch(ctx, ctx.inventory.instrument("ZOOM"))
+    assert "settings changed since it was prepared" in str(err.value) or "cannot be rendered" in str(err.value)
+    assert f"invoke prepare --release={NEW} --instruments=ZOOM" in err.value.fix
+    assert _running(ctx)[0] == OLD
+
+
+@pytest.mark.parametrize("index", range(PREPARE_STEPS - 1))
+def test_a_fault_at_every_prepare_step_leaves_the_running_instrument_untouched(project: Path, index: int) -> None:
+    ctx = _ctx(project)
+    assert reimaging.reimage(ctx, "ZOOM", OLD).ok
+    put_user_data(ctx)
+    data, history, running = user_data(ctx), _power_history(ctx, "ZOOM"), _running(ctx)
+    zoom = ctx.inventory.instrument("ZOOM")
+    plan = reimaging.plan_phase(ctx, zoom, NEW, op_id="0" * 12, allow_dirty=False, dry_run=True,
+                                capture_drift=False, settings_ref="HEAD", hotfixes=(), phase="prepare")
+    actions = [s.action for s in plan.steps]
+    assert len(actions) == PREPARE_STEPS - 1
+    action, nth = actions[index], actions[: index + 1].count(actions[index])
+    seen = {"n": 0}
+
+    def fault(step: Step) -> None:
+        if step.action == action:
+            seen["n"] += 1
+            if seen["n"] == nth:
+                raise InjectedFault(f"injected at {action}", host=step.host, step=action)
+
+    broken = _ctx(project)
+    broken.providers = type(broken.providers)(broken.inventory, broken.paths.lab, fault=fault)
+    out = preparing.prepare(broken, broken.inventory.instrument("ZOOM"), NEW)
+    assert out.outcome is not None and not out.outcome.ok and out.outcome.restored, out
+    assert _power_history(ctx, "ZOOM") == history and _running(ctx) == running and user_data(ctx) == data
+    assert facts.prepared(ctx, zoom) is None
+    folder = ctx.providers.lab.path(zoom.host, layout.disk_path(ctx.inventory.host_of(zoom), zoom, "var")).parent
+    assert not [p.name for p in folder.iterdir() if NEW in p.name]  # the partial generation is gone
+    assert preparing.prepare(ctx, zoom, NEW).outcome.ok  # and prepare again works
+
+
+def test_switch_to_previous_returns_with_the_hotfixes_it_carried(project: Path) -> None:
+    from tests.ops.test_hotfix import apps_tree, make_pkg
+
+    ctx = _ctx(project)
+    assert reimaging.reimage(ctx, "ZOOM", OLD).ok
+    from imaging.ops import hotfix as hotfixing
+
+    pkg = make_pkg(project.parent, applies=(OLD,))
+    assert hotfixing.hotfix(ctx, ["ZOOM"], pkg).outcomes["ZOOM"].ok
+    with_fix = apps_tree(ctx)
+    zoom = ctx.inventory.instrument("ZOOM")
+    assert preparing.prepare(ctx, zoom, NEW, drop_hotfixes=("HF-001",)).outcome.ok
+    assert switching.switch_fleet(ctx, [zoom], Options(canary="")).summary.names("ok") == ["ZOOM"]
+    assert _running(ctx)[0] == NEW
+    back = switching.switch_fleet(ctx, [zoom], Options(canary=""), to="previous")
+    assert back.summary.names("ok") == ["ZOOM"], back.rows
+    assert _running(ctx)[0] == OLD and apps_tree(ctx) == with_fix
+    assert "HF-001" in facts.carried(ctx, zoom).hotfixes
+
+
+def test_prepare_then_switch_a_group_from_the_command_line(project: Path) -> None:
+    res = inv(project, "deploy", f"--release={OLD}", "--group=A", "--yes", "--canary=none")
+    assert res.returncode == 0, res.stdout + res.stderr
+    ctx = _ctx(project)
+    group = [i.name for i in ctx.inventory.select(group="A")]
+    before = {n: _power_history(ctx, n) for n in group}
+    res = inv(project, "prepare", f"--release={NEW}", "--group=A", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert {n: _power_history(ctx, n) for n in group} == before  # no VM stopped while preparing
+    assert all(facts.running_release(ctx, ctx.inventory.instrument(n)) == OLD for n in group)
+    res = inv(project, "status")
+    assert f"{NEW} (" in res.stdout
+    res = inv(project, "switch", "--group=A", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    ctx = _ctx(project)
+    assert all(facts.running_release(ctx, ctx.inventory.instrument(n)) == NEW for n in group)
+    res = inv(project, "switch", "--group=A", "--yes")
+    assert res.returncode != 0 and "invoke prepare --release=" in res.stderr
+    with pytest.raises(ImagingError):
+        preparing.refuse_unprepared(ctx, ctx.inventory.instrument(group[0]))
