@@ -6,12 +6,23 @@ from pathlib import Path
 
 from invoke import task
 
-from imaging.cli.ui import FleetDisplay, confirm, console, context, names, print_recap, reports_errors, run_live
+from imaging.cli.ui import (
+    FleetDisplay,
+    confirm,
+    console,
+    context,
+    names,
+    print_prediction,
+    print_recap,
+    reports_errors,
+    run_live,
+)
 from imaging.core.errors import ImagingError
 from imaging.ops import facts
 from imaging.ops import prepare as preparing
 from imaging.ops import switch as switching
 from imaging.ops.deploy import Options, TimeModel
+from imaging.ops.switch import SWITCH_PARALLEL
 
 
 @task(help={"release": "the release (id or label) to prepare",
@@ -22,15 +33,22 @@ from imaging.ops.deploy import Options, TimeModel
             "force": "prepare the release an instrument already runs",
             "drop_hotfix": "comma-separated hotfix ids the switch may drop (the release neither includes them nor "
                            "is declared for them)",
-            "yes": "do not ask for confirmation (unattended runs)"})
+            "yes": "do not ask for confirmation (unattended runs)",
+            "simulate": "predict the preparation on a virtual clock with the time model; change nothing",
+            "model": "a YAML file overriding the time model's defaults (see docs/deploy.md)"})
 @reports_errors
 def prepare(c, release, group=None, instruments="", all=False, parallel=4, force=False,  # noqa: A002, ANN001
-            drop_hotfix="", yes=False):
+            drop_hotfix="", yes=False, simulate=False, model=None):
     """Make the next generation of each instrument beside the running one (images staged, new OS and Apps
     children, the next Settings disk, migrations committed): the running VMs are never stopped or touched."""
     with context() as ctx:
         insts = facts.select(ctx, group=group, instruments=instruments, everything=all, kind="prepare")
         options = Options(parallel=int(parallel), canary="", force=force, drop_hotfixes=tuple(names(drop_hotfix)))
+        if simulate:
+            tm = TimeModel.load(Path(model) if model else None)
+            console.print(f"simulating the preparation of {len(insts)} instruments, --parallel={parallel}")
+            print_prediction(preparing.simulate(ctx, insts, release, options, tm))
+            return
         confirm(f"prepare {release} on {len(insts)} instruments (they keep running)?", yes)
         display = FleetDisplay(len(insts))
         print_recap(run_live(display, lambda: preparing.prepare_fleet(ctx, insts, release, options,
@@ -48,10 +66,12 @@ def prepare(c, release, group=None, instruments="", all=False, parallel=4, force
             "yes": "do not ask for confirmation (unattended runs)",
             "dry_run": "check every instrument is prepared and still current, then stop",
             "resume": "continue the interrupted switch (its record and the journal say where)",
+            "simulate": "predict the switch window and each instrument's downtime; change nothing",
             "model": "a YAML file overriding the time model's defaults (see docs/deploy.md)"})
 @reports_errors
 def switch(c, group=None, instruments="", all=False, to="prepared", canary=None, batches="100%",  # noqa: A002, ANN001
-           parallel=4, max_fail_percent=100.0, yes=False, dry_run=False, resume=False, model=None):
+           parallel=SWITCH_PARALLEL, max_fail_percent=100.0, yes=False, dry_run=False, resume=False, simulate=False,
+           model=None):
     """The downtime part only: stop, back up Var, swap to the prepared disks, start, configure, check, in
     the deploy's waves. Refused before any change when an instrument is not prepared or its preparation is
     out of date."""
@@ -67,6 +87,12 @@ def switch(c, group=None, instruments="", all=False, to="prepared", canary=None,
         options = Options(parallel=int(parallel), max_fail_percent=float(max_fail_percent),
                           canary="" if canary == "none" else canary, batches=batches)
         insts = facts.select(ctx, group=group, instruments=instruments, everything=all, kind="switch")
+        if simulate:
+            prediction = switching.simulate(ctx, insts, options, tm)
+            console.print(f"simulating the switch of {len(insts)} instruments, waves "
+                          f"{' | '.join(str(len(w)) for w in prediction.summary.waves)}, --parallel={parallel}")
+            print_prediction(prediction)
+            return
         targets = switching.check_switchable(ctx, insts, to)
         for inst in insts:
             console.print(f"{inst.name}: {facts.running_release(ctx, inst) or '-'} -> "

@@ -234,9 +234,12 @@ def print_fleet_plan(rows: Any, prediction: Any) -> None:
 
 
 def print_prediction(p: Any) -> None:
-    console.print(f"[bold]predicted total duration: {fmt_s(p.makespan)}[/] "
+    what = {"prepare": "preparation (no instrument is down)", "switch": "switch window"}.get(p.phase, "total duration")
+    console.print(f"[bold]predicted {what}: {fmt_s(p.makespan)}[/] "
                   f"(lower bound {fmt_s(p.lower_bound)}, set by {p.bound_resource}; "
                   f"ratio {p.makespan / p.lower_bound:.2f})")
+    if p.phase != "prepare":
+        console.print(f"each instrument is down {fmt_s(p.downtime_mean)} on average, {fmt_s(p.downtime_max)} at most")
     table = Table(title="Per-host utilisation")
     for col in ("host", "slots busy", "disk busy"):
         table.add_column(col)

@@ -34,9 +34,13 @@ class TimeModel:
     os_image_gb: float = 25.0          # OS template size
     apps_image_gb: float = 15.0        # Apps master size
     var_backup_gb: float = 8.0         # Var volume copied by backup_volume before every reimage
+    # What a switch's backup writes: the Var files changed since the last verified backup (the lab links the
+    # rest from it). Hyper-V hosts copy all of Var today: give them var_backup_gb here (docs/deploy.md).
+    switch_backup_gb: float = 1.0
     vm_stop_s: float = 60.0            # graceful guest shutdown
     disk_ops_s: float = 20.0           # differencing children, settings disk, attach/detach, locks
     switch_disk_ops_s: float = 5.0     # a switch's share of them: attach/detach and locks (the disks are made)
+    switch_guest_s: float = 20.0       # a switch's guest step: a check (prepare wrote the configuration offline)
     vm_boot_s: float = 90.0            # start to guest answering PowerShell Direct
     guest_config_s: float = 120.0      # mount volumes by label, links, first-boot configuration
     health_check_s: float = 30.0
@@ -92,8 +96,23 @@ class TimeModel:
 
     def switch_s(self, host: str) -> float:
         """One instrument's switch to a prepared generation with nothing else running: its downtime."""
-        return (self.vm_stop_s + self.var_backup_gb * GB / self.disk_bps(host) + self.switch_disk_ops_s
-                + self.vm_boot_s + self.guest_config_s + self.health_check_s)
+        return (self.vm_stop_s + self.switch_backup_gb * GB / self.disk_bps(host) + self.switch_disk_ops_s
+                + self.vm_boot_s + self.switch_guest_s + self.health_check_s)
+
+    def prepare_s(self, host: str, *, staged: bool) -> float:
+        """One instrument's prepare with nothing else running (no downtime: the instrument keeps running)."""
+        t = self.disk_ops_s - self.switch_disk_ops_s
+        if not staged:
+            t += self.image_bytes / min(self.disk_bps(host), self.share_mb_s * MB)
+        return t
+
+    def job_s(self, host: str, phase: str, *, staged: bool) -> float:
+        """One instrument's work in ``phase`` (whole, prepare, switch) with nothing else running."""
+        if phase == "switch":
+            return self.switch_s(host)
+        if phase == "prepare":
+            return self.prepare_s(host, staged=staged)
+        return self.alone_s(host, staged=staged)
 
     def alone_s(self, host: str, *, staged: bool) -> float:
         """One instrument's reimage with nothing else running (staging included when not staged)."""
@@ -121,8 +140,9 @@ class SimRunner:
     """A ``scheduler.Runner`` on a virtual clock: jobs advance through their phases as events fire."""
 
     def __init__(self, model: TimeModel, *, staged_hosts: set[str] | None = None,
-                 failing: set[str] | None = None) -> None:
+                 failing: set[str] | None = None, phase: str = "whole") -> None:
         self.model = model
+        self.phase = phase
         self.t = 0.0
         self.staged = set(staged_hosts or ())
         self.failing = set(failing or ())
@@ -146,12 +166,19 @@ class SimRunner:
     def start(self, job: Job) -> None:
         m = self.model
         phases: list[tuple[str, Any]] = []
-        if job.host not in self.staged:
+        if job.host not in self.staged and self.phase != "switch":  # a switch finds everything prepared
             phases.append(("stage", job.host))
-        phases += [("delay", m.vm_stop_s),
-                   ("flow", (m.var_backup_gb * GB, (f"disk:{job.host}",))),
-                   ("delay", m.disk_ops_s), ("delay", m.vm_boot_s), ("delay", m.guest_config_s),
-                   ("delay", m.health_check_s)]
+        if self.phase == "prepare":  # the next generation's disks, beside the running instrument
+            phases.append(("delay", m.disk_ops_s - m.switch_disk_ops_s))
+        elif self.phase == "switch":  # the downtime only
+            phases += [("delay", m.vm_stop_s), ("flow", (m.switch_backup_gb * GB, (f"disk:{job.host}",))),
+                       ("delay", m.switch_disk_ops_s), ("delay", m.vm_boot_s), ("delay", m.switch_guest_s),
+                       ("delay", m.health_check_s)]
+        else:
+            phases += [("delay", m.vm_stop_s),
+                       ("flow", (m.var_backup_gb * GB, (f"disk:{job.host}",))),
+                       ("delay", m.disk_ops_s), ("delay", m.vm_boot_s), ("delay", m.guest_config_s),
+                       ("delay", m.health_check_s)]
         fail = job.name in self.failing
         if fail:
             phases.append(("delay", m.undo_s))
@@ -250,41 +277,50 @@ class Prediction:
     utilisation: dict[str, float]   # resource -> busy share of the makespan
     slot_use: dict[str, float]      # host -> average busy slots / limit
     parallel_use: float = 0.0       # average running instruments / --parallel
+    phase: str = "whole"            # whole (reimage), prepare or switch
+    downtime_max: float = 0.0       # the longest any instrument is down (0 for a prepare: nothing is down)
+    downtime_mean: float = 0.0
 
     def critical(self) -> tuple[str, float]:
         """The resource closest to saturation over the run, and how busy it was."""
         return critical_resource(self)
 
 
-def lower_bound(jobs: list[Job], model: TimeModel, limits: Limits, *, staged_hosts: set[str]) -> tuple[float, str]:
-    """The larger of: the busiest resource's total work over its capacity, and the longest instrument."""
+def lower_bound(jobs: list[Job], model: TimeModel, limits: Limits, *, staged_hosts: set[str],
+                phase: str = "whole") -> tuple[float, str]:
+    """The larger of: the busiest resource's total work over its capacity, and the longest instrument.
+    A switch moves no image (everything was prepared) and a prepare backs nothing up."""
     hosts = {j.host for j in jobs}
+    staged_hosts = hosts if phase == "switch" else staged_hosts
+
+    def work(h: str) -> float:  # one instrument's slot time on host h, staging aside
+        return model.job_s(h, phase, staged=True)
+
     cands: dict[str, float] = {}
     share = sum(model.image_bytes for h in hosts if h not in staged_hosts)
     cands["image share"] = share / (model.share_mb_s * MB)
+    backup = {"prepare": 0.0, "switch": model.switch_backup_gb}.get(phase, model.var_backup_gb) * GB
     for h in hosts:
         mine = [j for j in jobs if j.host == h]
-        disk = model.var_backup_gb * GB * len(mine) + (0 if h in staged_hosts else model.image_bytes)
+        disk = backup * len(mine) + (0 if h in staged_hosts else model.image_bytes)
         cands[f"disk {h}"] = disk / model.disk_bps(h)
         # slot-seconds: staging is shared by the host's instruments, so count it once
-        slot = sum(model.alone_s(h, staged=True) for _ in mine)
-        cands[f"slots {h}"] = slot / limits.per_host.get(h, 1)
+        cands[f"slots {h}"] = sum(work(h) for _ in mine) / limits.per_host.get(h, 1)
     unstaged = [h for h in hosts if h not in staged_hosts]
     if unstaged:
         # the host whose pull ends last (not before the share has delivered everything) still has all of
         # its instruments' work ahead of it
-        tail = min(max(sum(model.alone_s(h, staged=True) for j in jobs if j.host == h) / limits.per_host.get(h, 1),
-                       model.alone_s(h, staged=True)) for h in unstaged)
+        tail = min(max(sum(work(h) for j in jobs if j.host == h) / limits.per_host.get(h, 1), work(h))
+                   for h in unstaged)
         cands["image share, then the last host's work"] = cands["image share"] + tail
-    total = sum(model.alone_s(j.host, staged=True) for j in jobs)
-    cands["--parallel"] = total / limits.parallel
-    cands["longest instrument"] = max(model.alone_s(j.host, staged=j.host in staged_hosts) for j in jobs)
+    cands["--parallel"] = sum(work(j.host) for j in jobs) / limits.parallel
+    cands["longest instrument"] = max(model.job_s(j.host, phase, staged=j.host in staged_hosts) for j in jobs)
     name = max(cands, key=lambda k: cands[k])
     return cands[name], name
 
 
 def predict(waves: list[list[Job]], model: TimeModel, limits: Limits, *, staged_hosts: set[str] | None = None,
-            failing: set[str] | None = None) -> Prediction:
+            failing: set[str] | None = None, phase: str = "whole") -> Prediction:
     """Run the real scheduler over the waves on the virtual clock; return the predicted makespan and more.
 
     ``staged_hosts``: the hosts known to hold the images; None means "as the model's ``staged`` says"."""
@@ -292,7 +328,7 @@ def predict(waves: list[list[Job]], model: TimeModel, limits: Limits, *, staged_
         staged = {j.host for w in waves for j in w} if model.staged else set()
     else:
         staged = set(staged_hosts)
-    runner = SimRunner(model, staged_hosts=staged, failing=failing)
+    runner = SimRunner(model, staged_hosts=staged, failing=failing, phase=phase)
     slot_time: dict[str, float] = {}
 
     summary = run_waves(waves, runner, limits)
@@ -300,13 +336,25 @@ def predict(waves: list[list[Job]], model: TimeModel, limits: Limits, *, staged_
         host = next(j.host for w in waves for j in w if j.name == name)
         slot_time[host] = slot_time.get(host, 0.0) + summary.ended.get(name, summary.end_time) - t0
     span = summary.makespan or 1e-9
-    jobs = [j for w in waves for j in w]
-    bound, what = lower_bound(jobs, model, limits, staged_hosts=staged)
+    # Waves run one after another, so the bound is the sum of each wave's own (a canary alone adds its
+    # whole length); named by the largest wave's reason. Staging happens once, in the first wave that needs it.
+    parts, pulled = [], set(staged)
+    for wave in (w for w in waves if w):
+        b, why = lower_bound(wave, model, limits, staged_hosts=pulled, phase=phase)
+        pulled |= {j.host for j in wave}
+        parts.append((b, why, len(wave)))
+    bound = sum(b for b, _, _ in parts)
+    _, why, size = max(parts)
+    what = why if len(parts) == 1 else f"{why} in the wave of {size}, plus {len(parts) - 1} other wave(s)"
+    # Downtime: a switch's or a reimage's whole job (its VM is off from the stop to the check); none in a prepare.
+    down = [summary.ended.get(n, summary.end_time) - t0 for n, t0 in summary.started.items()]
+    down = [] if phase == "prepare" else down
     util = {r: b / span for r, b in sorted(runner.busy.items())}
     slots = {h: s / span / limits.per_host.get(h, 1) for h, s in sorted(slot_time.items())}
     return Prediction(summary=summary, makespan=summary.makespan, lower_bound=bound, bound_resource=what,
                       utilisation=util, slot_use=slots,
-                      parallel_use=sum(slot_time.values()) / span / limits.parallel)
+                      parallel_use=sum(slot_time.values()) / span / limits.parallel, phase=phase,
+                      downtime_max=max(down, default=0.0), downtime_mean=sum(down) / len(down) if down else 0.0)
 
 
 def critical_resource(p: Prediction) -> tuple[str, float]:

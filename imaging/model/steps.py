@@ -34,6 +34,9 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "backup_volume": ("vm", "path", "role", "label", "dest_path", "keep"),
     "rescue_user_files": ("vm", "os_path", "template_path", "var_path", "dest_rel", "exclude"),
     "write_settings": ("path", "files", "manifest_name"),
+    # Offline, on the host, into a new OS disk no VM uses yet: the volume configuration its first boot applies
+    # (mounts by label and links), so the guest step after the boot only checks it.
+    "inject_first_boot": ("path", "volumes"),
     "configure_guest": ("vm", "volumes"),
     "health_check": ("vm", "expect_apps_version", "links", "expect_settings_sha256"),
     # The record it replaces is kept beside it (record.previous.json), marked with the operation that wrote.

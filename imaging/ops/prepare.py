@@ -15,6 +15,7 @@ from imaging.core.stamps import new_op_id
 from imaging.engine.executor import Listener, Outcome, StepEvent
 from imaging.engine.runner import FleetResult, Options, ProgressFn, limits_for, new_record, outcome_result, run_fleet
 from imaging.engine.scheduler import SKIPPED, Job, Result, parse_batches, plan_waves
+from imaging.engine.simulate import Prediction, TimeModel, predict
 from imaging.model.inventory import Instrument
 from imaging.model.steps import Step
 from imaging.ops.context import Context
@@ -31,7 +32,7 @@ from imaging.ops.facts import (
 )
 from imaging.ops.publish import publish
 from imaging.ops.reimage import plan_phase, refuse_same_release, settings_for
-from imaging.ops.stage import stage_steps
+from imaging.ops.stage import not_staged, stage_steps
 from imaging.state.journal import OK
 from imaging.state.runs import new_run_id
 
@@ -173,3 +174,18 @@ def refuse_unprepared(ctx: Context, inst: Instrument) -> Prepared:
                          value=inst.name, fix=f"refresh it with {prepare_command(inst, p.release)}")
     return p
 
+
+
+def simulate(ctx: Context, insts: list[Instrument], release: str, options: Options, model: TimeModel) -> Prediction:
+    """Predict the preparation: no downtime, bounded by the share and the hosts' disks (staging) and the
+    hosts' limits. Touches nothing."""
+    targets = desired_releases(ctx, insts, release)
+    staged = set()
+    for h in {i.host for i in insts}:
+        seen = [not_staged(ctx, targets[i.name], h) for i in insts if i.host == h]
+        if all(m == [] or (m is None and model.staged) for m in seen):
+            staged.add(h)  # staged as observed, or (hosts the tool cannot look at) as the model assumes
+    jobs = [Job(i.name, i.host, model.prepare_s(i.host, staged=i.host in staged), unstaged=i.host not in staged)
+            for i in insts]
+    waves = plan_waves(jobs, canary="", batches=parse_batches("100%"))
+    return predict(waves, model, limits_for(ctx.per_host_limits, options), staged_hosts=staged, phase="prepare")

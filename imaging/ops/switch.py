@@ -16,7 +16,7 @@ from imaging.core.stamps import new_op_id
 from imaging.engine.executor import Listener, Outcome, StepEvent
 from imaging.engine.runner import FleetResult, Options, ProgressFn, limits_for, new_record, outcome_result, run_fleet
 from imaging.engine.scheduler import Job, Result, parse_batches, plan_waves
-from imaging.engine.simulate import TimeModel
+from imaging.engine.simulate import Prediction, TimeModel, predict
 from imaging.model.inventory import Instrument
 from imaging.ops.context import Context
 from imaging.ops.deploy import interrupted_run, job_in_run, resume_run
@@ -27,6 +27,7 @@ from imaging.ops.rollback import rollback_last
 from imaging.state.runs import new_run_id
 
 TO = ("prepared", "previous")
+SWITCH_PARALLEL = 16  # a switch's default --parallel: the hosts' max_concurrent is what limits it (see docs)
 
 
 def switch(ctx: Context, inst: Instrument, *, listener: Listener | None = None, batch: str | None = None
@@ -103,3 +104,10 @@ def resume(ctx: Context, *, run_id: str | None = None, model: TimeModel | None =
     insts = [ctx.inventory.instrument(n) for n in record["selection"]]
     work = _work(ctx, record["id"], record.get("to", "prepared"), progress or (lambda kind, payload: None))
     return resume_run(ctx, record, switch_jobs(ctx, insts, model or TimeModel()), work, options, progress)
+
+
+def simulate(ctx: Context, insts: list[Instrument], options: Options, model: TimeModel) -> Prediction:
+    """Predict the switch window and each instrument's downtime with the waves and limits the switch would use
+    (the instruments need not be prepared yet: this is how a shutdown is planned). Touches nothing."""
+    waves = plan_waves(switch_jobs(ctx, insts, model), canary=options.canary, batches=parse_batches(options.batches))
+    return predict(waves, model, limits_for(ctx.per_host_limits, options), phase="switch")

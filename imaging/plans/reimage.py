@@ -130,7 +130,9 @@ def plan_reimage(x: ReimageInputs) -> Plan:
         add("write_volume_files", f"save the settings changes made on the instrument to Var "
             f"({len(x.drift_files)} files under settings-drift\\)", path=var_path, files=x.drift_files)
     if old["os"] and obs.parents.get(SLOTS["os"]):
-        exclude = [d.link for d in disks.values()] + list(inst.rescue_exclude) + ["C:\\volumes"]
+        # the links, the facility's list, and what the tool itself put on the OS disk (mounts, first boot)
+        exclude = [d.link for d in disks.values()] + list(inst.rescue_exclude) + [
+            "C:\\volumes", "C:\\ProgramData\\imaging", "C:\\Windows\\Setup\\Scripts"]
         add("rescue_user_files", f"rescue files users left on the old OS disk to "
             f"Var\\rescued\\{x.stamp}\\ (anything not in the template, outside the linked folders)",
             vm=vm, os_path=old["os"], template_path=obs.parents[SLOTS["os"]], var_path=var_path,
@@ -154,6 +156,9 @@ def plan_reimage(x: ReimageInputs) -> Plan:
     add("write_settings", f"write {len(x.settings_files)} settings files rendered from git"
         + (f" (commit {x.settings_commit[:10]})" if x.settings_commit else ""),
         part="prepare", path=new["settings"], files=x.settings_files, manifest_name=SETTINGS_MANIFEST)
+    volumes = [{"label": s.label, "mount": layout.mount_point(s.label), "link": s.link} for s in disks.values()]
+    add("inject_first_boot", "write the volume configuration into the new OS disk, for its first boot to apply "
+        "(offline, on the host)", part="prepare", path=new["os"], volumes=volumes)
     for role in ("os", "apps", "settings"):
         add("attach_disk", f"attach the new {role} disk at SCSI 0:{SLOTS[role]}",
             undo=Step("detach_disk", h, {"vm": vm, "slot": SLOTS[role], "path": new[role]},
@@ -168,9 +173,9 @@ def plan_reimage(x: ReimageInputs) -> Plan:
     add("start_vm", f"start {vm}", undo=Step("stop_vm", h, {"vm": vm, "timeout_s": STOP_TIMEOUT_S}, f"stop {vm}"),
         vm=vm)
     add("wait_guest", f"wait for the guest to answer (up to {GUEST_TIMEOUT_S} s)", vm=vm, timeout_s=GUEST_TIMEOUT_S)
-    volumes = [{"label": s.label, "mount": layout.mount_point(s.label), "link": s.link} for s in disks.values()]
-    add("configure_guest", "mount each volume by label under C:\\volumes\\<Label> and link "
-        + ", ".join(f"{v['link']}" for v in volumes), vm=vm, volumes=volumes)
+    add("configure_guest", "check each volume is mounted by label under C:\\volumes\\<Label> and linked to "
+        + ", ".join(f"{v['link']}" for v in volumes) + " (the first boot did it; anything missing is done now)",
+        vm=vm, volumes=volumes)
     for pb in x.post_boot:
         add("run_guest_command", f"post-boot migration {pb['migration']}: {pb['description']}", vm=vm,
             command=pb["command"], var_path=var_path, marker=pb["marker"], record=pb["record"])

@@ -23,7 +23,7 @@ from tests.ops.test_failed_undo import _ctx
 from tests.ops.test_reimage import put_user_data, user_data
 
 OLD, NEW = "2026C3.0", "2026C3.1"
-PREPARE_STEPS = 8  # preflight, lock, OS child, Apps child, Settings disk, settings files, unlock
+PREPARE_LEN = 8  # preflight, lock, OS child, Apps child, Settings disk, settings files, first boot, unlock
 
 
 def _power_history(ctx: Context, name: str) -> list[dict]:
@@ -65,6 +65,8 @@ def test_prepare_never_touches_the_running_vm_and_switch_puts_the_release_in_pla
     assert facts.prepared(ctx, zoom) is None
     steps = [s.action for s in ctx.journal.steps(done.op_id)]
     assert "create_child_disk" not in steps and "write_settings" not in steps  # made during prepare
+    configure = [s for s in ctx.journal.steps(done.op_id) if s.action == "configure_guest"]
+    assert configure[0].changed is False  # the first boot applied the injected configuration: only a check
     [row] = fleet_status(ctx, ["ZOOM"])
     assert row.recorded == row.running == NEW
     with pytest.raises(InputError, match="invoke prepare --release="):
@@ -93,7 +95,7 @@ def test_switch_refuses_an_unprepared_or_outdated_instrument_naming_the_prepare_
     assert _running(ctx)[0] == OLD
 
 
-@pytest.mark.parametrize("index", range(PREPARE_STEPS - 1))
+@pytest.mark.parametrize("index", range(PREPARE_LEN))
 def test_a_fault_at_every_prepare_step_leaves_the_running_instrument_untouched(project: Path, index: int) -> None:
     ctx = _ctx(project)
     assert reimaging.reimage(ctx, "ZOOM", OLD).ok
@@ -103,7 +105,7 @@ def test_a_fault_at_every_prepare_step_leaves_the_running_instrument_untouched(p
     plan = reimaging.plan_phase(ctx, zoom, NEW, op_id="0" * 12, allow_dirty=False, dry_run=True,
                                 capture_drift=False, settings_ref="HEAD", hotfixes=(), phase="prepare")
     actions = [s.action for s in plan.steps]
-    assert len(actions) == PREPARE_STEPS - 1
+    assert len(actions) == PREPARE_LEN
     action, nth = actions[index], actions[: index + 1].count(actions[index])
     seen = {"n": 0}
 
@@ -164,3 +166,32 @@ def test_prepare_then_switch_a_group_from_the_command_line(project: Path) -> Non
     assert res.returncode != 0 and "invoke prepare --release=" in res.stderr
     with pytest.raises(ImagingError):
         preparing.refuse_unprepared(ctx, ctx.inventory.instrument(group[0]))
+
+
+def test_a_backup_writes_only_what_changed_since_the_last_verified_one(project: Path) -> None:
+    """Incremental Var backups on the lab: files identical to the last verified backup are linked from it;
+    every backup still holds every file, byte for byte (it is verified against the volume)."""
+    from imaging.core.hashing import tree_manifest
+
+    ctx = _ctx(project)
+    assert reimaging.reimage(ctx, "ZOOM", OLD).ok
+    put_user_data(ctx)
+    assert reimaging.reimage(ctx, "ZOOM", NEW).ok
+    zoom = ctx.inventory.instrument("ZOOM")
+    ctx.providers.lab.guest_write(zoom.host, zoom.vm, r"C:\Instrument\Var\autosave\motors.sav", b"theta=13.0\n")
+    assert preparing.prepare(ctx, zoom, OLD, force=True).outcome.ok
+    out = switching.switch(ctx, zoom)
+    assert out.ok
+    [var_backup] = [s for s in ctx.journal.steps(out.op_id)
+                    if s.action == "backup_volume" and s.phase == "do" and "-var" in s.result["path"]]
+    folder = ctx.providers.lab.path(zoom.host, var_backup.result["path"])
+    base = folder.parent / json.loads((folder / "manifest.json").read_text())["base"]
+    same, changed = Path("db/exp.sqlite"), Path("autosave/motors.sav")
+    assert (folder / "content" / same).stat().st_ino == (base / "content" / same).stat().st_ino  # linked
+    assert (folder / "content" / changed).stat().st_ino != (base / "content" / changed).stat().st_ino  # written
+    assert 1 <= var_backup.result["linked"] < var_backup.result["files"]
+    var = ctx.providers.lab.path(zoom.host, layout.disk_path(ctx.inventory.host_of(zoom), zoom, "var"))
+    assert tree_manifest(folder / "content") == json.loads((folder / "manifest.json").read_text())["files"]
+    assert (folder / "content" / "autosave" / "motors.sav").read_bytes() == b"theta=13.0\n"
+    assert (var / "content" / "autosave" / "motors.sav").stat().st_ino != \
+        (folder / "content" / "autosave" / "motors.sav").stat().st_ino  # never shares a file with the volume

@@ -145,7 +145,7 @@ def fail_nth_plan_step(index: int, plan_actions: list[str], exc: type[BaseExcept
     return hook
 
 
-PLAN_LEN = 26  # the steps of the reimage in prepared(); every one of them is failed, killed and resumed
+PLAN_LEN = 27  # the steps of the reimage in prepared(); every one of them is failed, killed and resumed
 
 
 def prepared(project: Path) -> tuple[Context, list[str], dict[str, str], object]:

@@ -449,7 +449,7 @@ def test_mount_steps_of_two_instruments_on_one_host_never_overlap(endpoint, tmp_
     per_instrument = {p.instrument: [c for c in mounts if instrument_of_script(inv, c.script) == p.instrument]
                       for p in plans}
     for plan in plans:  # var, data and settings disks, two backups, the rescue, the settings files
-        assert len(per_instrument[plan.instrument]) == sum(s.action in MOUNT_ACTIONS for s in plan.steps) == 7
+        assert len(per_instrument[plan.instrument]) == sum(s.action in MOUNT_ACTIONS for s in plan.steps) == 8
     spans = sorted((c.started, c.ended) for c in mounts)
     assert all(end is not None for _, end in spans)
     for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False):

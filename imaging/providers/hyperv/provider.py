@@ -27,6 +27,7 @@ from imaging.providers.hyperv.session import SessionPool
 
 # Actions that mount a VHDX on the host (Mount-VHD, access paths, Initialize-Disk/Format-Volume).
 MOUNT_ACTIONS = frozenset({"create_disk", "backup_volume", "rescue_user_files", "write_settings", "read_volume",
+                           "inject_first_boot",
                            "write_volume_files", "build_apps_disk", "build_template"})
 
 # Whole-step time limits in seconds. Copies and backups of large disks get hours; quick Hyper-V calls get
@@ -35,7 +36,8 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
     "preflight": 120, "acquire_lock": 60, "release_lock": 60, "ensure_vm": 300, "get_state": 60,
     "check_state": 60, "stop_vm": 120, "start_vm": 300, "wait_guest": 60, "stage_artifact": 6 * 3600,
     "create_child_disk": 300, "create_disk": 900, "delete_disk": 300, "remove_partial": 300, "attach_disk": 120,
-    "detach_disk": 120, "backup_volume": 4 * 3600, "rescue_user_files": 2 * 3600, "write_settings": 900,
+    "detach_disk": 120, "inject_first_boot": 600, "backup_volume": 4 * 3600, "rescue_user_files": 2 * 3600,
+    "write_settings": 900,
     "apply_hotfix": 1800, "revert_hotfix": 1800, "restart_services": 600,
     "configure_guest": 600, "health_check": 600, "write_record": 300, "restore_record": 300, "read_volume": 600,
     "write_volume_files": 900, "run_guest_command": 3600,

@@ -115,7 +115,7 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             check_relpath(rel, field=f"files[{rel!r}]", file=where)
     if "switch" in inputs:
         check_windows_name(inputs["switch"], field="switch", file=where)
-    if action == "configure_guest":
+    if action in ("configure_guest", "inject_first_boot"):
         for i, vol in enumerate(inputs["volumes"]):
             check_label(vol.get("label"), field=f"volumes[{i}].label", file=where)
             check_windows_path(vol.get("mount"), field=f"volumes[{i}].mount", file=where)

@@ -17,7 +17,7 @@ from imaging.core.errors import ProviderError
 from imaging.core.files import atomic_write, read_json, write_json
 from imaging.core.hashing import manifest_digest, sha256_file, tree_manifest
 from imaging.model.inventory import PERSISTENT_ROLES
-from imaging.providers.lab.fs import clone_tree, copy_tree, guest_rel
+from imaging.providers.lab.fs import clone_tree, guest_rel
 
 
 def _changed_files(root: str, template: str, skip: set[str]) -> list[str]:
@@ -210,14 +210,16 @@ class DiskActions:
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
-        copy_tree(src / "content", partial / "content")
         expected = tree_manifest(src / "content")
+        base = _last_verified_backup(dest.parent, f"-{role}")
+        linked = _incremental_copy(src / "content", partial / "content", expected, base)
         copied = tree_manifest(partial / "content")
         if copied != expected:
             shutil.rmtree(partial)
             raise ProviderError(f"backup of {label} did not verify", host=host, step="backup_volume")
         write_json(partial / "manifest.json", {"vm": vm, "role": role, "label": label, "source": path,
-                                               "files": expected, "digest": manifest_digest(expected)})
+                                               "files": expected, "digest": manifest_digest(expected),
+                                               "base": base.name if base else None, "linked": linked})
         os.replace(partial, dest)
         suffix = f"-{role}"
         siblings = sorted(p for p in dest.parent.iterdir() if p.name.endswith(suffix) and p.is_dir())
@@ -225,7 +227,7 @@ class DiskActions:
         for old in siblings[:-keep] if keep > 0 else []:
             shutil.rmtree(old)
             removed.append(old.name)
-        return {"changed": True, "path": dest_path, "files": len(expected), "removed": removed}
+        return {"changed": True, "path": dest_path, "files": len(expected), "linked": linked, "removed": removed}
 
     def _do_rescue_user_files(self, host: str, vm: str, os_path: str, template_path: str, var_path: str,
                               dest_rel: str, exclude: list[str]) -> dict:
@@ -292,3 +294,30 @@ class DiskActions:
             atomic_write(target, data)
             written.append(rel)
         return {"changed": bool(written), "written": written}
+
+
+def _last_verified_backup(folder: Path, suffix: str) -> Path | None:
+    """The newest finished backup of this role (its manifest is written last, so it was verified)."""
+    done = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.endswith(suffix)
+                  and (p / "manifest.json").exists()) if folder.exists() else []
+    return done[-1] if done else None
+
+
+def _incremental_copy(src: Path, dst: Path, expected: dict[str, str], base: Path | None) -> int:
+    """Copy a volume's files into a backup; a file identical (by sha256) to the one in the last verified
+    backup is hard-linked from it instead of copied, so a backup writes only what changed since. Backups are
+    never changed in place, so sharing a file between two of them is safe. Returns the files linked."""
+    before = read_json(base / "manifest.json").get("files", {}) if base else {}
+    for dirpath, _dirs, _files in os.walk(src):
+        (dst / os.path.relpath(dirpath, src)).mkdir(parents=True, exist_ok=True)
+    linked = 0
+    for rel, digest in expected.items():
+        target = dst / rel
+        if digest.startswith("link:"):
+            os.symlink(digest[len("link:"):], target)
+        elif base is not None and before.get(rel) == digest and (base / "content" / rel).is_file():
+            os.link(base / "content" / rel, target)
+            linked += 1
+        else:
+            shutil.copy2(src / rel, target)
+    return linked

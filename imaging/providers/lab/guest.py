@@ -55,6 +55,36 @@ class GuestActions:
                 return self.path(host, path) / "content"
         raise ProviderError(f"no attached volume is labelled {label}", host=host, step=step)
 
+    FIRST_BOOT = "C:\\ProgramData\\imaging\\first-boot.json"
+
+    def _do_inject_first_boot(self, host: str, path: str, volumes: list[dict[str, str]]) -> dict:
+        """Write the volume configuration into a new OS disk that no VM uses yet; its first boot applies it."""
+        d, meta = self._disk(host, path, step="inject_first_boot")
+        if meta.get("attached_to"):
+            raise ProviderError(f"refusing to write into {path} offline: it is attached to {meta['attached_to']}",
+                                host=host, step="inject_first_boot")
+        f = (d / "content").joinpath(*guest_rel(self.FIRST_BOOT))
+        body = {"volumes": volumes}
+        if f.exists() and read_json(f) == body:
+            return {"changed": False}
+        write_json(f, body)
+        return {"changed": True}
+
+    def first_boot(self, host: str, vm: str) -> None:
+        """What Windows does at the first boot of a new OS disk (SetupComplete): apply the injected volume
+        configuration once. A failure is left for the guest step to find and report, as on Windows."""
+        groot = self.guest_root(host, vm)
+        f = groot.joinpath(*guest_rel(self.FIRST_BOOT))
+        done = f.with_name("first-boot.done")
+        if not f.exists() or done.exists():
+            return
+        try:
+            self._do_configure_guest(host, vm, read_json(f)["volumes"])
+        except ProviderError as exc:
+            atomic_write(f.with_name("first-boot.error"), str(exc).encode())
+            return
+        atomic_write(done, b"applied\n")
+
     def _do_configure_guest(self, host: str, vm: str, volumes: list[dict[str, str]]) -> dict:
         rec, groot = self._running_guest(host, vm, "configure_guest")
         changed = False

@@ -157,6 +157,7 @@ class HostActions:
         rec["power"] = "Running"
         _power_changed(rec, "Running")
         write_json(self._vm_file(host, vm), rec)
+        self.first_boot(host, vm)
         return {"changed": True}
 
     def _do_wait_guest(self, host: str, vm: str, timeout_s: int) -> dict:

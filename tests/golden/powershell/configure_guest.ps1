@@ -51,7 +51,8 @@ try {
     # Inside the guest, over PowerShell Direct: bring offline disks online, mount each labelled volume at
     # its folder under C:\volumes without a drive letter, and make each link a directory junction to that
     # folder. An empty placeholder folder at a link is replaced; a non-empty one is refused. Running it
-    # again changes nothing.
+    # again changes nothing. The same script is what a new OS disk's first boot runs (inject_first_boot), so
+    # after a switch this step finds everything in place and only checks it.
     $Vm = 'NDXZOOM'
     $Volumes = @([ordered]@{'label' = 'Apps'; 'mount' = 'C:\volumes\Apps'; 'link' = 'C:\Instrument\Apps'}, [ordered]@{'label' = 'Settings'; 'mount' = 'C:\volumes\Settings'; 'link' = 'C:\Instrument\Settings'}, [ordered]@{'label' = 'Var'; 'mount' = 'C:\volumes\Var'; 'link' = 'C:\Instrument\Var'}, [ordered]@{'label' = 'Data'; 'mount' = 'C:\volumes\Data'; 'link' = 'C:\data'})
     $request = ConvertTo-Json -InputObject ([ordered]@{ volumes = @($Volumes) }) -Depth 4 -Compress

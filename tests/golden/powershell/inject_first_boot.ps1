@@ -1,0 +1,241 @@
+# A step script rendered by imaging.powershell; every value in it came through ps_literal.
+Set-StrictMode -Version 3
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+
+function Write-ImagingResult {
+    # The only way a step reports: one compressed JSON line between two marker lines.
+    param([Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result)
+    $json = ConvertTo-Json -InputObject $Result -Depth 8 -Compress
+    Write-Output '<<<IMAGING-RESULT>>>'
+    Write-Output $json
+    Write-Output '<<<END-IMAGING-RESULT>>>'
+}
+
+function Write-ImagingFailure {
+    # A failed step still reports in the same frame, saying whether it had already changed something.
+    param(
+        [Parameter(Mandatory = $true)] [System.Management.Automation.ErrorRecord] $ErrorRecord,
+        [Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result
+    )
+    $where = ''
+    if ($null -ne $ErrorRecord.InvocationInfo) { $where = [string]$ErrorRecord.InvocationInfo.PositionMessage }
+    $Result['ok'] = $false
+    $Result['error'] = [string]$ErrorRecord.Exception.Message
+    $Result['where'] = $where
+    Write-ImagingResult -Result $Result
+}
+
+function Initialize-ImagingFolder {
+    # Creates a folder (and its parents) if it is missing; never touches an existing one.
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    if (-not (Test-Path -LiteralPath $Path -PathType Container)) {
+        New-Item -ItemType Directory -Path $Path -Force | Out-Null
+    }
+}
+
+function Get-ImagingSha256 {
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
+}
+function Mount-ImagingVolume {
+    # Mounts a VHDX without a drive letter and exposes its largest data partition at a fresh, empty folder
+    # in the temp directory. Callers hold the provider's per-host mount lock and always call
+    # Dismount-ImagingVolume in a finally block.
+    param([Parameter(Mandatory = $true)] [string] $Path, [switch] $ReadOnly)
+    $mountArgs = @{ Path = $Path; NoDriveLetter = $true; PassThru = $true }
+    if ($ReadOnly) { $mountArgs['ReadOnly'] = $true }
+    $vhd = Mount-VHD @mountArgs
+    $mounted = [ordered]@{ Path = $Path; Folder = $null; DiskNumber = $vhd.DiskNumber; PartitionNumber = $null; Label = $null }
+    try {
+        $disk = Get-Disk -Number $vhd.DiskNumber
+        if ($disk.IsOffline) { Set-Disk -Number $disk.Number -IsOffline $false }
+        $partition = @(Get-Partition -DiskNumber $disk.Number | Where-Object { $_.Type -eq 'Basic' } |
+            Sort-Object -Property Size -Descending)
+        if ($partition.Count -eq 0) { throw "the disk $Path has no data partition" }
+        $part = $partition[0]
+        $mounted.PartitionNumber = $part.PartitionNumber
+        $mounted.Label = [string](Get-Volume -Partition $part).FileSystemLabel
+        $folder = Join-Path -Path ([System.IO.Path]::GetTempPath()) -ChildPath ('imaging-' + [guid]::NewGuid().ToString('N'))
+        New-Item -ItemType Directory -Path $folder | Out-Null
+        $mounted.Folder = $folder
+        Add-PartitionAccessPath -DiskNumber $disk.Number -PartitionNumber $part.PartitionNumber -AccessPath ($folder + '\')
+    }
+    catch {
+        Dismount-ImagingVolume -Mounted $mounted
+        throw
+    }
+    return $mounted
+}
+
+function Dismount-ImagingVolume {
+    # Undoes Mount-ImagingVolume. The mount folder is removed only when empty, never recursively, so a
+    # volume that is still mounted there can never be deleted by accident.
+    param([Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Mounted)
+    if ($null -ne $Mounted.Folder -and $null -ne $Mounted.PartitionNumber) {
+        Remove-PartitionAccessPath -DiskNumber $Mounted.DiskNumber -PartitionNumber $Mounted.PartitionNumber `
+            -AccessPath ($Mounted.Folder + '\') -ErrorAction SilentlyContinue
+    }
+    Dismount-VHD -Path $Mounted.Path
+    if ($null -ne $Mounted.Folder -and (Test-Path -LiteralPath $Mounted.Folder -PathType Container)) {
+        if (@(Get-ChildItem -LiteralPath $Mounted.Folder -Force).Count -eq 0) {
+            [System.IO.Directory]::Delete($Mounted.Folder, $false)
+        }
+    }
+}
+
+function Get-ImagingVolumeFiles {
+    # Every file under a mounted volume, as paths relative to its root. Reparse points (junctions, links)
+    # are listed as skipped and never followed: on an offline disk they point into the host's own C:.
+    param(
+        [Parameter(Mandatory = $true)] [string] $Root,
+        [string[]] $ExcludeRel = @()
+    )
+    $always = @('System Volume Information', '$Recycle.Bin', 'pagefile.sys', 'hiberfil.sys', 'swapfile.sys')
+    $exclude = @($always + $ExcludeRel | ForEach-Object { $_.TrimEnd('\').ToLowerInvariant() })
+    $files = New-Object System.Collections.Generic.List[object]
+    $skipped = New-Object System.Collections.Generic.List[string]
+    $pending = New-Object System.Collections.Generic.Stack[string]
+    $pending.Push('')
+    while ($pending.Count -gt 0) {
+        $rel = $pending.Pop()
+        $dir = New-Object System.IO.DirectoryInfo -ArgumentList (Join-Path -Path $Root -ChildPath $rel)
+        try { $entries = @($dir.GetFileSystemInfos()) }
+        catch { $skipped.Add($rel); continue }
+        foreach ($entry in $entries) {
+            $childRel = if ($rel) { $rel + '\' + $entry.Name } else { $entry.Name }
+            if ($exclude -contains $childRel.ToLowerInvariant()) { continue }
+            if (($entry.Attributes -band [System.IO.FileAttributes]::ReparsePoint) -ne 0) {
+                $skipped.Add($childRel)
+                continue
+            }
+            if ($entry -is [System.IO.DirectoryInfo]) { $pending.Push($childRel) }
+            else {
+                $files.Add([pscustomobject]@{ Rel = $childRel; Size = $entry.Length; Full = $entry.FullName })
+            }
+        }
+    }
+    return [pscustomobject]@{ Files = $files.ToArray(); Skipped = $skipped.ToArray() }
+}
+
+$ImagingAction = 'inject_first_boot'
+$Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
+try {
+    # Offline, on the host: writes the volume configuration into a new OS disk that no VM uses yet, and the
+    # first-boot hook that applies it. Windows runs C:\Windows\Setup\Scripts\SetupComplete.cmd once, at the
+    # end of its first boot after sysprep; the hook runs the same script as configure_guest (mount each
+    # labelled volume under C:\volumes and link it), so the switch's guest step only checks. A
+    # SetupComplete.cmd the template already has is kept: the hook is added to it once. The provider holds
+    # the host's mount lock while this runs.
+    $Path = 'D:\Imaging\instruments\NDXZOOM\NDXZOOM-os-2026C3.1-3f2a9c1d.vhdx'
+    $Volumes = @([ordered]@{'label' = 'Apps'; 'mount' = 'C:\volumes\Apps'; 'link' = 'C:\Instrument\Apps'}, [ordered]@{'label' = 'Settings'; 'mount' = 'C:\volumes\Settings'; 'link' = 'C:\Instrument\Settings'}, [ordered]@{'label' = 'Var'; 'mount' = 'C:\volumes\Var'; 'link' = 'C:\Instrument\Var'}, [ordered]@{'label' = 'Data'; 'mount' = 'C:\volumes\Data'; 'link' = 'C:\data'})
+    $GuestScript = '        param([string] $RequestJson)
+        Set-StrictMode -Version 3
+        $ErrorActionPreference = ''Stop''
+        $request = ConvertFrom-Json -InputObject $RequestJson
+        $changed = $false
+        foreach ($disk in @(Get-Disk | Where-Object { $_.IsOffline })) {
+            Set-Disk -Number $disk.Number -IsOffline $false
+            $changed = $true
+        }
+        foreach ($disk in @(Get-Disk | Where-Object { $_.IsReadOnly })) {
+            Set-Disk -Number $disk.Number -IsReadOnly $false
+            $changed = $true
+        }
+        $report = New-Object System.Collections.Generic.List[object]
+        foreach ($spec in @($request.volumes)) {
+            $label = [string]$spec.label
+            $mount = ([string]$spec.mount).TrimEnd(''\'')
+            $link = ([string]$spec.link).TrimEnd(''\'')
+            $did = New-Object System.Collections.Generic.List[string]
+            $found = @(Get-Volume | Where-Object { $_.FileSystemLabel -eq $label })
+            if ($found.Count -ne 1) { throw "expected one volume labelled ''$label'' in the guest, found $($found.Count)" }
+            $partition = Get-Partition -Volume $found[0]
+            if (-not (Test-Path -LiteralPath $mount -PathType Container)) {
+                New-Item -ItemType Directory -Path $mount -Force | Out-Null
+                $did.Add(''created mount folder'')
+            }
+            $paths = @($partition.AccessPaths | ForEach-Object { ([string]$_).TrimEnd(''\'') })
+            if ($paths -notcontains $mount) {
+                if (@(Get-ChildItem -LiteralPath $mount -Force).Count -gt 0) { throw "cannot mount ''$label'' at $mount: the folder is not empty" }
+                Add-PartitionAccessPath -DiskNumber $partition.DiskNumber -PartitionNumber $partition.PartitionNumber -AccessPath ($mount + ''\'')
+                $did.Add(''mounted'')
+            }
+            $letter = [string]$partition.DriveLetter
+            if ($letter -match ''^[A-Za-z]$'') {
+                Remove-PartitionAccessPath -DiskNumber $partition.DiskNumber -PartitionNumber $partition.PartitionNumber -AccessPath ($letter + '':\'')
+                $did.Add("removed drive letter $letter")
+            }
+            $item = Get-Item -LiteralPath $link -Force -ErrorAction SilentlyContinue
+            $makeLink = $true
+            if ($null -ne $item) {
+                if (-not $item.PSIsContainer) { throw "cannot link $link to ${mount}: a file is in the way" }
+                if (($item.Attributes -band [System.IO.FileAttributes]::ReparsePoint) -ne 0) {
+                    $target = ([string]@($item.Target)[0]).TrimEnd(''\'')
+                    if ($target -eq $mount) { $makeLink = $false }
+                    else {
+                        [System.IO.Directory]::Delete($link, $false)
+                        $did.Add("removed the link to $target")
+                    }
+                }
+                elseif (@(Get-ChildItem -LiteralPath $link -Force).Count -eq 0) {
+                    [System.IO.Directory]::Delete($link, $false)
+                    $did.Add(''removed empty placeholder folder'')
+                }
+                else { throw "cannot link $link to ${mount}: it is a folder with files in it; move them away first" }
+            }
+            if ($makeLink) {
+                $parent = Split-Path -Path $link -Parent
+                if (-not (Test-Path -LiteralPath $parent -PathType Container)) { New-Item -ItemType Directory -Path $parent -Force | Out-Null }
+                New-Item -ItemType Junction -Path $link -Target $mount | Out-Null
+                $did.Add(''linked'')
+            }
+            if ($did.Count -gt 0) { $changed = $true }
+            $report.Add([ordered]@{ label = $label; mount = $mount; link = $link; done = @($did.ToArray()) })
+        }
+        ConvertTo-Json -InputObject ([ordered]@{ changed = $changed; volumes = @($report.ToArray()) }) -Depth 5 -Compress
+'
+    $users = @(Get-VM | Get-VMHardDiskDrive | Where-Object { $_.Path -eq $Path })
+    if ($users.Count -gt 0) { throw "refusing to write into $Path offline: it is attached to VM $($users[0].VMName)" }
+    $request = ConvertTo-Json -InputObject ([ordered]@{ volumes = @($Volumes) }) -Depth 4 -Compress
+    $utf8 = New-Object System.Text.UTF8Encoding -ArgumentList $false
+    $mounted = Mount-ImagingVolume -Path $Path
+    try {
+        $root = $mounted.Folder
+        if (-not (Test-Path -LiteralPath (Join-Path -Path $root -ChildPath 'Windows') -PathType Container)) {
+            throw "the largest partition of $Path holds no Windows folder: not an OS disk"
+        }
+        $folder = Join-Path -Path $root -ChildPath 'ProgramData\imaging'
+        $scripts = Join-Path -Path $root -ChildPath 'Windows\Setup\Scripts'
+        foreach ($f in @($folder, $scripts)) {
+            if (-not (Test-Path -LiteralPath $f -PathType Container)) { New-Item -ItemType Directory -Path $f -Force | Out-Null }
+        }
+        $json = Join-Path -Path $folder -ChildPath 'first-boot.json'
+        $old = if (Test-Path -LiteralPath $json -PathType Leaf) { [System.IO.File]::ReadAllText($json) } else { $null }
+        $hook = '$apply = {' + "`r`n" + $GuestScript + "`r`n" + '}' + "`r`n" +
+            '$answer = & $apply ([System.IO.File]::ReadAllText(''C:\ProgramData\imaging\first-boot.json''))' + "`r`n" +
+            'Set-Content -LiteralPath ''C:\ProgramData\imaging\first-boot.done'' -Value $answer' + "`r`n"
+        $line = '@powershell.exe -NoProfile -ExecutionPolicy Bypass -File "%ProgramData%\imaging\first-boot.ps1" > "%ProgramData%\imaging\first-boot.log" 2>&1'
+        $cmd = Join-Path -Path $scripts -ChildPath 'SetupComplete.cmd'
+        $cmdText = if (Test-Path -LiteralPath $cmd -PathType Leaf) { [System.IO.File]::ReadAllText($cmd) } else { '' }
+        $changed = $false
+        if ($old -cne $request) {
+            [System.IO.File]::WriteAllText($json, $request, $utf8)
+            [System.IO.File]::WriteAllText((Join-Path -Path $folder -ChildPath 'first-boot.ps1'), $hook, $utf8)
+            $changed = $true
+        }
+        if (-not $cmdText.Contains($line)) {
+            [System.IO.File]::WriteAllText($cmd, $cmdText.TrimEnd() + "`r`n" + $line + "`r`n", $utf8)
+            $changed = $true
+        }
+        $Result['changed'] = $changed
+    }
+    finally {
+        Dismount-ImagingVolume -Mounted $mounted
+    }
+    $Result['path'] = $Path
+    Write-ImagingResult -Result $Result
+}
+catch {
+    Write-ImagingFailure -ErrorRecord $_ -Result $Result
+}
