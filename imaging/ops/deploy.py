@@ -269,8 +269,8 @@ def resumable(ctx: Context, kind: str = "deploy") -> dict | None:
     gone (hotfix runs are not resumed: each instrument's hotfix is one short operation, run again with
     ``--instruments=@failed``)."""
     guard_dir = ctx.paths.locks / FLEET_GUARDS
-    for rec in reversed(ctx.runs.all()):
-        if rec.get("kind", "deploy") == kind and rec["status"] == RUNNING and not is_live(guard_dir, rec["id"]):
+    for rec in reversed(ctx.runs.all(kind)):
+        if rec["status"] == RUNNING and not is_live(guard_dir, rec["id"]):
             return rec
     return None
 

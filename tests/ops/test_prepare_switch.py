@@ -195,3 +195,76 @@ def test_a_backup_writes_only_what_changed_since_the_last_verified_one(project: 
     assert (folder / "content" / "autosave" / "motors.sav").read_bytes() == b"theta=13.0\n"
     assert (var / "content" / "autosave" / "motors.sav").stat().st_ino != \
         (folder / "content" / "autosave" / "motors.sav").stat().st_ino  # never shares a file with the volume
+
+
+def test_a_fleet_switch_killed_midway_resumes_and_nothing_is_done_twice(project: Path) -> None:
+    names = ["ALF", "GEM", "IRIS", "HRPD"]
+    res = inv(project, "deploy", f"--release={OLD}", f"--instruments={','.join(names)}", "--yes", "--canary=none")
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = inv(project, "prepare", f"--release={NEW}", f"--instruments={','.join(names)}", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    env_kill = {"IMAGING_LAB_FAULTS": "*:start_vm#3@kill-after"}  # the third switch, once its VM started
+    killed = _inv_env(project, env_kill, "switch", f"--instruments={','.join(names)}", "--yes", "--canary=none",
+                      "--parallel=1")
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    ctx = _ctx(project)
+    on_new = [n for n in names if facts.running_release(ctx, ctx.inventory.instrument(n)) == NEW]
+    assert len(on_new) == 2, on_new  # two switched, the third interrupted, the fourth not started
+    res = inv(project, "switch", "--resume")
+    assert res.returncode == 0, res.stdout + res.stderr
+    ctx = _ctx(project)
+    [run] = ctx.runs.all("switch")
+    for n in names:
+        inst = ctx.inventory.instrument(n)
+        assert facts.running_release(ctx, inst) == NEW
+        ops = [o for o in ctx.journal.operations(instrument=n, batch=run["id"])]
+        assert [o.status for o in ops] == ["ok"], (n, ops)  # one switch each: resumed, never started again
+        gens = {p.rsplit("-", 1)[-1] for role, p in facts.observe(ctx, inst).disks.items() if role in (0, 1, 2)}
+        assert len(gens) == 1  # OS, Apps and Settings of one generation
+
+
+def _inv_env(project: Path, env: dict[str, str], *args: str):  # noqa: ANN202
+    import os
+    import subprocess
+    import sys
+
+    from tests.cli.test_cli import ROOT
+
+    exe = Path(sys.executable).with_name("invoke")
+    return subprocess.run([str(exe), "--search-root", str(ROOT), *args], capture_output=True, text=True,
+                          env={**os.environ, "IMAGING_ROOT": str(project), "COLUMNS": "200", **env}, timeout=300)
+
+
+SWITCH_LEN = 22  # the switch of a running, prepared ZOOM: the reimage's 27 steps minus the five prepare did
+
+
+@pytest.mark.parametrize("index", range(SWITCH_LEN))
+def test_a_fault_at_every_switch_step_leaves_what_ran_before_and_the_preparation(project: Path, index: int) -> None:
+    ctx = _ctx(project)
+    assert reimaging.reimage(ctx, "ZOOM", OLD).ok
+    put_user_data(ctx)
+    zoom = ctx.inventory.instrument("ZOOM")
+    assert preparing.prepare(ctx, zoom, NEW).outcome.ok
+    ready = facts.prepared(ctx, zoom)
+    data, running = user_data(ctx), _running(ctx)
+    plan = reimaging.plan_phase(ctx, zoom, NEW, op_id="0" * 12, allow_dirty=False, dry_run=True,
+                                capture_drift=False, settings_ref="HEAD", hotfixes=(), phase="switch",
+                                generation=ready.generation, prepared_by=ready.op.id)
+    actions = [s.action for s in plan.steps]
+    assert len(actions) == SWITCH_LEN, actions
+    action, nth = actions[index], actions[: index + 1].count(actions[index])
+    seen = {"n": 0}
+
+    def fault(step: Step) -> None:
+        if step.action == action:
+            seen["n"] += 1
+            if seen["n"] == nth:
+                raise InjectedFault(f"injected at {action}", host=step.host, step=action)
+
+    broken = _ctx(project)
+    broken.providers = type(broken.providers)(broken.inventory, broken.paths.lab, fault=fault)
+    out = switching.switch(broken, broken.inventory.instrument("ZOOM"))
+    assert not out.ok and out.restored and out.failed_step == action, out
+    assert _running(ctx) == running and user_data(ctx) == data  # exactly what ran before
+    assert facts.prepared(ctx, zoom) == ready  # the preparation waits, whole
+    assert switching.switch(ctx, zoom).ok  # and the switch works once the fault is gone
