@@ -268,3 +268,31 @@ def test_a_fault_at_every_switch_step_leaves_what_ran_before_and_the_preparation
     assert _running(ctx) == running and user_data(ctx) == data  # exactly what ran before
     assert facts.prepared(ctx, zoom) == ready  # the preparation waits, whole
     assert switching.switch(ctx, zoom).ok  # and the switch works once the fault is gone
+
+
+def test_preparing_another_release_replaces_the_prepared_disks_and_retention_keeps_them(project: Path) -> None:
+    from imaging.ops import releases as releasing
+
+    ctx = _ctx(project)
+    zoom = ctx.inventory.instrument("ZOOM")
+
+    def exists(path: str) -> bool:
+        return (ctx.providers.lab.path(zoom.host, path) / "disk.json").exists()
+
+    for release in (OLD, NEW, OLD):  # three generations: retention drops the oldest one
+        assert reimaging.reimage(ctx, "ZOOM", release, force=True).ok
+    assert preparing.prepare(ctx, zoom, NEW).outcome.ok
+    first = facts.prepared(ctx, zoom)
+    deleted = reimaging.retire_old_generations(ctx, zoom)
+    assert not set(first.new.values()) & set(deleted) and all(exists(p) for p in first.new.values())
+    assert preparing.prepare(ctx, zoom, OLD, force=True).outcome.ok  # another release: it replaces the first
+    second = facts.prepared(ctx, zoom)
+    assert second.release == OLD and second.generation != first.generation
+    assert not any(exists(p) for p in first.new.values()) and all(exists(p) for p in second.new.values())
+    assert preparing.prepare(ctx, zoom, NEW).outcome.ok
+    releasing.revoke(ctx, release=NEW, reason="bad detector map", dry_run=False)
+    ctx = _ctx(project)
+    with pytest.raises(InputError) as err:
+        switching.switch(ctx, ctx.inventory.instrument("ZOOM"))
+    assert "release 2026C3.1 is revoked (bad detector map)" in str(err.value)
+    assert "invoke prepare --release=2026C3.1 --instruments=ZOOM" in err.value.fix
