@@ -20,8 +20,10 @@ _PS_SINGLE_QUOTES = "'\u2018\u2019\u201a\u201b"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-# A Windows path we generate or accept from the inventory: drive or UNC, plain segments only.
-_WIN_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9 _.$()+-]*(?<![ .])$")
+# A Windows path we generate or accept from the inventory: drive or UNC, plain segments only. A segment may
+# start with "$" (Windows' own $Recycle.Bin, an admin share's C$): values only ever reach PowerShell as
+# single-quoted literals (``ps_literal``), where "$" expands nothing.
+_WIN_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._$][A-Za-z0-9 _.$()+-]*(?<![ .])$")
 
 
 def ps_literal(value: object) -> str:

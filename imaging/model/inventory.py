@@ -132,6 +132,33 @@ class Group(_Model):
         return check_name(v, field="name")
 
 
+class AdoptSpec(_Model):
+    """Where a hand-made instrument PC keeps what must survive its adoption (``adopt:`` in defaults.yaml or
+    an instrument file): data, the old control system's var and settings folders, the software's own
+    folders (never user files), and the user profile folders whose files are rescued."""
+
+    data_folders: tuple[str, ...] = ("C:\\data",)
+    var_folders: tuple[str, ...] = ()
+    settings_folders: tuple[str, ...] = ()
+    software_folders: tuple[str, ...] = ()
+    user_roots: tuple[str, ...] = ("C:\\Users",)
+    user_folders: tuple[str, ...] = ("Desktop", "Documents", "Downloads")
+    system_folders: tuple[str, ...] = ("C:\\Windows", "C:\\Program Files", "C:\\Program Files (x86)",
+                                       "C:\\ProgramData", "C:\\$Recycle.Bin", "C:\\System Volume Information",
+                                       "C:\\pagefile.sys", "C:\\swapfile.sys", "C:\\hiberfil.sys")
+
+    @field_validator("data_folders", "var_folders", "settings_folders", "software_folders", "user_roots",
+                     "system_folders")
+    @classmethod
+    def _paths(cls, v: tuple[str, ...], info: Any) -> tuple[str, ...]:
+        return tuple(check_windows_path(p, field=f"adopt.{info.field_name}") for p in v)
+
+    @field_validator("user_folders")
+    @classmethod
+    def _folders(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_windows_name(p, field="adopt.user_folders") for p in v)
+
+
 class Instrument(_Model):
     """One instrument PC: a VM on a host, its disks, its desired release and its settings variables."""
 
@@ -146,6 +173,7 @@ class Instrument(_Model):
     disks: Disks
     variables: dict[str, Any] = Field(default_factory=dict)
     rescue_exclude: tuple[str, ...] = ()
+    adopt: AdoptSpec = Field(default_factory=AdoptSpec)
     source: str = ""  # the file it was read from (filled by the loader)
 
     @field_validator("name", "vm", "host", "group")

@@ -18,6 +18,9 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "release_lock": ("vm", "lock_path", "op_id"),
     "ensure_vm": ("vm", "generation", "memory_mb", "cpus", "switch"),
     "get_state": ("vm",),
+    # Read only: what a (possibly hand-made) VM is and holds, by folder kind (data, var, settings, software,
+    # system), with user files in profile folders and everything else it found.
+    "survey_vm": ("vm", "folders", "user_roots", "user_folders"),
     # Observe under the lock: what the plan was made from must still be what the host shows.
     "check_state": ("vm", "exists", "power", "disks"),
     "stop_vm": ("vm", "timeout_s"),
@@ -61,7 +64,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
 }
 
 # Actions that only look and never change anything (their "changed" is always false).
-CHECK_ACTIONS = frozenset({"preflight", "get_state", "check_state", "wait_guest", "health_check", "read_volume"})
+CHECK_ACTIONS = frozenset({"preflight", "get_state", "survey_vm", "check_state", "wait_guest", "health_check",
+                           "read_volume"})
 
 
 @dataclass(frozen=True)

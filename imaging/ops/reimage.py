@@ -35,6 +35,7 @@ from imaging.ops.facts import (
 from imaging.ops.hotfix import reapply_after_reimage
 from imaging.ops.publish import publish
 from imaging.ops.stage import UNBUILT, artifacts_of, stage_steps
+from imaging.ops.survey import refuse_handmade
 from imaging.plans.reimage import ReimageInputs, apps_expectation, plan_reimage
 from imaging.settings import migrations
 from imaging.settings.instruments import DeployedSettings, ReimageSettings, prepare_reimage_settings
@@ -103,6 +104,7 @@ def plan_phase(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow
     host = ctx.inventory.host_of(inst)
     os_img, apps_img = artifacts_of(ctx, target, inst.host, build_samples=not dry_run)
     observed = observe(ctx, inst)
+    refuse_handmade(ctx, inst, observed)
     when = stamp()
     rs = settings_for(ctx, inst, target, observed, dry_run=dry_run, capture_drift=capture_drift,
                       allow_dirty=allow_dirty, ref=settings_ref, stamp_=when)

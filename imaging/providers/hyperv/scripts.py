@@ -39,6 +39,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "templates" / "powershell"
 # Actions whose script runs inside the guest over PowerShell Direct; they take the guest credential as
 # script parameters ($GuestUser, $GuestPassword), never as rendered text.
 GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record", "restore_record",
+                           "survey_vm",
                            "run_guest_command",
                            "apply_hotfix", "revert_hotfix", "restart_services"})
 
@@ -115,6 +116,15 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             check_relpath(rel, field=f"files[{rel!r}]", file=where)
     if "switch" in inputs:
         check_windows_name(inputs["switch"], field="switch", file=where)
+    if action == "survey_vm":
+        for kind, paths in inputs["folders"].items():
+            check_name(kind, field="folders", file=where)
+            for i, p in enumerate(paths):
+                check_windows_path(p, field=f"folders.{kind}[{i}]", file=where)
+        for i, p in enumerate(inputs["user_roots"]):
+            check_windows_path(p, field=f"user_roots[{i}]", file=where)
+        for i, name in enumerate(inputs["user_folders"]):
+            check_windows_name(name, field=f"user_folders[{i}]", file=where)
     if action in ("configure_guest", "inject_first_boot"):
         for i, vol in enumerate(inputs["volumes"]):
             check_label(vol.get("label"), field=f"volumes[{i}].label", file=where)

@@ -21,6 +21,7 @@ from imaging.model.record import problem as record_problem
 from imaging.model.steps import Step
 from imaging.providers.base import StepHook
 from imaging.providers.lab.disks import DiskActions
+from imaging.providers.lab.existing import ExistingMachines
 from imaging.providers.lab.fs import guest_rel, host_path
 from imaging.providers.lab.guest import GuestActions
 from imaging.providers.lab.host import HostActions
@@ -41,7 +42,7 @@ def _first_copy_error(exc: shutil.Error) -> OSError:
     return OSError(why)
 
 
-class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixActions):
+class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixActions, ExistingMachines):
     """Steps carried out on ``lab`` (a folder). Thread-safe: a host's VM and disk records change under that
     host's lock, so instruments on different hosts proceed in parallel, as on real hosts."""
 

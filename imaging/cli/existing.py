@@ -1,0 +1,73 @@
+"""Tasks about the machines facilities have today: survey a VM imaging did not make (read only), and, on the
+lab, make hand-made VMs to rehearse with."""
+
+from __future__ import annotations
+
+import json as jsonlib
+
+from invoke import task
+from rich.table import Table
+
+from imaging.cli.ui import console, context, names, reports_errors
+from imaging.core.errors import InputError
+from imaging.ops import survey as surveying
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@task(help={"instrument": "the instrument whose VM to survey (name like LET or VM name like NDXLET)",
+            "json": "print the survey as JSON (it is also written to .state/reports/)"})
+@reports_errors
+def survey(c, instrument, json=False):  # noqa: ANN001
+    """What an instrument's existing VM is and holds, read only: disks, data, the old system's folders, users'
+    files, and whether imaging made it. Changes nothing."""
+    with context() as ctx:
+        out = surveying.survey(ctx, ctx.inventory.instrument(instrument))
+    if json:
+        print(jsonlib.dumps(out.to_dict(), indent=2))
+        return
+    console.print(f"[bold]{out.vm}[/] on {out.host}: " + (f"generation {out.generation}, {out.power}" if out.exists
+                                                          else "no such VM"))
+    if out.disks:
+        table = Table(title="Disks")
+        for col in ("slot", "path", "size", "parent", "label"):
+            table.add_column(col)
+        for d in out.disks:
+            table.add_row(str(d["slot"]), d["path"], _mb(d["bytes"]), d.get("parent") or "-", d.get("label") or "-")
+        console.print(table)
+    if out.folders:
+        table = Table(title="Where its data lives")
+        for col in ("folder", "kind", "files", "size"):
+            table.add_column(col)
+        for path, f in out.folders.items():
+            if f["exists"]:
+                table.add_row(path, f["kind"], str(f["files"]), _mb(f["bytes"]))
+        console.print(table)
+    for title, rows in (("User files (rescued on adoption)", out.user_files),
+                        ("Everything else outside the known folders", out.other)):
+        if rows:
+            table = Table(title=title)
+            table.add_column("path")
+            table.add_column("size")
+            for r in rows:
+                table.add_row(r["path"], _mb(r["bytes"]))
+            console.print(table)
+    console.print(out.verdict)
+    console.print(f"report: {out.report}")
+
+
+@task(help={"instruments": "comma-separated instruments (default: every one marked legacy_control_system)"})
+@reports_errors
+def lab_handmade(c, instruments=""):  # noqa: ANN001
+    """The lab only: give instruments a hand-made VM (one OS disk with data, the old system's var folder and a
+    user's desktop files), as facilities have them today, to rehearse survey and adoption."""
+    with context() as ctx:
+        chosen = [ctx.inventory.instrument(n) for n in names(instruments)] or \
+            [i for i in ctx.inventory.instruments.values() if i.legacy_control_system]
+        if not chosen:
+            raise InputError("no instrument chosen", field="--instruments", fix="name instruments")
+        for inst in chosen:
+            console.print(f"{inst.vm} on {inst.host}: hand-made VM with its disk at "
+                          f"{surveying.make_handmade(ctx, inst)}")
