@@ -14,7 +14,8 @@ from imaging.ops import survey as surveying
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+    """A size people read at a glance: bytes, kB or MB."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} B"
 
 
 @task(help={"instrument": "the instrument whose VM to survey (name like LET or VM name like NDXLET)",
@@ -45,7 +46,7 @@ def survey(c, instrument, json=False):  # noqa: ANN001
             if f["exists"]:
                 table.add_row(path, f["kind"], str(f["files"]), _mb(f["bytes"]))
         console.print(table)
-    for title, rows in (("User files (rescued on adoption)", out.user_files),
+    for title, rows in (("User files in profile folders", out.user_files),
                         ("Everything else outside the known folders", out.other)):
         if rows:
             table = Table(title=title)

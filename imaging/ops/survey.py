@@ -66,8 +66,8 @@ def survey(ctx: Context, inst: Instrument, *, write_report: bool = True) -> Surv
         out.user_files, out.other = res.get("user_files", []), res.get("other", [])
         out.imaging_layout = _made_by_imaging(out.disks)
         out.verdict = ("made by imaging: reimage, prepare and switch apply" if out.imaging_layout else
-                       "hand-made: a reimage would replace its only OS disk; it is refused until the machine "
-                       "is adopted (the old VM kept whole beside the new one)")
+                       "hand-made: a reimage would replace its only OS disk, so it is refused (docs/existing.md "
+                       "says how to keep the old machine beside a new one)")
     if write_report:
         path = ctx.paths.reports / f"survey-{inst.name}-{stamp()}.json"
         write_json(path, out.to_dict())
