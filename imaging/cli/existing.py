@@ -8,8 +8,9 @@ import json as jsonlib
 from invoke import task
 from rich.table import Table
 
-from imaging.cli.ui import console, context, names, reports_errors
+from imaging.cli.ui import StepPrinter, confirm, console, context, names, print_outcome, print_plan, reports_errors
 from imaging.core.errors import InputError
+from imaging.ops import adopt as adopting
 from imaging.ops import survey as surveying
 
 
@@ -72,3 +73,23 @@ def lab_handmade(c, instruments=""):  # noqa: ANN001
         for inst in chosen:
             console.print(f"{inst.vm} on {inst.host}: hand-made VM with its disk at "
                           f"{surveying.make_handmade(ctx, inst)}")
+
+
+@task(help={"instrument": "the instrument whose hand-made VM to adopt",
+            "release": "the release the new VM runs (default: the instrument's desired release)",
+            "dry_run": "survey, check and print the plan; change nothing",
+            "yes": "do not ask for confirmation"})
+@reports_errors
+def adopt(c, instrument, release=None, dry_run=False, yes=False):  # noqa: ANN001
+    """Turn a hand-made VM into an imaging instrument without losing anything: the old VM is stopped, renamed
+    <VM>-legacy and kept whole; its data is copied off its disk into new Var and Data disks; the new VM is made
+    under the old name. A failure undoes it all."""
+    with context() as ctx:
+        if dry_run:
+            print_plan(adopting.plan_adoption(ctx, instrument, release))
+            return
+        confirm(f"adopt {instrument}: stop its VM, keep it as {ctx.inventory.instrument(instrument).vm}"
+                f"{adopting.LEGACY_SUFFIX}, and make the new one?", yes)
+        printer = StepPrinter()
+        out = adopting.adopt(ctx, instrument, release, listener=printer)
+        print_outcome(out, instrument, ctx.journal)

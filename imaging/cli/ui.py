@@ -121,9 +121,16 @@ def print_outcome(outcome: Any, instrument: str, journal: Any = None) -> None:
             changed = sum(1 for r in journal.steps(op.id) if r.phase == "do" and r.changed)
             rescued = [f for r in journal.steps(op.id) if r.action == "rescue_user_files" and r.result
                        for f in r.result.get("files", [])]
+            adopted = (op.rollback_point or {}).get("adopted")
             console.print(f"  {op.kind}: {op.from_release or 'nothing recorded'} -> {op.to_release}; "
-                          f"{changed} steps changed something; "
-                          + (f"{len(rescued)} user file(s) rescued to Var" if rescued else "no user files to rescue"))
+                          f"{changed} steps changed something"
+                          + (f"; {len(rescued)} user file(s) rescued to Var" if rescued else
+                             "" if adopted else "; no user files to rescue"))
+            if adopted:
+                copied = [r.result for r in journal.steps(op.id) if r.action == "copy_from_disk" and r.result]
+                console.print(f"  adopted: the old VM is kept whole as {adopted['legacy_vm']} (off); "
+                              f"{sum(c.get('files', 0) for c in copied)} file(s) copied off its disk, verified; "
+                              f"survey: {adopted.get('survey')}", soft_wrap=True)
         return
     err_console.print(f"[bold red]{instrument}: failed at {outcome.failed_step}[/]: {outcome.error}",
                       soft_wrap=True)

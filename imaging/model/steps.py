@@ -21,6 +21,11 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     # Read only: what a (possibly hand-made) VM is and holds, by folder kind (data, var, settings, software,
     # system), with user files in profile folders and everything else it found.
     "survey_vm": ("vm", "folders", "user_roots", "user_folders"),
+    # Adoption of a hand-made VM: it is renamed and kept whole (its disks never change); its data is copied
+    # off its own disk, read only while it is off, into the new Var and Data volumes, verified by sha256.
+    "rename_vm": ("vm", "new_name"),
+    "remove_vm": ("vm",),
+    "copy_from_disk": ("source_path", "dest_path", "copies", "listing_rel"),
     # Observe under the lock: what the plan was made from must still be what the host shows.
     "check_state": ("vm", "exists", "power", "disks"),
     "stop_vm": ("vm", "timeout_s"),

@@ -99,12 +99,18 @@ def _apps_expectation(ctx: Context, apps: str, verify_content: bool) -> dict | N
 
 def plan_phase(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow_dirty: bool, dry_run: bool,
           capture_drift: bool, settings_ref: str, hotfixes: tuple[str, ...], verify_content: bool = False,
-          phase: str = "whole", generation: str | None = None, prepared_by: str | None = None) -> Plan:
-    """The plan of one phase (``plans.reimage``): ``whole`` for a reimage, ``prepare`` or ``switch``."""
+          phase: str = "whole", generation: str | None = None, prepared_by: str | None = None,
+          adopting: tuple[tuple[Step, ...], dict] | None = None) -> Plan:
+    """The plan of one phase (``plans.reimage``): ``whole`` for a reimage, ``prepare`` or ``switch``.
+    ``adopting`` (the adoption's steps and record) plans the new VM beside a hand-made one that those steps
+    rename first: the plan then starts from no VM of that name."""
     host = ctx.inventory.host_of(inst)
     os_img, apps_img = artifacts_of(ctx, target, inst.host, build_samples=not dry_run)
-    observed = observe(ctx, inst)
-    refuse_handmade(ctx, inst, observed)
+    if adopting:
+        observed = Observed(exists=False, power="Absent", disks={})
+    else:
+        observed = observe(ctx, inst)
+        refuse_handmade(ctx, inst, observed)
     when = stamp()
     rs = settings_for(ctx, inst, target, observed, dry_run=dry_run, capture_drift=capture_drift,
                       allow_dirty=allow_dirty, ref=settings_ref, stamp_=when)
@@ -126,6 +132,7 @@ def plan_phase(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow
         settings_before_commit=rs.migration.before_commit if rs.migration else None, drift_files=drift_files,
         post_boot=tuple(post_boot), expect_apps=_apps_expectation(ctx, apps_img.name, verify_content),
         phase=phase, generation=generation, prepared_by=prepared_by,
+        before=adopting[0] if adopting else (), adopted=adopting[1] if adopting else None,
         based_on=(op.id if (op := setter_op(ctx, inst)) else None)))
     for art in (os_img, apps_img):
         if art.sha256 == UNBUILT:

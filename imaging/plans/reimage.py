@@ -59,6 +59,10 @@ class ReimageInputs:
     generation: str | None = None  # the prepared generation a switch attaches (default: one of this op)
     prepared_by: str | None = None  # the prepare operation a switch completes
     based_on: str | None = None  # the operation that put the running disks in place (a prepare's baseline)
+    # Steps that run once the lock is taken and before the VM is looked at again (adoption: stop, rename and
+    # copy the hand-made VM it replaces), and what the rollback point records about them.
+    before: tuple[Step, ...] = ()
+    adopted: dict[str, Any] | None = None
 
 
 PHASES = ("whole", "prepare", "switch")
@@ -96,13 +100,15 @@ def plan_reimage(x: ReimageInputs) -> Plan:
                    {"name": x.apps_image.name, "sha256": x.apps_image.sha256, "path": apps_master}])
     add("acquire_lock", f"lock {inst.name} for this operation ({x.op_id}) so nobody else changes it",
         undo=Step("release_lock", h, dict(lock), f"unlock {inst.name}"), part="both", owner=x.owner, **lock)
+    steps.extend(x.before)
     add("check_state", f"check {vm} is as this plan saw it ({obs.power}, {len(obs.disks)} disks): nobody changed it "
         "before the lock was taken", vm=vm, exists=obs.exists, power=obs.power,
         disks={str(k): v for k, v in sorted(obs.disks.items())})
     if not obs.exists:
         notes.append(f"VM {vm} does not exist on {h} yet: it will be created")
     add("ensure_vm", f"{'create' if not obs.exists else 'find'} VM {vm} on {h}", vm=vm, generation=2,
-        memory_mb=inst.memory_mb, cpus=inst.cpus, switch=host.switch)
+        memory_mb=inst.memory_mb, cpus=inst.cpus, switch=host.switch,
+        undo=Step("remove_vm", h, {"vm": vm}, f"remove the new, empty VM {vm}") if x.adopted else None)
     for role, path in (("var", var_path), ("data", data_path)):
         spec = disks[role]
         verb = "keep" if obs.disks.get(SLOTS[role]) == path else "create (if absent, never recreate)"
@@ -203,7 +209,8 @@ def plan_reimage(x: ReimageInputs) -> Plan:
                 rollback_point={"power": obs.power, "disks": {str(k): v for k, v in obs.disks.items()},
                                 "release": x.from_release, "generation": gen, "new": new,
                                 "settings_before_commit": x.settings_before_commit,
-                                **({"prepared": x.prepared_by} if x.prepared_by else {})})
+                                **({"prepared": x.prepared_by} if x.prepared_by else {}),
+                                **({"adopted": x.adopted} if x.adopted else {})})
 
 
 

@@ -62,3 +62,96 @@ def test_a_reimage_refuses_to_replace_the_only_disk_of_a_handmade_vm(project: Pa
     assert res.returncode != 0 and "hand-made VM" in res.stderr and "Traceback" not in res.stderr
     res = inv(project, "survey", "--instrument=GEM")
     assert res.returncode == 0 and "shift-notes.txt" in res.stdout and "hand-made" in res.stdout
+
+
+# --- adoption ------------------------------------------------------------------------------------------
+
+from imaging.core.errors import InputError  # noqa: E402
+from imaging.model.steps import Step  # noqa: E402
+from imaging.ops import adopt as adopting  # noqa: E402
+from imaging.ops import facts  # noqa: E402
+from imaging.providers.lab.faults import InjectedFault  # noqa: E402
+
+ADOPT_LEN = 30  # the adoption of the sample hand-made VM: 7 of its own, then the new VM as a reimage makes it
+
+
+def _vm(ctx, vm: str) -> dict | None:  # noqa: ANN001
+    f = ctx.providers.lab.lab / "hosts" / "HVHOST01" / "vms" / f"{vm}.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return tree_manifest(folder) if folder.exists() else {}
+
+
+def test_adopt_keeps_the_old_vm_whole_and_copies_everything_of_it(project: Path) -> None:
+    ctx = _ctx(project)
+    gem = ctx.inventory.instrument("GEM")
+    surveying.make_handmade(ctx, gem)
+    content = _disk(ctx, "GEM") / "content"  # what the VHDX holds (disk.json is the lab's attachment record)
+    old_disk = tree_manifest(content)
+    out = adopting.adopt(ctx, "GEM", "2026C3.0")
+    assert out.ok, out
+    legacy = _vm(ctx, "NDXGEM-legacy")
+    assert legacy is not None and legacy["power"] == "Off"
+    assert legacy["slots"] == {"0": "D:\\Hyper-V\\NDXGEM\\NDXGEM.vhdx"}
+    assert tree_manifest(content) == old_disk  # the old machine's disk, byte for byte
+    assert facts.running_release(ctx, gem) == "2026C3.0" and _vm(ctx, "NDXGEM")["power"] == "Running"
+    root = ctx.providers.lab.path(gem.host, "D:\\Imaging\\instruments\\NDXGEM")
+    data = _files(root / "NDXGEM-data.vhdx" / "content")
+    assert {k: v for k, v in data.items() if not k.startswith("adopted/")} == _files(content / "data")
+    var = root / "NDXGEM-var.vhdx" / "content"
+    assert _files(var / "legacy" / "LabVIEW Modules" / "var") == _files(content / "LabVIEW Modules" / "var")
+    [rescued] = list((var / "rescued").iterdir())
+    listing = json.loads((rescued / "rescued.json").read_text())
+    assert {f["from"] for f in listing["files"]} >= {"C:\\Users\\operator\\Desktop\\shift-notes.txt",
+                                                     "C:\\Temp\\old-installer.log"}
+    assert (rescued / "files" / "Users" / "operator" / "Desktop" / "shift-notes.txt").read_bytes() == \
+        (content / "Users" / "operator" / "Desktop" / "shift-notes.txt").read_bytes()
+    with pytest.raises(InputError, match="already an imaging instrument"):
+        adopting.plan_adoption(ctx, "GEM")
+
+
+def test_adopt_refuses_before_stopping_anything(project: Path) -> None:
+    from imaging.plans.adopt import AdoptInputs, check_fits
+
+    ctx = _ctx(project)
+    with pytest.raises(InputError, match="nothing to adopt"):
+        adopting.plan_adoption(ctx, "GEM")
+    gem = ctx.inventory.instrument("GEM")
+    surveying.make_handmade(ctx, gem)
+    sv = surveying.survey(ctx, gem).to_dict()
+    sv["folders"]["C:\\data"]["bytes"] = 600 * 1024 ** 3  # a real instrument's years of data
+    with pytest.raises(InputError) as err:
+        check_fits(AdoptInputs(inst=gem, host=ctx.inventory.host_of(gem), survey=sv, legacy_name="x", stamp="t"))
+    assert err.value.field == "disks.data.size_gb" and err.value.file.endswith("GEM.yaml")
+    assert "at least 667 GB" in err.value.fix
+    assert _vm(ctx, "NDXGEM")["power"] == "Running" and _vm(ctx, "NDXGEM-legacy") is None
+
+
+@pytest.mark.parametrize("index", range(ADOPT_LEN))
+def test_a_fault_at_every_adoption_step_gives_back_the_old_machine_exactly(project: Path, index: int) -> None:
+    ctx = _ctx(project)
+    gem = ctx.inventory.instrument("GEM")
+    surveying.make_handmade(ctx, gem)
+    old_disk, old_vm = tree_manifest(_disk(ctx, "GEM") / "content"), _vm(ctx, "NDXGEM")
+    actions = [s.action for s in adopting.plan_adoption(ctx, "GEM", "2026C3.0").steps]
+    assert len(actions) == ADOPT_LEN, actions
+    action, nth = actions[index], actions[: index + 1].count(actions[index])
+    seen = {"n": 0}
+
+    def fault(step: Step) -> None:
+        if step.action == action:
+            seen["n"] += 1
+            if seen["n"] == nth:
+                raise InjectedFault(f"injected at {action}", host=step.host, step=action)
+
+    broken = _ctx(project)
+    broken.providers = type(broken.providers)(broken.inventory, broken.paths.lab, fault=fault)
+    out = adopting.adopt(broken, "GEM", "2026C3.0")
+    assert not out.ok and out.restored, out
+    now = _vm(ctx, "NDXGEM")
+    assert now is not None and now["slots"] == old_vm["slots"] and now["power"] == "Running"  # its own name, running
+    assert _vm(ctx, "NDXGEM-legacy") is None
+    assert tree_manifest(_disk(ctx, "GEM") / "content") == old_disk  # byte for byte
+    assert adopting.adopt(ctx, "GEM", "2026C3.0").ok  # and the adoption works once the fault is gone

@@ -73,7 +73,7 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
     for key in _PATH_KEYS:
         if key in inputs:
             check_windows_path(inputs[key], field=key, file=where)
-    for key in ("vm", "name"):
+    for key in ("vm", "name", "new_name"):
         if key in inputs:
             check_name(inputs[key], field=key, file=where)
     if "label" in inputs:
@@ -116,6 +116,12 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             check_relpath(rel, field=f"files[{rel!r}]", file=where)
     if "switch" in inputs:
         check_windows_name(inputs["switch"], field="switch", file=where)
+    if action == "copy_from_disk":
+        check_relpath(inputs["listing_rel"], field="listing_rel", file=where)
+        for i, c in enumerate(inputs["copies"]):
+            check_windows_path(c.get("from"), field=f"copies[{i}].from", file=where)
+            if c.get("to"):
+                check_relpath(c["to"], field=f"copies[{i}].to", file=where)
     if action == "survey_vm":
         for kind, paths in inputs["folders"].items():
             check_name(kind, field="folders", file=where)

@@ -5,11 +5,13 @@ as facilities have them today), made on request for rehearsal, and the read-only
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import ProviderError
 from imaging.core.files import read_json, write_json
+from imaging.core.hashing import sha256_file
 from imaging.providers.lab.fs import guest_rel
 
 # A hand-made instrument PC: Windows, the old control system (LabVIEW modules, its var folder), data,
@@ -57,6 +59,74 @@ class ExistingMachines:
                                              "memory_mb": 8192, "cpus": 4, "switch": "Instruments",
                                              "power_history": []})
         return disk
+
+    def _do_rename_vm(self, host: str, vm: str, new_name: str) -> dict:
+        """Rename a VM (as Rename-VM does: its disks stay where they are). Done already: nothing to do."""
+        old, new = self._vm_file(host, vm), self._vm_file(host, new_name)
+        if not old.exists() and new.exists():
+            return {"changed": False}
+        if new.exists():
+            raise ProviderError(f"cannot rename {vm} to {new_name}: a VM of that name exists", host=host,
+                                step="rename_vm")
+        rec = self._vm(host, vm, step="rename_vm")
+        rec["name"] = new_name
+        for path in rec["slots"].values():
+            meta_file = self.path(host, path) / "disk.json"
+            meta = read_json(meta_file)
+            meta["attached_to"] = new_name
+            write_json(meta_file, meta)
+        write_json(new, rec)
+        old.unlink()
+        return {"changed": True}
+
+    def _do_remove_vm(self, host: str, vm: str) -> dict:
+        """Remove an empty VM (no disk attached, off): the undo of creating one. Its disks are never touched."""
+        f = self._vm_file(host, vm)
+        if not f.exists():
+            return {"changed": False}
+        rec = read_json(f)
+        if rec["slots"] or rec["power"] != "Off":
+            raise ProviderError(f"refusing to remove {vm}: it is {rec['power']} with {len(rec['slots'])} disk(s) "
+                                "attached", host=host, step="remove_vm")
+        f.unlink()
+        return {"changed": True}
+
+    def _do_copy_from_disk(self, host: str, source_path: str, dest_path: str, copies: list[dict[str, str]],
+                           listing_rel: str) -> dict:
+        """Copy folders and files from a machine's own disk (read only; its VM is off) into a volume, each file
+        verified by sha256, then write the listing (its presence means done). Files already there with the same
+        content are kept: a retry copies only what is missing."""
+        src, smeta = self._disk(host, source_path, step="copy_from_disk")
+        dst, dmeta = self._disk(host, dest_path, step="copy_from_disk")
+        if smeta.get("attached_to") and self._vm_power(host, smeta["attached_to"]) != "Off":
+            raise ProviderError(f"{source_path} belongs to a running VM; it is read only when its VM is off",
+                                host=host, step="copy_from_disk")
+        listing = dst / "content" / listing_rel
+        if listing.exists():
+            return {"changed": False, "files": len(read_json(listing)["files"])}
+        done: list[dict[str, Any]] = []
+        for c in copies:
+            base = src / "content" / "/".join(guest_rel(c["from"]))
+            items = [(base, "")] if base.is_file() else [(Path(dirpath) / n, os.path.relpath(
+                Path(dirpath) / n, base).replace(os.sep, "/")) for dirpath, _d, names in os.walk(base) for n in names]
+            for path, rel in sorted(items):
+                if path.is_symlink():
+                    continue
+                target = dst / "content" / c["to"] / rel if rel else dst / "content" / c["to"]
+                digest = sha256_file(path)
+                if not (target.is_file() and sha256_file(target) == digest):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, target)
+                    if sha256_file(target) != digest:
+                        raise ProviderError(f"the copy of {path} did not verify", host=host, step="copy_from_disk")
+                done.append({"from": c["from"] + ("\\" + rel.replace("/", "\\") if rel else ""),
+                             "to": f"{c['to']}/{rel}".strip("/"), "sha256": digest, "bytes": path.stat().st_size})
+        write_json(listing, {"source": source_path, "files": done})
+        return {"changed": True, "files": len(done), "bytes": sum(f["bytes"] for f in done)}
+
+    def _vm_power(self, host: str, vm: str) -> str:
+        f = self._vm_file(host, vm)
+        return read_json(f)["power"] if f.exists() else "Absent"
 
     def _do_survey_vm(self, host: str, vm: str, folders: dict[str, list[str]], user_roots: list[str],
                       user_folders: list[str]) -> dict:

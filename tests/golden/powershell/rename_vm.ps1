@@ -1,0 +1,62 @@
+# A step script rendered by imaging.powershell; every value in it came through ps_literal.
+Set-StrictMode -Version 3
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+
+function Write-ImagingResult {
+    # The only way a step reports: one compressed JSON line between two marker lines.
+    param([Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result)
+    $json = ConvertTo-Json -InputObject $Result -Depth 8 -Compress
+    Write-Output '<<<IMAGING-RESULT>>>'
+    Write-Output $json
+    Write-Output '<<<END-IMAGING-RESULT>>>'
+}
+
+function Write-ImagingFailure {
+    # A failed step still reports in the same frame, saying whether it had already changed something.
+    param(
+        [Parameter(Mandatory = $true)] [System.Management.Automation.ErrorRecord] $ErrorRecord,
+        [Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result
+    )
+    $where = ''
+    if ($null -ne $ErrorRecord.InvocationInfo) { $where = [string]$ErrorRecord.InvocationInfo.PositionMessage }
+    $Result['ok'] = $false
+    $Result['error'] = [string]$ErrorRecord.Exception.Message
+    $Result['where'] = $where
+    Write-ImagingResult -Result $Result
+}
+
+function Initialize-ImagingFolder {
+    # Creates a folder (and its parents) if it is missing; never touches an existing one.
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    if (-not (Test-Path -LiteralPath $Path -PathType Container)) {
+        New-Item -ItemType Directory -Path $Path -Force | Out-Null
+    }
+}
+
+function Get-ImagingSha256 {
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
+}
+
+$ImagingAction = 'rename_vm'
+$Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
+try {
+    # Renames a VM (adoption keeps the hand-made machine whole under a new name; its undo names it back).
+    # Its disks stay where they are. Already renamed: nothing to do; a VM of the new name: refused.
+    $Vm = 'NDXGEM'
+    $NewName = 'NDXGEM-legacy'
+    $old = Get-VM -Name $Vm -ErrorAction SilentlyContinue
+    $taken = Get-VM -Name $NewName -ErrorAction SilentlyContinue
+    if ($null -eq $old -and $null -ne $taken) { $Result['how'] = 'already renamed' }
+    elseif ($null -ne $taken) { throw "cannot rename $Vm to ${NewName}: a VM of that name exists" }
+    elseif ($null -eq $old) { throw "there is no VM named $Vm to rename" }
+    else {
+        Rename-VM -VM $old -NewName $NewName
+        $Result['changed'] = $true
+    }
+    Write-ImagingResult -Result $Result
+}
+catch {
+    Write-ImagingFailure -ErrorRecord $_ -Result $Result
+}
