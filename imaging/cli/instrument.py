@@ -43,7 +43,8 @@ def status(c, json=False, instruments=""):  # noqa: ANN001
         table.add_column(col)
     for r in rows:
         last = f"{r.last_operation} {r.last_result}" if r.last_operation else ""
-        table.add_row(r.instrument, r.host, r.vm, r.power, r.running or "-", r.desired or "?", r.prepared or "-",
+        running = f"{r.running or '-'} (legacy side)" if r.side == "legacy" else r.running or "-"
+        table.add_row(r.instrument, r.host, r.vm, r.power, running, r.desired or "?", r.prepared or "-",
                       last, r.pending)
     console.print(table)
     for r in rows:

@@ -8,17 +8,20 @@ from invoke import task
 
 from imaging.cli.ui import (
     FleetDisplay,
+    StepPrinter,
     confirm,
     console,
     context,
     names,
+    print_outcome,
+    print_plan,
     print_prediction,
     print_recap,
     reports_errors,
     run_live,
 )
 from imaging.core.errors import ImagingError
-from imaging.ops import facts
+from imaging.ops import facts, sides
 from imaging.ops import prepare as preparing
 from imaging.ops import switch as switching
 from imaging.ops.deploy import Options, TimeModel
@@ -58,7 +61,8 @@ def prepare(c, release, group=None, instruments="", all=False, parallel=4, force
 @task(help={"group": "switch this group's instruments",
             "instruments": "comma-separated names, or @failed for the failures of the last switch",
             "all": "switch every instrument",
-            "to": "prepared (default): the prepared generation; previous: back to what ran before",
+            "to": "prepared (default): the prepared generation; previous: back to what ran before; legacy or "
+                  "current: an adopted instrument's old or new VM (one runs at a time)",
             "canary": "the instrument switched alone first (default: the first of the selection; 'none': no canary)",
             "batches": "wave sizes after the canary, e.g. 1,5,20% (the last size repeats); default 100%",
             "parallel": "at most this many instruments at once (each host's max_concurrent also holds)",
@@ -87,6 +91,15 @@ def switch(c, group=None, instruments="", all=False, to="prepared", canary=None,
         options = Options(parallel=int(parallel), max_fail_percent=float(max_fail_percent),
                           canary="" if canary == "none" else canary, batches=batches)
         insts = facts.select(ctx, group=group, instruments=instruments, everything=all, kind="switch")
+        if to in ("legacy", "current"):  # an adopted instrument's two sides: one instrument at a time
+            for inst in insts:
+                plan = sides.plan_for_side(ctx, inst, to)
+                print_plan(plan)
+                if dry_run:
+                    continue
+                confirm(f"switch {inst.name} to its {to} side? ({plan.notes[0]})", yes)
+                print_outcome(sides.switch_side(ctx, inst.name, to, listener=StepPrinter()), inst.name, ctx.journal)
+            return
         if simulate:
             prediction = switching.simulate(ctx, insts, options, tm)
             console.print(f"simulating the switch of {len(insts)} instruments, waves "

@@ -26,6 +26,9 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "rename_vm": ("vm", "new_name"),
     "remove_vm": ("vm",),
     "copy_from_disk": ("source_path", "dest_path", "copies", "listing_rel"),
+    # The one change adoption makes inside the old machine, offline: a folder moved aside (renamed) so a link
+    # to the shared volume can take its place; moving it back is its undo.
+    "move_aside": ("path", "folder", "new_name"),
     # Observe under the lock: what the plan was made from must still be what the host shows.
     "check_state": ("vm", "exists", "power", "disks"),
     "stop_vm": ("vm", "timeout_s"),
@@ -46,6 +49,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     # (mounts by label and links), so the guest step after the boot only checks it.
     "inject_first_boot": ("path", "volumes"),
     "configure_guest": ("vm", "volumes"),
+    # Its undo in a guest that is not imaging's (a legacy side): the links to the volumes and their mounts go.
+    "remove_volume_links": ("vm", "volumes"),
     "health_check": ("vm", "expect_apps_version", "links", "expect_settings_sha256"),
     # The record it replaces is kept beside it (record.previous.json), marked with the operation that wrote.
     "write_record": ("vm", "record", "operation"),

@@ -34,6 +34,7 @@ from imaging.ops.facts import (
 )
 from imaging.ops.hotfix import reapply_after_reimage
 from imaging.ops.publish import publish
+from imaging.ops.sides import side_of
 from imaging.ops.stage import UNBUILT, artifacts_of, stage_steps
 from imaging.ops.survey import refuse_handmade
 from imaging.plans.reimage import ReimageInputs, apps_expectation, plan_reimage
@@ -109,6 +110,9 @@ def plan_phase(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow
     if adopting:
         observed = Observed(exists=False, power="Absent", disks={})
     else:
+        if side_of(ctx, inst) == "legacy":
+            raise ImagingError(f"{inst.name} runs its legacy side; its new VM is off and the Data disk is on the old "
+                               f"one: switch back first with `invoke switch --instruments={inst.name} --to=current`")
         observed = observe(ctx, inst)
         refuse_handmade(ctx, inst, observed)
     when = stamp()

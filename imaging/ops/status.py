@@ -16,6 +16,7 @@ from imaging.ops.facts import (
     unfinished,
     way_out,
 )
+from imaging.ops.sides import side_of
 from imaging.state.journal import JournalDamaged
 
 REPAIR = "`invoke repair-journal`"
@@ -36,6 +37,7 @@ class InstrumentStatus:
     hint: str = ""  # the command that resolves the pending work, when there is one
     recorded: str | None = None  # the release the instrument's own record names (None: none, or unreadable)
     prepared: str | None = None  # the release (and generation) prepared beside the running one, if any
+    side: str | None = None  # an adopted instrument's running side: "current" or "legacy" (None: no legacy side)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -65,10 +67,11 @@ def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
         damaged = ctx.journal.damaged(inst.name)
         stuck = unfinished(ctx, inst)
         ready = prepared(ctx, inst)
+        side = side_of(ctx, inst)
     except JournalDamaged as exc:  # pages SQLite cannot read: every instrument still gets its row
         return InstrumentStatus(**base, running=None, last_operation=None, last_result=None, last_when=None,
                                 pending=f"the journal cannot be read ({exc.detail})", hint=REPAIR, prepared=None)
-    seen = dict(running=running, prepared=f"{ready.release} ({ready.generation})" if ready else None,
+    seen = dict(running=running, side=side, prepared=f"{ready.release} ({ready.generation})" if ready else None,
                 last_operation=last.kind if last else None,
                 last_result=last.status if last else None, last_when=last.ended or last.started if last else None)
     pending, hint = "", ""
@@ -81,6 +84,9 @@ def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
         hint = way_out(inst, stuck)
     elif last and last.status == "running":
         pending = f"{last.kind} in progress"
+    elif side == "legacy":
+        pending = "runs its legacy side (the old VM); the new one is off"
+        hint = f"`invoke switch --instruments={inst.name} --to=current`"
     elif record.get("damaged"):
         pending = f"its own record is damaged ({record['damaged']})"
         hint = f"`invoke reimage --instrument={inst.name} --force` (the damaged record is kept beside the new one)"

@@ -50,7 +50,8 @@ def check_switchable(ctx: Context, insts: list[Instrument], to: str) -> dict[str
     """Each instrument's prepared release, or every refusal at once (never prepared, stale) before anything
     changes. ``to=previous`` needs nothing prepared."""
     if to not in TO:
-        raise InputError("unknown switch target", field="--to", value=to, fix="use --to=prepared or --to=previous")
+        raise InputError("unknown switch target", field="--to", value=to,
+                         fix="use --to=prepared or --to=previous (or legacy/current for an adopted instrument)")
     if to == "previous":
         return {}
     targets, problems = {}, []

@@ -155,3 +155,73 @@ def test_a_fault_at_every_adoption_step_gives_back_the_old_machine_exactly(proje
     assert _vm(ctx, "NDXGEM-legacy") is None
     assert tree_manifest(_disk(ctx, "GEM") / "content") == old_disk  # byte for byte
     assert adopting.adopt(ctx, "GEM", "2026C3.0").ok  # and the adoption works once the fault is gone
+
+
+def test_switch_to_legacy_and_back_twice_keeps_every_byte(project: Path) -> None:
+    from imaging.ops import sides
+    from imaging.ops.status import fleet_status
+
+    ctx = _ctx(project)
+    gem = ctx.inventory.instrument("GEM")
+    surveying.make_handmade(ctx, gem)
+    content = _disk(ctx, "GEM") / "content"
+    before = tree_manifest(content)
+    assert adopting.adopt(ctx, "GEM", "2026C3.0").ok
+    data_disk = ctx.providers.lab.path(gem.host, "D:\\Imaging\\instruments\\NDXGEM\\NDXGEM-data.vhdx") / "content"
+    ctx.providers.lab.guest_write(gem.host, gem.vm, "C:\\data\\GEM00012347.nxs", b"a run on the new side")
+    data = tree_manifest(data_disk)
+    for _ in range(2):
+        out = sides.switch_side(ctx, "GEM", "legacy")
+        assert out.ok, out
+        assert _vm(ctx, "NDXGEM")["power"] == "Off" and _vm(ctx, "NDXGEM-legacy")["power"] == "Running"
+        link = content / "data"
+        assert link.is_symlink() and tree_manifest(link.resolve()) == data  # the old side sees the shared data
+        assert (content / "data.before-imaging").is_dir()  # its own copy, moved aside, kept
+        [row] = fleet_status(ctx, ["GEM"])
+        assert row.side == "legacy" and "--to=current" in row.hint
+        with pytest.raises(ImagingError, match="legacy side"):
+            reimaging.reimage(ctx, "GEM", "2026C3.1")
+        out = sides.switch_side(ctx, "GEM", "current")
+        assert out.ok, out
+        assert _vm(ctx, "NDXGEM")["power"] == "Running" and _vm(ctx, "NDXGEM-legacy")["power"] == "Off"
+        assert tree_manifest(data_disk) == data
+    [row] = fleet_status(ctx, ["GEM"])
+    assert row.side == "current" and row.running == "2026C3.0"
+    after = tree_manifest(content)  # the legacy disk: only the recorded change (data moved aside, a link)
+    assert after["data"] == "link:volumes/Data" and after["volumes/Data"].startswith("link:")
+    assert {k.replace("data.before-imaging/", "data/"): v for k, v in after.items()
+            if k not in ("data", "volumes/Data")} == before
+    with pytest.raises(InputError, match="already runs its current side"):
+        sides.plan_for_side(ctx, gem, "current")
+
+
+@pytest.mark.parametrize("index", range(9))
+def test_a_fault_in_a_switch_to_legacy_returns_to_the_side_that_ran(project: Path, index: int) -> None:
+    from imaging.ops import sides
+
+    ctx = _ctx(project)
+    gem = ctx.inventory.instrument("GEM")
+    surveying.make_handmade(ctx, gem)
+    assert adopting.adopt(ctx, "GEM", "2026C3.0").ok
+    content = _disk(ctx, "GEM") / "content"
+    before, vms = tree_manifest(content), (_vm(ctx, "NDXGEM"), _vm(ctx, "NDXGEM-legacy"))
+    actions = [s.action for s in sides.plan_for_side(ctx, gem, "legacy").steps]
+    assert len(actions) == 9, actions
+    action, nth = actions[index], actions[: index + 1].count(actions[index])
+    seen = {"n": 0}
+
+    def fault(step: Step) -> None:
+        if step.action == action:
+            seen["n"] += 1
+            if seen["n"] == nth:
+                raise InjectedFault(f"injected at {action}", host=step.host, step=action)
+
+    broken = _ctx(project)
+    broken.providers = type(broken.providers)(broken.inventory, broken.paths.lab, fault=fault)
+    out = sides.switch_side(broken, "GEM", "legacy")
+    assert not out.ok and out.restored, out
+    assert tree_manifest(content) == before
+    for was, vm in zip(vms, ("NDXGEM", "NDXGEM-legacy"), strict=True):
+        assert {k: v for k, v in _vm(ctx, vm).items() if k != "power_history"} == \
+            {k: v for k, v in was.items() if k != "power_history"}
+    assert sides.side_of(ctx, gem) == "current"

@@ -39,7 +39,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "templates" / "powershell"
 # Actions whose script runs inside the guest over PowerShell Direct; they take the guest credential as
 # script parameters ($GuestUser, $GuestPassword), never as rendered text.
 GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record", "restore_record",
-                           "survey_vm",
+                           "survey_vm", "remove_volume_links",
                            "run_guest_command",
                            "apply_hotfix", "revert_hotfix", "restart_services"})
 
@@ -74,7 +74,7 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
         if key in inputs:
             check_windows_path(inputs[key], field=key, file=where)
     for key in ("vm", "name", "new_name"):
-        if key in inputs:
+        if key in inputs and action != "move_aside":
             check_name(inputs[key], field=key, file=where)
     if "label" in inputs:
         check_label(inputs["label"], field="label", file=where)
@@ -131,7 +131,10 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             check_windows_path(p, field=f"user_roots[{i}]", file=where)
         for i, name in enumerate(inputs["user_folders"]):
             check_windows_name(name, field=f"user_folders[{i}]", file=where)
-    if action in ("configure_guest", "inject_first_boot"):
+    if action == "move_aside":
+        check_windows_path(inputs["folder"], field="folder", file=where)
+        check_windows_name(inputs["new_name"], field="new_name", file=where)
+    if action in ("configure_guest", "inject_first_boot", "remove_volume_links"):
         for i, vol in enumerate(inputs["volumes"]):
             check_label(vol.get("label"), field=f"volumes[{i}].label", file=where)
             check_windows_path(vol.get("mount"), field=f"volumes[{i}].mount", file=where)

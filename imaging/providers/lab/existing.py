@@ -124,6 +124,25 @@ class ExistingMachines:
         write_json(listing, {"source": source_path, "files": done})
         return {"changed": True, "files": len(done), "bytes": sum(f["bytes"] for f in done)}
 
+    def _do_move_aside(self, host: str, path: str, folder: str, new_name: str) -> dict:
+        """On an offline disk (its VM off): rename a folder (C:\\data -> C:\\data.before-imaging) so that a link to
+        a shared volume can take its place; its undo renames it back. Done already: nothing to do."""
+        d, meta = self._disk(host, path, step="move_aside")
+        if meta.get("attached_to") and self._vm_power(host, meta["attached_to"]) != "Off":
+            raise ProviderError(f"{path} belongs to a running VM; it is changed only while its VM is off", host=host,
+                                step="move_aside")
+        src = (d / "content").joinpath(*guest_rel(folder))
+        dst = src.with_name(new_name)
+        if src.is_symlink() or not src.exists():
+            return {"changed": False}  # moved already (a link to the shared volume may stand in its place)
+        if dst.is_symlink():
+            dst.unlink()  # a link the guest made to a volume: only a pointer, the folder comes back in its place
+        elif dst.exists():
+            raise ProviderError(f"cannot move {folder} aside: {new_name} exists beside it", host=host,
+                                step="move_aside")
+        os.replace(src, dst)
+        return {"changed": True}
+
     def _vm_power(self, host: str, vm: str) -> str:
         f = self._vm_file(host, vm)
         return read_json(f)["power"] if f.exists() else "Absent"

@@ -85,6 +85,24 @@ class GuestActions:
             return
         atomic_write(done, b"applied\n")
 
+    def _do_remove_volume_links(self, host: str, vm: str, volumes: list[dict[str, str]]) -> dict:
+        """The undo of configure_guest where the guest is not imaging's (a legacy side): each link that leads to
+        its volume's mount folder goes, and the mount folder with it. Anything else is left alone."""
+        _, groot = self._running_guest(host, vm, "remove_volume_links")
+        changed = False
+        for vol in volumes:
+            mount = groot.joinpath(*guest_rel(vol["mount"]))
+            link = groot.joinpath(*guest_rel(vol["link"]))
+            if link.is_symlink() and os.readlink(link) == os.path.relpath(mount, link.parent):
+                link.unlink()
+                changed = True
+            if mount.is_symlink():
+                mount.unlink()
+                changed = True
+                if mount.parent.is_dir() and not any(mount.parent.iterdir()):
+                    mount.parent.rmdir()
+        return {"changed": changed}
+
     def _do_configure_guest(self, host: str, vm: str, volumes: list[dict[str, str]]) -> dict:
         rec, groot = self._running_guest(host, vm, "configure_guest")
         changed = False
