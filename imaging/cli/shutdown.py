@@ -94,7 +94,7 @@ def switch(c, group=None, instruments="", all=False, to="prepared", canary=None,
         if to in ("legacy", "current"):  # an adopted instrument's two sides: one instrument at a time
             for inst in insts:
                 plan = sides.plan_for_side(ctx, inst, to)
-                print_plan(plan)
+                print_plan(plan, dry_run=dry_run)
                 if dry_run:
                     continue
                 confirm(f"switch {inst.name} to its {to} side? ({plan.notes[0]})", yes)

@@ -102,15 +102,21 @@ class StepPrinter:
                       soft_wrap=True)
 
 
-def print_plan(plan: Any) -> None:
-    """A dry run: the plan in plain words, its notes, and the promise that nothing changed."""
-    console.print(f"[bold]Plan: {plan.kind} of {plan.instrument} ({plan.vm} on {plan.host}) from "
-                  f"{plan.from_release or 'nothing recorded'} to {plan.to_release}[/]")
+def print_plan(plan: Any, *, dry_run: bool = True) -> None:
+    """The plan in plain words and its notes; for a dry run, the promise that nothing changed."""
+    if plan.kind == "side":
+        head = f"switch {plan.instrument} to its {plan.rollback_point['to']} side"
+    else:
+        head = f"{plan.kind} of {plan.instrument}"
+    console.print(f"[bold]Plan: {head} ({plan.vm} on {plan.host})"
+                  + ("" if plan.kind == "side" else
+                     f" from {plan.from_release or 'nothing recorded'} to {plan.to_release}") + "[/]")
     for line in plan.describe():
         console.print(line, soft_wrap=True)
     for note in plan.notes:
         console.print(f"  note: {note}", soft_wrap=True)
-    console.print("[dim]dry run: nothing was changed[/]")
+    if dry_run:
+        console.print("[dim]dry run: nothing was changed[/]")
 
 
 def print_outcome(outcome: Any, instrument: str, journal: Any = None) -> None:
@@ -121,6 +127,11 @@ def print_outcome(outcome: Any, instrument: str, journal: Any = None) -> None:
             changed = sum(1 for r in journal.steps(op.id) if r.phase == "do" and r.changed)
             rescued = [f for r in journal.steps(op.id) if r.action == "rescue_user_files" and r.result
                        for f in r.result.get("files", [])]
+            if op.kind == "side":
+                rp = op.rollback_point or {}
+                vm = rp.get("legacy_vm") if rp.get("to") == "legacy" else op.vm
+                console.print(f"  {instrument} now runs its {rp.get('to')} side ({vm}); the other side is off")
+                return
             adopted = (op.rollback_point or {}).get("adopted")
             console.print(f"  {op.kind}: {op.from_release or 'nothing recorded'} -> {op.to_release}; "
                           f"{changed} steps changed something"

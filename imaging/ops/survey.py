@@ -66,8 +66,8 @@ def survey(ctx: Context, inst: Instrument, *, write_report: bool = True) -> Surv
         out.user_files, out.other = res.get("user_files", []), res.get("other", [])
         out.imaging_layout = _made_by_imaging(out.disks)
         out.verdict = ("made by imaging: reimage, prepare and switch apply" if out.imaging_layout else
-                       "hand-made: a reimage would replace its only OS disk, so it is refused (docs/existing.md "
-                       "says how to keep the old machine beside a new one)")
+                       f"hand-made: a reimage would replace its only OS disk, so it is refused; adopt it with "
+                       f"`invoke adopt --instrument={inst.name}` (the old VM is kept whole beside the new one)")
     if write_report:
         path = ctx.paths.reports / f"survey-{inst.name}-{stamp()}.json"
         write_json(path, out.to_dict())
@@ -84,9 +84,9 @@ def refuse_handmade(ctx: Context, inst: Instrument, observed: Observed) -> None:
     raise ImagingError(
         f"{inst.vm} on {inst.host} is a hand-made VM: its OS disk {os_disk} is no differencing child of a "
         f"template and imaging never set it up, so a reimage would replace the only disk it has; nothing was "
-        f"changed. See what it holds with `invoke survey --instrument={inst.name}`. Until adoption keeps the "
-        f"old machine beside the new one, keep it out of the way yourself: rename the VM on the host (for "
-        f"example to {inst.vm}-legacy) and reimage; the renamed VM and its disk are left alone")
+        f"changed. See what it holds with `invoke survey --instrument={inst.name}`, then adopt it with "
+        f"`invoke adopt --instrument={inst.name}`: the old VM is kept whole as {inst.vm}-legacy and its data is "
+        f"copied onto the new one's Var and Data disks")
 
 
 def make_handmade(ctx: Context, inst: Instrument) -> str:
