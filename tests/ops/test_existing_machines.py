@@ -225,3 +225,34 @@ def test_a_fault_in_a_switch_to_legacy_returns_to_the_side_that_ran(project: Pat
         assert {k: v for k, v in _vm(ctx, vm).items() if k != "power_history"} == \
             {k: v for k, v in was.items() if k != "power_history"}
     assert sides.side_of(ctx, gem) == "current"
+
+
+@pytest.mark.parametrize("way", ["resume", "rollback"])
+def test_adoption_killed_during_the_copy_ends_in_one_of_the_two_clean_states(project: Path, way: str) -> None:
+    """kill -9 of a real `invoke adopt` in the middle of copying the data off the old disk, then the command
+    `invoke status` names: adopted completely, or the old machine back exactly."""
+    from tests.ops.test_prepare_switch import _inv_env
+
+    ctx = _ctx(project)
+    gem = ctx.inventory.instrument("GEM")
+    surveying.make_handmade(ctx, gem)
+    content = _disk(ctx, "GEM") / "content"
+    before, vm_before = tree_manifest(content), _vm(ctx, "NDXGEM")
+    killed = _inv_env(project, {"IMAGING_LAB_FAULTS": "*:copy_from_disk#1@kill-during"}, "adopt", "--instrument=GEM",
+                      "--release=2026C3.0", "--yes")
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    status = inv(project, "status", "--instruments=GEM")
+    assert f"invoke {way} --instrument=GEM" in status.stdout, status.stdout
+    out = inv(project, way, "--instrument=GEM")
+    assert out.returncode == 0, out.stdout + out.stderr
+    ctx = _ctx(project)
+    assert tree_manifest(content) == before  # the old machine's disk, byte for byte, either way
+    if way == "resume":
+        assert facts.running_release(ctx, gem) == "2026C3.0" and _vm(ctx, "NDXGEM-legacy")["power"] == "Off"
+        data = ctx.providers.lab.path(gem.host, "D:\\Imaging\\instruments\\NDXGEM\\NDXGEM-data.vhdx") / "content"
+        assert {k: v for k, v in tree_manifest(data).items() if not k.startswith("adopted/")} == \
+            tree_manifest(content / "data")
+    else:
+        now = _vm(ctx, "NDXGEM")
+        assert now["slots"] == vm_before["slots"] and now["power"] == "Running"
+        assert _vm(ctx, "NDXGEM-legacy") is None
