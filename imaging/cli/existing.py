@@ -11,6 +11,7 @@ from rich.table import Table
 from imaging.cli.ui import StepPrinter, confirm, console, context, names, print_outcome, print_plan, reports_errors
 from imaging.core.errors import InputError
 from imaging.ops import adopt as adopting
+from imaging.ops import sides
 from imaging.ops import survey as surveying
 
 
@@ -93,3 +94,21 @@ def adopt(c, instrument, release=None, dry_run=False, yes=False):  # noqa: ANN00
         printer = StepPrinter()
         out = adopting.adopt(ctx, instrument, release, listener=printer)
         print_outcome(out, instrument, ctx.journal)
+
+
+@task(help={"instruments": "comma-separated instruments whose legacy side to delete",
+            "dry_run": "print what would be deleted; change nothing",
+            "yes": "do not ask for confirmation"})
+@reports_errors
+def retire_legacy(c, instruments, dry_run=False, yes=False):  # noqa: ANN001
+    """Delete an adopted instrument's old VM and its own disks, for good: only when it runs its current side
+    and has for adopt.retire_min_days without a switch back. The shared Data and Var disks are never touched."""
+    with context() as ctx:
+        for name in names(instruments):
+            plan = sides.plan_for_retirement(ctx, ctx.inventory.instrument(name))
+            print_plan(plan, dry_run=dry_run)
+            if dry_run:
+                continue
+            rp = plan.rollback_point
+            confirm(f"delete {rp['retired']} and its disk(s) {', '.join(rp['disks'])} for good?", yes)
+            print_outcome(sides.retire_legacy(ctx, name, listener=StepPrinter()), name, ctx.journal)

@@ -106,10 +106,13 @@ def print_plan(plan: Any, *, dry_run: bool = True) -> None:
     """The plan in plain words and its notes; for a dry run, the promise that nothing changed."""
     if plan.kind == "side":
         head = f"switch {plan.instrument} to its {plan.rollback_point['to']} side"
+    elif plan.kind == "retire-legacy":
+        head = f"retire the legacy side of {plan.instrument}"
     else:
         head = f"{plan.kind} of {plan.instrument}"
     console.print(f"[bold]Plan: {head} ({plan.vm} on {plan.host})"
                   + ("" if plan.kind == "side" else
+                     "" if plan.kind == "retire-legacy" else
                      f" from {plan.from_release or 'nothing recorded'} to {plan.to_release}") + "[/]")
     for line in plan.describe():
         console.print(line, soft_wrap=True)
@@ -127,6 +130,10 @@ def print_outcome(outcome: Any, instrument: str, journal: Any = None) -> None:
             changed = sum(1 for r in journal.steps(op.id) if r.phase == "do" and r.changed)
             rescued = [f for r in journal.steps(op.id) if r.action == "rescue_user_files" and r.result
                        for f in r.result.get("files", [])]
+            if op.kind == "retire-legacy":
+                console.print(f"  {instrument}: {(op.rollback_point or {}).get('retired')} and its disks are deleted;"
+                              " the instrument has no legacy side any more")
+                return
             if op.kind == "side":
                 rp = op.rollback_point or {}
                 vm = rp.get("legacy_vm") if rp.get("to") == "legacy" else op.vm

@@ -8,6 +8,7 @@ file, the field, the bad value and the fix.
 from __future__ import annotations
 
 import copy
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -146,6 +147,10 @@ class AdoptSpec(_Model):
     system_folders: tuple[str, ...] = ("C:\\Windows", "C:\\Program Files", "C:\\Program Files (x86)",
                                        "C:\\ProgramData", "C:\\$Recycle.Bin", "C:\\System Volume Information",
                                        "C:\\pagefile.sys", "C:\\swapfile.sys", "C:\\hiberfil.sys")
+    # Retirement of the legacy side: the date agreed for it, and the days the current side must have run
+    # without a switch back before `invoke retire-legacy` deletes the old VM.
+    retire_after: date | None = None
+    retire_min_days: int = Field(default=14, ge=0)
 
     @field_validator("data_folders", "var_folders", "settings_folders", "software_folders", "user_roots",
                      "system_folders")

@@ -5,6 +5,7 @@ undone to the side that ran.
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from typing import Any
 
 from imaging.core.errors import InputError
@@ -15,16 +16,69 @@ from imaging.model.plan import Plan
 from imaging.model.steps import Step
 from imaging.ops.context import Context
 from imaging.ops.facts import plan_step, refuse_if_interrupted, setter_op
-from imaging.plans.sides import SIDES, SideInputs, plan_side_switch
+from imaging.plans.sides import SIDES, SideInputs, plan_retirement, plan_side_switch
 from imaging.state.journal import OK
 
 
 def adoption(ctx: Context, inst: Instrument) -> dict[str, Any] | None:
-    """The adoption record of the instrument (legacy VM, its disks), or None: it has no legacy side."""
+    """The adoption record of the instrument (legacy VM, its disks), or None: it has no legacy side (never
+    adopted, or its legacy side was retired)."""
     for op in reversed(ctx.journal.operations(instrument=inst.name)):
+        if op.status == OK and op.kind == "retire-legacy":
+            return None
         if op.status == OK and (op.rollback_point or {}).get("adopted"):
             return op.rollback_point["adopted"]
     return None
+
+
+def current_since(ctx: Context, inst: Instrument) -> datetime | None:
+    """When the current side last started running for good: the adoption, or the last switch back to it."""
+    for op in reversed(ctx.journal.operations(instrument=inst.name)):
+        if op.status != OK:
+            continue
+        rp = op.rollback_point or {}
+        if (op.kind == "side" and rp.get("to") == "current") or rp.get("adopted"):
+            return datetime.fromisoformat(op.ended or op.started)
+        if op.kind == "side":
+            return None  # the legacy side runs
+    return None
+
+
+def retirement_due(ctx: Context, inst: Instrument, today: date | None = None) -> bool:
+    due = inst.adopt.retire_after
+    return adoption(ctx, inst) is not None and due is not None and due <= (today or datetime.now(UTC).date())
+
+
+def plan_for_retirement(ctx: Context, inst: Instrument, *, now: datetime | None = None,
+                        op_id: str | None = None) -> Plan:
+    """Refused unless the instrument has a legacy side, runs its current side, and has run it for
+    ``adopt.retire_min_days`` without a switch back."""
+    record = adoption(ctx, inst)
+    if record is None:
+        raise InputError(f"{inst.name} has no legacy side to retire", field="--instruments", value=inst.name,
+                         fix="see `invoke status`")
+    since = current_since(ctx, inst)
+    if since is None:
+        raise InputError(f"{inst.name} runs its legacy side; nothing was deleted", field="--instruments",
+                         value=inst.name, fix=f"`invoke switch --instruments={inst.name} --to=current` first, then "
+                                              f"let it run {inst.adopt.retire_min_days} days")
+    days = ((now or datetime.now(UTC)) - since).total_seconds() / 86400
+    if days < inst.adopt.retire_min_days:
+        raise InputError(f"{inst.name} has run its current side for {days:.1f} days since {since:%Y-%m-%d %H:%M}; "
+                         f"retirement needs {inst.adopt.retire_min_days} without a switch back; nothing was deleted",
+                         file=inst.source, field="adopt.retire_min_days", value=inst.adopt.retire_min_days,
+                         fix="wait, or lower adopt.retire_min_days in the instrument's file")
+    refuse_if_interrupted(ctx, inst)
+    return plan_retirement(inst, ctx.inventory.host_of(inst), record["legacy_vm"], list(record["legacy_disks"]),
+                           op_id or new_op_id(), who())
+
+
+def retire_legacy(ctx: Context, name: str, *, listener: Listener | None = None,
+                  now: datetime | None = None) -> Outcome:
+    inst = ctx.inventory.instrument(name)
+    op_id = new_op_id()
+    plan = plan_for_retirement(ctx, inst, now=now, op_id=op_id)
+    return ctx.executor(listener).execute(plan, op_id=op_id)
 
 
 def side_of(ctx: Context, inst: Instrument) -> str | None:

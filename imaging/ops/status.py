@@ -16,7 +16,7 @@ from imaging.ops.facts import (
     unfinished,
     way_out,
 )
-from imaging.ops.sides import side_of
+from imaging.ops.sides import retirement_due, side_of
 from imaging.state.journal import JournalDamaged
 
 REPAIR = "`invoke repair-journal`"
@@ -87,6 +87,9 @@ def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
     elif side == "legacy":
         pending = "runs its legacy side (the old VM); the new one is off"
         hint = f"`invoke switch --instruments={inst.name} --to=current`"
+    elif retirement_due(ctx, inst):
+        pending = f"its legacy side is due for retirement (retire_after {inst.adopt.retire_after})"
+        hint = f"`invoke retire-legacy --instruments={inst.name}`"
     elif record.get("damaged"):
         pending = f"its own record is damaged ({record['damaged']})"
         hint = f"`invoke reimage --instrument={inst.name} --force` (the damaged record is kept beside the new one)"

@@ -88,3 +88,25 @@ def plan_side_switch(x: SideInputs) -> Plan:
                 steps=steps, notes=[f"{run_vm} stops and {other_vm} starts: one side runs at a time"],
                 rollback_point={"to": x.to, "from": "current" if x.to == "legacy" else "legacy",
                                 "legacy_vm": x.legacy_vm})
+
+
+def plan_retirement(inst: Instrument, host: Host, legacy_vm: str, legacy_disks: list[str], op_id: str,
+                    owner: str) -> Plan:
+    """Delete the legacy VM and its own disks (never a shared disk: only the disks the adoption recorded as
+    the old machine's). Nothing here can be undone, so the caller confirms naming each disk."""
+    h = host.name
+    lock = {"vm": inst.vm, "lock_path": layout.lock_path(host, inst), "op_id": op_id}
+    steps = [Step("acquire_lock", h, {**lock, "owner": owner}, f"lock {inst.name} for the retirement ({op_id})",
+                  undo=Step("release_lock", h, dict(lock), f"unlock {inst.name}"))]
+    for slot, path in enumerate(legacy_disks):
+        steps.append(Step("detach_disk", h, {"vm": legacy_vm, "slot": slot, "path": path},
+                          f"detach {path} from {legacy_vm}",
+                          undo=Step("attach_disk", h, {"vm": legacy_vm, "slot": slot, "path": path},
+                                    f"attach {path} to {legacy_vm} again")))
+    steps.append(Step("remove_vm", h, {"vm": legacy_vm}, f"remove the VM {legacy_vm} (its configuration)"))
+    for path in legacy_disks:
+        steps.append(Step("delete_disk", h, {"path": path, "role": "os"}, f"delete the old machine's disk {path}"))
+    steps.append(Step("release_lock", h, dict(lock), f"unlock {inst.name}"))
+    return Plan(kind="retire-legacy", instrument=inst.name, vm=inst.vm, host=h, from_release=None, to_release=None,
+                steps=steps, notes=[f"{legacy_vm} and {len(legacy_disks)} disk(s) are deleted for good"],
+                rollback_point={"retired": legacy_vm, "disks": list(legacy_disks)})

@@ -256,3 +256,37 @@ def test_adoption_killed_during_the_copy_ends_in_one_of_the_two_clean_states(pro
         now = _vm(ctx, "NDXGEM")
         assert now["slots"] == vm_before["slots"] and now["power"] == "Running"
         assert _vm(ctx, "NDXGEM-legacy") is None
+
+
+def test_retire_legacy_only_after_the_current_side_ran_long_enough_and_never_the_shared_disks(project: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from imaging.ops import sides
+    from imaging.ops.status import fleet_status
+
+    fleet = project / "instruments" / "fleet" / "GEM.yaml"
+    fleet.write_text(fleet.read_text() + "adopt:\n  retire_after: 2026-01-31\n")
+    ctx = _ctx(project)
+    gem = ctx.inventory.instrument("GEM")
+    surveying.make_handmade(ctx, gem)
+    assert adopting.adopt(ctx, "GEM", "2026C3.0").ok
+    [row] = fleet_status(ctx, ["GEM"])
+    assert "due for retirement (retire_after 2026-01-31)" in row.pending and "retire-legacy" in row.hint
+    with pytest.raises(InputError, match="needs 14 without a switch back"):
+        sides.plan_for_retirement(ctx, gem)
+    assert sides.switch_side(ctx, "GEM", "legacy").ok
+    later = datetime.now(UTC) + timedelta(days=30)
+    with pytest.raises(InputError, match="runs its legacy side"):
+        sides.plan_for_retirement(ctx, gem, now=later)
+    assert sides.switch_side(ctx, "GEM", "current").ok
+    shared = ctx.providers.lab.path(gem.host, "D:\\Imaging\\instruments\\NDXGEM")
+    kept = {p.name: tree_manifest(p) for p in shared.iterdir()}
+    out = sides.retire_legacy(ctx, "GEM", now=later)
+    assert out.ok, out
+    assert _vm(ctx, "NDXGEM-legacy") is None and not (_disk(ctx, "GEM") / "disk.json").exists()
+    assert {p.name: tree_manifest(p) for p in shared.iterdir()} == kept  # Var, Data and the new disks untouched
+    assert sides.side_of(ctx, gem) is None and _vm(ctx, "NDXGEM")["power"] == "Running"
+    [row] = fleet_status(ctx, ["GEM"])
+    assert "retire" not in row.pending
+    with pytest.raises(InputError, match="no legacy side"):
+        sides.plan_for_retirement(ctx, gem, now=later)
