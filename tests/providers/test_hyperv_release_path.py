@@ -4,10 +4,13 @@ loopback WS-Management endpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from loopback_wsman import LoopbackWSMan
-from test_hyperv_loopback import Script, action_of, loopback_inventory, make_provider
+from loopback_wsman import LoopbackWSMan, Reply
+from test_hyperv_loopback import Script, action_of, framed, loopback_inventory, make_provider
 
 from imaging.core.config import Paths
 from imaging.images import build, samples
@@ -23,20 +26,24 @@ from imaging.state.journal import Journal
 from imaging.state.store import ArtifactStore
 
 
-def test_publish_stage_and_reimage_on_hyperv_hosts(project: Path, tmp_path: Path) -> None:
-    mount = tmp_path / "imagestore"  # where this machine mounts \\imagestore.controls.example.org\images
+@contextmanager
+def hyperv_lab(project: Path, tmp_path: Path, release_ids: tuple[str, ...]) -> Iterator[tuple[Context, Any, Path]]:
+    """The project's releases built into the store, a mounted image share, and a Context whose hosts are the
+    example Hyper-V inventory pointed at the loopback endpoint: (ctx, endpoint, share mount)."""
+    mount = tmp_path / "imagestore"
     mount.mkdir()
     paths = Paths.from_env(project)
     releases = load_releases(paths.releases)
-    rel = releases["2026C3.0"]
-    store = ArtifactStore(paths.store)
-    records = BuildRecords(paths.builds)
-    build.build_lab_template(store=store, records=records, version=rel.os_template.name,
-                             base=samples.write_tree(samples.os_tree_files(rel.os_template.name, 30), tmp_path / "os"),
+    store, records = ArtifactStore(paths.store), BuildRecords(paths.builds)
+    first = releases[release_ids[0]]
+    base = samples.write_tree(samples.os_tree_files(first.os_template.name, 30), tmp_path / "os")
+    build.build_lab_template(store=store, records=records, version=first.os_template.name, base=base,
                              workdir=tmp_path / "w")
-    build.build_apps(store=store, records=records, releases=releases, release=rel.id,
-                     source=samples.write_tree(samples.apps_tree_files(rel.apps.name, rel.apps.version, 20),
-                                               tmp_path / "apps"), workdir=tmp_path / "w")
+    for rid in release_ids:
+        rel = releases[rid]
+        build.build_apps(store=store, records=records, releases=releases, release=rid,
+                         source=samples.write_tree(samples.apps_tree_files(rel.apps.name, rel.apps.version, 20),
+                                                   tmp_path / f"apps-{rid}"), workdir=tmp_path / "w")
     script = Script()
     with LoopbackWSMan(script) as ep:
         inv = loopback_inventory(ep.port)
@@ -47,25 +54,31 @@ def test_publish_stage_and_reimage_on_hyperv_hosts(project: Path, tmp_path: Path
         ctx = Context(paths=paths, inventory=inv, releases=releases, labels=load_labels(paths.releases),
                       store=store, providers=Dispatcher(inv, paths.lab, providers={"hyperv": provider}))
         try:
-            zoom = inv.instrument("ZOOM")
-            published = publishing.publish_release(ctx, "2026C3.0", instruments=["ZOOM"])
-            assert {p.artifact for p in published} == {rel.os_template.name, rel.apps.name}
-            for p in published:  # a plain file copy onto the mounted share, verified
-                assert p.path.parent == mount and p.path.stat().st_size == store.get(p.artifact).size
-            assert not ep.commands  # publishing sent nothing over WinRM
-            staging.stage_for(ctx, "2026C3.0", [zoom])
-            staged = [c for c in ep.commands if action_of(c.script) == "stage_artifact"]
-            assert len(staged) == 2 and all("imagestore.controls.example.org" in c.script for c in staged)
-            outcome = reimaging.reimage(ctx, "ZOOM", "2026C3.0")
-            assert outcome.ok, outcome.error
-            actions = [action_of(c.script) for c in ep.commands]
-            assert actions.count("stage_artifact") == 4  # the reimage checks the staged images again
-            for needed in ("acquire_lock", "stop_vm", "create_child_disk", "attach_disk", "start_vm",
-                           "configure_guest", "health_check", "write_record", "release_lock"):
-                assert needed in actions
-            assert Journal(paths.journal).operation(outcome.op_id).status == "ok"
+            yield ctx, ep, mount
         finally:
             ctx.close()
+
+
+def test_publish_stage_and_reimage_on_hyperv_hosts(project: Path, tmp_path: Path) -> None:
+    with hyperv_lab(project, tmp_path, ("2026C3.0",)) as (ctx, ep, mount):
+        rel = ctx.releases["2026C3.0"]
+        zoom = ctx.inventory.instrument("ZOOM")
+        published = publishing.publish_release(ctx, "2026C3.0", instruments=["ZOOM"])
+        assert {p.artifact for p in published} == {rel.os_template.name, rel.apps.name}
+        for p in published:  # a plain file copy onto the mounted share, verified
+            assert p.path.parent == mount and p.path.stat().st_size == ctx.store.get(p.artifact).size
+        assert not ep.commands  # publishing sent nothing over WinRM
+        staging.stage_for(ctx, "2026C3.0", [zoom])
+        staged = [c for c in ep.commands if action_of(c.script) == "stage_artifact"]
+        assert len(staged) == 2 and all("imagestore.controls.example.org" in c.script for c in staged)
+        outcome = reimaging.reimage(ctx, "ZOOM", "2026C3.0")
+        assert outcome.ok, outcome.error
+        actions = [action_of(c.script) for c in ep.commands]
+        assert actions.count("stage_artifact") == 4  # the reimage checks the staged images again
+        for needed in ("acquire_lock", "stop_vm", "create_child_disk", "attach_disk", "start_vm",
+                       "configure_guest", "health_check", "write_record", "release_lock"):
+            assert needed in actions
+        assert Journal(ctx.paths.journal).operation(outcome.op_id).status == "ok"
 
 
 def test_prepare_then_switch_on_hyperv_hosts(project: Path, tmp_path: Path) -> None:
@@ -74,45 +87,61 @@ def test_prepare_then_switch_on_hyperv_hosts(project: Path, tmp_path: Path) -> N
     from imaging.ops import prepare as preparing
     from imaging.ops import switch as switching
 
-    mount = tmp_path / "imagestore"
-    mount.mkdir()
-    paths = Paths.from_env(project)
-    releases = load_releases(paths.releases)
-    store, records = ArtifactStore(paths.store), BuildRecords(paths.builds)
-    old, new = releases["2026C3.0"], releases["2026C3.1"]
-    build.build_lab_template(store=store, records=records, version=old.os_template.name,
-                             base=samples.write_tree(samples.os_tree_files(old.os_template.name, 30), tmp_path / "os"),
-                             workdir=tmp_path / "w")
-    for rel in (old, new):
-        build.build_apps(store=store, records=records, releases=releases, release=rel.id,
-                         source=samples.write_tree(samples.apps_tree_files(rel.apps.name, rel.apps.version, 20),
-                                                   tmp_path / rel.id), workdir=tmp_path / "w")
-    script = Script()
-    with LoopbackWSMan(script) as ep:
-        inv = loopback_inventory(ep.port)
-        inv = inv.model_copy(update={"hosts": {n: h.model_copy(update={"share_mount": str(mount)})
-                                               for n, h in inv.hosts.items()}})
-        provider = make_provider(inv)
-        provider.shares = {h.name: (h.share, h.share_mount) for h in inv.hosts.values()}
-        ctx = Context(paths=paths, inventory=inv, releases=releases, labels=load_labels(paths.releases),
-                      store=store, providers=Dispatcher(inv, paths.lab, providers={"hyperv": provider}))
-        try:
-            zoom = inv.instrument("ZOOM")
-            assert reimaging.reimage(ctx, "ZOOM", old.id).ok
-            ep.commands.clear()
-            done = preparing.prepare(ctx, zoom, new.id)
-            assert done.outcome is not None and done.outcome.ok, done
-            prepared = [action_of(c.script) for c in ep.commands]
-            assert {"create_child_disk", "create_disk", "write_settings", "inject_first_boot"} <= set(prepared)
-            touching = {"stop_vm", "start_vm", "attach_disk", "detach_disk", "configure_guest", "health_check",
-                        "write_record", "wait_guest", "backup_volume"}
-            assert not touching & set(prepared), prepared  # the running VM was never touched
-            ep.commands.clear()
-            out = switching.switch(ctx, zoom)
-            assert out.ok, out.error
-            switched = [action_of(c.script) for c in ep.commands]
-            assert not {"create_child_disk", "write_settings", "inject_first_boot"} & set(switched)
-            for needed in ("stop_vm", "attach_disk", "start_vm", "configure_guest", "health_check", "write_record"):
-                assert needed in switched, switched
-        finally:
-            ctx.close()
+    with hyperv_lab(project, tmp_path, ("2026C3.0", "2026C3.1")) as (ctx, ep, _):
+        zoom = ctx.inventory.instrument("ZOOM")
+        assert reimaging.reimage(ctx, "ZOOM", "2026C3.0").ok
+        ep.commands.clear()
+        done = preparing.prepare(ctx, zoom, "2026C3.1")
+        assert done.outcome is not None and done.outcome.ok, done
+        prepared = [action_of(c.script) for c in ep.commands]
+        assert {"create_child_disk", "create_disk", "write_settings", "inject_first_boot"} <= set(prepared)
+        touching = {"stop_vm", "start_vm", "attach_disk", "detach_disk", "configure_guest", "health_check",
+                    "write_record", "wait_guest", "backup_volume"}
+        assert not touching & set(prepared), prepared  # the running VM was never touched
+        ep.commands.clear()
+        out = switching.switch(ctx, zoom)
+        assert out.ok, out.error
+        switched = [action_of(c.script) for c in ep.commands]
+        assert not {"create_child_disk", "write_settings", "inject_first_boot"} & set(switched)
+        for needed in ("stop_vm", "attach_disk", "start_vm", "configure_guest", "health_check", "write_record"):
+            assert needed in switched, switched
+
+
+def test_survey_adopt_and_the_two_sides_on_hyperv_hosts(project: Path, tmp_path: Path) -> None:
+    """Issue 15 on the real stack: the survey's answer (a hand-made generation-1 VM) drives the adoption's
+    scripts; every step goes out as its rendered script, with the old machine's disk and names in it."""
+    from imaging.ops import adopt as adopting
+    from imaging.ops import sides
+
+    handmade = {"ok": True, "changed": False, "exists": True, "generation": 1, "power": "Running",
+                "disks": [{"slot": 0, "controller": "IDE 0", "path": "D:\\Hyper-V\\NDXGEM\\NDXGEM.vhdx",
+                           "parent": None, "bytes": 40 * 1024 ** 3, "label": None}],
+                "folders": {"C:\\data": {"kind": "data", "exists": True, "files": 2, "bytes": 2_000_000},
+                            "C:\\LabVIEW Modules\\var": {"kind": "var", "exists": True, "files": 3, "bytes": 300}},
+                "user_files": [{"path": "C:\\Users\\operator\\Desktop\\notes.txt", "bytes": 20}],
+                "other": []}
+    with hyperv_lab(project, tmp_path, ("2026C3.0",)) as (ctx, ep, _):
+        ep.respond.fail_once("survey_vm", Reply(output=framed({**handmade, "action": "survey_vm"})))
+        ep.respond.fail_once("survey_vm", Reply(output=framed({**handmade, "action": "survey_vm"})))
+        out = adopting.adopt(ctx, "GEM", "2026C3.0")
+        assert out.ok, out.error
+        sent = [(action_of(c.script), c.script) for c in ep.commands]
+        actions = [a for a, _ in sent]
+        for needed in ("survey_vm", "stop_vm", "rename_vm", "copy_from_disk", "ensure_vm", "create_child_disk",
+                       "inject_first_boot", "attach_disk", "start_vm", "health_check", "write_record"):
+            assert needed in actions, actions
+        assert actions.index("rename_vm") < actions.index("copy_from_disk") < actions.index("ensure_vm")
+        [rename] = [s for a, s in sent if a == "rename_vm"]
+        assert "$NewName = 'NDXGEM-legacy'" in rename
+        copies = [s for a, s in sent if a == "copy_from_disk"]
+        assert len(copies) == 2 and all("$SourcePath = 'D:\\Hyper-V\\NDXGEM\\NDXGEM.vhdx'" in s for s in copies)
+        assert any("notes.txt" in s for s in copies)  # the user's file is rescued
+        ep.commands.clear()
+        for vm, power in (("NDXGEM", "Running"), ("NDXGEM-legacy", "Off")):  # what get_state answers there
+            ep.respond.fail_once("get_state", Reply(output=framed({"ok": True, "changed": False, "exists": True,
+                                                                   "power": power, "disks": []})), f"'{vm}'")
+        assert sides.switch_side(ctx, "GEM", "legacy").ok
+        moved = [action_of(c.script) for c in ep.commands]
+        assert moved.index("detach_disk") < moved.index("move_aside") < moved.index("attach_disk") < \
+            moved.index("start_vm")
+        assert sides.side_of(ctx, ctx.inventory.instrument("GEM")) == "legacy"
