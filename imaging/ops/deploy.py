@@ -326,13 +326,20 @@ def resume(ctx: Context, *, deploy_id: str | None = None, model: TimeModel | Non
 # --- prediction ----------------------------------------------------------------------------------------
 
 
-def _predict(ctx: Context, insts: list[Instrument], targets: dict[str, str], options: Options, model: TimeModel,
-             failing: set[str] | None = None) -> Prediction:
+def staged_hosts(ctx: Context, insts: list[Instrument], targets: dict[str, str], model: TimeModel) -> set[str]:
+    """The hosts a prediction treats as holding the targets' images: staged as observed, or (hosts the tool
+    cannot look at) as the time model assumes."""
     staged = set()
     for h in {i.host for i in insts}:
         seen = [not_staged(ctx, targets[i.name], h) for i in insts if i.host == h]
         if all(m == [] or (m is None and model.staged) for m in seen):
-            staged.add(h)  # staged as observed, or (hosts the tool cannot look at) as the model assumes
+            staged.add(h)
+    return staged
+
+
+def _predict(ctx: Context, insts: list[Instrument], targets: dict[str, str], options: Options, model: TimeModel,
+             failing: set[str] | None = None) -> Prediction:
+    staged = staged_hosts(ctx, insts, targets, model)
     jobs = [Job(i.name, i.host, model.alone_s(i.host, staged=i.host in staged), unstaged=i.host not in staged)
             for i in insts]
     waves = plan_waves(jobs, canary=options.canary, batches=parse_batches(options.batches))

@@ -19,6 +19,7 @@ from imaging.engine.simulate import Prediction, TimeModel, predict
 from imaging.model.inventory import Instrument
 from imaging.model.steps import Step
 from imaging.ops.context import Context
+from imaging.ops.deploy import staged_hosts
 from imaging.ops.facts import (
     Prepared,
     desired_releases,
@@ -32,7 +33,7 @@ from imaging.ops.facts import (
 )
 from imaging.ops.publish import publish
 from imaging.ops.reimage import plan_phase, refuse_same_release, settings_for
-from imaging.ops.stage import not_staged, stage_steps
+from imaging.ops.stage import stage_steps
 from imaging.state.journal import OK
 from imaging.state.runs import new_run_id
 
@@ -180,11 +181,7 @@ def simulate(ctx: Context, insts: list[Instrument], release: str, options: Optio
     """Predict the preparation: no downtime, bounded by the share and the hosts' disks (staging) and the
     hosts' limits. Touches nothing."""
     targets = desired_releases(ctx, insts, release)
-    staged = set()
-    for h in {i.host for i in insts}:
-        seen = [not_staged(ctx, targets[i.name], h) for i in insts if i.host == h]
-        if all(m == [] or (m is None and model.staged) for m in seen):
-            staged.add(h)  # staged as observed, or (hosts the tool cannot look at) as the model assumes
+    staged = staged_hosts(ctx, insts, targets, model)
     jobs = [Job(i.name, i.host, model.prepare_s(i.host, staged=i.host in staged), unstaged=i.host not in staged)
             for i in insts]
     waves = plan_waves(jobs, canary="", batches=parse_batches("100%"))

@@ -14,6 +14,7 @@ from imaging.ops import reimage as reimaging
 from imaging.ops import survey as surveying
 from tests.cli.test_cli import inv
 from tests.ops.test_failed_undo import _ctx
+from tests.ops.test_reimage import fail_nth_plan_step
 
 
 def _disk(ctx, name: str) -> Path:  # noqa: ANN001
@@ -67,7 +68,6 @@ def test_a_reimage_refuses_to_replace_the_only_disk_of_a_handmade_vm(project: Pa
 # --- adoption ------------------------------------------------------------------------------------------
 
 from imaging.core.errors import InputError  # noqa: E402
-from imaging.model.steps import Step  # noqa: E402
 from imaging.ops import adopt as adopting  # noqa: E402
 from imaging.ops import facts  # noqa: E402
 from imaging.providers.lab.faults import InjectedFault  # noqa: E402
@@ -137,17 +137,7 @@ def test_a_fault_at_every_adoption_step_gives_back_the_old_machine_exactly(proje
     old_disk, old_vm = tree_manifest(_disk(ctx, "GEM") / "content"), _vm(ctx, "NDXGEM")
     actions = [s.action for s in adopting.plan_adoption(ctx, "GEM", "2026C3.0").steps]
     assert len(actions) == ADOPT_LEN, actions
-    action, nth = actions[index], actions[: index + 1].count(actions[index])
-    seen = {"n": 0}
-
-    def fault(step: Step) -> None:
-        if step.action == action:
-            seen["n"] += 1
-            if seen["n"] == nth:
-                raise InjectedFault(f"injected at {action}", host=step.host, step=action)
-
-    broken = _ctx(project)
-    broken.providers = type(broken.providers)(broken.inventory, broken.paths.lab, fault=fault)
+    broken = _ctx(project, fault=fail_nth_plan_step(index, actions, InjectedFault))
     out = adopting.adopt(broken, "GEM", "2026C3.0")
     assert not out.ok and out.restored, out
     now = _vm(ctx, "NDXGEM")
@@ -207,17 +197,7 @@ def test_a_fault_in_a_switch_to_legacy_returns_to_the_side_that_ran(project: Pat
     before, vms = tree_manifest(content), (_vm(ctx, "NDXGEM"), _vm(ctx, "NDXGEM-legacy"))
     actions = [s.action for s in sides.plan_for_side(ctx, gem, "legacy").steps]
     assert len(actions) == 9, actions
-    action, nth = actions[index], actions[: index + 1].count(actions[index])
-    seen = {"n": 0}
-
-    def fault(step: Step) -> None:
-        if step.action == action:
-            seen["n"] += 1
-            if seen["n"] == nth:
-                raise InjectedFault(f"injected at {action}", host=step.host, step=action)
-
-    broken = _ctx(project)
-    broken.providers = type(broken.providers)(broken.inventory, broken.paths.lab, fault=fault)
+    broken = _ctx(project, fault=fail_nth_plan_step(index, actions, InjectedFault))
     out = sides.switch_side(broken, "GEM", "legacy")
     assert not out.ok and out.restored, out
     assert tree_manifest(content) == before

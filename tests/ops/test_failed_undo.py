@@ -12,13 +12,15 @@ from imaging.ops import reimage as reimaging
 from imaging.ops import rollback as rollbacks
 from imaging.ops import status as statuses
 from imaging.ops.context import Context
+from imaging.providers.base import StepHook
 from imaging.providers.lab.faults import InjectedFault, faults_from_env
 from tests.cli.test_cli import inv
 from tests.ops.test_reimage import user_data
 
 
-def _ctx(project: Path, faults: str | None = None) -> Context:
-    ctx = Context.load(Paths.from_env(project), fault=faults_from_env(faults) if faults else None)
+def _ctx(project: Path, faults: str | None = None, *, fault: StepHook | None = None) -> Context:
+    """A lab context with small sample images; ``faults`` as IMAGING_LAB_FAULTS spells them, or a hook."""
+    ctx = Context.load(Paths.from_env(project), fault=fault or (faults_from_env(faults) if faults else None))
     ctx.sample_sizes = (60, 40)
     return ctx
 

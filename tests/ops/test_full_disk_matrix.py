@@ -11,12 +11,13 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from imaging.ops import reimage as reimaging
-from imaging.providers.lab.faults import FILLER
+from imaging.providers.lab.faults import FILLER, fill
 from tests.ops.lab_processes import (
     NEW,
     OLD,
@@ -37,6 +38,28 @@ def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_bases(tmp_path_factory)
 
 
+@contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[None]:
+    """A small file system of its own at ``folder`` (root is needed: under CI a failed mount fails the test,
+    elsewhere it is skipped), unmounted afterwards."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs (root is needed): {mounted.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def small_reserve(root: Path) -> None:
+    """A small drive keeps a small reserve (hosts.yaml: reserve_gb for HVHOST04)."""
+    hosts = root / "instruments" / "hosts.yaml"
+    hosts.write_text(hosts.read_text().replace("  HVHOST04:\n", "  HVHOST04:\n    reserve_gb: 0.01\n", 1))
+
+
 @pytest.fixture
 def small_drive(bases: dict[str, Path], tmp_path: Path) -> Iterator[Path]:
     """A copy of the staged project whose host drive (HVHOST04's E:) is a tmpfs of its own."""
@@ -45,19 +68,10 @@ def small_drive(bases: dict[str, Path], tmp_path: Path) -> Iterator[Path]:
     shutil.copytree(bases["staged"], root, symlinks=True, copy_function=link_big,
                     ignore=lambda folder, names: ["E"] if Path(folder) == bases["staged"] / drive.parent else [])
     (root / drive).mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL}", "tmpfs", str(root / drive)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs (root is needed): {mounted.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(root / drive, SMALL):
         shutil.copytree(bases["staged"] / drive, root / drive, symlinks=True, dirs_exist_ok=True)
-        hosts = root / "instruments" / "hosts.yaml"  # a small drive keeps a small reserve
-        hosts.write_text(hosts.read_text().replace("  HVHOST04:\n", "  HVHOST04:\n    reserve_gb: 0.01\n", 1))
+        small_reserve(root)
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root / drive)], check=False)
 
 
 @pytest.mark.parametrize("index", range(PLAN_LEN))
@@ -108,26 +122,10 @@ def test_a_full_disk_under_the_state_folder_is_named_with_its_fix(bases: dict[st
                     ignore=lambda folder, names: [".state"] if Path(folder) == bases["staged"] else [])
     state = tmp_path / "state"
     state.mkdir()
-    hosts = root / "instruments" / "hosts.yaml"
-    hosts.write_text(hosts.read_text().replace("  HVHOST04:\n", "  HVHOST04:\n    reserve_gb: 0.01\n", 1))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(state)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs (root is needed): {mounted.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    small_reserve(root)
+    with tmpfs(state, "256m"):
         shutil.copytree(bases["staged"] / ".state", state, symlinks=True, dirs_exist_ok=True)
-        fd = os.open(state / FILLER, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            for size in (1 << 20, 4096, 512):
-                try:
-                    while True:
-                        os.write(fd, b"\0" * size)
-                except OSError:
-                    pass
-        finally:
-            os.close(fd)
+        assert fill(tmp_path) == [state]  # the lab's own filler: only a folder that is a file system of its own
         env = {"IMAGING_STATE": str(state)}
         out = run_invoke(root, "reimage", "--instrument=ZOOM", f"--release={NEW}", env=env)
         said = out.stdout + out.stderr
@@ -140,5 +138,3 @@ def test_a_full_disk_under_the_state_folder_is_named_with_its_fix(bases: dict[st
             assert run_invoke(root, way.group(1), "--instrument=ZOOM", env=env).returncode == 0
         again = run_invoke(root, "reimage", "--instrument=ZOOM", f"--release={NEW}", env=env)
         assert again.returncode == 0, again.stdout + again.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)

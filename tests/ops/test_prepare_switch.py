@@ -10,7 +10,6 @@ import pytest
 from imaging.core.errors import ImagingError, InputError, ValidationFailed
 from imaging.engine.runner import Options
 from imaging.model import layout
-from imaging.model.steps import Step
 from imaging.ops import facts
 from imaging.ops import prepare as preparing
 from imaging.ops import reimage as reimaging
@@ -20,7 +19,7 @@ from imaging.ops.status import fleet_status
 from imaging.providers.lab.faults import InjectedFault
 from tests.cli.test_cli import inv
 from tests.ops.test_failed_undo import _ctx
-from tests.ops.test_reimage import put_user_data, user_data
+from tests.ops.test_reimage import fail_nth_plan_step, put_user_data, user_data
 
 OLD, NEW = "2026C3.0", "2026C3.1"
 PREPARE_LEN = 8  # preflight, lock, OS child, Apps child, Settings disk, settings files, first boot, unlock
@@ -106,17 +105,7 @@ def test_a_fault_at_every_prepare_step_leaves_the_running_instrument_untouched(p
                                 capture_drift=False, settings_ref="HEAD", hotfixes=(), phase="prepare")
     actions = [s.action for s in plan.steps]
     assert len(actions) == PREPARE_LEN
-    action, nth = actions[index], actions[: index + 1].count(actions[index])
-    seen = {"n": 0}
-
-    def fault(step: Step) -> None:
-        if step.action == action:
-            seen["n"] += 1
-            if seen["n"] == nth:
-                raise InjectedFault(f"injected at {action}", host=step.host, step=action)
-
-    broken = _ctx(project)
-    broken.providers = type(broken.providers)(broken.inventory, broken.paths.lab, fault=fault)
+    broken = _ctx(project, fault=fail_nth_plan_step(index, actions, InjectedFault))
     out = preparing.prepare(broken, broken.inventory.instrument("ZOOM"), NEW)
     assert out.outcome is not None and not out.outcome.ok and out.outcome.restored, out
     assert _power_history(ctx, "ZOOM") == history and _running(ctx) == running and user_data(ctx) == data
@@ -252,17 +241,8 @@ def test_a_fault_at_every_switch_step_leaves_what_ran_before_and_the_preparation
                                 generation=ready.generation, prepared_by=ready.op.id)
     actions = [s.action for s in plan.steps]
     assert len(actions) == SWITCH_LEN, actions
-    action, nth = actions[index], actions[: index + 1].count(actions[index])
-    seen = {"n": 0}
-
-    def fault(step: Step) -> None:
-        if step.action == action:
-            seen["n"] += 1
-            if seen["n"] == nth:
-                raise InjectedFault(f"injected at {action}", host=step.host, step=action)
-
-    broken = _ctx(project)
-    broken.providers = type(broken.providers)(broken.inventory, broken.paths.lab, fault=fault)
+    action = actions[index]
+    broken = _ctx(project, fault=fail_nth_plan_step(index, actions, InjectedFault))
     out = switching.switch(broken, broken.inventory.instrument("ZOOM"))
     assert not out.ok and out.restored and out.failed_step == action, out
     assert _running(ctx) == running and user_data(ctx) == data  # exactly what ran before
