@@ -112,3 +112,21 @@ def retire_legacy(c, instruments, dry_run=False, yes=False):  # noqa: ANN001
             rp = plan.rollback_point
             confirm(f"delete {rp['retired']} and its disk(s) {', '.join(rp['disks'])} for good?", yes)
             print_outcome(sides.retire_legacy(ctx, name, listener=StepPrinter()), name, ctx.journal)
+
+
+@task(help={"instrument": "the adopted instrument to give back to its hand-made VM",
+            "dry_run": "print the plan; change nothing",
+            "yes": "do not ask for confirmation"})
+@reports_errors
+def unadopt(c, instrument, dry_run=False, yes=False):  # noqa: ANN001
+    """Undo an adoption: the old VM takes its name again and runs, with every run either side wrote copied
+    back into its own folders (verified; a file it replaces is kept). The new VM is removed; its disks and the
+    Var, Data and Shared disks stay on the host. A failure returns to the side that ran."""
+    with context() as ctx:
+        plan = adopting.plan_for_unadoption(ctx, instrument)
+        print_plan(plan, dry_run=dry_run)
+        if dry_run:
+            return
+        confirm(f"give {plan.instrument} back to {plan.rollback_point['unadopted']} (renamed {plan.vm}, started) "
+                f"and remove the new VM {plan.vm}? Its disks stay on {plan.host}.", yes)
+        print_outcome(adopting.unadopt(ctx, instrument, listener=StepPrinter()), plan.instrument, ctx.journal)

@@ -39,13 +39,16 @@ def status(c, json=False, instruments=""):  # noqa: ANN001
             err_console.print(line, soft_wrap=True)
         return
     table = Table(title="Fleet status")
-    for col in ("instrument", "host", "VM", "power", "running", "desired", "prepared", "last operation", "pending"):
+    sides = any(r.side for r in rows)  # adopted instruments: which of their two VMs runs
+    for col in ("instrument", "host", "VM", "power", "running", "desired", "prepared",
+                *(("side",) if sides else ()), "last operation", "pending"):
         table.add_column(col)
     for r in rows:
         last = f"{r.last_operation} {r.last_result}" if r.last_operation else ""
         running = f"{r.running or '-'} (legacy side)" if r.side == "legacy" else r.running or "-"
+        side = (f"legacy ({r.vm}-legacy)" if r.side == "legacy" else "current" if r.side else "-",) if sides else ()
         table.add_row(r.instrument, r.host, r.vm, r.power, running, r.desired or "?", r.prepared or "-",
-                      last, r.pending)
+                      *side, last, r.pending)
     console.print(table)
     for r in rows:
         if r.hint:

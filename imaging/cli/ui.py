@@ -108,11 +108,12 @@ def print_plan(plan: Any, *, dry_run: bool = True) -> None:
         head = f"switch {plan.instrument} to its {plan.rollback_point['to']} side"
     elif plan.kind == "retire-legacy":
         head = f"retire the legacy side of {plan.instrument}"
+    elif plan.kind == "unadopt":
+        head = f"give {plan.instrument} back to its hand-made VM {plan.rollback_point['unadopted']}"
     else:
         head = f"{plan.kind} of {plan.instrument}"
     console.print(f"[bold]Plan: {head} ({plan.vm} on {plan.host})"
-                  + ("" if plan.kind == "side" else
-                     "" if plan.kind == "retire-legacy" else
+                  + ("" if plan.kind in ("side", "retire-legacy", "unadopt") else
                      f" from {plan.from_release or 'nothing recorded'} to {plan.to_release}") + "[/]")
     for line in plan.describe():
         console.print(line, soft_wrap=True)
@@ -133,6 +134,14 @@ def print_outcome(outcome: Any, instrument: str, journal: Any = None) -> None:
             if op.kind == "retire-legacy":
                 console.print(f"  {instrument}: {(op.rollback_point or {}).get('retired')} and its disks are deleted;"
                               " the instrument has no legacy side any more")
+                return
+            if op.kind == "unadopt":
+                rp = op.rollback_point or {}
+                copied = [r.result for r in journal.steps(op.id) if r.action == "copy_from_disk" and r.result]
+                console.print(f"  {instrument}: {rp.get('unadopted')} runs again as {op.vm}; "
+                              f"{sum(c.get('files', 0) for c in copied)} file(s) copied back into its own folders, "
+                              f"verified ({sum(c.get('replaced', 0) for c in copied)} it replaced kept aside); kept "
+                              f"on the host, detached: {', '.join(rp.get('kept_disks', []))}", soft_wrap=True)
                 return
             if op.kind == "side":
                 rp = op.rollback_point or {}

@@ -19,10 +19,12 @@ from imaging.core.errors import InputError, ValidationFailed
 from imaging.core.git import dirty_paths, is_repo, run_git, toplevel
 from imaging.core.quoting import check_label, check_name, check_windows_name, check_windows_path
 
-ROLES = ("os", "apps", "settings", "var", "data")
-DATA_ROLES = ("apps", "settings", "var", "data")  # roles that carry a labelled volume linked in the guest
-PERSISTENT_ROLES = ("var", "data")  # never deleted, never recreated, never wiped
-SLOTS = {"os": 0, "apps": 1, "settings": 2, "var": 3, "data": 4}
+ROLES = ("os", "apps", "settings", "var", "data", "shared")
+DATA_ROLES = ("apps", "settings", "var", "data", "shared")  # roles that carry a labelled volume linked in the guest
+# Never deleted, never recreated, never wiped. "shared" is the small disk an adopted instrument's two sides
+# both use (the old control system's run number, say); only instruments whose file gives one have it.
+PERSISTENT_ROLES = ("var", "data", "shared")
+SLOTS = {"os": 0, "apps": 1, "settings": 2, "var": 3, "data": 4, "shared": 5}
 
 HOSTS_FILE = "hosts.yaml"
 GROUPS_FILE = "groups.yaml"
@@ -60,9 +62,15 @@ class Disks(_Model):
     settings: DiskSpec
     var: DiskSpec
     data: DiskSpec
+    shared: DiskSpec | None = None
 
     def by_role(self) -> dict[str, DiskSpec]:
-        return {"apps": self.apps, "settings": self.settings, "var": self.var, "data": self.data}
+        roles = {"apps": self.apps, "settings": self.settings, "var": self.var, "data": self.data}
+        return roles | ({"shared": self.shared} if self.shared else {})
+
+    def persistent(self) -> tuple[str, ...]:
+        """The persistent roles this instrument has: var and data always, shared when its file gives one."""
+        return tuple(r for r in PERSISTENT_ROLES if r in self.by_role())
 
 
 class Host(_Model):
@@ -142,6 +150,10 @@ class AdoptSpec(_Model):
     var_folders: tuple[str, ...] = ()
     settings_folders: tuple[str, ...] = ()
     software_folders: tuple[str, ...] = ()
+    # The old system's folders whose state both sides need (its run-number folder): copied at adoption onto
+    # the instrument's Shared disk, and linked there in the legacy VM, so both sides count on. An instrument
+    # without a Shared disk copies them to Var\legacy\ like var folders.
+    shared_folders: tuple[str, ...] = ()
     user_roots: tuple[str, ...] = ("C:\\Users",)
     user_folders: tuple[str, ...] = ("Desktop", "Documents", "Downloads")
     system_folders: tuple[str, ...] = ("C:\\Windows", "C:\\Program Files", "C:\\Program Files (x86)",
@@ -152,8 +164,8 @@ class AdoptSpec(_Model):
     retire_after: date | None = None
     retire_min_days: int = Field(default=14, ge=0)
 
-    @field_validator("data_folders", "var_folders", "settings_folders", "software_folders", "user_roots",
-                     "system_folders")
+    @field_validator("data_folders", "var_folders", "settings_folders", "software_folders", "shared_folders",
+                     "user_roots", "system_folders")
     @classmethod
     def _paths(cls, v: tuple[str, ...], info: Any) -> tuple[str, ...]:
         return tuple(check_windows_path(p, field=f"adopt.{info.field_name}") for p in v)

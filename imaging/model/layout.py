@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import PureWindowsPath
 
 from imaging.core.quoting import check_name
-from imaging.model.inventory import Host, Instrument
+from imaging.model.inventory import PERSISTENT_ROLES, Host, Instrument
 
 
 def _join(root: str, *parts: str) -> str:
@@ -33,7 +33,7 @@ def instrument_dir(host: Host, inst: Instrument) -> str:
 
 def disk_path(host: Host, inst: Instrument, role: str, generation: str | None = None) -> str:
     """OS, Apps and Settings disks are per generation; Var and Data have exactly one, forever."""
-    if role in ("var", "data"):
+    if role in PERSISTENT_ROLES:
         return _join(instrument_dir(host, inst), f"{inst.vm}-{role}.vhdx")
     if not generation:
         raise ValueError(f"a {role} disk needs a generation")

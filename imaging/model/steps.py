@@ -29,6 +29,11 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     # The one change adoption makes inside the old machine, offline: a folder moved aside (renamed) so a link
     # to the shared volume can take its place; moving it back is its undo.
     "move_aside": ("path", "folder", "new_name"),
+    # Unadoption, offline on the old machine's disk: the mount folders its legacy side used go (links only).
+    "remove_disk_links": ("path", "links"),
+    # The undo of a copy_from_disk into a disk with files of its own: by its listing, what it wrote goes and
+    # what it replaced comes back.
+    "undo_copy": ("dest_path", "listing_rel"),
     # Observe under the lock: what the plan was made from must still be what the host shows.
     "check_state": ("vm", "exists", "power", "disks"),
     "stop_vm": ("vm", "timeout_s"),

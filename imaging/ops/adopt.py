@@ -7,7 +7,7 @@ under its own name, running if it ran.
 from __future__ import annotations
 
 from imaging.core.errors import InputError
-from imaging.core.stamps import new_op_id, stamp
+from imaging.core.stamps import new_op_id, stamp, who
 from imaging.engine.executor import Listener, Outcome
 from imaging.model.plan import Plan
 from imaging.model.steps import Step
@@ -17,7 +17,7 @@ from imaging.ops.publish import publish
 from imaging.ops.reimage import plan_phase
 from imaging.ops.stage import stage_steps
 from imaging.ops.survey import survey
-from imaging.plans.adopt import AdoptInputs, adoption_steps, check_fits
+from imaging.plans.adopt import AdoptInputs, UnadoptInputs, adoption_steps, check_fits, copies, plan_unadoption
 
 LEGACY_SUFFIX = "-legacy"
 
@@ -45,7 +45,8 @@ def plan_adoption(ctx: Context, name: str, release: str | None = None, *, dry_ru
     when = stamp()
     x = AdoptInputs(inst=inst, host=ctx.inventory.host_of(inst), survey=sv.to_dict(), legacy_name=legacy, stamp=when)
     check_fits(x)
-    record = {"legacy_vm": legacy, "legacy_disks": [d["path"] for d in sv.disks], "survey": sv.report}
+    record = {"legacy_vm": legacy, "legacy_disks": [d["path"] for d in sv.disks], "survey": sv.report,
+              "shared_folders": [c["from"] for c in copies(x).get("shared", [])]}
     plan = plan_phase(ctx, inst, target, op_id=op_id or new_op_id(), allow_dirty=False, dry_run=dry_run,
                       capture_drift=False, settings_ref="HEAD", hotfixes=tuple(ctx.releases[target].includes_hotfixes),
                       adopting=(adoption_steps(x), record))
@@ -63,4 +64,39 @@ def adopt(ctx: Context, name: str, release: str | None = None, *, listener: List
     publish(ctx, plan.to_release, inst.host)
     for s in stage_steps(ctx, plan.to_release, inst.host):
         ctx.providers.run(s)
+    return ctx.executor(listener).execute(plan, op_id=op_id)
+
+
+def plan_for_unadoption(ctx: Context, name: str, *, op_id: str | None = None) -> Plan:
+    """Refused unless the instrument was adopted, its legacy side is still there, and nothing is unfinished."""
+    from imaging.ops.sides import adoption, side_of
+
+    inst = ctx.inventory.instrument(name)
+    record = adoption(ctx, inst)
+    if record is None:
+        raise InputError(f"{inst.name} has no legacy side to give the instrument back to (never adopted, "
+                         "retired or unadopted already); nothing was changed", field="--instrument", value=inst.name,
+                         fix="see `invoke status`")
+    refuse_if_interrupted(ctx, inst)
+    states = {vm: ctx.providers.run(Step("get_state", inst.host, {"vm": vm}, f"look at {vm}"))
+              for vm in (inst.vm, record["legacy_vm"])}
+    gone = [vm for vm, st in states.items() if not st.get("exists")]
+    if gone:
+        raise InputError(f"{', '.join(gone)} does not exist on {inst.host}; unadoption needs both sides",
+                         field="--instrument", value=inst.name, fix="see `invoke status`; nothing was changed")
+    new, old = states[inst.vm], states[record["legacy_vm"]]
+    return plan_unadoption(UnadoptInputs(
+        inst=inst, host=ctx.inventory.host_of(inst), legacy_vm=record["legacy_vm"],
+        legacy_os_disk=record["legacy_disks"][0], shared_folders=tuple(record.get("shared_folders", ())),
+        side=side_of(ctx, inst) or "current",
+        powers={inst.vm: str(new.get("power")), record["legacy_vm"]: str(old.get("power"))},
+        new_disks={int(d["slot"]): d["path"] for d in new.get("disks", [])},
+        legacy_disks={int(d["slot"]): d["path"] for d in old.get("disks", [])},
+        stamp=stamp(), op_id=op_id or new_op_id(), owner=who()))
+
+
+def unadopt(ctx: Context, name: str, *, listener: Listener | None = None) -> Outcome:
+    """Give the instrument back to its hand-made VM (see ``plans.adopt.plan_unadoption``)."""
+    op_id = new_op_id()
+    plan = plan_for_unadoption(ctx, name, op_id=op_id)
     return ctx.executor(listener).execute(plan, op_id=op_id)

@@ -80,7 +80,7 @@ def desired_releases(ctx: Context, insts: Iterable[Instrument], override: str | 
 
 def running_release(ctx: Context, inst: Instrument) -> str | None:
     """What the instrument runs, by the journal's last finished operation that put a release on it."""
-    op = ctx.journal.last(inst.name, kinds=("reimage", "rollback"), statuses=(OK,))
+    op = setter_op(ctx, inst)
     return op.to_release if op else None
 
 
@@ -209,8 +209,10 @@ def known_hotfix(ctx: Context, hotfix_id: str) -> dict[str, Any] | None:
 
 
 def setter_op(ctx: Context, inst: Instrument) -> Operation | None:
-    """The finished operation that put the running OS/Apps/Settings disks in place (reimage or rollback)."""
-    return ctx.journal.last(inst.name, kinds=("reimage", "rollback"), statuses=(OK,))
+    """The finished operation that put the running OS/Apps/Settings disks in place (reimage or rollback);
+    None when there is none, or when an unadoption since gave the instrument back to its hand-made VM."""
+    op = ctx.journal.last(inst.name, kinds=("reimage", "rollback", "unadopt"), statuses=(OK,))
+    return op if op and op.kind != "unadopt" else None
 
 
 @dataclass(frozen=True)

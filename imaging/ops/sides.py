@@ -22,9 +22,9 @@ from imaging.state.journal import OK
 
 def adoption(ctx: Context, inst: Instrument) -> dict[str, Any] | None:
     """The adoption record of the instrument (legacy VM, its disks), or None: it has no legacy side (never
-    adopted, or its legacy side was retired)."""
+    adopted, its legacy side was retired, or it was unadopted)."""
     for op in reversed(ctx.journal.operations(instrument=inst.name)):
-        if op.status == OK and op.kind == "retire-legacy":
+        if op.status == OK and op.kind in ("retire-legacy", "unadopt"):
             return None
         if op.status == OK and (op.rollback_point or {}).get("adopted"):
             return op.rollback_point["adopted"]
@@ -111,7 +111,8 @@ def plan_for_side(ctx: Context, inst: Instrument, to: str, *, op_id: str | None 
     health = plan_step(setter, "health_check") if setter else None
     return plan_side_switch(SideInputs(inst=inst, host=ctx.inventory.host_of(inst), to=to,
                                        legacy_vm=record["legacy_vm"], legacy_os_disk=record["legacy_disks"][0],
-                                       powers=powers, health=health, op_id=op_id or new_op_id(), owner=who()))
+                                       powers=powers, health=health, op_id=op_id or new_op_id(), owner=who(),
+                                       shared_folders=tuple(record.get("shared_folders", ()))))
 
 
 def switch_side(ctx: Context, name: str, to: str, *, listener: Listener | None = None) -> Outcome:

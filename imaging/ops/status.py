@@ -17,6 +17,7 @@ from imaging.ops.facts import (
     way_out,
 )
 from imaging.ops.sides import retirement_due, side_of
+from imaging.ops.survey import is_handmade
 from imaging.state.journal import JournalDamaged
 
 REPAIR = "`invoke repair-journal`"
@@ -50,8 +51,10 @@ def fleet_status(ctx: Context, names: list[str] | None = None) -> list[Instrumen
 
 
 def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
+    observed = None
     try:
-        power = observe(ctx, inst).power
+        observed = observe(ctx, inst)
+        power = observed.power
     except ImagingError as exc:
         power = f"unreachable ({exc})"
     try:
@@ -84,6 +87,9 @@ def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
         hint = way_out(inst, stuck)
     elif last and last.status == "running":
         pending = f"{last.kind} in progress"
+    elif observed is not None and is_handmade(ctx, inst, observed):
+        pending = "a hand-made VM: adopt it (a reimage would replace its only disk, so it is refused)"
+        hint = f"`invoke survey --instrument={inst.name}`, then `invoke adopt --instrument={inst.name}`"
     elif side == "legacy":
         pending = "runs its legacy side (the old VM); the new one is off"
         hint = f"`invoke switch --instruments={inst.name} --to=current`"

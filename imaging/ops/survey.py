@@ -19,7 +19,7 @@ from imaging.model.steps import Step
 from imaging.ops.context import Context
 from imaging.ops.facts import setter_op
 
-FOLDER_KINDS = ("data", "var", "settings", "software", "system")
+FOLDER_KINDS = ("data", "var", "settings", "shared", "software", "system")
 
 
 @dataclass
@@ -75,12 +75,19 @@ def survey(ctx: Context, inst: Instrument, *, write_report: bool = True) -> Surv
     return out
 
 
-def refuse_handmade(ctx: Context, inst: Instrument, observed: Observed) -> None:
-    """A VM whose OS disk is no differencing child and that no operation of imaging set up is a hand-made
-    machine: a reimage would replace its only disk (and with it whatever is on it). Refused, naming the way."""
+def is_handmade(ctx: Context, inst: Instrument, observed: Observed) -> bool:
+    """A VM whose OS disk is no differencing child and that no operation of imaging set up (or one given back
+    to its hand-made VM by `invoke unadopt`)."""
     os_disk = observed.disks.get(SLOTS["os"])
-    if not observed.exists or not os_disk or observed.parents.get(SLOTS["os"]) or setter_op(ctx, inst):
+    return bool(observed.exists and os_disk and not observed.parents.get(SLOTS["os"]) and not setter_op(ctx, inst))
+
+
+def refuse_handmade(ctx: Context, inst: Instrument, observed: Observed) -> None:
+    """A hand-made machine: a reimage would replace its only disk (and with it whatever is on it). Refused,
+    naming the way."""
+    if not is_handmade(ctx, inst, observed):
         return
+    os_disk = observed.disks.get(SLOTS["os"])
     raise ImagingError(
         f"{inst.vm} on {inst.host} is a hand-made VM: its OS disk {os_disk} is no differencing child of a "
         f"template and imaging never set it up, so a reimage would replace the only disk it has; nothing was "

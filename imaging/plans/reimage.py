@@ -83,7 +83,8 @@ def plan_reimage(x: ReimageInputs) -> Plan:
     tpl_path = layout.image_path(host, x.os_template.name, x.os_template.sha256)
     apps_master = layout.image_path(host, x.apps_image.name, x.apps_image.sha256)
     new = {role: layout.disk_path(host, inst, role, gen) for role in ("os", "apps", "settings")}
-    var_path, data_path = layout.disk_path(host, inst, "var"), layout.disk_path(host, inst, "data")
+    keep = {role: layout.disk_path(host, inst, role) for role in inst.disks.persistent()}
+    var_path = keep["var"]
     lock = {"vm": vm, "lock_path": layout.lock_path(host, inst), "op_id": x.op_id}
     steps: list[Step] = []
     notes: list[str] = []
@@ -109,7 +110,7 @@ def plan_reimage(x: ReimageInputs) -> Plan:
     add("ensure_vm", f"{'create' if not obs.exists else 'find'} VM {vm} on {h}", vm=vm, generation=2,
         memory_mb=inst.memory_mb, cpus=inst.cpus, switch=host.switch,
         undo=Step("remove_vm", h, {"vm": vm}, f"remove the new, empty VM {vm}") if x.adopted else None)
-    for role, path in (("var", var_path), ("data", data_path)):
+    for role, path in keep.items():
         spec = disks[role]
         verb = "keep" if obs.disks.get(SLOTS[role]) == path else "create (if absent, never recreate)"
         add("create_disk", f"{verb} the {spec.label} disk ({role}, persistent, never wiped)",
@@ -170,7 +171,7 @@ def plan_reimage(x: ReimageInputs) -> Plan:
             undo=Step("detach_disk", h, {"vm": vm, "slot": SLOTS[role], "path": new[role]},
                       f"detach the new {role} disk"),
             vm=vm, slot=SLOTS[role], path=new[role])
-    for role, path in (("var", var_path), ("data", data_path)):
+    for role, path in keep.items():
         if obs.disks.get(SLOTS[role]) != path:
             add("attach_disk", f"attach the {role} disk at SCSI 0:{SLOTS[role]}",
                 undo=Step("detach_disk", h, {"vm": vm, "slot": SLOTS[role], "path": path},

@@ -31,53 +31,77 @@ class SideInputs:
     health: dict[str, Any] | None  # the current side's health check inputs (from the operation that set it up)
     op_id: str
     owner: str
+    shared_folders: tuple[str, ...] = ()  # the old machine's folders adoption copied onto the Shared disk
+
+
+def moved_folders(x: SideInputs) -> list[str]:
+    """The legacy machine's folders that links to the shared volumes replace (moved aside, kept)."""
+    return [x.inst.disks.data.link] + (list(x.shared_folders) if x.inst.disks.shared else [])
+
+
+def legacy_volumes(x: SideInputs) -> list[dict[str, str]]:
+    """In the legacy guest: the Data volume at its old folder, and each shared folder at its place on the
+    Shared volume (``sub``: where adoption copied it)."""
+    data = x.inst.disks.data
+    out = [{"label": data.label, "mount": layout.mount_point(data.label), "link": data.link}]
+    if x.inst.disks.shared:
+        shared = x.inst.disks.shared
+        out += [{"label": shared.label, "mount": layout.mount_point(shared.label), "link": f, "sub": f[3:]}
+                for f in x.shared_folders]
+    return out
+
+
+def aside_name(folder: str) -> str:
+    return folder.rsplit("\\", 1)[1] + MOVED_ASIDE
 
 
 def plan_side_switch(x: SideInputs) -> Plan:
     inst, h = x.inst, x.host.name
     new_vm = inst.vm
     run_vm, other_vm = (new_vm, x.legacy_vm) if x.to == "legacy" else (x.legacy_vm, new_vm)
-    data = layout.disk_path(x.host, inst, "data")
-    slot = SLOTS["data"]
-    spec = inst.disks.by_role()["data"]
+    moving = [r for r in inst.disks.persistent() if r != "var"]  # Data and Shared go to the side that runs
+    paths = {role: layout.disk_path(x.host, inst, role) for role in moving}
     lock = {"vm": new_vm, "lock_path": layout.lock_path(x.host, inst), "op_id": x.op_id}
     steps = [Step("acquire_lock", h, {**lock, "owner": x.owner}, f"lock {inst.name} for this switch ({x.op_id})",
                   undo=Step("release_lock", h, dict(lock), f"unlock {inst.name}"))]
     if x.powers.get(run_vm) == "Running":
         steps.append(Step("stop_vm", h, {"vm": run_vm, "timeout_s": STOP_TIMEOUT_S}, f"stop {run_vm}",
                           undo=Step("start_vm", h, {"vm": run_vm}, f"start {run_vm} again")))
-    steps.append(Step("detach_disk", h, {"vm": run_vm, "slot": slot, "path": data},
-                      f"detach the shared Data disk from {run_vm}",
-                      undo=Step("attach_disk", h, {"vm": run_vm, "slot": slot, "path": data},
-                                f"attach the Data disk to {run_vm} again")))
-    link = spec.link
+    for role, path in paths.items():
+        steps.append(Step("detach_disk", h, {"vm": run_vm, "slot": SLOTS[role], "path": path},
+                          f"detach the {inst.disks.by_role()[role].label} disk (both sides use it) from {run_vm}",
+                          undo=Step("attach_disk", h, {"vm": run_vm, "slot": SLOTS[role], "path": path},
+                                    f"attach the {role} disk to {run_vm} again")))
     if x.to == "legacy":
-        aside = link.rsplit("\\", 1)[1] + MOVED_ASIDE
-        steps.append(Step("move_aside", h, {"path": x.legacy_os_disk, "folder": link, "new_name": aside},
-                          f"move the old machine's own {link} aside (renamed {aside}, kept) for a link to the "
-                          "shared Data volume",
-                          undo=Step("move_aside", h, {"path": x.legacy_os_disk,
-                                                      "folder": link.rsplit("\\", 1)[0] + "\\" + aside,
-                                                      "new_name": link.rsplit("\\", 1)[1]},
-                                    f"move {aside} back to {link}")))
+        for folder in moved_folders(x):
+            aside = aside_name(folder)
+            steps.append(Step("move_aside", h, {"path": x.legacy_os_disk, "folder": folder, "new_name": aside},
+                              f"move the old machine's own {folder} aside (renamed {aside}, kept) for a link to "
+                              "a shared volume",
+                              undo=Step("move_aside", h, {"path": x.legacy_os_disk,
+                                                          "folder": folder.rsplit("\\", 1)[0] + "\\" + aside,
+                                                          "new_name": folder.rsplit("\\", 1)[1]},
+                                        f"move {aside} back to {folder}")))
+    for role, path in paths.items():
+        steps.append(Step("attach_disk", h, {"vm": other_vm, "slot": SLOTS[role], "path": path},
+                          f"attach the {inst.disks.by_role()[role].label} disk to {other_vm}",
+                          undo=Step("detach_disk", h, {"vm": other_vm, "slot": SLOTS[role], "path": path},
+                                    f"detach the {role} disk from {other_vm}")))
     steps += [
-        Step("attach_disk", h, {"vm": other_vm, "slot": slot, "path": data},
-             f"attach the shared Data disk to {other_vm}",
-             undo=Step("detach_disk", h, {"vm": other_vm, "slot": slot, "path": data},
-                       f"detach the Data disk from {other_vm}")),
         Step("start_vm", h, {"vm": other_vm}, f"start {other_vm}",
              undo=Step("stop_vm", h, {"vm": other_vm, "timeout_s": STOP_TIMEOUT_S}, f"stop {other_vm}")),
         Step("wait_guest", h, {"vm": other_vm, "timeout_s": GUEST_TIMEOUT_S}, f"wait for {other_vm} to answer"),
     ]
     if x.to == "legacy":
-        volumes = [{"label": spec.label, "mount": layout.mount_point(spec.label), "link": link}]
+        volumes = legacy_volumes(x)
         steps.append(Step("configure_guest", h, {"vm": other_vm, "volumes": volumes},
-                          f"mount the shared Data volume in {other_vm} and link {link} to it",
+                          f"mount the shared volumes in {other_vm} and link "
+                          f"{', '.join(v['link'] for v in volumes)} to them",
                           undo=Step("remove_volume_links", h, {"vm": other_vm, "volumes": volumes},
-                                    f"remove the link {link} and the Data mount from {other_vm}")))
+                                    f"remove the links and mounts of the shared volumes from {other_vm}")))
     else:
-        disks = inst.disks.by_role()
-        volumes = [{"label": s.label, "mount": layout.mount_point(s.label), "link": s.link} for s in disks.values()]
+        volumes = [{"label": s.label, "mount": layout.mount_point(s.label), "link": s.link}
+                   for s in inst.disks.by_role().values()]
         steps.append(Step("configure_guest", h, {"vm": other_vm, "volumes": volumes},
                           f"check every volume of {other_vm} is mounted and linked"))
         if x.health:

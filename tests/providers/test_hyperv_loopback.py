@@ -448,8 +448,9 @@ def test_mount_steps_of_two_instruments_on_one_host_never_overlap(endpoint, tmp_
     mounts = [c for c in ep.commands if action_of(c.script) in MOUNT_ACTIONS]
     per_instrument = {p.instrument: [c for c in mounts if instrument_of_script(inv, c.script) == p.instrument]
                       for p in plans}
-    for plan in plans:  # var, data and settings disks, two backups, the rescue, the settings files
-        assert len(per_instrument[plan.instrument]) == sum(s.action in MOUNT_ACTIONS for s in plan.steps) == 8
+    # var, data and settings disks, two backups, the rescue, the settings files; and GEM's Shared disk
+    for plan, mounting in zip(plans, (8, 9), strict=True):
+        assert len(per_instrument[plan.instrument]) == sum(s.action in MOUNT_ACTIONS for s in plan.steps) == mounting
     spans = sorted((c.started, c.ended) for c in mounts)
     assert all(end is not None for _, end in spans)
     for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False):

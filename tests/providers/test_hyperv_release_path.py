@@ -117,7 +117,8 @@ def test_survey_adopt_and_the_two_sides_on_hyperv_hosts(project: Path, tmp_path:
                 "disks": [{"slot": 0, "controller": "IDE 0", "path": "D:\\Hyper-V\\NDXGEM\\NDXGEM.vhdx",
                            "parent": None, "bytes": 40 * 1024 ** 3, "label": None}],
                 "folders": {"C:\\data": {"kind": "data", "exists": True, "files": 2, "bytes": 2_000_000},
-                            "C:\\LabVIEW Modules\\var": {"kind": "var", "exists": True, "files": 3, "bytes": 300}},
+                            "C:\\LabVIEW Modules\\var": {"kind": "var", "exists": True, "files": 3, "bytes": 300},
+                            "C:\\LabVIEW Modules\\run": {"kind": "shared", "exists": True, "files": 1, "bytes": 6}},
                 "user_files": [{"path": "C:\\Users\\operator\\Desktop\\notes.txt", "bytes": 20}],
                 "other": []}
     with hyperv_lab(project, tmp_path, ("2026C3.0",)) as (ctx, ep, _):
@@ -134,7 +135,7 @@ def test_survey_adopt_and_the_two_sides_on_hyperv_hosts(project: Path, tmp_path:
         [rename] = [s for a, s in sent if a == "rename_vm"]
         assert "$NewName = 'NDXGEM-legacy'" in rename
         copies = [s for a, s in sent if a == "copy_from_disk"]
-        assert len(copies) == 2 and all("$SourcePath = 'D:\\Hyper-V\\NDXGEM\\NDXGEM.vhdx'" in s for s in copies)
+        assert len(copies) == 3 and all("$SourcePath = 'D:\\Hyper-V\\NDXGEM\\NDXGEM.vhdx'" in s for s in copies)
         assert any("notes.txt" in s for s in copies)  # the user's file is rescued
         ep.commands.clear()
         for vm, power in (("NDXGEM", "Running"), ("NDXGEM-legacy", "Off")):  # what get_state answers there
@@ -145,3 +146,32 @@ def test_survey_adopt_and_the_two_sides_on_hyperv_hosts(project: Path, tmp_path:
         assert moved.index("detach_disk") < moved.index("move_aside") < moved.index("attach_disk") < \
             moved.index("start_vm")
         assert sides.side_of(ctx, ctx.inventory.instrument("GEM")) == "legacy"
+        [link] = [c.script for c in ep.commands if action_of(c.script) == "configure_guest"]
+        assert "'sub'" in link and "LabVIEW Modules\\run" in link  # the run number, on the Shared volume
+
+        # back to the current side, then give the instrument back to its hand-made VM
+        for vm, power in (("NDXGEM", "Off"), ("NDXGEM-legacy", "Running")):
+            ep.respond.fail_once("get_state", Reply(output=framed({"ok": True, "changed": False, "exists": True,
+                                                                   "power": power, "disks": []})), f"'{vm}'")
+        assert sides.switch_side(ctx, "GEM", "current").ok
+        ep.commands.clear()
+        inst_dir = "D:\\Imaging\\instruments\\NDXGEM\\NDXGEM"
+        new_disks = [{"slot": 3, "path": f"{inst_dir}-var.vhdx"}, {"slot": 4, "path": f"{inst_dir}-data.vhdx"},
+                     {"slot": 5, "path": f"{inst_dir}-shared.vhdx"}]
+        for vm, power, disks in (("NDXGEM", "Running", new_disks), ("NDXGEM-legacy", "Off", [])):
+            for _ in range(2):  # the dry run, then the run
+                ep.respond.fail_once("get_state", Reply(output=framed({"ok": True, "changed": False, "exists": True,
+                                                                       "power": power, "disks": disks})), f"'{vm}'")
+        adopting.plan_for_unadoption(ctx, "GEM")
+        out = adopting.unadopt(ctx, "GEM")
+        assert out.ok, out.error
+        sent = [(action_of(c.script), c.script) for c in ep.commands if action_of(c.script) != "get_state"]
+        order = [a for a, _ in sent]
+        assert order.index("remove_vm") < order.index("move_aside") < order.index("remove_disk_links") < \
+            order.index("copy_from_disk") < order.index("rename_vm") < order.index("start_vm"), order
+        copy_data = next(s for a, s in sent if a == "copy_from_disk")
+        assert f"$SourcePath = '{inst_dir}-data.vhdx'" in copy_data
+        assert "$DestPath = 'D:\\Hyper-V\\NDXGEM\\NDXGEM.vhdx'" in copy_data and "replaced_to" in copy_data
+        [back] = [s for a, s in sent if a == "rename_vm"]
+        assert "$Vm = 'NDXGEM-legacy'" in back and "$NewName = 'NDXGEM'" in back
+        assert sides.side_of(ctx, ctx.inventory.instrument("GEM")) is None

@@ -27,7 +27,8 @@ from imaging.providers.hyperv.session import SessionPool
 
 # Actions that mount a VHDX on the host (Mount-VHD, access paths, Initialize-Disk/Format-Volume).
 MOUNT_ACTIONS = frozenset({"create_disk", "backup_volume", "rescue_user_files", "write_settings", "read_volume",
-                           "inject_first_boot", "survey_vm", "copy_from_disk", "move_aside",
+                           "inject_first_boot", "survey_vm", "copy_from_disk", "move_aside", "remove_disk_links",
+                           "undo_copy",
                            "write_volume_files", "build_apps_disk", "build_template"})
 
 # Whole-step time limits in seconds. Copies and backups of large disks get hours; quick Hyper-V calls get
@@ -35,7 +36,7 @@ MOUNT_ACTIONS = frozenset({"create_disk", "backup_volume", "rescue_user_files", 
 DEFAULT_TIMEOUTS: dict[str, float] = {
     "preflight": 120, "acquire_lock": 60, "release_lock": 60, "ensure_vm": 300, "get_state": 60,
     "check_state": 60, "survey_vm": 1800, "rename_vm": 120, "remove_vm": 120, "move_aside": 600,
-    "remove_volume_links": 300, "copy_from_disk": 6 * 3600,
+    "remove_disk_links": 600, "undo_copy": 3600, "remove_volume_links": 300, "copy_from_disk": 6 * 3600,
     "stop_vm": 120, "start_vm": 300, "wait_guest": 60, "stage_artifact": 6 * 3600,
     "create_child_disk": 300, "create_disk": 900, "delete_disk": 300, "remove_partial": 300, "attach_disk": 120,
     "detach_disk": 120, "inject_first_boot": 600, "backup_volume": 4 * 3600, "rescue_user_files": 2 * 3600,

@@ -32,6 +32,7 @@ from imaging.core.quoting import (
     check_windows_name,
     check_windows_path,
 )
+from imaging.model.inventory import ROLES
 from imaging.model.steps import ACTIONS
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "templates" / "powershell"
@@ -43,8 +44,6 @@ GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "wri
                            "run_guest_command",
                            "apply_hotfix", "revert_hotfix", "restart_services"})
 
-ROLES = ("os", "apps", "settings", "var", "data")
-SLOTS = {"os": 0, "apps": 1, "settings": 2, "var": 3, "data": 4}
 
 
 _ENV: jinja2.Environment | None = None
@@ -85,7 +84,7 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
                          fix=f"use one of {', '.join(ROLES)}")
     if "slot" in inputs and (type(inputs["slot"]) is not int or not 0 <= inputs["slot"] <= 63):
         raise InputError("not a SCSI slot", file=where, field="slot", value=inputs["slot"],
-                         fix="use an integer 0-63 (os=0, apps=1, settings=2, var=3, data=4)")
+                         fix="use an integer 0-63 (os=0, apps=1, settings=2, var=3, data=4, shared=5)")
     for key in ("timeout_s", "keep", "size_gb", "need_bytes", "memory_mb", "cpus", "generation", "image_index"):
         if key in inputs and (type(inputs[key]) is not int or inputs[key] < 1):
             raise InputError("must be a positive integer", file=where, field=key, value=inputs[key],
@@ -116,12 +115,17 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             check_relpath(rel, field=f"files[{rel!r}]", file=where)
     if "switch" in inputs:
         check_windows_name(inputs["switch"], field="switch", file=where)
-    if action == "copy_from_disk":
+    if action in ("copy_from_disk", "undo_copy"):
         check_relpath(inputs["listing_rel"], field="listing_rel", file=where)
+    if action == "copy_from_disk":
         for i, c in enumerate(inputs["copies"]):
             check_windows_path(c.get("from"), field=f"copies[{i}].from", file=where)
             if c.get("to"):
                 check_relpath(c["to"], field=f"copies[{i}].to", file=where)
+            if c.get("replaced_to"):
+                check_relpath(c["replaced_to"], field=f"copies[{i}].replaced_to", file=where)
+            for j, k in enumerate(c.get("skip", [])):
+                check_relpath(k, field=f"copies[{i}].skip[{j}]", file=where)
     if action == "survey_vm":
         for kind, paths in inputs["folders"].items():
             check_name(kind, field="folders", file=where)
@@ -131,6 +135,12 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             check_windows_path(p, field=f"user_roots[{i}]", file=where)
         for i, name in enumerate(inputs["user_folders"]):
             check_windows_name(name, field=f"user_folders[{i}]", file=where)
+    if action == "remove_disk_links":
+        for i, p in enumerate(inputs["links"]):
+            check_windows_path(p, field=f"links[{i}]", file=where)
+        if not all(p.upper().startswith("C:\\") for p in inputs["links"]):
+            raise InputError("links are paths on the old machine's C: drive", file=where, field="links",
+                             value=inputs["links"], fix="give C:\\ paths")
     if action == "move_aside":
         check_windows_path(inputs["folder"], field="folder", file=where)
         check_windows_name(inputs["new_name"], field="new_name", file=where)
@@ -139,6 +149,8 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             check_label(vol.get("label"), field=f"volumes[{i}].label", file=where)
             check_windows_path(vol.get("mount"), field=f"volumes[{i}].mount", file=where)
             check_windows_path(vol.get("link"), field=f"volumes[{i}].link", file=where)
+            if vol.get("sub"):
+                check_relpath(vol["sub"], field=f"volumes[{i}].sub", file=where)
     if action == "health_check":
         for i, link in enumerate(inputs["links"]):
             check_windows_path(link.get("link"), field=f"links[{i}].link", file=where)

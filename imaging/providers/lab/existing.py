@@ -22,7 +22,7 @@ HANDMADE_FILES: dict[str, int] = {
     "Program Files/Common Files/old-vendor/dll.bin": 40960,
     "pagefile.sys": 131072,
     "LabVIEW Modules/dae/dae.vi": 65536,
-    "LabVIEW Modules/var/run_number.txt": 6,
+    "LabVIEW Modules/run/run_number.txt": 6,
     "LabVIEW Modules/var/autosave/motors.sav": 120,
     "Instrument/Settings/instrument.ini": 300,
     "data/{name}00012345.nxs": 500000,
@@ -93,36 +93,73 @@ class ExistingMachines:
 
     def _do_copy_from_disk(self, host: str, source_path: str, dest_path: str, copies: list[dict[str, str]],
                            listing_rel: str) -> dict:
-        """Copy folders and files from a machine's own disk (read only; its VM is off) into a volume, each file
+        """Copy folders and files from a disk (read only; its VM is off) into another (its VM off too), each file
         verified by sha256, then write the listing (its presence means done). Files already there with the same
-        content are kept: a retry copies only what is missing."""
+        content are kept: a retry copies only what is missing. A copy's optional ``skip`` lists paths under its
+        ``from`` that stay behind (imaging's own listings, when a volume is copied back), and its optional
+        ``replaced_to`` is where a different file of the same name is moved first (kept, listed), not lost."""
         src, smeta = self._disk(host, source_path, step="copy_from_disk")
         dst, dmeta = self._disk(host, dest_path, step="copy_from_disk")
-        if smeta.get("attached_to") and self._vm_power(host, smeta["attached_to"]) != "Off":
-            raise ProviderError(f"{source_path} belongs to a running VM; it is read only when its VM is off",
-                                host=host, step="copy_from_disk")
+        for path, meta in ((source_path, smeta), (dest_path, dmeta)):
+            if meta.get("attached_to") and self._vm_power(host, meta["attached_to"]) != "Off":
+                raise ProviderError(f"{path} belongs to a running VM; it is copied from or to only while its VM "
+                                    "is off", host=host, step="copy_from_disk")
         listing = dst / "content" / listing_rel
         if listing.exists():
             return {"changed": False, "files": len(read_json(listing)["files"])}
         done: list[dict[str, Any]] = []
+        replaced: list[dict[str, str]] = []
         for c in copies:
             base = src / "content" / "/".join(guest_rel(c["from"]))
             items = [(base, "")] if base.is_file() else [(Path(dirpath) / n, os.path.relpath(
                 Path(dirpath) / n, base).replace(os.sep, "/")) for dirpath, _d, names in os.walk(base) for n in names]
+            skip = [k.replace("\\", "/").lower() for k in c.get("skip", [])]
             for path, rel in sorted(items):
-                if path.is_symlink():
+                if path.is_symlink() or any(rel.lower() == k or rel.lower().startswith(k + "/") for k in skip):
                     continue
                 target = dst / "content" / c["to"] / rel if rel else dst / "content" / c["to"]
                 digest = sha256_file(path)
-                if not (target.is_file() and sha256_file(target) == digest):
+                written = not (target.is_file() and sha256_file(target) == digest)
+                if written:
+                    if target.is_file() and c.get("replaced_to"):  # a different file of the same name: kept
+                        kept = dst / "content" / c["replaced_to"] / c["to"] / rel
+                        kept.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(target, kept)
+                        replaced.append({"kept": kept.relative_to(dst / "content").as_posix(),
+                                         "to": target.relative_to(dst / "content").as_posix()})
+                    elif target.is_file():
+                        target.unlink()  # never written through: the new file takes its name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(path, target)
                     if sha256_file(target) != digest:
                         raise ProviderError(f"the copy of {path} did not verify", host=host, step="copy_from_disk")
-                done.append({"from": c["from"] + ("\\" + rel.replace("/", "\\") if rel else ""),
-                             "to": f"{c['to']}/{rel}".strip("/"), "sha256": digest, "bytes": path.stat().st_size})
-        write_json(listing, {"source": source_path, "files": done})
-        return {"changed": True, "files": len(done), "bytes": sum(f["bytes"] for f in done)}
+                done.append({"from": c["from"].rstrip("\\") + ("\\" + rel.replace("/", "\\") if rel else ""),
+                             "to": f"{c['to']}/{rel}".strip("/"), "sha256": digest, "bytes": path.stat().st_size,
+                             "written": written})
+        write_json(listing, {"source": source_path, "files": done, "replaced": replaced})
+        return {"changed": True, "files": len(done), "bytes": sum(f["bytes"] for f in done), "replaced": len(replaced)}
+
+    def _do_undo_copy(self, host: str, dest_path: str, listing_rel: str) -> dict:
+        """The undo of a copy into a disk that had files of its own (unadoption): the files it wrote go, the
+        ones it replaced come back, then its listing. Files it found already identical stay. No listing: the
+        copy never finished, and what it wrote carries no record; its partly written files are kept."""
+        dst, meta = self._disk(host, dest_path, step="undo_copy")
+        if meta.get("attached_to") and self._vm_power(host, meta["attached_to"]) != "Off":
+            raise ProviderError(f"{dest_path} belongs to a running VM; it is changed only while its VM is off",
+                                host=host, step="undo_copy")
+        root = dst / "content"
+        listing = root / listing_rel
+        if not listing.exists():
+            return {"changed": False}
+        done = read_json(listing)
+        for f in done["files"]:
+            if f.get("written") and (root / f["to"]).is_file():
+                (root / f["to"]).unlink()
+        for r in done.get("replaced", []):
+            if (root / r["kept"]).is_file():
+                os.replace(root / r["kept"], root / r["to"])
+        listing.unlink()
+        return {"changed": True}
 
     def _do_move_aside(self, host: str, path: str, folder: str, new_name: str) -> dict:
         """On an offline disk (its VM off): rename a folder (C:\\data -> C:\\data.before-imaging) so that a link to
@@ -142,6 +179,23 @@ class ExistingMachines:
                                 step="move_aside")
         os.replace(src, dst)
         return {"changed": True}
+
+    def _do_remove_disk_links(self, host: str, path: str, links: list[str]) -> dict:
+        """On an offline disk (its VM off): each path that is a link (a junction, a mount folder) goes, never what
+        it leads to; an empty parent folder the links left goes too. A real folder or file is left alone."""
+        d, meta = self._disk(host, path, step="remove_disk_links")
+        if meta.get("attached_to") and self._vm_power(host, meta["attached_to"]) != "Off":
+            raise ProviderError(f"{path} belongs to a running VM; it is changed only while its VM is off", host=host,
+                                step="remove_disk_links")
+        changed = False
+        for link in links:
+            p = (d / "content").joinpath(*guest_rel(link))
+            if p.is_symlink():
+                p.unlink()
+                changed = True
+                if p.parent != d / "content" and p.parent.is_dir() and not any(p.parent.iterdir()):
+                    p.parent.rmdir()
+        return {"changed": changed}
 
     def _vm_power(self, host: str, vm: str) -> str:
         f = self._vm_file(host, vm)

@@ -93,7 +93,7 @@ class GuestActions:
         for vol in volumes:
             mount = groot.joinpath(*guest_rel(vol["mount"]))
             link = groot.joinpath(*guest_rel(vol["link"]))
-            if link.is_symlink() and os.readlink(link) == os.path.relpath(mount, link.parent):
+            if link.is_symlink() and os.readlink(link) == os.path.relpath(_link_target(mount, vol), link.parent):
                 link.unlink()
                 changed = True
             if mount.is_symlink():
@@ -125,7 +125,11 @@ class GuestActions:
                 changed = True
             link = groot.joinpath(*guest_rel(vol["link"]))
             link.parent.mkdir(parents=True, exist_ok=True)
-            want_link = os.path.relpath(mount, link.parent)
+            to = _link_target(mount, vol)
+            if not to.is_dir():
+                to.mkdir(parents=True)  # a folder on the volume a link leads into (a shared folder's place)
+                changed = True
+            want_link = os.path.relpath(to, link.parent)
             if link.is_symlink():
                 if os.readlink(link) == want_link:
                     continue
@@ -216,3 +220,8 @@ class GuestActions:
             atomic_write(folder / f.name, kept["previous"].encode("utf-8"))
         (folder / previous.name).unlink()
         return {"changed": True}
+
+
+def _link_target(mount: Path, vol: dict[str, str]) -> Path:
+    """Where a volume's link leads: its mount folder, or a folder inside it (``sub``, a relative Windows path)."""
+    return mount.joinpath(*vol["sub"].split("\\")) if vol.get("sub") else mount

@@ -50,6 +50,11 @@ try {
     $target = Get-VM -Name $Vm
     if ([string]$target.State -ne 'Off') { throw "refusing to change the disks of $Vm while it is $($target.State)" }
     if (-not (Test-Path -LiteralPath $Path -PathType Leaf)) { throw "the disk $Path does not exist" }
+    if ($null -eq (Get-VMScsiController -VM $target -ControllerNumber 0 -ErrorAction SilentlyContinue)) {
+        # a generation-1 VM made by hand (an adopted instrument's legacy side) may have IDE controllers only
+        Add-VMScsiController -VM $target
+        $Result['changed'] = $true
+    }
     $current = Get-VMHardDiskDrive -VM $target -ControllerType SCSI -ControllerNumber 0 -ControllerLocation $Slot
     if ($null -ne $current) {
         if ($current.Path -ne $Path) { throw "slot $Slot of $Vm holds $($current.Path); detach it before attaching $Path" }

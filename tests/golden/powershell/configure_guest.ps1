@@ -94,13 +94,22 @@ try {
                 Remove-PartitionAccessPath -DiskNumber $partition.DiskNumber -PartitionNumber $partition.PartitionNumber -AccessPath ($letter + ':\')
                 $did.Add("removed drive letter $letter")
             }
+            # A link leads to the mount folder, or to a folder inside the volume ('sub': a shared folder's place)
+            $to = $mount
+            if ($spec.PSObject.Properties.Name -contains 'sub' -and [string]$spec.sub) {
+                $to = Join-Path -Path $mount -ChildPath ([string]$spec.sub)
+                if (-not (Test-Path -LiteralPath $to -PathType Container)) {
+                    New-Item -ItemType Directory -Path $to -Force | Out-Null
+                    $did.Add('created the folder the link leads to')
+                }
+            }
             $item = Get-Item -LiteralPath $link -Force -ErrorAction SilentlyContinue
             $makeLink = $true
             if ($null -ne $item) {
-                if (-not $item.PSIsContainer) { throw "cannot link $link to ${mount}: a file is in the way" }
+                if (-not $item.PSIsContainer) { throw "cannot link $link to ${to}: a file is in the way" }
                 if (($item.Attributes -band [System.IO.FileAttributes]::ReparsePoint) -ne 0) {
                     $target = ([string]@($item.Target)[0]).TrimEnd('\')
-                    if ($target -eq $mount) { $makeLink = $false }
+                    if ($target -eq $to) { $makeLink = $false }
                     else {
                         [System.IO.Directory]::Delete($link, $false)
                         $did.Add("removed the link to $target")
@@ -110,12 +119,12 @@ try {
                     [System.IO.Directory]::Delete($link, $false)
                     $did.Add('removed empty placeholder folder')
                 }
-                else { throw "cannot link $link to ${mount}: it is a folder with files in it; move them away first" }
+                else { throw "cannot link $link to ${to}: it is a folder with files in it; move them away first" }
             }
             if ($makeLink) {
                 $parent = Split-Path -Path $link -Parent
                 if (-not (Test-Path -LiteralPath $parent -PathType Container)) { New-Item -ItemType Directory -Path $parent -Force | Out-Null }
-                New-Item -ItemType Junction -Path $link -Target $mount | Out-Null
+                New-Item -ItemType Junction -Path $link -Target $to | Out-Null
                 $did.Add('linked')
             }
             if ($did.Count -gt 0) { $changed = $true }

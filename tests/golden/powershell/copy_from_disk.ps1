@@ -121,17 +121,19 @@ function Get-ImagingVolumeFiles {
 $ImagingAction = 'copy_from_disk'
 $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
-    # Adoption: copies folders and files off a hand-made machine's own disk into a volume. The source is
-    # mounted read-only on the host and refused while a running VM uses it; every copied file is compared by
-    # sha256 with its source; a file already there with the same content is kept, so a retry copies only
-    # what is missing. The listing written last (<volume>\<listing_rel>) means done. The provider holds the
-    # host's mount lock while this runs.
+    # Adoption (and its undo): copies folders and files off one disk into another's volume. The source is
+    # mounted read-only on the host; either disk is refused while a running VM uses it. Every copied file is
+    # compared by sha256 with its source; a file already there with the same content is kept, so a retry
+    # copies only what is missing; a different one is moved to 'replaced_to' first when the copy names it.
+    # The listing written last (<volume>\<listing_rel>) means done. The provider holds the host's mount lock.
     $SourcePath = 'D:\Hyper-V\NDXGEM\NDXGEM.vhdx'
     $DestPath = 'D:\Imaging\instruments\NDXGEM\NDXGEM-var.vhdx'
-    $Copies = @([ordered]@{'from' = 'C:\LabVIEW Modules\var'; 'to' = 'legacy/LabVIEW Modules/var'}, [ordered]@{'from' = 'C:\Users\operator\Desktop\shift-notes.txt'; 'to' = 'rescued/20261130T001000000Z/files/Users/operator/Desktop/shift-notes.txt'})
+    $Copies = @([ordered]@{'from' = 'C:\LabVIEW Modules\var'; 'to' = 'legacy/LabVIEW Modules/var'}, [ordered]@{'from' = 'C:\Users\operator\Desktop\shift-notes.txt'; 'to' = 'rescued/20261130T001000000Z/files/Users/operator/Desktop/shift-notes.txt'}, [ordered]@{'from' = 'C:\'; 'to' = 'data'; 'skip' = @('adopted', 'System Volume Information'); 'replaced_to' = 'ProgramData/imaging/unadopted-20261130T001000000Z/replaced'})
     $ListingRel = 'rescued/20261130T001000000Z/rescued.json'
-    $users = @(Get-VM | Where-Object { [string]$_.State -ne 'Off' } | Get-VMHardDiskDrive | Where-Object { $_.Path -eq $SourcePath })
-    if ($users.Count -gt 0) { throw "$SourcePath belongs to the running VM $($users[0].VMName); it is read only when its VM is off" }
+    foreach ($disk in @($SourcePath, $DestPath)) {
+        $users = @(Get-VM | Where-Object { [string]$_.State -ne 'Off' } | Get-VMHardDiskDrive | Where-Object { $_.Path -eq $disk })
+        if ($users.Count -gt 0) { throw "$disk belongs to the running VM $($users[0].VMName); it is copied from or to only while its VM is off" }
+    }
     $src = Mount-ImagingVolume -Path $SourcePath -ReadOnly
     try {
         $dst = Mount-ImagingVolume -Path $DestPath
@@ -143,8 +145,13 @@ try {
             }
             else {
                 $done = New-Object System.Collections.Generic.List[object]
+                $replaced = New-Object System.Collections.Generic.List[object]
                 foreach ($c in @($Copies)) {
-                    $from = Join-Path -Path $src.Folder -ChildPath ([string]$c.from).Substring(3)
+                    # 'C:\' is the volume's root; 'skip' lists paths under 'from' that stay behind
+                    $from = $src.Folder
+                    if (([string]$c.from).Length -gt 3) { $from = Join-Path -Path $src.Folder -ChildPath ([string]$c.from).Substring(3) }
+                    $skip = @()
+                    if ($c.PSObject.Properties.Name -contains 'skip') { $skip = @($c.skip | ForEach-Object { ([string]$_).Replace('/', '\').ToLowerInvariant() }) }
                     $single = Test-Path -LiteralPath $from -PathType Leaf
                     $files = @()
                     if ($single) { $files = @(Get-Item -LiteralPath $from -Force) }
@@ -155,6 +162,8 @@ try {
                     foreach ($f in $files) {
                         $rel = ''
                         if (-not $single) { $rel = $f.FullName.Substring($from.TrimEnd('\').Length + 1) }
+                        $low = $rel.ToLowerInvariant()
+                        if (@($skip | Where-Object { $low -eq $_ -or $low.StartsWith($_ + '\') }).Count -gt 0) { continue }
                         $target = Join-Path -Path $dst.Folder -ChildPath ([string]$c.to).Replace('/', '\')
                         if ($rel) { $target = Join-Path -Path $target -ChildPath $rel }
                         $hash = (Get-FileHash -LiteralPath $f.FullName -Algorithm SHA256).Hash.ToLowerInvariant()
@@ -162,7 +171,18 @@ try {
                         if (Test-Path -LiteralPath $target -PathType Leaf) {
                             $have = (Get-FileHash -LiteralPath $target -Algorithm SHA256).Hash.ToLowerInvariant()
                         }
-                        if ($have -ne $hash) {
+                        $written = ($have -ne $hash)
+                        if ($written) {
+                            if ($null -ne $have -and $c.PSObject.Properties.Name -contains 'replaced_to') {
+                                # a different file of the same name is kept, moved aside first, and listed
+                                $kept = Join-Path -Path (Join-Path -Path $dst.Folder -ChildPath ([string]$c.replaced_to).Replace('/', '\')) -ChildPath ([string]$c.to).Replace('/', '\')
+                                if ($rel) { $kept = Join-Path -Path $kept -ChildPath $rel }
+                                $keptParent = Split-Path -Path $kept -Parent
+                                if (-not (Test-Path -LiteralPath $keptParent -PathType Container)) { New-Item -ItemType Directory -Path $keptParent -Force | Out-Null }
+                                Move-Item -LiteralPath $target -Destination $kept -Force
+                                $replaced.Add([ordered]@{ kept = $kept.Substring($dst.Folder.Length + 1).Replace('\', '/')
+                                    to = $target.Substring($dst.Folder.Length + 1).Replace('\', '/') })
+                            }
                             $parent = Split-Path -Path $target -Parent
                             if (-not (Test-Path -LiteralPath $parent -PathType Container)) { New-Item -ItemType Directory -Path $parent -Force | Out-Null }
                             Copy-Item -LiteralPath $f.FullName -Destination $target -Force
@@ -172,15 +192,16 @@ try {
                         $fromWin = [string]$c.from
                         if ($rel) { $fromWin = $fromWin.TrimEnd('\') + '\' + $rel }
                         $done.Add([ordered]@{ from = $fromWin; to = $target.Substring($dst.Folder.Length + 1).Replace('\', '/')
-                            sha256 = $hash; bytes = $f.Length })
+                            sha256 = $hash; bytes = $f.Length; written = $written })
                     }
                 }
                 $parent = Split-Path -Path $listing -Parent
                 if (-not (Test-Path -LiteralPath $parent -PathType Container)) { New-Item -ItemType Directory -Path $parent -Force | Out-Null }
-                $text = ConvertTo-Json -Depth 4 -InputObject ([ordered]@{ source = $SourcePath; files = @($done.ToArray()) })
+                $text = ConvertTo-Json -Depth 4 -InputObject ([ordered]@{ source = $SourcePath; files = @($done.ToArray()); replaced = @($replaced.ToArray()) })
                 [System.IO.File]::WriteAllText($listing, $text, (New-Object System.Text.UTF8Encoding -ArgumentList $false))
                 $Result['changed'] = $true
                 $Result['files'] = $done.Count
+                $Result['replaced'] = $replaced.Count
                 $Result['bytes'] = [long](($done | ForEach-Object { $_.bytes } | Measure-Object -Sum).Sum)
             }
         }

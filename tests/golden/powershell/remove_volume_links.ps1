@@ -53,7 +53,7 @@ try {
     # removed, the volume's access path at that folder is removed, and the folder too when it is empty.
     # Anything else is left alone.
     $Vm = 'NDXGEM-legacy'
-    $Volumes = @(,[ordered]@{'label' = 'Data'; 'mount' = 'C:\volumes\Data'; 'link' = 'C:\data'})
+    $Volumes = @([ordered]@{'label' = 'Data'; 'mount' = 'C:\volumes\Data'; 'link' = 'C:\data'}, [ordered]@{'label' = 'Shared'; 'mount' = 'C:\volumes\Shared'; 'link' = 'C:\LabVIEW Modules\run'; 'sub' = 'LabVIEW Modules\run'})
     $request = ConvertTo-Json -InputObject ([ordered]@{ volumes = @($Volumes) }) -Depth 4 -Compress
     $answer = Invoke-Command -VMName $Vm -Credential $GuestCredential -ErrorAction Stop -ArgumentList $request -ScriptBlock {
         param([string] $RequestJson)
@@ -64,9 +64,11 @@ try {
         foreach ($spec in @($request.volumes)) {
             $mount = ([string]$spec.mount).TrimEnd('\')
             $link = ([string]$spec.link).TrimEnd('\')
+            $to = $mount
+            if ($spec.PSObject.Properties.Name -contains 'sub' -and [string]$spec.sub) { $to = Join-Path -Path $mount -ChildPath ([string]$spec.sub) }
             $item = Get-Item -LiteralPath $link -Force -ErrorAction SilentlyContinue
             if ($null -ne $item -and ($item.Attributes -band [System.IO.FileAttributes]::ReparsePoint) -ne 0) {
-                if (([string]@($item.Target)[0]).TrimEnd('\') -eq $mount) {
+                if (([string]@($item.Target)[0]).TrimEnd('\') -eq $to) {
                     [System.IO.Directory]::Delete($link, $false)
                     $changed = $true
                 }

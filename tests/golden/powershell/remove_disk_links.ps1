@@ -1,0 +1,155 @@
+# A step script rendered by imaging.powershell; every value in it came through ps_literal.
+Set-StrictMode -Version 3
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+
+function Write-ImagingResult {
+    # The only way a step reports: one compressed JSON line between two marker lines.
+    param([Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result)
+    $json = ConvertTo-Json -InputObject $Result -Depth 8 -Compress
+    Write-Output '<<<IMAGING-RESULT>>>'
+    Write-Output $json
+    Write-Output '<<<END-IMAGING-RESULT>>>'
+}
+
+function Write-ImagingFailure {
+    # A failed step still reports in the same frame, saying whether it had already changed something.
+    param(
+        [Parameter(Mandatory = $true)] [System.Management.Automation.ErrorRecord] $ErrorRecord,
+        [Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Result
+    )
+    $where = ''
+    if ($null -ne $ErrorRecord.InvocationInfo) { $where = [string]$ErrorRecord.InvocationInfo.PositionMessage }
+    $Result['ok'] = $false
+    $Result['error'] = [string]$ErrorRecord.Exception.Message
+    $Result['where'] = $where
+    Write-ImagingResult -Result $Result
+}
+
+function Initialize-ImagingFolder {
+    # Creates a folder (and its parents) if it is missing; never touches an existing one.
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    if (-not (Test-Path -LiteralPath $Path -PathType Container)) {
+        New-Item -ItemType Directory -Path $Path -Force | Out-Null
+    }
+}
+
+function Get-ImagingSha256 {
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
+}
+function Mount-ImagingVolume {
+    # Mounts a VHDX without a drive letter and exposes its largest data partition at a fresh, empty folder
+    # in the temp directory. Callers hold the provider's per-host mount lock and always call
+    # Dismount-ImagingVolume in a finally block.
+    param([Parameter(Mandatory = $true)] [string] $Path, [switch] $ReadOnly)
+    $mountArgs = @{ Path = $Path; NoDriveLetter = $true; PassThru = $true }
+    if ($ReadOnly) { $mountArgs['ReadOnly'] = $true }
+    $vhd = Mount-VHD @mountArgs
+    $mounted = [ordered]@{ Path = $Path; Folder = $null; DiskNumber = $vhd.DiskNumber; PartitionNumber = $null; Label = $null }
+    try {
+        $disk = Get-Disk -Number $vhd.DiskNumber
+        if ($disk.IsOffline) { Set-Disk -Number $disk.Number -IsOffline $false }
+        $partition = @(Get-Partition -DiskNumber $disk.Number | Where-Object { $_.Type -eq 'Basic' } |
+            Sort-Object -Property Size -Descending)
+        if ($partition.Count -eq 0) { throw "the disk $Path has no data partition" }
+        $part = $partition[0]
+        $mounted.PartitionNumber = $part.PartitionNumber
+        $mounted.Label = [string](Get-Volume -Partition $part).FileSystemLabel
+        $folder = Join-Path -Path ([System.IO.Path]::GetTempPath()) -ChildPath ('imaging-' + [guid]::NewGuid().ToString('N'))
+        New-Item -ItemType Directory -Path $folder | Out-Null
+        $mounted.Folder = $folder
+        Add-PartitionAccessPath -DiskNumber $disk.Number -PartitionNumber $part.PartitionNumber -AccessPath ($folder + '\')
+    }
+    catch {
+        Dismount-ImagingVolume -Mounted $mounted
+        throw
+    }
+    return $mounted
+}
+
+function Dismount-ImagingVolume {
+    # Undoes Mount-ImagingVolume. The mount folder is removed only when empty, never recursively, so a
+    # volume that is still mounted there can never be deleted by accident.
+    param([Parameter(Mandatory = $true)] [System.Collections.IDictionary] $Mounted)
+    if ($null -ne $Mounted.Folder -and $null -ne $Mounted.PartitionNumber) {
+        Remove-PartitionAccessPath -DiskNumber $Mounted.DiskNumber -PartitionNumber $Mounted.PartitionNumber `
+            -AccessPath ($Mounted.Folder + '\') -ErrorAction SilentlyContinue
+    }
+    Dismount-VHD -Path $Mounted.Path
+    if ($null -ne $Mounted.Folder -and (Test-Path -LiteralPath $Mounted.Folder -PathType Container)) {
+        if (@(Get-ChildItem -LiteralPath $Mounted.Folder -Force).Count -eq 0) {
+            [System.IO.Directory]::Delete($Mounted.Folder, $false)
+        }
+    }
+}
+
+function Get-ImagingVolumeFiles {
+    # Every file under a mounted volume, as paths relative to its root. Reparse points (junctions, links)
+    # are listed as skipped and never followed: on an offline disk they point into the host's own C:.
+    param(
+        [Parameter(Mandatory = $true)] [string] $Root,
+        [string[]] $ExcludeRel = @()
+    )
+    $always = @('System Volume Information', '$Recycle.Bin', 'pagefile.sys', 'hiberfil.sys', 'swapfile.sys')
+    $exclude = @($always + $ExcludeRel | ForEach-Object { $_.TrimEnd('\').ToLowerInvariant() })
+    $files = New-Object System.Collections.Generic.List[object]
+    $skipped = New-Object System.Collections.Generic.List[string]
+    $pending = New-Object System.Collections.Generic.Stack[string]
+    $pending.Push('')
+    while ($pending.Count -gt 0) {
+        $rel = $pending.Pop()
+        $dir = New-Object System.IO.DirectoryInfo -ArgumentList (Join-Path -Path $Root -ChildPath $rel)
+        try { $entries = @($dir.GetFileSystemInfos()) }
+        catch { $skipped.Add($rel); continue }
+        foreach ($entry in $entries) {
+            $childRel = if ($rel) { $rel + '\' + $entry.Name } else { $entry.Name }
+            if ($exclude -contains $childRel.ToLowerInvariant()) { continue }
+            if (($entry.Attributes -band [System.IO.FileAttributes]::ReparsePoint) -ne 0) {
+                $skipped.Add($childRel)
+                continue
+            }
+            if ($entry -is [System.IO.DirectoryInfo]) { $pending.Push($childRel) }
+            else {
+                $files.Add([pscustomobject]@{ Rel = $childRel; Size = $entry.Length; Full = $entry.FullName })
+            }
+        }
+    }
+    return [pscustomobject]@{ Files = $files.ToArray(); Skipped = $skipped.ToArray() }
+}
+
+$ImagingAction = 'remove_disk_links'
+$Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
+try {
+    # Offline, on the host: unadoption removes from the old machine's OS disk (its VM off) the mount folders
+    # its legacy side used (C:\volumes\Data ...). Each path that is a reparse point (a junction or a volume
+    # mount folder, whose volume is not there offline) is removed as a link, never what it leads to; a folder
+    # the links leave empty goes too. A real folder or file is left alone. The provider holds the mount lock.
+    $Path = 'D:\Hyper-V\NDXGEM\NDXGEM.vhdx'
+    $Links = @(@('C:\volumes\Data', 'C:\volumes\Shared'))
+    $users = @(Get-VM | Where-Object { [string]$_.State -ne 'Off' } | Get-VMHardDiskDrive | Where-Object { $_.Path -eq $Path })
+    if ($users.Count -gt 0) { throw "$Path belongs to the running VM $($users[0].VMName); it is changed only while its VM is off" }
+    $mounted = Mount-ImagingVolume -Path $Path
+    try {
+        $removed = New-Object System.Collections.Generic.List[string]
+        foreach ($link in $Links) {
+            $full = Join-Path -Path $mounted.Folder -ChildPath ([string]$link).Substring(3)
+            $item = Get-Item -LiteralPath $full -Force -ErrorAction SilentlyContinue
+            if ($null -ne $item -and ($item.Attributes -band [System.IO.FileAttributes]::ReparsePoint) -ne 0) {
+                [System.IO.Directory]::Delete($full, $false)
+                $removed.Add([string]$link)
+                $parent = Split-Path -Path $full -Parent
+                if ($parent.TrimEnd('\') -ne $mounted.Folder.TrimEnd('\') -and @(Get-ChildItem -LiteralPath $parent -Force).Count -eq 0) {
+                    [System.IO.Directory]::Delete($parent, $false)
+                }
+            }
+        }
+        $Result['changed'] = $removed.Count -gt 0
+        $Result['removed'] = @($removed.ToArray())
+    }
+    finally { Dismount-ImagingVolume -Mounted $mounted }
+    Write-ImagingResult -Result $Result
+}
+catch {
+    Write-ImagingFailure -ErrorRecord $_ -Result $Result
+}
