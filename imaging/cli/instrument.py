@@ -45,7 +45,7 @@ def status(c, json=False, instruments=""):  # noqa: ANN001
         table.add_column(col)
     for r in rows:
         last = f"{r.last_operation} {r.last_result}" if r.last_operation else ""
-        running = f"{r.running or '-'} (legacy side)" if r.side == "legacy" else r.running or "-"
+        running = f"{r.running or '-'} (legacy side)" if r.side == "legacy" and not sides else r.running or "-"
         side = (f"legacy ({r.vm}-legacy)" if r.side == "legacy" else "current" if r.side else "-",) if sides else ()
         table.add_row(r.instrument, r.host, r.vm, r.power, running, r.desired or "?", r.prepared or "-",
                       *side, last, r.pending)

@@ -88,10 +88,10 @@ def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
     elif last and last.status == "running":
         pending = f"{last.kind} in progress"
     elif observed is not None and is_handmade(ctx, inst, observed):
-        pending = "a hand-made VM: adopt it (a reimage would replace its only disk, so it is refused)"
+        pending = "hand-made VM: adopt it (a reimage is refused)"
         hint = f"`invoke survey --instrument={inst.name}`, then `invoke adopt --instrument={inst.name}`"
     elif side == "legacy":
-        pending = "runs its legacy side (the old VM); the new one is off"
+        pending = "the old VM runs (legacy side)"
         hint = f"`invoke switch --instruments={inst.name} --to=current`"
     elif retirement_due(ctx, inst):
         pending = f"its legacy side is due for retirement (retire_after {inst.adopt.retire_after})"
