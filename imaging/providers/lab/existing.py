@@ -98,12 +98,8 @@ class ExistingMachines:
         content are kept: a retry copies only what is missing. A copy's optional ``skip`` lists paths under its
         ``from`` that stay behind (imaging's own listings, when a volume is copied back), and its optional
         ``replaced_to`` is where a different file of the same name is moved first (kept, listed), not lost."""
-        src, smeta = self._disk(host, source_path, step="copy_from_disk")
-        dst, dmeta = self._disk(host, dest_path, step="copy_from_disk")
-        for path, meta in ((source_path, smeta), (dest_path, dmeta)):
-            if meta.get("attached_to") and self._vm_power(host, meta["attached_to"]) != "Off":
-                raise ProviderError(f"{path} belongs to a running VM; it is copied from or to only while its VM "
-                                    "is off", host=host, step="copy_from_disk")
+        src = self._offline_disk(host, source_path, "copy_from_disk")
+        dst = self._offline_disk(host, dest_path, "copy_from_disk")
         listing = dst / "content" / listing_rel
         if listing.exists():
             return {"changed": False, "files": len(read_json(listing)["files"])}
@@ -143,10 +139,7 @@ class ExistingMachines:
         """The undo of a copy into a disk that had files of its own (unadoption): the files it wrote go, the
         ones it replaced come back, then its listing. Files it found already identical stay. No listing: the
         copy never finished, and what it wrote carries no record; its partly written files are kept."""
-        dst, meta = self._disk(host, dest_path, step="undo_copy")
-        if meta.get("attached_to") and self._vm_power(host, meta["attached_to"]) != "Off":
-            raise ProviderError(f"{dest_path} belongs to a running VM; it is changed only while its VM is off",
-                                host=host, step="undo_copy")
+        dst = self._offline_disk(host, dest_path, "undo_copy")
         root = dst / "content"
         listing = root / listing_rel
         if not listing.exists():
@@ -164,10 +157,7 @@ class ExistingMachines:
     def _do_move_aside(self, host: str, path: str, folder: str, new_name: str) -> dict:
         """On an offline disk (its VM off): rename a folder (C:\\data -> C:\\data.before-imaging) so that a link to
         a shared volume can take its place; its undo renames it back. Done already: nothing to do."""
-        d, meta = self._disk(host, path, step="move_aside")
-        if meta.get("attached_to") and self._vm_power(host, meta["attached_to"]) != "Off":
-            raise ProviderError(f"{path} belongs to a running VM; it is changed only while its VM is off", host=host,
-                                step="move_aside")
+        d = self._offline_disk(host, path, "move_aside")
         src = (d / "content").joinpath(*guest_rel(folder))
         dst = src.with_name(new_name)
         if src.is_symlink() or not src.exists():
@@ -183,10 +173,7 @@ class ExistingMachines:
     def _do_remove_disk_links(self, host: str, path: str, links: list[str]) -> dict:
         """On an offline disk (its VM off): each path that is a link (a junction, a mount folder) goes, never what
         it leads to; an empty parent folder the links left goes too. A real folder or file is left alone."""
-        d, meta = self._disk(host, path, step="remove_disk_links")
-        if meta.get("attached_to") and self._vm_power(host, meta["attached_to"]) != "Off":
-            raise ProviderError(f"{path} belongs to a running VM; it is changed only while its VM is off", host=host,
-                                step="remove_disk_links")
+        d = self._offline_disk(host, path, "remove_disk_links")
         changed = False
         for link in links:
             p = (d / "content").joinpath(*guest_rel(link))
@@ -196,6 +183,14 @@ class ExistingMachines:
                 if p.parent != d / "content" and p.parent.is_dir() and not any(p.parent.iterdir()):
                     p.parent.rmdir()
         return {"changed": changed}
+
+    def _offline_disk(self, host: str, path: str, step: str) -> Path:
+        """A disk read or changed on the host: only while no running VM uses it (as on Hyper-V)."""
+        d, meta = self._disk(host, path, step=step)
+        if meta.get("attached_to") and self._vm_power(host, meta["attached_to"]) != "Off":
+            raise ProviderError(f"{path} belongs to the running VM {meta['attached_to']}; it is used only while its "
+                                "VM is off", host=host, step=step)
+        return d
 
     def _vm_power(self, host: str, vm: str) -> str:
         f = self._vm_file(host, vm)

@@ -38,6 +38,13 @@ function Get-ImagingSha256 {
     param([Parameter(Mandatory = $true)] [string] $Path)
     (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
 }
+function Assert-ImagingDiskOffline {
+    # A disk of an old machine is read or changed on the host only while no running VM uses it.
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    $users = @(Get-VM | Where-Object { [string]$_.State -ne 'Off' } | Get-VMHardDiskDrive | Where-Object { $_.Path -eq $Path })
+    if ($users.Count -gt 0) { throw "$Path belongs to the running VM $($users[0].VMName); it is used only while its VM is off" }
+}
+
 function Mount-ImagingVolume {
     # Mounts a VHDX without a drive letter and exposes its largest data partition at a fresh, empty folder
     # in the temp directory. Callers hold the provider's per-host mount lock and always call
@@ -130,10 +137,7 @@ try {
     $DestPath = 'D:\Imaging\instruments\NDXGEM\NDXGEM-var.vhdx'
     $Copies = @([ordered]@{'from' = 'C:\LabVIEW Modules\var'; 'to' = 'legacy/LabVIEW Modules/var'}, [ordered]@{'from' = 'C:\Users\operator\Desktop\shift-notes.txt'; 'to' = 'rescued/20261130T001000000Z/files/Users/operator/Desktop/shift-notes.txt'}, [ordered]@{'from' = 'C:\'; 'to' = 'data'; 'skip' = @('adopted', 'System Volume Information'); 'replaced_to' = 'ProgramData/imaging/unadopted-20261130T001000000Z/replaced'})
     $ListingRel = 'rescued/20261130T001000000Z/rescued.json'
-    foreach ($disk in @($SourcePath, $DestPath)) {
-        $users = @(Get-VM | Where-Object { [string]$_.State -ne 'Off' } | Get-VMHardDiskDrive | Where-Object { $_.Path -eq $disk })
-        if ($users.Count -gt 0) { throw "$disk belongs to the running VM $($users[0].VMName); it is copied from or to only while its VM is off" }
-    }
+    foreach ($disk in @($SourcePath, $DestPath)) { Assert-ImagingDiskOffline -Path $disk }
     $src = Mount-ImagingVolume -Path $SourcePath -ReadOnly
     try {
         $dst = Mount-ImagingVolume -Path $DestPath

@@ -38,6 +38,13 @@ function Get-ImagingSha256 {
     param([Parameter(Mandatory = $true)] [string] $Path)
     (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
 }
+function Assert-ImagingDiskOffline {
+    # A disk of an old machine is read or changed on the host only while no running VM uses it.
+    param([Parameter(Mandatory = $true)] [string] $Path)
+    $users = @(Get-VM | Where-Object { [string]$_.State -ne 'Off' } | Get-VMHardDiskDrive | Where-Object { $_.Path -eq $Path })
+    if ($users.Count -gt 0) { throw "$Path belongs to the running VM $($users[0].VMName); it is used only while its VM is off" }
+}
+
 function Mount-ImagingVolume {
     # Mounts a VHDX without a drive letter and exposes its largest data partition at a fresh, empty folder
     # in the temp directory. Callers hold the provider's per-host mount lock and always call
