@@ -93,7 +93,7 @@ def test_throwaway_vm_disk_cycle(provider: HypervProvider, context: Any) -> None
 
         assert run(provider, "attach_disk", vm=vm, slot=2, path=disk)["changed"] is True
         assert run(provider, "attach_disk", vm=vm, slot=2, path=disk)["changed"] is False
-        assert run(provider, "get_state", vm=vm)["disks"] == [{"slot": 2, "path": disk}]
+        assert run(provider, "get_state", vm=vm)["disks"] == [{"slot": 2, "path": disk, "parent": None}]
         with pytest.raises(ProviderError, match="attached"):
             run(provider, "delete_disk", path=disk, role="settings")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hyperv_frames as frames
 import pytest
 from loopback_wsman import ErrorSpec, LoopbackWSMan, ReceivedCommand, Reply
 
@@ -147,17 +148,19 @@ def endpoint() -> Iterator[tuple[LoopbackWSMan, Script]]:
         yield ep, script
 
 
-def reimage_plan(inv: Inventory, name: str = "ALF", op_id: str = "0a1b2c3d4e5f") -> Plan:
-    """A reimage from 2026C2.0 to 2026C3.0 of a running instrument that has every disk."""
+def reimage_plan(inv: Inventory, name: str = "ALF", op_id: str = "0a1b2c3d4e5f", *,
+                 observed: Observed | None = None) -> Plan:
+    """A reimage from 2026C2.0 to 2026C3.0 of a running instrument that has every disk, observed through
+    get_state's real answer (each disk with its Get-VHD parent) unless given."""
     inst = inv.instrument(name)
     host = inv.host_of(inst)
     old = "2026C2.0-99999999"
     os_old = Artifact("os-ltsc2022-2026C2", "a" * 64, 20 * 1024 ** 3)
-    disks = {0: layout.disk_path(host, inst, "os", old), 1: layout.disk_path(host, inst, "apps", old),
-             2: layout.disk_path(host, inst, "settings", old), 3: layout.disk_path(host, inst, "var"),
-             4: layout.disk_path(host, inst, "data")}
-    observed = Observed(exists=True, power="Running", disks=disks,
-                        parents={0: layout.image_path(host, os_old.name, os_old.sha256)})
+    observed = observed or Observed.from_state(frames.get_state("Running", [
+        (0, layout.disk_path(host, inst, "os", old), layout.image_path(host, os_old.name, os_old.sha256)),
+        (1, layout.disk_path(host, inst, "apps", old), layout.image_path(host, "apps-2026C2.0", "e" * 64)),
+        (2, layout.disk_path(host, inst, "settings", old), None), (3, layout.disk_path(host, inst, "var"), None),
+        (4, layout.disk_path(host, inst, "data"), None)]))
     x = ReimageInputs(
         inst=inst, host=host, release="2026C3.0", apps_version="2026.3.0",
         os_template=Artifact("os-ltsc2022-2026C3", "b" * 64, 20 * 1024 ** 3),
@@ -483,3 +486,84 @@ def test_mount_steps_on_different_hosts_may_overlap(endpoint, tmp_path):
         provider.close()
     assert [o.ok for o in outcomes] == [True, True]
     assert met == ["create_disk", "create_disk"] and not meet.broken
+
+
+# --- what the real scripts answer (issue 16) -----------------------------------------------------------
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "powershell"
+
+
+def test_frames_are_what_the_scripts_write() -> None:
+    """The loopback frames carry exactly the keys the templates set: the base frame, the failure frame and
+    get_state's disks (with their parent)."""
+    base = set(re.findall(r"(\w+) = ", re.search(r"\$Result = \[ordered\]@\{([^}]*)\}",
+                                                  (TEMPLATES / "_base.ps1.j2").read_text()).group(1)))
+    prelude = (TEMPLATES / "_prelude.ps1.j2").read_text()
+    failing = prelude[prelude.index("function Write-ImagingFailure"):prelude.index("function Initialize")]
+    assert set(frames.failure("x", "e")) == base | set(re.findall(r"\$Result\['(\w+)'\]", failing))
+    state = (TEMPLATES / "get_state.ps1.j2").read_text()
+    disk_keys = set(re.findall(r"(\w+) = ", re.search(r"\[ordered\]@\{ (slot = [^}]*)\}", state).group(1)))
+    top = set(re.findall(r"\$Result\['(\w+)'\]", state))
+    frame = frames.get_state("Running", [(0, "D:\\x.vhdx", None)])
+    assert set(frame) == base | top and set(frame["disks"][0]) == disk_keys == {"slot", "path", "parent"}
+    assert set(frames.no_vm()) == set(frame)
+
+
+def test_the_real_get_state_answer_plans_the_rescue(endpoint, tmp_path) -> None:
+    """Defect 1: fed get_state's real answer for a reimaged instrument, planning sees the OS disk's parent
+    (the template) and plans the rescue of user files; before, the script sent no parent and no rescue was
+    ever planned on Hyper-V."""
+    from imaging.model.plan import Observed
+
+    ep, script = endpoint
+    inv = loopback_inventory(ep.port)
+    inst = inv.instrument("ALF")
+    host = inv.host_of(inst)
+    old = "2026C2.0-99999999"
+    tpl = layout.image_path(host, "os-ltsc2022-2026C2", "a" * 64)
+    disks = [(0, layout.disk_path(host, inst, "os", old), tpl),
+             (1, layout.disk_path(host, inst, "apps", old), layout.image_path(host, "apps-2026C2.0", "b" * 64)),
+             (2, layout.disk_path(host, inst, "settings", old), None),
+             (3, layout.disk_path(host, inst, "var"), None), (4, layout.disk_path(host, inst, "data"), None)]
+    script.fail_once("get_state", Reply(output=framed(frames.get_state("Running", disks))))
+    provider = make_provider(inv)
+    try:
+        observed = Observed.from_state(provider.run(Step("get_state", host.name, {"vm": inst.vm}, "look")))
+    finally:
+        provider.close()
+    assert observed.parents[0] == tpl and observed.parents[3] is None
+    plan = reimage_plan(inv, "ALF", observed=observed)
+    [rescue] = [s for s in plan.steps if s.action == "rescue_user_files"]
+    assert rescue.inputs["template_path"] == tpl and rescue.inputs["os_path"] == disks[0][1]
+
+
+def test_a_disk_file_another_process_holds_is_tried_again(endpoint) -> None:
+    """Defect 6: ObjectInUse from Mount-VHD/Get-VHD is retried with backoff (every action is idempotent),
+    then reported, naming what usually holds a VHDX, if it persists."""
+    ep, script = endpoint
+    inv = loopback_inventory(ep.port)
+    provider = make_provider(inv)
+    provider.in_use_backoff_s = 0.01
+    disk = Step("create_disk", "HVHOST01", {"path": "D:\\Imaging\\instruments\\NDXALF\\NDXALF-var.vhdx",
+                                            "size_gb": 60, "label": "Var", "role": "var"}, "create")
+    try:
+        for _ in range(2):
+            script.fail_once("create_disk", Reply(output=framed(frames.in_use("create_disk"))))
+        assert provider.run(disk)["ok"] is True
+        assert [action_of(c.script) for c in ep.commands].count("create_disk") == 3
+        ep.commands.clear()
+        for _ in range(provider.in_use_attempts):
+            script.fail_once("create_disk", Reply(output=framed(frames.in_use("create_disk"))))
+        with pytest.raises(ProviderError, match=r"still in use by another process after 5 tries"):
+            provider.run(disk)
+        # a failure of another kind, or one that changed something first, is never run twice
+        ep.commands.clear()
+        script.fail_once("create_disk", Reply(output=framed({**frames.in_use("create_disk"), "changed": True})))
+        with pytest.raises(ProviderError, match="being used by another process"):
+            provider.run(disk)
+        script.fail_once("create_disk", Reply(output=framed(frames.failure("create_disk", "Access is denied."))))
+        with pytest.raises(ProviderError, match="Access is denied"):
+            provider.run(disk)
+        assert [action_of(c.script) for c in ep.commands].count("create_disk") == 2
+    finally:
+        provider.close()

@@ -12,7 +12,9 @@ credential travels as pipeline parameters wrapped in ``transport.Secret``, never
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path, PureWindowsPath
@@ -24,6 +26,8 @@ from imaging.model.steps import Step
 from imaging.providers.hyperv.credentials import GuestCredential, Secret
 from imaging.providers.hyperv.scripts import GUEST_ACTIONS, render_script
 from imaging.providers.hyperv.session import SessionPool
+
+log = logging.getLogger(__name__)
 
 # Actions that mount a VHDX on the host (Mount-VHD, access paths, Initialize-Disk/Format-Volume).
 MOUNT_ACTIONS = frozenset({"create_disk", "backup_volume", "rescue_user_files", "write_settings", "read_volume",
@@ -68,6 +72,22 @@ class SessionPoolLike(Protocol):
     def mount_lock(self, host: str) -> AbstractContextManager[Any]: ...
 
 
+# How Hyper-V says a file is held by another process: the cmdlets' error id, the category, the Win32
+# sharing violation (0x80070020) and its message.
+_IN_USE_IDS = ("ObjectInUse",)
+_IN_USE_HRESULTS = (-2147024864,)
+
+
+def in_use(result: Mapping[str, Any]) -> bool:
+    """Whether a failed script's frame says a file it needed was held by another process."""
+    if result.get("ok", True):
+        return False
+    error_id, category = str(result.get("error_id") or ""), str(result.get("category") or "")
+    return (any(i in error_id for i in _IN_USE_IDS) or category == "ResourceBusy"
+            or result.get("hresult") in _IN_USE_HRESULTS
+            or "being used by another process" in str(result.get("error") or ""))
+
+
 class HypervProvider:
     """Carries out steps on Hyper-V hosts through a session pool (``SessionPool``)."""
 
@@ -84,6 +104,8 @@ class HypervProvider:
         self._guest_lock = threading.Lock()
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
         self.shares: dict[str, tuple[str, str | None]] = {}  # host -> (UNC share, where it is mounted here)
+        # A disk file another process holds (ObjectInUse): tries, and the first wait (doubled each time).
+        self.in_use_attempts, self.in_use_backoff_s = 5, 2.0
 
     @classmethod
     def from_inventory(cls, inventory: Any, *, connection_overrides: Mapping[str, Any] | None = None,
@@ -165,7 +187,33 @@ class HypervProvider:
         return {"GuestUser": cred.user, "GuestPassword": Secret(cred.password)}
 
     def run(self, step: Step) -> dict[str, Any]:
-        """Run one step on its host and return the script's result (always with ``changed``)."""
+        """Run one step on its host and return the script's result (always with ``changed``).
+
+        A step that failed, having changed nothing, because another process held its disk file (Hyper-V's
+        ObjectInUse: a backup agent, a virus scanner, Hyper-V's own merge of a checkpoint) is run again after
+        a backoff: every action is idempotent. One that is still held after the last try is reported so."""
+        waited = 0.0
+        for attempt in range(1, self.in_use_attempts + 1):
+            try:
+                return self._run_once(step)
+            except ProviderError as exc:
+                data = getattr(exc, "result", None) or {}
+                if not in_use(data) or data.get("changed") or attempt == self.in_use_attempts:
+                    if in_use(data) and attempt > 1:
+                        said = redact(str(data.get("error") or exc))
+                        raise ProviderError(f"{said}; the file was still in use by another process after {attempt} "
+                                            f"tries over {waited:.0f} s: find what holds it (a backup agent, a "
+                                            "virus scanner, Hyper-V Manager's Inspect Disk, a checkpoint merge) "
+                                            "and run the command again", host=step.host, step=step.action) from exc
+                    raise
+                delay = min(self.in_use_backoff_s * 2 ** (attempt - 1), 30.0)
+                log.warning("host %s step %s: a file is in use by another process; trying again in %.1f s "
+                            "(attempt %d of %d)", step.host, step.action, delay, attempt, self.in_use_attempts)
+                time.sleep(delay)
+                waited += delay
+        raise AssertionError("unreachable")
+
+    def _run_once(self, step: Step) -> dict[str, Any]:
         host, action = step.host, step.action
         script = render_script(action, step.inputs)
         parameters = self._parameters(step)

@@ -23,6 +23,10 @@ function Write-ImagingFailure {
     $Result['ok'] = $false
     $Result['error'] = [string]$ErrorRecord.Exception.Message
     $Result['where'] = $where
+    # What kind of failure it was, for the provider's retry of a file another process holds (ObjectInUse)
+    $Result['error_id'] = [string]$ErrorRecord.FullyQualifiedErrorId
+    $Result['category'] = [string]$ErrorRecord.CategoryInfo.Category
+    $Result['hresult'] = [int]$ErrorRecord.Exception.HResult
     Write-ImagingResult -Result $Result
 }
 
@@ -42,7 +46,9 @@ function Get-ImagingSha256 {
 $ImagingAction = 'get_state'
 $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
-    # Reports whether the VM exists, its power state and the disks on SCSI controller 0. Changes nothing.
+    # Reports whether the VM exists, its power state and the disks on SCSI controller 0, each with its parent
+    # (Get-VHD: the template or master a differencing disk was made from; none for a disk of its own), which
+    # tells planning a disk imaging made from a hand-made one. Changes nothing.
     $Vm = 'NDXZOOM'
     $found = Get-VM -Name $Vm -ErrorAction SilentlyContinue
     $Result['exists'] = ($null -ne $found)
@@ -53,7 +59,12 @@ try {
         $Result['disks'] = @(Get-VMHardDiskDrive -VM $found |
             Where-Object { [string]$_.ControllerType -eq 'SCSI' -and $_.ControllerNumber -eq 0 } |
             Sort-Object -Property ControllerLocation |
-            ForEach-Object { [ordered]@{ slot = $_.ControllerLocation; path = $_.Path } })
+            ForEach-Object {
+                $parent = $null
+                $vhd = Get-VHD -Path $_.Path -ErrorAction Stop
+                if (-not [string]::IsNullOrEmpty([string]$vhd.ParentPath)) { $parent = [string]$vhd.ParentPath }
+                [ordered]@{ slot = $_.ControllerLocation; path = $_.Path; parent = $parent }
+            })
     }
     Write-ImagingResult -Result $Result
 }

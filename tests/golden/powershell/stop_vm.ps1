@@ -23,6 +23,10 @@ function Write-ImagingFailure {
     $Result['ok'] = $false
     $Result['error'] = [string]$ErrorRecord.Exception.Message
     $Result['where'] = $where
+    # What kind of failure it was, for the provider's retry of a file another process holds (ObjectInUse)
+    $Result['error_id'] = [string]$ErrorRecord.FullyQualifiedErrorId
+    $Result['category'] = [string]$ErrorRecord.CategoryInfo.Category
+    $Result['hresult'] = [int]$ErrorRecord.Exception.HResult
     Write-ImagingResult -Result $Result
 }
 
