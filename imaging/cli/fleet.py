@@ -17,6 +17,7 @@ from imaging.cli.ui import (
     console,
     context,
     names,
+    print_abort_rule,
     print_fleet_plan,
     print_prediction,
     print_recap,
@@ -24,6 +25,7 @@ from imaging.cli.ui import (
     run_live,
 )
 from imaging.core.errors import ImagingError
+from imaging.engine.scheduler import DEFAULT_MAX_FAIL_PERCENT
 from imaging.ops import deploy as deploys
 from imaging.ops import facts
 from imaging.ops import hotfix as hotfixing
@@ -108,7 +110,8 @@ def stage(c, release, group=None, instruments=""):  # noqa: ANN001
             "canary": "the instrument deployed alone first (default: the first of the selection; 'none': no canary)",
             "batches": "wave sizes after the canary, e.g. 1,5,20% (the last size repeats); default 100%",
             "parallel": "at most this many instruments at once (each host's max_concurrent also holds)",
-            "max_fail_percent": "stop starting instruments when more than this share of a wave failed",
+            "max_fail_percent": "stop starting instruments when more than this share of a wave failed (default 10: a "
+                                "failed canary stops the run; 100 keeps going on purpose)",
             "yes": "do not ask for confirmation (unattended runs)",
             "dry_run": "print the fleet plan and stop",
             "resume": "continue the interrupted deploy (its record and the journal say where)",
@@ -120,8 +123,8 @@ def stage(c, release, group=None, instruments=""):  # noqa: ANN001
                            "is declared for them); without it such a deploy is refused before any change"})
 @reports_errors
 def deploy(c, release="", group=None, instruments="", all=False, canary=None, batches="100%",  # noqa: A002, ANN001
-           parallel=4, max_fail_percent=100.0, yes=False, dry_run=False, resume=False, simulate=False,
-           model=None, force=False, pulls=4, drop_hotfix=""):
+           parallel=4, max_fail_percent=DEFAULT_MAX_FAIL_PERCENT, yes=False, dry_run=False, resume=False,
+           simulate=False, model=None, force=False, pulls=4, drop_hotfix=""):
     """Reimage many instruments in waves: plan, confirm, canary, batches, limits, recap and report."""
     tm = TimeModel.load(Path(model) if model else None)
     with context() as ctx:
@@ -148,6 +151,7 @@ def deploy(c, release="", group=None, instruments="", all=False, canary=None, ba
             return
         plan = deploys.plan_deploy(ctx, insts, release, options, tm)
         print_fleet_plan(plan.rows, plan.prediction)
+        print_abort_rule([n for w in plan.prediction.summary.waves for n in w], options)
         plan.check()
         if options.drop_hotfixes:
             console.print(f"hotfixes dropped on purpose (--drop-hotfix): {', '.join(options.drop_hotfixes)}")
@@ -167,12 +171,13 @@ def deploy(c, release="", group=None, instruments="", all=False, canary=None, ba
             "canary": "the instrument hotfixed alone first (default: the first of the selection; 'none': no canary)",
             "batches": "wave sizes after the canary, e.g. 1,5,20% (the last size repeats); default 100%",
             "parallel": "at most this many instruments at once (each host's max_concurrent also holds)",
-            "max_fail_percent": "stop starting instruments when more than this share of a wave failed",
+            "max_fail_percent": "stop starting instruments when more than this share of a wave failed (default 10: a "
+                                "failed canary stops the run; 100 keeps going on purpose)",
             "yes": "do not ask for confirmation (unattended runs)",
             "dry_run": "check the package and that each instrument runs a release it applies to; change nothing"})
 @reports_errors
 def hotfix(c, patch=None, revert=None, instruments="", group=None, canary=None, batches="100%",  # noqa: ANN001
-           parallel=4, max_fail_percent=100.0, yes=False, dry_run=False):
+           parallel=4, max_fail_percent=DEFAULT_MAX_FAIL_PERCENT, yes=False, dry_run=False):
     """Apply a hotfix to running instruments without a reimage (or revert one), in waves like a deploy,
     recorded on each and in the journal; a failure on one instrument restores that instrument's files."""
     if bool(patch) == bool(revert):
@@ -190,6 +195,7 @@ def hotfix(c, patch=None, revert=None, instruments="", group=None, canary=None, 
                           f"restarts {', '.join(hf.restart) or 'nothing'}")
         console.print(f"{run.what} on {len(insts)} instruments; waves: "
                       f"{' | '.join(', '.join(j.name for j in w) for w in run.waves)}", soft_wrap=True)
+        print_abort_rule([j.name for w in run.waves for j in w], options)
         if dry_run:
             console.print("[dim]dry run: nothing was changed[/]")
             return

@@ -13,6 +13,7 @@ from imaging.cli.ui import (
     console,
     context,
     names,
+    print_abort_rule,
     print_outcome,
     print_plan,
     print_prediction,
@@ -21,6 +22,7 @@ from imaging.cli.ui import (
     run_live,
 )
 from imaging.core.errors import ImagingError
+from imaging.engine.scheduler import DEFAULT_MAX_FAIL_PERCENT
 from imaging.ops import facts, sides
 from imaging.ops import prepare as preparing
 from imaging.ops import switch as switching
@@ -46,7 +48,9 @@ def prepare(c, release, group=None, instruments="", all=False, parallel=4, force
     children, the next Settings disk, migrations committed): the running VMs are never stopped or touched."""
     with context() as ctx:
         insts = facts.select(ctx, group=group, instruments=instruments, everything=all, kind="prepare")
-        options = Options(parallel=int(parallel), canary="", force=force, drop_hotfixes=tuple(names(drop_hotfix)))
+        # a preparation never touches a running instrument: one that fails does not stop the others
+        options = Options(parallel=int(parallel), canary="", force=force, drop_hotfixes=tuple(names(drop_hotfix)),
+                          max_fail_percent=100)
         if simulate:
             tm = TimeModel.load(Path(model) if model else None)
             console.print(f"simulating the preparation of {len(insts)} instruments, --parallel={parallel}")
@@ -66,7 +70,8 @@ def prepare(c, release, group=None, instruments="", all=False, parallel=4, force
             "canary": "the instrument switched alone first (default: the first of the selection; 'none': no canary)",
             "batches": "wave sizes after the canary, e.g. 1,5,20% (the last size repeats); default 100%",
             "parallel": "at most this many instruments at once (each host's max_concurrent also holds)",
-            "max_fail_percent": "stop starting instruments when more than this share of a wave failed",
+            "max_fail_percent": "stop starting instruments when more than this share of a wave failed (default 10: a "
+                                "failed canary stops the run; 100 keeps going on purpose)",
             "yes": "do not ask for confirmation (unattended runs)",
             "dry_run": "check every instrument is prepared and still current, then stop",
             "resume": "continue the interrupted switch (its record and the journal say where)",
@@ -74,8 +79,8 @@ def prepare(c, release, group=None, instruments="", all=False, parallel=4, force
             "model": "a YAML file overriding the time model's defaults (see docs/deploy.md)"})
 @reports_errors
 def switch(c, group=None, instruments="", all=False, to="prepared", canary=None, batches="100%",  # noqa: A002, ANN001
-           parallel=SWITCH_PARALLEL, max_fail_percent=100.0, yes=False, dry_run=False, resume=False, simulate=False,
-           model=None):
+           parallel=SWITCH_PARALLEL, max_fail_percent=DEFAULT_MAX_FAIL_PERCENT, yes=False, dry_run=False,
+           resume=False, simulate=False, model=None):
     """The downtime part only: stop, back up Var, swap to the prepared disks, start, configure, check, in
     the deploy's waves. Refused before any change when an instrument is not prepared or its preparation is
     out of date."""
@@ -110,6 +115,7 @@ def switch(c, group=None, instruments="", all=False, to="prepared", canary=None,
         for inst in insts:
             console.print(f"{inst.name}: {facts.running_release(ctx, inst) or '-'} -> "
                           f"{targets.get(inst.name, 'the generation it ran before')}")
+        print_abort_rule([i.name for i in insts], options)
         if dry_run:
             console.print("[dim]dry run: nothing was changed[/]")
             return

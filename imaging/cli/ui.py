@@ -20,6 +20,7 @@ from rich.prompt import Confirm
 from rich.table import Table
 
 from imaging.core.errors import ImagingError, os_error
+from imaging.engine.scheduler import abort_rule
 from imaging.ops.context import Context
 
 # Piped output (logs, CI) is not squeezed to 80 columns: tables stay readable; COLUMNS still wins.
@@ -265,6 +266,13 @@ def print_fleet_plan(rows: Any, prediction: Any) -> None:
     console.print(table)
     console.print(f"waves: {' | '.join(', '.join(w) for w in prediction.summary.waves)}", soft_wrap=True)
     console.print(f"estimated duration (time model): {fmt_s(prediction.makespan)}")
+
+
+def print_abort_rule(names: list[str], options: Any) -> None:
+    """The rule the run stops by, printed with its plan so the operator sees it before confirming. ``names``
+    is the selection in wave order: its first is the canary unless the run has none."""
+    canary = (options.canary or names[0]) if names and options.canary != "" else None
+    console.print(abort_rule(options.max_fail_percent, canary), soft_wrap=True)
 
 
 def print_prediction(p: Any) -> None:

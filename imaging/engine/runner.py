@@ -28,7 +28,18 @@ from imaging.core.errors import ImagingError, LockHeld
 from imaging.core.stamps import who
 from imaging.engine.executor import Busy, Outcome, instrument_guard
 from imaging.engine.reports import subject, write_reports
-from imaging.engine.scheduler import FAILED, NOT_STARTED, SKIPPED, Event, Job, Limits, Result, Summary, run_waves
+from imaging.engine.scheduler import (
+    DEFAULT_MAX_FAIL_PERCENT,
+    FAILED,
+    NOT_STARTED,
+    SKIPPED,
+    Event,
+    Job,
+    Limits,
+    Result,
+    Summary,
+    run_waves,
+)
 from imaging.engine.scheduler import OK as JOB_OK
 from imaging.state.journal import RUNNING
 from imaging.state.runs import RunRecords
@@ -39,7 +50,7 @@ FLEET_GUARDS = "deploy"  # the folder under the locks folder holding the fleet g
 @dataclass
 class Options:
     parallel: int = 4
-    max_fail_percent: float = 100.0
+    max_fail_percent: float = DEFAULT_MAX_FAIL_PERCENT
     canary: str | None = None    # None: the first of the selection; "": no canary wave
     batches: str = "100%"
     force: bool = False

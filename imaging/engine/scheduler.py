@@ -126,11 +126,27 @@ def plan_waves(jobs: list[Job], *, canary: str | None, batches: list[Batch]) -> 
     return waves
 
 
+# A wave stops starting instruments once more than this share of it failed. A canary wave is one
+# instrument, so a failed canary stops the run before any other instrument starts; 100 keeps going on purpose.
+DEFAULT_MAX_FAIL_PERCENT = 10.0
+
+
+def abort_rule(max_fail_percent: float, canary: str | None) -> str:
+    """The rule a fleet run stops by, in the words its plan prints."""
+    if max_fail_percent >= 100:
+        return ("abort rule: none (--max-fail-percent=100): every instrument is started whatever fails before "
+                "it")
+    first = (f"the canary {canary} must succeed before any other instrument starts; after it, "
+             if canary else "")
+    return (f"abort rule: {first}a wave stops starting instruments once more than {max_fail_percent:g}% of it "
+            f"failed (--max-fail-percent={max_fail_percent:g}; 100 keeps going)")
+
+
 @dataclass(frozen=True)
 class Limits:
     parallel: int
     per_host: dict[str, int]
-    max_fail_percent: float = 100.0
+    max_fail_percent: float = DEFAULT_MAX_FAIL_PERCENT
     pulls: int = 4  # hosts pulling images from the share at once (the share serves every host)
 
     def __post_init__(self) -> None:

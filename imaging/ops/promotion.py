@@ -52,10 +52,17 @@ class Promotion:
 
 
 def canaries(operations: Iterable[Operation], *, release: str, members: set[str]) -> list[str]:
-    """Instruments of the group that finished a deploy of ``release``: the evidence promotion needs."""
-    return sorted({op.instrument for op in operations
-                   if op.kind in DEPLOY_KINDS and op.status == OK and op.to_release == release
-                   and op.instrument in members})
+    """Instruments of the group that finished a deploy of ``release`` and did not roll it back afterwards:
+    the evidence promotion needs. (One that moved on to a later release still counts: it ran this one.)"""
+    ran: set[str] = set()
+    for op in operations:  # oldest first
+        if op.instrument not in members or op.status != OK:
+            continue
+        if op.kind == "rollback" and op.from_release == release and op.to_release != release:
+            ran.discard(op.instrument)  # it went back: the release failed it
+        elif op.kind in DEPLOY_KINDS and op.to_release == release:
+            ran.add(op.instrument)
+    return sorted(ran)
 
 
 def plan_promotion(*, release: str, label: str, group: str, releases: dict[str, ReleaseDefinition],
@@ -90,7 +97,11 @@ def plan_promotion(*, release: str, label: str, group: str, releases: dict[str, 
         notes.append(f"{group}:{label} already points to {release}; nothing to move")
         return Promotion(release, group, label, [], canary, force and not canary, notes)
     if label == "current" and old is not None:
-        moves.append(Move(group, "previous", current.get("previous"), old))
+        if old in releases and releases[old].revoked:  # a revoked release is never anyone's way back
+            notes.append(f"{group}:current {old} is revoked, so it does not become previous: previous stays "
+                         f"{current.get('previous') or '(unset)'}")
+        else:
+            moves.append(Move(group, "previous", current.get("previous"), old))
     moves.append(Move(group, label, old, release))
     return Promotion(release, group, label, moves, canary, force and not canary, notes)
 

@@ -34,6 +34,7 @@ from imaging.ops.facts import (
 )
 from imaging.ops.hotfix import reapply_after_reimage
 from imaging.ops.publish import publish
+from imaging.ops.rollback import restore_settings_branch
 from imaging.ops.sides import side_of
 from imaging.ops.stage import UNBUILT, artifacts_of, stage_steps
 from imaging.ops.survey import refuse_handmade
@@ -198,6 +199,8 @@ def reimage_to(ctx: Context, inst: Instrument, target: str, *, listener: Listene
     outcome = ctx.executor(listener).execute(plan, op_id=op_id, batch=batch)
     if outcome.ok:
         after_reimage(ctx, inst, outcome, carry, listener)
+    elif outcome.restored:  # restored means git too: the migration commits of this reimage go
+        restore_settings_branch(ctx, inst, op_id)
     return outcome
 
 

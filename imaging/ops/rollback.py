@@ -54,7 +54,9 @@ def plan_for_rollback(ctx: Context, name: str, *, op_id: str | None = None) -> P
     state = carried(ctx, inst)
     prev_gen = setter.rollback_point["generation"]
     notes = [f"returns {inst.name} to {setter.to_release} (generation {prev_gen}), as before {last.id}",
-             f"{last.to_release} will be marked bad for {inst.name}: nothing chooses it again by default",
+             f"{last.to_release} will be marked bad for {inst.name}: nothing chooses it again by default"
+             if last.to_release != setter.to_release else
+             f"both generations run {last.to_release}: no release is marked bad",
              "Var and Data stay attached and untouched"]
     if state.by_generation.get(prev_gen):
         notes.append("hotfixes carried again: " + ", ".join(sorted(state.by_generation[prev_gen])))
@@ -73,15 +75,17 @@ def rollback_last(ctx: Context, name: str, *, listener: Listener | None = None) 
     op_id = new_op_id()
     plan = plan_for_rollback(ctx, name, op_id=op_id)
     outcome = ctx.executor(listener).execute(plan, op_id=op_id)
-    if outcome.ok and plan.kind == "rollback" and plan.from_release:
-        ctx.bad.mark(inst.name, plan.from_release, op_id=op_id, reason=f"rolled back by {who()}")
+    if outcome.ok and plan.kind == "rollback":
+        if plan.from_release and plan.from_release != plan.to_release:  # back within one release: none is bad
+            ctx.bad.mark(inst.name, plan.from_release, op_id=op_id, reason=f"rolled back by {who()}")
         restore_settings_branch(ctx, inst, plan.rollback_point.get("undoes"))
     return outcome
 
 
 def restore_settings_branch(ctx: Context, inst: Instrument, undone_op: str | None) -> str | None:
-    """The previous Settings disk is back; put the instrument's settings branch (if there is a settings
-    repository) back to where it was before the undone reimage migrated it, so git and the disk agree."""
+    """The previous Settings disk is back (a rollback, or the undo of a failed or interrupted reimage); put
+    the instrument's settings branch (if there is a settings repository) back to where it was before that
+    reimage migrated it, so git and the disk agree."""
     if not undone_op:
         return None
     before = (ctx.journal.operation(undone_op).rollback_point or {}).get("settings_before_commit")
@@ -112,5 +116,7 @@ def rollback(ctx: Context, choice: RollbackChoice, *, listener: Listener | None 
         outcome = ctx.executor(listener).rollback_interrupted(choice.interrupted.id)
         if not outcome.restored:
             raise ImagingError(f"{choice.instrument}: some undo steps failed; see `invoke status` and the journal")
+        if choice.interrupted.kind == "reimage":
+            restore_settings_branch(ctx, ctx.inventory.instrument(choice.instrument), choice.interrupted.id)
         return outcome
     return rollback_last(ctx, choice.instrument, listener=listener)

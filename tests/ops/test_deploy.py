@@ -493,3 +493,34 @@ def test_cli_deploy_refuses_a_lost_hotfix_after_the_plan_then_drops_it(project: 
     assert "dropped on purpose" in res.stdout
     ctx = ctx_for(project)
     assert facts.running_release(ctx, ctx.inventory.instrument("ALF")) == NEW
+
+
+def test_a_failed_canary_stops_the_deploy_by_default(project: Path) -> None:
+    """Issue 16, item 7: with the defaults, LET failing as canary leaves WISH (and every other) untouched;
+    a later wave stops once more than 10% of it failed; --max-fail-percent=100 keeps going on purpose."""
+    ctx = ctx_for(project)
+    insts = facts.select(ctx, instruments="LET,WISH,ALF")
+    bad = ctx_for(project, fault=faults({"LET": "health_check"}))
+    res = deploys.deploy(bad, insts, OLD, runner.Options(canary="LET"))
+    assert res.summary.stopped and "1 of 1 failed (LET)" in res.summary.stopped
+    assert {n: r["status"] for n, r in res.record["results"].items()} == \
+        {"LET": FAILED, "WISH": NOT_STARTED, "ALF": NOT_STARTED}
+    assert facts.running_release(bad, ctx.inventory.instrument("WISH")) is None
+    again = deploys.deploy(ctx_for(project, fault=faults({"LET": "health_check"})), insts, OLD,
+                           runner.Options(canary="LET", max_fail_percent=100))
+    assert again.summary.stopped is None and sorted(again.summary.names("ok")) == ["ALF", "WISH"]
+
+
+def test_the_plan_prints_the_abort_rule(project: Path) -> None:
+    from imaging.engine.scheduler import abort_rule
+
+    assert "the canary LET must succeed before any other instrument starts" in abort_rule(10, "LET")
+    assert "more than 10% of it failed" in abort_rule(10, "LET") and "none" in abort_rule(100, "LET")
+    env = {**os.environ, "IMAGING_ROOT": str(project), "COLUMNS": "200"}
+    exe = Path(sys.executable).with_name("invoke")
+    out = subprocess.run([str(exe), "--search-root", str(ROOT), "deploy", "--release=2026C3.0",
+                          "--instruments=LET,WISH", "--canary=LET", "--dry-run"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert ("abort rule: the canary LET must succeed before any other instrument starts; after it, a wave stops "
+            "starting instruments once more than 10% of it failed") in out.stdout

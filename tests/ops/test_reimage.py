@@ -260,3 +260,35 @@ def test_reimaging_to_the_running_release_needs_force_and_keeps_the_real_previou
     zoom = ctx.inventory.instrument("ZOOM")
     for path in old_disks:
         assert (ctx.providers.lab.path(zoom.host, path) / "disk.json").exists(), path
+
+
+def test_a_failed_reimage_puts_the_settings_branch_back(project: Path, tmp_path: Path) -> None:
+    """Issue 16, item 8: "restored to its state before the operation" holds for git too: a reimage that
+    migrated the instrument's settings branch and then failed leaves the branch where it was."""
+    from settings_support import V1_TEMPLATES, fleet, git, project_repo
+
+    from imaging.settings.render import render_settings
+    from tests.ops.test_reimage_settings import branch_repo
+
+    vm, variables = fleet()["ZOOM"]
+    v1 = render_settings(repo=project_repo(tmp_path, V1_TEMPLATES, name="v1"), instrument="ZOOM", vm=vm,
+                         variables=variables).files
+    srepo = branch_repo(tmp_path, {vm: {"configurations/ioc/motors.xml": v1["configurations/ioc/motors.xml"],
+                                        ".imaging/settings-version": b"1\n"}})
+    before = git(srepo, "rev-parse", vm).strip()
+
+    def hook(step: Step) -> None:
+        if step.action == "health_check":
+            raise InjectedFault("injected failure of health_check", host=step.host, step=step.action)
+
+    ctx = ctx_for(project, fault=hook)
+    ctx.inventory = ctx.inventory.model_copy(update={"settings_repo": srepo})
+    out = reimaging.reimage(ctx, "ZOOM", "2026C3.0")
+    assert not out.ok and out.restored, out
+    # the branch holds what it held before; its history says what happened (migrated, then restored)
+    assert git(srepo, "rev-parse", f"{vm}^{{tree}}").strip() == git(srepo, "rev-parse", f"{before}^{{tree}}").strip()
+    assert git(srepo, "log", "-1", "--format=%s", vm).startswith(f"Restore the settings of {vm}")
+    ok = ctx_for(project)
+    ok.inventory = ok.inventory.model_copy(update={"settings_repo": srepo})
+    assert reimaging.reimage(ok, "ZOOM", "2026C3.0").ok  # and the migrations run again, for good
+    assert git(srepo, "show", f"{vm}:.imaging/settings-version").strip() == "5"

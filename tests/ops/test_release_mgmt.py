@@ -306,3 +306,44 @@ def test_release_tasks_have_help_for_every_option(project: Path, name: str, opti
     for opt in options:
         line = next((ln for ln in out.splitlines() if re.match(r"\s*-[a-zA-Z][ ,]", ln) and opt in ln), "")
         assert line and len(line.split(opt, 1)[1].strip()) > 10, f"{name} {opt} has no help: {line!r}"
+
+
+# --- issue 16, item 8: promotion and rollback facts ----------------------------------------------------
+
+def test_an_instrument_that_rolled_the_release_back_is_no_canary(labelled: Path) -> None:
+    from imaging.ops import rollback as rollbacks
+
+    ctx = ctx_for(labelled)
+    try:
+        assert reimaging.reimage(ctx, "ZOOM", "2026C3.0").ok
+        assert reimaging.reimage(ctx, "ZOOM", "2026C3.1").ok
+        assert rollbacks.rollback_last(ctx, "ZOOM").ok  # ZOOM went back: 2026C3.1 failed it
+        with pytest.raises(InputError, match="no canary"):
+            release_ops.promote(ctx, release="2026C3.1", label="current", group="B")
+    finally:
+        ctx.close()
+
+
+def test_promoting_over_a_revoked_current_keeps_it_out_of_previous() -> None:
+    from imaging.model.releases import Revocation
+
+    bad = Revocation(reason="crashes", when="2026-11-01T00:00:00Z", who="ops")
+    revoked = {**RELEASES, "2026C1.0": RELEASES["2026C1.0"].model_copy(update={"revoked": bad})}
+    labels = {"B": {"current": "2026C1.0", "previous": "2025C5.0"}}
+    promo = plan_promotion(release="2026C3.0", label="current", group="B", releases=revoked, labels=labels,
+                           groups=["A", "B"], canary=["ZOOM"])
+    assert [m.describe() for m in promo.moves] == ["B:current 2026C1.0 -> 2026C3.0"]
+    assert any("revoked" in n and "previous stays 2025C5.0" in n for n in promo.notes)
+
+
+def test_a_rollback_within_one_release_marks_nothing_bad(labelled: Path) -> None:
+    from imaging.ops import rollback as rollbacks
+
+    ctx = ctx_for(labelled)
+    try:
+        assert reimaging.reimage(ctx, "ZOOM", "2026C3.0").ok
+        assert reimaging.reimage(ctx, "ZOOM", "2026C3.0", force=True).ok  # a fresh generation, same release
+        assert rollbacks.rollback_last(ctx, "ZOOM").ok
+        assert ctx.bad.of("ZOOM") == {}
+    finally:
+        ctx.close()
