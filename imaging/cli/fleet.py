@@ -25,13 +25,12 @@ from imaging.cli.ui import (
     run_live,
 )
 from imaging.core.errors import ImagingError
-from imaging.engine.scheduler import DEFAULT_MAX_FAIL_PERCENT
 from imaging.ops import deploy as deploys
 from imaging.ops import facts
 from imaging.ops import hotfix as hotfixing
 from imaging.ops import publish as publishing
 from imaging.ops import stage as staging
-from imaging.ops.deploy import Options, TimeModel
+from imaging.ops.deploy import DEFAULT_MAX_FAIL_PERCENT, Options, TimeModel
 
 
 def _transfer_display(bar: Progress) -> Any:

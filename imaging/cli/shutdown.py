@@ -22,11 +22,10 @@ from imaging.cli.ui import (
     run_live,
 )
 from imaging.core.errors import ImagingError
-from imaging.engine.scheduler import DEFAULT_MAX_FAIL_PERCENT
 from imaging.ops import facts, sides
 from imaging.ops import prepare as preparing
 from imaging.ops import switch as switching
-from imaging.ops.deploy import Options, TimeModel
+from imaging.ops.deploy import DEFAULT_MAX_FAIL_PERCENT, Options, TimeModel
 from imaging.ops.switch import SWITCH_PARALLEL
 
 

@@ -20,8 +20,8 @@ from rich.prompt import Confirm
 from rich.table import Table
 
 from imaging.core.errors import ImagingError, os_error
-from imaging.engine.scheduler import abort_rule
 from imaging.ops.context import Context
+from imaging.ops.deploy import abort_rule_of
 
 # Piped output (logs, CI) is not squeezed to 80 columns: tables stay readable; COLUMNS still wins.
 _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
@@ -269,10 +269,8 @@ def print_fleet_plan(rows: Any, prediction: Any) -> None:
 
 
 def print_abort_rule(names: list[str], options: Any) -> None:
-    """The rule the run stops by, printed with its plan so the operator sees it before confirming. ``names``
-    is the selection in wave order: its first is the canary unless the run has none."""
-    canary = (options.canary or names[0]) if names and options.canary != "" else None
-    console.print(abort_rule(options.max_fail_percent, canary), soft_wrap=True)
+    """The rule the run stops by, printed with its plan so the operator sees it before confirming."""
+    console.print(abort_rule_of(names, options), soft_wrap=True)
 
 
 def print_prediction(p: Any) -> None:

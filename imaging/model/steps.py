@@ -65,7 +65,10 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "apply_hotfix": ("vm", "hotfix_id", "package_path", "files", "backup_rel", "ledger", "apps_generation",
                      "entry", "scripts"),
     "revert_hotfix": ("vm", "hotfix_id", "backup_rel", "ledger", "apps_generation"),
-    "restart_services": ("vm", "services"),
+    # The services a hotfix names: stopped before its files are replaced (a running program's files cannot
+    # be), started after; the undo of a stop is a start.
+    "stop_services": ("vm", "services"),
+    "start_services": ("vm", "services"),
     # Build hosts (release management): images are made here, then registered in the store.
     "build_apps_disk": ("vhd_path", "source_path", "label", "size_gb", "work_root", "expect_version"),
     "build_template": ("vm", "version", "iso_path", "image_index", "vhd_path", "work_root", "size_gb", "memory_mb",

@@ -28,7 +28,8 @@ from imaging.engine.runner import (
     outcome_result,
     run_fleet,
 )
-from imaging.engine.scheduler import FAILED, PULLED, SKIPPED, Job, Result, parse_batches, plan_waves
+from imaging.engine.scheduler import DEFAULT_MAX_FAIL_PERCENT as DEFAULT_MAX_FAIL_PERCENT  # for the tasks
+from imaging.engine.scheduler import FAILED, PULLED, SKIPPED, Job, Result, abort_rule, parse_batches, plan_waves
 from imaging.engine.scheduler import OK as JOB_OK
 from imaging.engine.simulate import Prediction, TimeModel, predict
 from imaging.model.inventory import Instrument
@@ -350,3 +351,11 @@ def simulate(ctx: Context, insts: list[Instrument], release: str, options: Optio
              failing: set[str] | None = None) -> Prediction:
     """Predict the deploy with the same waves and limits it would use, on a virtual clock. Touches nothing."""
     return _predict(ctx, insts, desired_releases(ctx, insts, release), options, model, failing)
+
+
+def abort_rule_of(names: list[str], options: Options) -> str:
+    """The rule a fleet run (deploy, switch, hotfix) stops by, for its plan to print. ``names`` is the
+    selection in wave order: its first is the canary unless the run has none. The default share is
+    ``DEFAULT_MAX_FAIL_PERCENT``."""
+    canary = (options.canary or names[0]) if names and options.canary != "" else None
+    return abort_rule(options.max_fail_percent, canary)

@@ -1,8 +1,9 @@
 """Plans for a hotfix and its revert. Computing one is pure.
 
 Like a reimage plan, each is an ordered list of idempotent steps with their undo, so it can be printed,
-executed by either provider, resumed and undone. A hotfix plan never stops the VM: files are put in place
-on the running guest, the services the manifest names are restarted, and the guest is health-checked.
+executed by either provider, resumed and undone. A hotfix plan never stops the VM: the services the
+manifest names are stopped (Windows cannot replace a running program's files), the files are put in place
+on the running guest, the services are started again, and the guest is health-checked.
 """
 
 from __future__ import annotations
@@ -44,18 +45,31 @@ def _common(x: HotfixInputs) -> dict[str, Any]:
             "ledger": layout.hotfix_ledger(var_link), "apps_generation": x.apps_generation}
 
 
-def _finish(x: HotfixInputs, steps: list[Step], restart: bool) -> None:
+def _stop(x: HotfixInputs, steps: list[Step]) -> None:
+    """The services the package names stop before any file changes (the undo starts them again)."""
+    if x.hotfix.restart:
+        services = {"vm": x.inst.vm, "services": list(x.hotfix.restart)}
+        steps.append(Step("stop_services", x.host.name, services,
+                          f"stop {', '.join(x.hotfix.restart)} in the guest (their files are replaced next)",
+                          undo=Step("start_services", x.host.name, dict(services),
+                                    f"start {', '.join(x.hotfix.restart)} again")))
+
+
+def _finish(x: HotfixInputs, steps: list[Step]) -> None:
     h, vm = x.host.name, x.inst.vm
-    if restart and x.hotfix.restart:
-        steps.append(Step("restart_services", h, {"vm": vm, "services": list(x.hotfix.restart)},
-                          f"restart {', '.join(x.hotfix.restart)} in the guest"))
+    if x.hotfix.restart:  # undone by a stop, so that the file undo after it finds them stopped
+        services = {"vm": vm, "services": list(x.hotfix.restart)}
+        steps.append(Step("start_services", h, services, f"start {', '.join(x.hotfix.restart)} in the guest",
+                          undo=Step("stop_services", h, dict(services),
+                                    f"stop {', '.join(x.hotfix.restart)} again")))
     steps.append(Step("health_check", h, dict(x.health),
                       f"check the guest is healthy (Apps version {x.health['expect_apps_version']}, links, Settings)"))
     steps.append(Step("release_lock", h, _lock(x), f"unlock {x.inst.name}"))
 
 
 def plan_hotfix(x: HotfixInputs) -> Plan:
-    """Lock, back up and replace the files on the running guest, restart, health-check, unlock."""
+    """Lock, stop the services it names, back up and replace the files on the running guest, start them,
+    health-check, unlock."""
     h, name = x.host.name, x.inst.name
     lock = _lock(x)
     common = _common(x)
@@ -65,13 +79,14 @@ def plan_hotfix(x: HotfixInputs) -> Plan:
     entry = {"description": x.hotfix.description, "operation": x.op_id, "who": x.owner, "when": x.stamp,
              "release": x.release}
     revert = Step("revert_hotfix", h, dict(common), f"put back the files {x.hotfix.id} replaced")
+    _stop(x, steps)
     scripts = [{"phase": phase, "path": path} for phase, path in (("pre", x.hotfix.pre_script),
                                                                    ("post", x.hotfix.post_script)) if path]
     steps.append(Step("apply_hotfix", h, {**common, "package_path": x.package_path, "files": files,
                                           "entry": entry, "scripts": scripts},
                       f"back up the {len(files)} file(s) {x.hotfix.id} replaces to Var, put the new ones in "
                       "place on Apps and record it in the ledger on Var", undo=revert))
-    _finish(x, steps, restart=True)
+    _finish(x, steps)
     return Plan(kind="hotfix", instrument=name, vm=x.inst.vm, host=h, from_release=x.release,
                 to_release=x.release, steps=steps,
                 notes=[f"{x.hotfix.id}: {x.hotfix.description}",
@@ -81,14 +96,17 @@ def plan_hotfix(x: HotfixInputs) -> Plan:
 
 
 def plan_revert_hotfix(x: HotfixInputs) -> Plan:
-    """Lock, put back the exact files the hotfix replaced (from the backup on Var), restart, check, unlock."""
+    """Lock, stop the services it names, put back the exact files the hotfix replaced (from the backup on
+    Var), start them, check, unlock."""
     h, name = x.host.name, x.inst.name
     lock = _lock(x)
     steps = [Step("acquire_lock", h, {**lock, "owner": x.owner}, f"lock {name} to revert {x.hotfix.id}",
                   undo=Step("release_lock", h, dict(lock), f"unlock {name}")),
-             Step("revert_hotfix", h, _common(x),
-                  f"put back the files {x.hotfix.id} replaced (from Var) and remove the ones it added")]
-    _finish(x, steps, restart=True)
+             ]
+    _stop(x, steps)
+    steps.append(Step("revert_hotfix", h, _common(x),
+                      f"put back the files {x.hotfix.id} replaced (from Var) and remove the ones it added"))
+    _finish(x, steps)
     return Plan(kind="hotfix-revert", instrument=name, vm=x.inst.vm, host=h, from_release=x.release,
                 to_release=x.release, steps=steps, notes=[f"revert {x.hotfix.id}: {x.hotfix.description}"],
                 rollback_point={"hotfix": x.hotfix.id, "generation": x.apps_generation,

@@ -42,7 +42,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "templates" / "powershell"
 GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record", "restore_record",
                            "survey_vm", "remove_volume_links",
                            "run_guest_command",
-                           "apply_hotfix", "revert_hotfix", "restart_services"})
+                           "apply_hotfix", "revert_hotfix", "stop_services", "start_services"})
 
 
 
@@ -183,7 +183,7 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
                 raise InputError("a script phase is pre or post", file=where, field=f"scripts[{i}].phase",
                                  value=sc.get("phase"), fix="use pre or post")
             check_relpath(sc.get("path"), field=f"scripts[{i}].path", file=where)
-    if action == "restart_services":
+    if action in ("stop_services", "start_services"):
         for i, name in enumerate(inputs["services"]):
             check_name(name, field=f"services[{i}]", file=where)
     if action == "build_template":

@@ -1,5 +1,9 @@
-"""The lab's hotfix actions on the running guest, each beside its undo: apply, revert, restart services,
-and the ledger on Var.
+"""The lab's hotfix actions on the running guest, each beside its undo: apply, revert, stop and start
+services, and the ledger on Var.
+
+The lab guest runs the services a real instrument PC runs from its Apps volume (``LAB_SERVICES``): while
+one runs, its program files are loaded and cannot be replaced, as Windows refuses to replace a running EXE
+or a loaded DLL. Their state is the guest's own (``SERVICES_FILE`` on its C:), like the service manager's.
 
 Mixed into ``LabProvider``."""
 
@@ -14,9 +18,19 @@ from imaging.core.errors import ProviderError
 from imaging.core.files import atomic_write, read_json, write_json
 from imaging.core.hashing import sha256_file
 
+# The lab guest's services: the Apps folders whose program files each one loads while it runs.
+LAB_SERVICES: dict[str, tuple[str, ...]] = {
+    "InstrumentServer": ("server/bin", "server/lib", "server/db"),
+    "InstrumentClient": ("client/bin", "client/plugins"),
+    "MySQL": ("MySQL/bin",),
+}
+LOADED_SUFFIXES = (".exe", ".dll", ".bin")  # what a process maps into memory (a .cfg is only read)
+SERVICES_FILE = "C:\\ProgramData\\lab-guest\\services.json"
+
 
 class HotfixActions:
-    """The lab's hotfix actions on the running guest, each beside its undo: apply, revert, restart services,"""
+    """The lab's hotfix actions on the running guest, each beside its undo: apply, revert, stop and start
+    services."""
 
     # --- hotfixes on the running guest -----------------------------------------------------------------
     APPS_LINK = "C:\\Instrument\\Apps"
@@ -47,6 +61,8 @@ class HotfixActions:
                    for f in files}
         if hotfix_id in present and all(current[f["path"]] == f["sha256"] for f in files):
             return {"changed": False, "files": len(files)}
+        self._refuse_loaded(host, vm, [f["path"] for f in files if current[f["path"]] != f["sha256"]],
+                            "apply_hotfix")
         package = self.path(host, package_path) / "content" / "files"
         backup = var.joinpath(*backup_rel.split("/"))
         listing = backup / "backup.json"
@@ -112,8 +128,10 @@ class HotfixActions:
                 raise ProviderError(f"the backup of {hotfix_id} ({backup_rel}) is missing; cannot revert",
                                     host=host, step="revert_hotfix")
             return {"changed": False}
+        saved_files = read_json(listing)["files"]
+        self._refuse_loaded(host, vm, [f["path"] for f in saved_files], "revert_hotfix")
         restored = []
-        for f in read_json(listing)["files"]:
+        for f in saved_files:
             target = apps / f["path"]
             if f["previous_sha256"] is None:
                 if target.exists():
@@ -135,16 +153,47 @@ class HotfixActions:
         shutil.rmtree(backup)
         return {"changed": True, "files": restored}
 
-    def _do_restart_services(self, host: str, vm: str, services: list[str]) -> dict:
-        """The lab guest runs no services: record each restart in the guest's Var, as an event log would."""
-        self._running_guest(host, vm, "restart_services")
-        var = self._guest_dir(host, vm, self.VAR_LINK, "restart_services")
-        log = var / "imaging" / "restarts.json"
-        doc = read_json(log) if log.exists() else {"restarts": []}
+    def _services(self, host: str, vm: str) -> tuple[Path, dict[str, Any]]:
+        f = self.guest_path(host, vm, SERVICES_FILE)
+        return f, (read_json(f) if f.exists() else {"stopped": [], "events": []})
+
+    def _set_services(self, host: str, vm: str, services: list[str], *, run: bool, step: str) -> dict:
+        """Stop or start services of the guest, as Stop-Service / Start-Service do (one already in that state:
+        nothing to do); an unknown name is refused as Get-Service refuses it."""
+        self._running_guest(host, vm, step)
+        f, doc = self._services(host, vm)
+        unknown = [s for s in services if s not in LAB_SERVICES]
+        if unknown:
+            raise ProviderError(f"Cannot find any service with service name '{unknown[0]}' in the guest {vm}",
+                                host=host, step=step)
+        stopped = set(doc["stopped"])
+        changed = [s for s in services if (s in stopped) == run]
+        stopped = stopped - set(services) if run else stopped | set(services)
         when = datetime.now(UTC).isoformat(timespec="seconds")
-        doc["restarts"].extend({"service": s, "when": when} for s in services)
-        write_json(log, doc)
-        return {"changed": bool(services), "restarted": list(services)}
+        doc = {"stopped": sorted(stopped), "events": [*doc["events"], *({"service": s, "to": "running" if run
+                                                                          else "stopped", "when": when}
+                                                                         for s in changed)]}
+        write_json(f, doc)
+        return {"changed": bool(changed), "started" if run else "stopped": changed}
+
+    def _do_stop_services(self, host: str, vm: str, services: list[str]) -> dict:
+        return self._set_services(host, vm, services, run=False, step="stop_services")
+
+    def _do_start_services(self, host: str, vm: str, services: list[str]) -> dict:
+        return self._set_services(host, vm, services, run=True, step="start_services")
+
+    def _refuse_loaded(self, host: str, vm: str, paths: list[str], step: str) -> None:
+        """A file a running service has loaded cannot be replaced: refused before anything changes, naming
+        the service, so the package can name it under ``restart`` (stopped first, started after)."""
+        _, doc = self._services(host, vm)
+        stopped = set(doc["stopped"])
+        busy = [f"{p} (loaded by {name})" for p in paths for name, folders in LAB_SERVICES.items()
+                if name not in stopped and p.lower().endswith(LOADED_SUFFIXES)
+                and any(p.startswith(folder + "/") for folder in folders)]
+        if busy:
+            raise ProviderError(f"{', '.join(busy)}: a running program's file cannot be replaced; nothing was "
+                                "changed. Name its service under 'restart' in hotfix.yaml: it is stopped before "
+                                "the files are replaced and started after", host=host, step=step)
 
     def read_hotfix_ledger(self, host: str, vm: str, var_path: str) -> dict[str, Any]:
         f = self.path(host, var_path) / "content" / "imaging" / "hotfixes.json"

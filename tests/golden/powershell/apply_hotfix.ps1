@@ -136,6 +136,32 @@ try {
             $done = $true
             foreach ($f in @($r.files)) { if ($current[[string]$f.path] -ne [string]$f.sha256) { $done = $false } }
             if ($null -ne $present -and $done) { return 'unchanged' }
+            function Assert-NotLoaded([string] $AppsLink, [string[]] $Paths) {
+                # Windows refuses to replace a running EXE or a loaded DLL. Refuse before anything changes,
+                # naming each file and the process that holds it, so the package can name its service under
+                # 'restart' (stopped before the files are replaced, started after). The Apps volume is seen
+                # through its link and at its mount folder: a module's path may read either way.
+                $roots = @([string]$AppsLink)
+                $item = Get-Item -LiteralPath $AppsLink -Force
+                if (($item.Attributes -band [System.IO.FileAttributes]::ReparsePoint) -ne 0) { $roots += [string]@($item.Target)[0] }
+                $wanted = @{}
+                foreach ($p in $Paths) {
+                    foreach ($root in $roots) { $wanted[(Join-Path -Path $root -ChildPath $p.Replace('/', '\')).ToLowerInvariant()] = $p }
+                }
+                $busy = New-Object System.Collections.Generic.List[string]
+                foreach ($proc in @(Get-Process)) {
+                    $modules = @()
+                    try { $modules = @($proc.Modules) } catch { $modules = @() }
+                    foreach ($m in $modules) {
+                        $file = ([string]$m.FileName).ToLowerInvariant()
+                        if ($wanted.ContainsKey($file)) { $busy.Add("$($wanted[$file]) (loaded by $($proc.ProcessName), pid $($proc.Id))") }
+                    }
+                }
+                if ($busy.Count -gt 0) {
+                    throw ((@($busy.ToArray()) -join ', ') + ": a running program's file cannot be replaced; nothing was changed. Name its service under 'restart' in hotfix.yaml: it is stopped before the files are replaced and started after")
+                }
+            }
+            Assert-NotLoaded ([string]$r.apps) @(@($r.files) | Where-Object { $current[[string]$_.path] -ne [string]$_.sha256 } | ForEach-Object { [string]$_.path })
             $backup = Join-Path -Path $var -ChildPath (([string]$r.backup_rel).Replace('/', '\'))
             $listing = Join-Path -Path $backup -ChildPath 'backup.json'
             if (-not (Test-Path -LiteralPath $listing -PathType Leaf)) {

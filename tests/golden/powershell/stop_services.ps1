@@ -44,7 +44,7 @@ function Get-ImagingSha256 {
     (Get-FileHash -LiteralPath $Path -Algorithm SHA256).Hash.ToLowerInvariant()
 }
 
-$ImagingAction = 'restart_services'
+$ImagingAction = 'stop_services'
 $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
     if ([string]::IsNullOrEmpty($GuestUser) -or $null -eq $GuestPassword) {
@@ -52,8 +52,10 @@ try {
     }
     $GuestSecret = ConvertTo-SecureString -String $GuestPassword -AsPlainText -Force
     $GuestCredential = New-Object System.Management.Automation.PSCredential -ArgumentList $GuestUser, $GuestSecret
-    # Inside the guest, over PowerShell Direct: restarts each named Windows service, or, for a name that is
-    # not a service, stops the running processes of that name and starts their program again.
+    # Inside the guest, over PowerShell Direct: stops each named Windows service (and the services that
+    # depend on it, as Stop-Service -Force does) so a hotfix can replace the files its program has loaded:
+    # Windows refuses to replace a running EXE or a loaded DLL. A service already stopped is left as it is.
+    # The undo of this step is start_services.
     $Vm = 'NDXZOOM'
     $Services = @('InstrumentServer', 'ibex_gui')
     $request = ConvertTo-Json -Compress -InputObject ([ordered]@{ services = @($Services) })
@@ -64,23 +66,17 @@ try {
         $r = ConvertFrom-Json -InputObject $RequestJson
         $done = New-Object System.Collections.Generic.List[string]
         foreach ($name in @($r.services)) {
-            $service = Get-Service -Name ([string]$name) -ErrorAction SilentlyContinue
-            if ($null -ne $service) {
-                Restart-Service -Name ([string]$name) -Force
+            $service = Get-Service -Name ([string]$name)
+            if ([string]$service.Status -ne 'Stopped') {
+                Stop-Service -Name ([string]$name) -Force
+                $service.WaitForStatus('Stopped', [TimeSpan]::FromSeconds(120))
                 $done.Add([string]$name)
-                continue
             }
-            $procs = @(Get-Process -Name ([string]$name) -ErrorAction SilentlyContinue)
-            if ($procs.Count -eq 0) { throw "$name is neither a service nor a running process in the guest" }
-            $programs = @($procs | ForEach-Object { $_.Path } | Sort-Object -Unique)
-            $procs | Stop-Process -Force
-            foreach ($program in $programs) { Start-Process -FilePath $program }
-            $done.Add([string]$name)
         }
         ConvertTo-Json -Compress -InputObject @($done.ToArray())
     }
-    $Result['changed'] = @($Services).Count -gt 0
-    $Result['restarted'] = @(ConvertFrom-Json -InputObject ([string]$answer))
+    $Result['stopped'] = @(ConvertFrom-Json -InputObject ([string]$answer))
+    $Result['changed'] = @($Result['stopped']).Count -gt 0
     Write-ImagingResult -Result $Result
 }
 catch {
