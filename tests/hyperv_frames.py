@@ -7,6 +7,7 @@ the caller happens to need.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 # A sharing violation as Mount-VHD reports it when another process holds the file (ERROR_SHARING_VIOLATION).
@@ -29,6 +30,14 @@ def get_state(power: str, disks: list[tuple[int, str, str | None]]) -> dict[str,
     """get_state.ps1's frame for a VM that exists: its SCSI 0 disks, each with its Get-VHD parent."""
     return {"ok": True, "changed": False, "action": "get_state", "exists": True, "power": power,
             "disks": [{"slot": slot, "path": path, "parent": parent} for slot, path, parent in disks]}
+
+
+def guest_files(found: dict[str, dict[str, bytes]]) -> dict[str, Any]:
+    """read_guest_files.ps1's frame: per path asked for that exists, its files (relative path -> base64;
+    "" for a path that is a file)."""
+    return {"ok": True, "changed": False, "action": "read_guest_files",
+            "found": {path: {rel: base64.b64encode(data).decode("ascii") for rel, data in files.items()}
+                      for path, files in found.items()}}
 
 
 def no_vm() -> dict[str, Any]:

@@ -76,14 +76,17 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "remove_image": ("path", "sha256"),
     # A built image leaves its build host by the image share (a file copy, never WinRM), verified by sha256.
     "export_image": ("path", "share_path", "sha256"),
+    # Read only. A volume mounted on the host (its VM off; "only" limits it to some relative paths), or
+    # files and folders inside a running guest over PowerShell Direct (a running VM holds its disks).
     "read_volume": ("path", "max_bytes"),
+    "read_guest_files": ("vm", "paths", "max_bytes"),
     "write_volume_files": ("path", "files"),
     "run_guest_command": ("vm", "command", "var_path", "marker", "record"),
 }
 
 # Actions that only look and never change anything (their "changed" is always false).
 CHECK_ACTIONS = frozenset({"preflight", "get_state", "survey_vm", "check_state", "wait_guest", "health_check",
-                           "read_volume"})
+                           "read_volume", "read_guest_files"})
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,18 @@ planners take the answers as data. Nothing here changes anything.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from imaging.core.errors import ImagingError, InputError
 from imaging.engine.executor import is_live
-from imaging.model import layout
-from imaging.model.inventory import Instrument
+from imaging.model.inventory import SLOTS, Instrument
 from imaging.model.labels import resolve
 from imaging.model.plan import Observed
+from imaging.model.record import problem as record_problem
 from imaging.model.releases import ReleaseDefinition
 from imaging.model.steps import Step
 from imaging.ops.context import Context
@@ -116,10 +118,65 @@ def observe(ctx: Context, inst: Instrument) -> Observed:
     return Observed.from_state(state)
 
 
-def instrument_record(ctx: Context, inst: Instrument) -> dict[str, Any] | None:
-    """The instrument record on its Var disk, where the provider can read it without a guest call."""
-    host = ctx.inventory.host_of(inst)
-    return ctx.providers.read_record(inst.host, inst.vm, layout.disk_path(host, inst, "var"))
+OWN_READ_LIMIT = 64 * 1024 * 1024  # the Settings volume, the record and the ledger are small by design
+RECORD_REL, LEDGER_REL = "imaging/record.json", "imaging/hotfixes.json"  # on Var
+
+
+def read_instrument_files(ctx: Context, inst: Instrument, observed: Observed, role: str,
+                          rels: list[str] | None = None) -> dict[str, bytes] | None:
+    """Files of one of the instrument's volumes (all, or those under ``rels``), read without changing
+    anything where they can be read: inside the running guest through its link (Hyper-V will not mount a
+    disk a running VM holds), else from the disk mounted read-only on the host. None: no such disk."""
+    path = observed.disks.get(SLOTS[role])
+    if not path:
+        return None
+    if observed.power == "Running":
+        link = inst.disks.by_role()[role].link
+        wanted = rels or [""]
+        targets = [link + ("\\" + r.replace("/", "\\") if r else "") for r in wanted]
+        res = ctx.providers.run(Step("read_guest_files", inst.host, {"vm": inst.vm, "paths": targets,
+                                                                     "max_bytes": OWN_READ_LIMIT},
+                                     f"read {', '.join(targets)} inside {inst.vm} (read only)"))
+        return {"/".join(x for x in (r, sub) if x): base64.b64decode(b64)
+                for r, t in zip(wanted, targets, strict=True) for sub, b64 in (res["found"].get(t) or {}).items()}
+    res = ctx.providers.run(Step("read_volume", inst.host, {"path": path, "max_bytes": OWN_READ_LIMIT,
+                                                            **({"only": list(rels)} if rels else {})},
+                                 f"read the {role} volume of {inst.name} (read only)"))
+    return {rel: base64.b64decode(b64) for rel, b64 in res["files"].items()}
+
+
+def instrument_record(ctx: Context, inst: Instrument, observed: Observed | None = None) -> dict[str, Any] | None:
+    """The instrument's own record on its Var volume (read in the guest while it runs): what it runs, by
+    which operation, with which hotfixes. A damaged one reads as ``{"damaged": why}``; one that cannot be
+    read now (its guest does not answer) as ``{"unreadable": why}``; None: it has none yet."""
+    try:
+        files = read_instrument_files(ctx, inst, observed or observe(ctx, inst), "var", [RECORD_REL])
+    except ImagingError as exc:
+        return {"unreadable": str(exc)}
+    raw = (files or {}).get(RECORD_REL)
+    if raw is None:
+        return None
+    where = f"{inst.disks.var.link}\\imaging\\record.json"
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {"damaged": f"{where}: it is not JSON"}
+    why = record_problem(doc)
+    return {"damaged": f"{where}: {why}"} if why else doc
+
+
+def instrument_ledger(ctx: Context, inst: Instrument, observed: Observed | None = None) -> dict[str, Any] | None:
+    """The hotfix ledger on the instrument's Var volume (per Apps generation: the hotfixes in place), read
+    like the record; None when there is none or it cannot be read."""
+    try:
+        files = read_instrument_files(ctx, inst, observed or observe(ctx, inst), "var", [LEDGER_REL])
+    except ImagingError:
+        return None
+    raw = (files or {}).get(LEDGER_REL)
+    try:
+        return json.loads(raw) if raw is not None else None
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def interrupted(ctx: Context, inst: Instrument) -> Operation | None:

@@ -15,7 +15,7 @@ from imaging.core.errors import ImagingError, InputError
 from imaging.core.hashing import manifest_digest, sha256_bytes
 from imaging.core.stamps import new_op_id, stamp, who
 from imaging.engine.executor import Listener, Outcome, StepEvent
-from imaging.model.inventory import SLOTS, Instrument
+from imaging.model.inventory import Instrument
 from imaging.model.plan import SETTINGS_MANIFEST, Observed, Plan
 from imaging.model.steps import Step
 from imaging.ops.context import Context
@@ -25,6 +25,7 @@ from imaging.ops.facts import (
     interrupted,
     observe,
     prepared,
+    read_instrument_files,
     refuse_dropped_hotfixes,
     refuse_if_interrupted,
     running_release,
@@ -45,17 +46,13 @@ from imaging.state.journal import OK, RUNNING, Operation
 
 # --- settings ------------------------------------------------------------------------------------
 
-SETTINGS_READ_LIMIT = 64 * 1024 * 1024
-
 
 def deployed_settings(ctx: Context, inst: Instrument, observed: Observed) -> DeployedSettings | None:
-    """What is on the instrument's Settings volume now (None before its first deployment)."""
-    path = observed.disks.get(SLOTS["settings"])
-    if not path:
+    """What is on the instrument's Settings volume now (None before its first deployment): read inside the
+    running guest, or from the disk when the VM is off (docs/settings.md)."""
+    files = read_instrument_files(ctx, inst, observed, "settings")
+    if files is None:
         return None
-    res = ctx.providers.run(Step("read_volume", inst.host, {"path": path, "max_bytes": SETTINGS_READ_LIMIT},
-                                 f"read the Settings volume of {inst.name}"))
-    files = {rel: base64.b64decode(b64) for rel, b64 in res["files"].items()}
     raw = files.pop(SETTINGS_MANIFEST, None)
     manifest = json.loads(raw) if raw else {"files": {}}
     return DeployedSettings(manifest=manifest, files=files)

@@ -39,7 +39,3 @@ class Provider(Protocol):
     def trust(self, host: str) -> str | None:
         """What validates the host's TLS certificate, in a sentence; None where no network is involved."""
         ...
-
-    def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
-        """The instrument record on its Var disk, where it can be read without a guest call; else None."""
-        ...

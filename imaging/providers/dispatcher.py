@@ -67,9 +67,6 @@ class Dispatcher:
     def staged(self, host: str, image_path: str, sha256: str) -> bool | None:
         return self.for_host(host).staged(host, image_path, sha256)
 
-    def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
-        return self.for_host(host).read_record(host, vm, var_path)
-
     def trust(self, host: str) -> str | None:
         return self.for_host(host).trust(host)
 

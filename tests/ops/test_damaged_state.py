@@ -24,8 +24,7 @@ def test_a_damaged_var_record_does_not_stop_the_fleet_plan_or_the_reimage(projec
     [row] = [r for r in plan.rows if r.instrument == "ZOOM"]
     assert "Var record is damaged" in row.note
     assert reimaging.reimage(ctx, "ZOOM", "2026C3.1").ok
-    assert ctx.providers.read_record(zoom.host, zoom.vm, layout.disk_path(ctx.inventory.host_of(zoom), zoom,
-                                                                          "var"))["release"] == "2026C3.1"
+    assert facts.instrument_record(ctx, zoom)["release"] == "2026C3.1"
     assert (var / "content" / "imaging" / "record.damaged.json").read_bytes().startswith(b'{"release"')
     ctx.close()
 

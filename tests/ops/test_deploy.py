@@ -202,7 +202,7 @@ def test_fleet_deploy_with_three_failures(project: Path) -> None:
         assert now == (OLD if inst.name in chosen else NEW), inst.name
     for name in chosen:
         assert user_data(fctx, name) == before[name]
-        assert fctx.providers.lab.read_record(*_var(fctx, name))["release"] == OLD
+        assert facts.instrument_record(fctx, fctx.inventory.instrument(name))["release"] == OLD
 
     report = json.loads(res.report_json.read_text())
     failed = {n: r for n, r in report["results"].items() if r["status"] == FAILED}

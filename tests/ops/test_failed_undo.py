@@ -73,11 +73,9 @@ def test_a_failed_reimage_puts_the_var_record_back_too(project: Path) -> None:
     ctx = _ctx(project)
     assert reimaging.reimage(ctx, "ZOOM", "2026C3.0").ok
     zoom = ctx.inventory.instrument("ZOOM")
-    host = ctx.inventory.host_of(zoom)
-    from imaging.model import layout
 
     def record() -> dict:
-        return ctx.providers.read_record(zoom.host, zoom.vm, layout.disk_path(host, zoom, "var"))
+        return facts.instrument_record(ctx, zoom)
 
     assert record()["release"] == "2026C3.0"
     ctx.close()

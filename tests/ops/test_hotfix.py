@@ -303,7 +303,7 @@ def test_hotfix_declared_for_the_new_release_is_present_after_the_reimage(projec
     for rel, data in NEW_FILES.items():
         assert tree[rel] == sha256_bytes(data)
     assert set(hotfixing.list_hotfixes(ctx)["ZOOM"]) == {"HF-001"}
-    record = ctx.providers.lab.read_record("HVHOST04", "NDXZOOM", r"E:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx")
+    record = facts.instrument_record(ctx, ctx.inventory.instrument("ZOOM"))
     assert record["hotfixes"] == ["HF-001"]
     # the re-application belongs to the reimage: a rollback returns past both, to the hotfixed 2026C3.0
     plan = rollbacks.plan_for_rollback(ctx, "ZOOM")

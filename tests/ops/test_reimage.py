@@ -59,7 +59,7 @@ def test_reimage_fresh_then_status_shows_release(project: Path) -> None:
     [row] = fleet_status(ctx, ["ZOOM"])
     assert row.running == row.desired == "2026C3.0"
     assert row.power == "Running" and row.pending == ""
-    record = ctx.providers.lab.read_record("HVHOST04", "NDXZOOM", r"E:\Imaging\instruments\NDXZOOM\NDXZOOM-var.vhdx")
+    record = facts.instrument_record(ctx, ctx.inventory.instrument("ZOOM"))
     assert record["release"] == "2026C3.0"
 
 
@@ -292,3 +292,31 @@ def test_a_failed_reimage_puts_the_settings_branch_back(project: Path, tmp_path:
     ok.inventory = ok.inventory.model_copy(update={"settings_repo": srepo})
     assert reimaging.reimage(ok, "ZOOM", "2026C3.0").ok  # and the migrations run again, for good
     assert git(srepo, "show", f"{vm}:.imaging/settings-version").strip() == "5"
+
+
+def test_drift_of_a_running_instrument_is_read_in_its_guest_never_by_mounting_its_disk(project: Path) -> None:
+    """Issue 16, defect 2: Hyper-V holds an attached disk open, so Mount-VHD of a running VM's Settings
+    disk fails. The lab refuses it the same way now, and the drift check reads the settings inside the
+    running guest (read only); when the VM is off it reads the disk."""
+    from imaging.settings.drift import DriftFound
+
+    seen: list[str] = []
+    ctx = ctx_for(project, fault=lambda step: seen.append(step.action))
+    assert reimaging.reimage(ctx, "ZOOM").ok
+    zoom = ctx.inventory.instrument("ZOOM")
+    lab = ctx.providers.lab
+    settings_disk = facts.observe(ctx, zoom).disks[2]
+    with pytest.raises(ImagingError, match="belongs to the running VM NDXZOOM"):
+        lab.run(Step("read_volume", zoom.host, {"path": settings_disk, "max_bytes": 1 << 20}, "mount it"))
+    settings_file = r"C:\Instrument\Settings\labview\dae.ini"
+    lab.guest_write(zoom.host, zoom.vm, settings_file,
+                    lab.guest_path(zoom.host, zoom.vm, settings_file).read_bytes() + b"; tuned\n")
+    seen.clear()
+    with pytest.raises(DriftFound, match="tuned"):
+        reimaging.plan_for_reimage(ctx, "ZOOM", "2026C3.1")
+    assert "read_guest_files" in seen and "read_volume" not in seen
+    lab.run(Step("stop_vm", zoom.host, {"vm": zoom.vm, "timeout_s": 5}, "stop"))
+    seen.clear()
+    with pytest.raises(DriftFound, match="tuned"):  # off: the disk is mounted read-only instead
+        reimaging.plan_for_reimage(ctx, "ZOOM", "2026C3.1")
+    assert "read_volume" in seen and "read_guest_files" not in seen

@@ -507,6 +507,8 @@ def test_frames_are_what_the_scripts_write() -> None:
     frame = frames.get_state("Running", [(0, "D:\\x.vhdx", None)])
     assert set(frame) == base | top and set(frame["disks"][0]) == disk_keys == {"slot", "path", "parent"}
     assert set(frames.no_vm()) == set(frame)
+    reads = set(re.findall(r"\$Result\['(\w+)'\]", (TEMPLATES / "read_guest_files.ps1.j2").read_text()))
+    assert set(frames.guest_files({})) == base | reads
 
 
 def test_the_real_get_state_answer_plans_the_rescue(endpoint, tmp_path) -> None:
@@ -567,3 +569,39 @@ def test_a_disk_file_another_process_holds_is_tried_again(endpoint) -> None:
         assert [action_of(c.script) for c in ep.commands].count("create_disk") == 2
     finally:
         provider.close()
+
+
+def test_a_running_instruments_own_record_and_settings_are_read_in_its_guest(endpoint) -> None:
+    """Defects 2 and 5 on the real transport: with the VM running, the record on Var and the deployed
+    settings are read over PowerShell Direct (read_guest_files), never by mounting a disk the VM holds."""
+    import json as jsonlib
+
+    from imaging.model.plan import Observed
+    from imaging.ops import facts
+    from imaging.ops.reimage import deployed_settings
+
+    ep, script = endpoint
+    inv = loopback_inventory(ep.port)
+    inst = inv.instrument("ALF")
+    host = inv.host_of(inst)
+    disks = [(r, layout.disk_path(host, inst, role, "2026C3.0-0a1b2c3d" if role in ("os", "apps", "settings")
+                                  else None), None)
+             for role, r in (("os", 0), ("apps", 1), ("settings", 2), ("var", 3), ("data", 4))]
+    observed = Observed.from_state(frames.get_state("Running", disks))
+    record = {"release": "2026C3.0", "operation": "0a1b2c3d4e5f", "hotfixes": []}
+    where = "C:\\Instrument\\Var\\imaging\\record.json"
+    script.fail_once("read_guest_files", Reply(output=framed(frames.guest_files(
+        {where: {"": jsonlib.dumps(record).encode()}}))))
+    script.fail_once("read_guest_files", Reply(output=framed(frames.guest_files(
+        {"C:\\Instrument\\Settings": {"labview/dae.ini": b"[DAE]\r\n", ".imaging/manifest.json": b'{"files": {}}'}}))))
+    provider = make_provider(inv)
+    ctx = type("Ctx", (), {"providers": provider, "inventory": inv})()
+    try:
+        assert facts.instrument_record(ctx, inst, observed) == record
+        settings = deployed_settings(ctx, inst, observed)
+    finally:
+        provider.close()
+    assert settings is not None and settings.files == {"labview/dae.ini": b"[DAE]\r\n"}
+    sent = [c.script for c in ep.commands]
+    assert [action_of(s) for s in sent] == ["read_guest_files", "read_guest_files"]
+    assert f"'{where}'" in sent[0] and "'C:\\Instrument\\Settings'" in sent[1]

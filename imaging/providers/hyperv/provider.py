@@ -40,7 +40,8 @@ MOUNT_ACTIONS = frozenset({"create_disk", "backup_volume", "rescue_user_files", 
 DEFAULT_TIMEOUTS: dict[str, float] = {
     "preflight": 120, "acquire_lock": 60, "release_lock": 60, "ensure_vm": 300, "get_state": 60,
     "check_state": 60, "survey_vm": 1800, "rename_vm": 120, "remove_vm": 120, "move_aside": 600,
-    "remove_disk_links": 600, "undo_copy": 3600, "remove_volume_links": 300, "copy_from_disk": 6 * 3600,
+    "remove_disk_links": 600, "undo_copy": 3600, "read_guest_files": 300, "remove_volume_links": 300,
+    "copy_from_disk": 6 * 3600,
     "stop_vm": 120, "start_vm": 300, "wait_guest": 60, "stage_artifact": 6 * 3600,
     "create_child_disk": 300, "create_disk": 900, "delete_disk": 300, "remove_partial": 300, "attach_disk": 120,
     "detach_disk": 120, "inject_first_boot": 600, "backup_volume": 4 * 3600, "rescue_user_files": 2 * 3600,
@@ -140,9 +141,6 @@ class HypervProvider:
     def trust(self, host: str) -> str | None:
         connection = getattr(self.pool, "connection", None)
         return connection(host).trust()[1] if callable(connection) else None
-
-    def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
-        return None  # the record is on a disk the running VM holds: read in the guest, not here
 
     def close(self) -> None:
         """Close the pool's sessions (they count against the host's per-user shell quota)."""

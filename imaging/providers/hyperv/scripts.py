@@ -40,7 +40,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "templates" / "powershell"
 # Actions whose script runs inside the guest over PowerShell Direct; they take the guest credential as
 # script parameters ($GuestUser, $GuestPassword), never as rendered text.
 GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record", "restore_record",
-                           "survey_vm", "remove_volume_links",
+                           "survey_vm", "remove_volume_links", "read_guest_files",
                            "run_guest_command",
                            "apply_hotfix", "revert_hotfix", "stop_services", "start_services"})
 
@@ -115,6 +115,11 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             check_relpath(rel, field=f"files[{rel!r}]", file=where)
     if "switch" in inputs:
         check_windows_name(inputs["switch"], field="switch", file=where)
+    if action == "read_guest_files":
+        for i, p in enumerate(inputs["paths"]):
+            check_windows_path(p, field=f"paths[{i}]", file=where)
+    for i, rel in enumerate(inputs.get("only", []) if action == "read_volume" else []):
+        check_relpath(rel, field=f"only[{i}]", file=where)
     if action in ("copy_from_disk", "undo_copy"):
         check_relpath(inputs["listing_rel"], field="listing_rel", file=where)
     if action == "copy_from_disk":

@@ -269,11 +269,16 @@ class DiskActions:
                                                                   "digest": manifest_digest(expected)})
         return {"changed": True, "files": len(wanted)}
 
-    def _do_read_volume(self, host: str, path: str, max_bytes: int) -> dict:
-        d, _ = self._disk(host, path, step="read_volume")
+    def _do_read_volume(self, host: str, path: str, max_bytes: int, only: list[str] | None = None) -> dict:
+        """Every file of a small volume, or only the files under the ``only`` relative paths; read only, and
+        only while no running VM holds the disk (Mount-VHD refuses it then: read in the guest instead)."""
+        d = self._offline_disk(host, path, "read_volume")
         files: dict[str, str] = {}
         total = 0
+        wanted = [w.lower() for w in (only or [])]
         for rel in tree_manifest(d / "content"):
+            if wanted and not any(rel.lower() == w or rel.lower().startswith(w + "/") for w in wanted):
+                continue
             data = (d / "content" / rel).read_bytes()
             total += len(data)
             if total > max_bytes:

@@ -184,18 +184,6 @@ class ExistingMachines:
                     p.parent.rmdir()
         return {"changed": changed}
 
-    def _offline_disk(self, host: str, path: str, step: str) -> Path:
-        """A disk read or changed on the host: only while no running VM uses it (as on Hyper-V)."""
-        d, meta = self._disk(host, path, step=step)
-        if meta.get("attached_to") and self._vm_power(host, meta["attached_to"]) != "Off":
-            raise ProviderError(f"{path} belongs to the running VM {meta['attached_to']}; it is used only while its "
-                                "VM is off", host=host, step=step)
-        return d
-
-    def _vm_power(self, host: str, vm: str) -> str:
-        f = self._vm_file(host, vm)
-        return read_json(f)["power"] if f.exists() else "Absent"
-
     def _do_survey_vm(self, host: str, vm: str, folders: dict[str, list[str]], user_roots: list[str],
                       user_folders: list[str]) -> dict:
         """What a VM is and holds, read only: generation, power, disks (size, parent), each named folder's

@@ -5,13 +5,14 @@ Mixed into ``LabProvider``."""
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import ProviderError
 from imaging.core.files import atomic_write, read_json, remove_dead_temporaries, write_json
-from imaging.core.hashing import manifest_digest, sha256_file
+from imaging.core.hashing import manifest_digest, sha256_file, tree_manifest
 from imaging.images.source_tree import find_name
 from imaging.model.record import problem as record_problem
 from imaging.providers.lab.fs import guest_rel
@@ -56,6 +57,31 @@ class GuestActions:
         raise ProviderError(f"no attached volume is labelled {label}", host=host, step=step)
 
     FIRST_BOOT = "C:\\ProgramData\\imaging\\first-boot.json"
+
+    def _do_read_guest_files(self, host: str, vm: str, paths: list[str], max_bytes: int) -> dict:
+        """Inside the running guest, read only: each path's file, or every file under its folder (through the
+        guest's links, as a program there sees them). A path that does not exist is left out."""
+        _, groot = self._running_guest(host, vm, "read_guest_files")
+        found: dict[str, dict[str, str]] = {}
+        total = 0
+        for winpath in paths:
+            p = groot.joinpath(*guest_rel(winpath))
+            if not p.exists():
+                continue
+            base = p.resolve()
+            inside = {} if base.is_file() else tree_manifest(base)
+            items = [("", base)] if base.is_file() else [(rel, base / rel) for rel, digest in inside.items()
+                                                         if not digest.startswith("link:")]
+            got: dict[str, str] = {}
+            for rel, f in items:
+                data = f.read_bytes()
+                total += len(data)
+                if total > max_bytes:
+                    raise ProviderError(f"{winpath} holds more than {max_bytes} bytes; only small folders are read "
+                                        "this way", host=host, step="read_guest_files")
+                got[rel] = base64.b64encode(data).decode("ascii")
+            found[winpath] = got
+        return {"changed": False, "found": found}
 
     def _do_inject_first_boot(self, host: str, path: str, volumes: list[dict[str, str]]) -> dict:
         """Write the volume configuration into a new OS disk that no VM uses yet; its first boot applies it."""

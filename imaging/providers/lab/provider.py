@@ -17,7 +17,6 @@ from typing import Any
 
 from imaging.core.errors import ProviderError, os_error
 from imaging.core.files import atomic_write, read_json, remove_dead_temporaries
-from imaging.model.record import problem as record_problem
 from imaging.model.steps import Step
 from imaging.providers.base import StepHook
 from imaging.providers.lab.disks import DiskActions
@@ -89,6 +88,19 @@ class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixAc
         remove_dead_temporaries(d)  # what a process killed while writing the disk's metadata left
         return d, read_json(meta)
 
+    def _offline_disk(self, host: str, path: str, step: str) -> Path:
+        """A disk mounted on the host (read or changed): only while no running VM uses it, as Hyper-V's
+        Mount-VHD refuses a disk a running VM holds."""
+        d, meta = self._disk(host, path, step=step)
+        if meta.get("attached_to") and self._vm_power(host, meta["attached_to"]) != "Off":
+            raise ProviderError(f"{path} belongs to the running VM {meta['attached_to']}; it is used only while its "
+                                "VM is off", host=host, step=step)
+        return d
+
+    def _vm_power(self, host: str, vm: str) -> str:
+        f = self._vm_file(host, vm)
+        return read_json(f)["power"] if f.exists() else "Absent"
+
     def guest_root(self, host: str, vm: str) -> Path:
         """The running guest's C: drive (the content of the OS disk in slot 0)."""
         rec = self._vm(host, vm, step="guest")
@@ -134,19 +146,6 @@ class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixAc
         return None
 
     # --- questions answered without a step (the provider interface) -----------------------------------
-    def read_record(self, host: str, vm: str, var_path: str) -> dict[str, Any] | None:
-        """The record on Var; a damaged one reads as ``{"damaged": <path>}`` (it affects only this instrument,
-        and the next write_record keeps it aside and writes a good one)."""
-        f = self.path(host, var_path) / "content" / "imaging" / "record.json"
-        if not f.exists():
-            return None
-        try:
-            doc = read_json(f)
-        except (ValueError, UnicodeDecodeError):
-            return {"damaged": f"{f}: it is not JSON"}
-        why = record_problem(doc)
-        return {"damaged": f"{f}: {why}"} if why else doc
-
     def share_folder(self, host: str, share_path: str) -> Path | None:
         return self.path(host, share_path).parent
 

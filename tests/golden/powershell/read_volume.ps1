@@ -132,17 +132,22 @@ function Get-ImagingVolumeFiles {
 $ImagingAction = 'read_volume'
 $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
-    # Reads every file of a small volume (the Settings volume before it is replaced) so that drift can be
-    # compared with what was deployed. Mounted read-only; changes nothing. Refuses a volume larger than
-    # max_bytes: only settings are read this way. The provider holds the host's mount lock while this runs.
+    # Reads every file of a small volume (the Settings volume of a VM that is off), or only some of its
+    # files (the record and the ledger on Var), mounted read-only; changes nothing. Hyper-V will not mount a
+    # disk a running VM holds: read_guest_files reads those. Refuses more than max_bytes. The provider holds
+    # the host's mount lock while this runs.
     $Path = 'D:\Imaging\instruments\NDXZOOM\NDXZOOM-settings-2026C3.0-1a2b3c4d.vhdx'
     $MaxBytes = [long]16777216
+    # 'only': the relative paths (files or folders) to read, when not the whole volume
+    $Only = @(@('imaging/record.json', 'imaging/hotfixes.json') | ForEach-Object { ([string]$_).Replace('/', '').ToLowerInvariant() })
     $files = [ordered]@{}
     $total = [long]0
     $mounted = Mount-ImagingVolume -Path $Path -ReadOnly
     try {
         $present = Get-ImagingVolumeFiles -Root $mounted.Folder
         foreach ($file in $present.Files) {
+            $low = $file.Rel.ToLowerInvariant()
+            if ($Only.Count -gt 0 -and @($Only | Where-Object { $low -eq $_ -or $low.StartsWith($_ + '') }).Count -eq 0) { continue }
             $bytes = [System.IO.File]::ReadAllBytes($file.Full)
             $total += $bytes.Length
             if ($total -gt $MaxBytes) { throw "$Path holds more than $MaxBytes bytes; it is not a settings volume" }
