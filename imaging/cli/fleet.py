@@ -26,6 +26,7 @@ from imaging.cli.ui import (
 )
 from imaging.core.errors import ImagingError
 from imaging.ops import deploy as deploys
+from imaging.ops import doctor as doctoring
 from imaging.ops import facts
 from imaging.ops import hotfix as hotfixing
 from imaging.ops import publish as publishing
@@ -219,3 +220,33 @@ def hotfixes(c, json=False):  # noqa: ANN001
         for hid, man in sorted(entries.items()):
             table.add_row(inst, hid, ", ".join(man["applies_to"]), man["description"])
     console.print(table)
+
+
+@task(help={"hosts": "comma-separated host names (default: every host of the inventory)",
+            "json": "print machine-readable JSON instead of a table"})
+@reports_errors
+def doctor(c, hosts="", json=False):  # noqa: ANN001
+    """Check each host before anything runs there, changing nothing: the endpoint and its certificate, the
+    credentials, the Hyper-V module, the storage root and its free space, the image share seen from the host,
+    WinRM quotas, the instrument VMs, and PowerShell Direct on one running instrument. Exits non-zero on any
+    failure, with the fix for each."""
+    with context() as ctx:
+        checks = doctoring.doctor(ctx, names(hosts) or None)
+    if json:
+        print(jsonlib.dumps([ch.to_dict() for ch in checks], indent=2))
+    else:
+        table = Table(title="Host checks")
+        for col in ("host", "check", "result", "what was seen"):
+            table.add_column(col)
+        for ch in checks:
+            table.add_row(ch.host, ch.name, "[green]ok[/]" if ch.ok else "[bold red]FAILED[/]", ch.detail)
+        console.print(table)
+        for ch in checks:
+            if not ch.ok:
+                console.print(f"{ch.host} {ch.name}: fix: {ch.fix}", soft_wrap=True)
+    failed = [ch for ch in checks if not ch.ok]
+    if failed:
+        raise ImagingError(f"{len(failed)} check(s) failed on {', '.join(sorted({ch.host for ch in failed}))}; "
+                           "each fix is printed above")
+    if not json:
+        console.print(f"[green]every check passed[/] on {len({ch.host for ch in checks})} host(s)")

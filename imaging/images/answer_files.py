@@ -1,6 +1,7 @@
-"""The two texts a hyperv OS template build injects into the new Windows disk: the unattend answer file
-(XML, every value escaped by Jinja's autoescape) and the provisioning script (PowerShell, every value through
-``ps_literal`` and the step templates' unquoted-output check)."""
+"""The answer files imaging writes (XML, every value escaped by Jinja's autoescape): the one a hyperv OS
+template build injects with its provisioning script (PowerShell, every value through ``ps_literal`` and the
+step templates' unquoted-output check), and each instrument's, written into a new OS disk before its first
+boot so that the generalized template becomes that instrument."""
 
 from __future__ import annotations
 
@@ -55,3 +56,16 @@ def render_provision(settings: TemplateSettings, *, templates: Path) -> str:
     check_template_version(settings.version, field="version")
     env = make_environment(Path(templates) / "provision")
     return env.get_template("provision.ps1.j2").render(version=settings.version, features=list(settings.features))
+
+
+# Filled on the host from the credential source when the answer file is written (never in a plan or log).
+SECRET_MARKERS = ("@@GUEST_USER@@", "@@GUEST_PASSWORD@@", "@@JOIN_USER@@", "@@JOIN_PASSWORD@@")
+
+
+def render_instrument_answer(computer_name: str, identity: object, *, templates: Path) -> str:
+    """The answer file of one instrument's new OS disk: its computer name (the VM's), time zone, locale, the
+    local administrator (the guest credential, by marker) and an optional domain join (by marker)."""
+    values = {k: getattr(identity, k) for k in ("time_zone", "locale", "input_locale", "ui_language", "domain",
+                                                "domain_ou")}
+    return _xml_env(Path(templates)).get_template("instrument.xml.j2").render(computer_name=computer_name,
+                                                                             **values)

@@ -176,6 +176,37 @@ class AdoptSpec(_Model):
         return tuple(check_windows_name(p, field="adopt.user_folders") for p in v)
 
 
+class IdentitySpec(_Model):
+    """Who a new guest is at its first boot (the per-instrument answer file): its computer name is the VM's
+    name; time zone, locale and an optional domain come from here. The local administrator is the guest
+    credential (from the environment, never here), so PowerShell Direct works with it from the first boot."""
+
+    time_zone: str = "GMT Standard Time"
+    locale: str = "en-GB"
+    input_locale: str = "en-GB"
+    ui_language: str = "en-US"
+    domain: str | None = None  # joined at first boot with IMAGING_DOMAIN_JOIN_USER / _PASSWORD
+    domain_ou: str | None = None
+
+    @field_validator("time_zone", "locale", "input_locale", "ui_language", "domain_ou")
+    @classmethod
+    def _text(cls, v: str | None, info: Any) -> str | None:
+        import re
+
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9 ._,=()+:-]{1,200}", v):
+            raise ValueError(f"{info.field_name} holds characters an answer file does not need")
+        return v
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None and not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}", v):
+            raise ValueError("not a DNS domain name like controls.example.org")
+        return v
+
+
 class Instrument(_Model):
     """One instrument PC: a VM on a host, its disks, its desired release and its settings variables."""
 
@@ -191,12 +222,24 @@ class Instrument(_Model):
     variables: dict[str, Any] = Field(default_factory=dict)
     rescue_exclude: tuple[str, ...] = ()
     adopt: AdoptSpec = Field(default_factory=AdoptSpec)
+    identity: IdentitySpec = Field(default_factory=IdentitySpec)
     source: str = ""  # the file it was read from (filled by the loader)
 
     @field_validator("name", "vm", "host", "group")
     @classmethod
     def _names(cls, v: str, info: Any) -> str:
         return check_name(v, field=info.field_name)
+
+    @field_validator("vm")
+    @classmethod
+    def _computer_name(cls, v: str) -> str:
+        import re
+
+        # the VM's name is the guest's computer name (its answer file): a NetBIOS name
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,15}", v) or v.isdigit():
+            raise ValueError("the VM name is also the guest's computer name: at most 15 letters, digits or "
+                             "hyphens, not only digits")
+        return v
 
     @field_validator("variables")
     @classmethod

@@ -18,6 +18,9 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "release_lock": ("vm", "lock_path", "op_id"),
     "ensure_vm": ("vm", "generation", "memory_mb", "cpus", "switch"),
     "get_state": ("vm",),
+    # Read only: a host's readiness (`invoke doctor`): Hyper-V module, storage root and free space, the image
+    # share seen from the host (the second hop), WinRM quotas against max_concurrent, and which VMs exist.
+    "doctor_host": ("storage_root", "share", "need_bytes", "max_concurrent", "vms"),
     # Read only: what a (possibly hand-made) VM is and holds, by folder kind (data, var, settings, software,
     # system), with user files in profile folders and everything else it found.
     "survey_vm": ("vm", "folders", "user_roots", "user_folders"),
@@ -52,7 +55,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "write_settings": ("path", "files", "manifest_name"),
     # Offline, on the host, into a new OS disk no VM uses yet: the volume configuration its first boot applies
     # (mounts by label and links), so the guest step after the boot only checks it.
-    "inject_first_boot": ("path", "volumes"),
+    "inject_first_boot": ("path", "volumes", "answer"),
     "configure_guest": ("vm", "volumes"),
     # Its undo in a guest that is not imaging's (a legacy side): the links to the volumes and their mounts go.
     "remove_volume_links": ("vm", "volumes"),
@@ -85,8 +88,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
 }
 
 # Actions that only look and never change anything (their "changed" is always false).
-CHECK_ACTIONS = frozenset({"preflight", "get_state", "survey_vm", "check_state", "wait_guest", "health_check",
-                           "read_volume", "read_guest_files"})
+CHECK_ACTIONS = frozenset({"preflight", "get_state", "doctor_host", "survey_vm", "check_state", "wait_guest",
+                           "health_check", "read_volume", "read_guest_files"})
 
 
 @dataclass(frozen=True)

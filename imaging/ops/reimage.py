@@ -15,6 +15,7 @@ from imaging.core.errors import ImagingError, InputError
 from imaging.core.hashing import manifest_digest, sha256_bytes
 from imaging.core.stamps import new_op_id, stamp, who
 from imaging.engine.executor import Listener, Outcome, StepEvent
+from imaging.images.answer_files import render_instrument_answer
 from imaging.model.inventory import Instrument
 from imaging.model.plan import SETTINGS_MANIFEST, Observed, Plan
 from imaging.model.steps import Step
@@ -135,6 +136,7 @@ def plan_phase(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow
         post_boot=tuple(post_boot), expect_apps=_apps_expectation(ctx, apps_img.name, verify_content),
         phase=phase, generation=generation, prepared_by=prepared_by,
         before=adopting[0] if adopting else (), adopted=adopting[1] if adopting else None,
+        answer=render_instrument_answer(inst.vm, inst.identity, templates=ctx.paths.templates),
         based_on=(op.id if (op := setter_op(ctx, inst)) else None)))
     for art in (os_img, apps_img):
         if art.sha256 == UNBUILT:

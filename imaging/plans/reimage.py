@@ -63,6 +63,9 @@ class ReimageInputs:
     # copy the hand-made VM it replaces), and what the rollback point records about them.
     before: tuple[Step, ...] = ()
     adopted: dict[str, Any] | None = None
+    # The new OS disk's answer file (images.answer_files.render_instrument_answer): who the guest is at its
+    # first boot; its secrets are markers the provider fills from the credential source.
+    answer: str = ""
 
 
 PHASES = ("whole", "prepare", "switch")
@@ -164,8 +167,10 @@ def plan_reimage(x: ReimageInputs) -> Plan:
         + (f" (commit {x.settings_commit[:10]})" if x.settings_commit else ""),
         part="prepare", path=new["settings"], files=x.settings_files, manifest_name=SETTINGS_MANIFEST)
     volumes = [{"label": s.label, "mount": layout.mount_point(s.label), "link": s.link} for s in disks.values()]
-    add("inject_first_boot", "write the volume configuration into the new OS disk, for its first boot to apply "
-        "(offline, on the host)", part="prepare", path=new["os"], volumes=volumes)
+    add("inject_first_boot", f"write the answer file (computer name {vm}, time zone, locale, local administrator"
+        + (f", join {inst.identity.domain}" if inst.identity.domain else "") + ") and the volume configuration "
+        "into the new OS disk, for its first boot to apply (offline, on the host)", part="prepare",
+        path=new["os"], volumes=volumes, answer=x.answer)
     for role in ("os", "apps", "settings"):
         add("attach_disk", f"attach the new {role} disk at SCSI 0:{SLOTS[role]}",
             undo=Step("detach_disk", h, {"vm": vm, "slot": SLOTS[role], "path": new[role]},
@@ -179,7 +184,8 @@ def plan_reimage(x: ReimageInputs) -> Plan:
                 vm=vm, slot=SLOTS[role], path=path)
     add("start_vm", f"start {vm}", undo=Step("stop_vm", h, {"vm": vm, "timeout_s": STOP_TIMEOUT_S}, f"stop {vm}"),
         vm=vm)
-    add("wait_guest", f"wait for the guest to answer (up to {GUEST_TIMEOUT_S} s)", vm=vm, timeout_s=GUEST_TIMEOUT_S)
+    add("wait_guest", f"wait for Windows setup to finish and the guest {vm} to answer (up to {GUEST_TIMEOUT_S} s)",
+        vm=vm, timeout_s=GUEST_TIMEOUT_S, computer_name=vm)
     add("configure_guest", "check each volume is mounted by label under C:\\volumes\\<Label> and linked to "
         + ", ".join(f"{v['link']}" for v in volumes) + " (the first boot did it; anything missing is done now)",
         vm=vm, volumes=volumes)

@@ -43,7 +43,9 @@ class Dispatcher:
     def _provider(self, kind: str) -> Provider:
         if kind not in self._providers:
             if kind == "lab":
-                self._providers[kind] = LabProvider(self._lab_dir, fault=self._fault)
+                lab = LabProvider(self._lab_dir, fault=self._fault)
+                lab.install_hosts([h for h in self.inventory.hosts.values() if h.provider == "lab"])
+                self._providers[kind] = lab
             else:
                 from imaging.providers.hyperv.provider import HypervProvider
 

@@ -520,7 +520,7 @@ def test_hyperv_scripts_refuse_unsafe_hotfix_inputs_before_rendering() -> None:
 
 def _services(ctx: Context, name: str = "ZOOM") -> dict:
     inst = ctx.inventory.instrument(name)
-    f = ctx.providers.lab.guest_path(inst.host, inst.vm, r"C:\ProgramData\lab-guest\services.json")
+    f = ctx.providers.lab.guest_path(inst.host, inst.vm, r"C:\Windows\System32\config\lab-guest\services.json")
     return json.loads(f.read_text()) if f.exists() else {"stopped": [], "events": []}
 
 

@@ -320,3 +320,30 @@ def test_drift_of_a_running_instrument_is_read_in_its_guest_never_by_mounting_it
     with pytest.raises(DriftFound, match="tuned"):  # off: the disk is mounted read-only instead
         reimaging.plan_for_reimage(ctx, "ZOOM", "2026C3.1")
     assert "read_volume" in seen and "read_guest_files" not in seen
+
+
+def test_a_new_guest_gets_its_identity_from_its_answer_file_before_the_guest_steps(project: Path) -> None:
+    """Issue 16, defect 3: the generalized template becomes the instrument at its first boot: computer name
+    (the VM's), time zone and locale from the inventory; no secret is in the plan or the journal; setup's
+    answer file is gone afterwards; a guest whose setup stopped never answers, and the reimage is undone."""
+    ctx = ctx_for(project)
+    out = reimaging.reimage(ctx, "ZOOM")
+    assert out.ok, out
+    zoom = ctx.inventory.instrument("ZOOM")
+    lab = ctx.providers.lab
+    stopped, identity = lab.setup_state(zoom.host, zoom.vm)
+    assert stopped is None and identity == {"computer_name": "NDXZOOM", "time_zone": "GMT Standard Time",
+                                            "locale": "en-GB", "domain": None, "administrator": "LabAdmin"}
+    assert not lab.guest_path(zoom.host, zoom.vm, r"C:\Windows\Panther\unattend.xml").exists()
+    [inject] = [d for d in ctx.journal.operation(out.op_id).plan if d["action"] == "inject_first_boot"]
+    assert "<Value>@@GUEST_PASSWORD@@</Value>" in inject["inputs"]["answer"]
+
+    def broken(step: Step) -> None:  # an answer file setup cannot read
+        if step.action == "inject_first_boot":
+            step.inputs["answer"] = step.inputs["answer"].replace("</unattend>", "")
+
+    before = tree_manifest(var_dir(ctx))
+    out = reimaging.reimage(ctx_for(project, fault=broken), "ZOOM", "2026C3.1")
+    assert not out.ok and out.failed_step == "wait_guest" and out.restored, out
+    assert "Windows setup stopped" in out.error and "answer file" in out.error
+    assert facts.running_release(ctx, zoom) == "2026C3.0" and tree_manifest(var_dir(ctx)) == before

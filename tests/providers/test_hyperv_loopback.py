@@ -605,3 +605,31 @@ def test_a_running_instruments_own_record_and_settings_are_read_in_its_guest(end
     sent = [c.script for c in ep.commands]
     assert [action_of(s) for s in sent] == ["read_guest_files", "read_guest_files"]
     assert f"'{where}'" in sent[0] and "'C:\\Instrument\\Settings'" in sent[1]
+
+
+def test_the_answer_file_gets_its_accounts_as_parameters_never_as_text(endpoint, monkeypatch) -> None:
+    """Defect 3 on the real transport: the new OS disk's answer file is written by inject_first_boot with
+    the guest credential (and, for a domain, the join credential) passed as pipeline parameters; the script
+    text and the step inputs hold only the markers."""
+    from imaging.images.answer_files import render_instrument_answer
+    from imaging.model.inventory import IdentitySpec
+
+    ep, _ = endpoint
+    inv = loopback_inventory(ep.port)
+    monkeypatch.setenv("IMAGING_DOMAIN_JOIN_USER", "CONTROLS\\join-svc")
+    monkeypatch.setenv("IMAGING_DOMAIN_JOIN_PASSWORD", "join-pw-loopback")
+    answer = render_instrument_answer("NDXALF", IdentitySpec(domain="controls.example.org"),
+                                      templates=TEMPLATES.parent)
+    assert "@@GUEST_PASSWORD@@" in answer and "<ComputerName>NDXALF</ComputerName>" in answer
+    step = Step("inject_first_boot", "HVHOST01", {"path": "D:\\Imaging\\instruments\\NDXALF\\NDXALF-os-g1.vhdx",
+                                                  "volumes": [], "answer": answer}, "answer file")
+    provider = make_provider(inv)
+    try:
+        provider.run(step)
+    finally:
+        provider.close()
+    [sent] = ep.commands
+    assert sent.parameters == {"GuestUser": "Administrator", "GuestPassword": "loopback-guest-pw",
+                               "JoinUser": "CONTROLS\\join-svc", "JoinPassword": "join-pw-loopback"}
+    assert "loopback-guest-pw" not in sent.script and "join-pw-loopback" not in sent.script
+    assert "SecurityElement]::Escape" in sent.script and "Panther" in sent.script

@@ -175,3 +175,28 @@ def test_survey_adopt_and_the_two_sides_on_hyperv_hosts(project: Path, tmp_path:
         [back] = [s for a, s in sent if a == "rename_vm"]
         assert "$Vm = 'NDXGEM-legacy'" in back and "$NewName = 'NDXGEM'" in back
         assert sides.side_of(ctx, ctx.inventory.instrument("GEM")) is None
+
+
+def test_doctor_on_hyperv_hosts_reports_what_the_host_script_found(project: Path, tmp_path: Path) -> None:
+    """invoke doctor through the real transport: the host script's checks (shaped as doctor_host.ps1 writes
+    them) become the table's rows with their fixes; a host that cannot be reached is one failed check."""
+    import hyperv_frames as frames
+
+    from imaging.ops import doctor as doctoring
+
+    checks = [{"name": "endpoint", "ok": True, "detail": "PowerShell 5.1 on HVHOST01 answered as CONTROLS\\svc"},
+              {"name": "image share", "ok": False, "detail": "\\\\imagestore\\images is not reachable from HVHOST01",
+               "fix": "auth: credssp for the host, or resource-based Kerberos constrained delegation"}]
+    with hyperv_lab(project, tmp_path, ("2026C3.0",)) as (ctx, ep, _):
+        ep.respond.fail_once("doctor_host", Reply(output=framed({"ok": True, "changed": False, "action": "doctor_host",
+                                                                 "checks": checks, "vms": {"NDXALF": "Absent"}})))
+        ep.respond.fail_once("doctor_host", Reply(output=framed(frames.failure(
+            "doctor_host", "Access is denied.", error_id="AccessDenied", category="PermissionDenied"))))
+        out = doctoring.doctor(ctx, ["HVHOST01", "HVHOST02"])
+        sent = [c.script for c in ep.commands if action_of(c.script) == "doctor_host"]
+        assert len(sent) == 2 and "$StorageRoot = 'D:\\Imaging'" in sent[0]
+    by = {(c.host, c.name): c for c in out}
+    assert by[("HVHOST01", "image share")].ok is False and "credssp" in by[("HVHOST01", "image share")].fix
+    assert by[("HVHOST01", "endpoint")].ok and "TLS trust" in by[("HVHOST01", "endpoint")].detail
+    assert by[("HVHOST02", "connection")].ok is False and "Access is denied" in by[("HVHOST02", "connection")].detail
+    assert "credentials" in by[("HVHOST02", "connection")].fix

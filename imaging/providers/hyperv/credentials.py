@@ -163,3 +163,29 @@ class GuestCredential:
                 "PCs), or run at a terminal to be asked",
             interactive=interactive, ask_user=ask_user, prompt=prompt)
         return cls(user, password)
+
+
+@dataclass(frozen=True)
+class DomainJoinCredential:
+    """The account that joins a new guest to the domain at its first boot (``identity.domain``); passed to
+    the answer-file step as script parameters, never rendered, never in the inventory."""
+
+    user: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        check_secret(self.password, field="IMAGING_DOMAIN_JOIN_PASSWORD")
+
+    @classmethod
+    def resolve(cls, environ: Mapping[str, str] | None = None, *, interactive: bool | None = None,
+                ask_user: Callable[[str], str] | None = None,
+                prompt: Callable[[str], str] | None = None) -> DomainJoinCredential:
+        """From IMAGING_DOMAIN_JOIN_USER / IMAGING_DOMAIN_JOIN_PASSWORD, else asked for at a terminal."""
+        user, password = ask_for(
+            os.environ if environ is None else environ, users=("IMAGING_DOMAIN_JOIN_USER",),
+            passwords=("IMAGING_DOMAIN_JOIN_PASSWORD",), what="domain join credential",
+            user_prompt="Domain join user (DOMAIN\\user): ", password_prompt=lambda u: f"Password for {u}: ",
+            fix="export IMAGING_DOMAIN_JOIN_USER and IMAGING_DOMAIN_JOIN_PASSWORD (an account allowed to join "
+                "computers to the instruments' OU), or run at a terminal to be asked",
+            interactive=interactive, ask_user=ask_user, prompt=prompt)
+        return cls(user, password)

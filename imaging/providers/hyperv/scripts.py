@@ -41,6 +41,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "templates" / "powershell"
 # script parameters ($GuestUser, $GuestPassword), never as rendered text.
 GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "write_record", "restore_record",
                            "survey_vm", "remove_volume_links", "read_guest_files",
+                           "inject_first_boot",  # fills the guest's account into its answer file
                            "run_guest_command",
                            "apply_hotfix", "revert_hotfix", "stop_services", "start_services"})
 
@@ -85,7 +86,8 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
     if "slot" in inputs and (type(inputs["slot"]) is not int or not 0 <= inputs["slot"] <= 63):
         raise InputError("not a SCSI slot", file=where, field="slot", value=inputs["slot"],
                          fix="use an integer 0-63 (os=0, apps=1, settings=2, var=3, data=4, shared=5)")
-    for key in ("timeout_s", "keep", "size_gb", "need_bytes", "memory_mb", "cpus", "generation", "image_index"):
+    for key in ("timeout_s", "keep", "size_gb", "need_bytes", "memory_mb", "cpus", "generation", "image_index",
+                "max_concurrent"):
         if key in inputs and (type(inputs[key]) is not int or inputs[key] < 1):
             raise InputError("must be a positive integer", file=where, field=key, value=inputs[key],
                              fix="give a whole number greater than zero")
@@ -115,6 +117,11 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             check_relpath(rel, field=f"files[{rel!r}]", file=where)
     if "switch" in inputs:
         check_windows_name(inputs["switch"], field="switch", file=where)
+    if action == "doctor_host":
+        check_windows_path(inputs["storage_root"], field="storage_root", file=where)
+        check_windows_path(inputs["share"], field="share", file=where)
+        for i, vm in enumerate(inputs["vms"]):
+            check_name(vm, field=f"vms[{i}]", file=where)
     if action == "read_guest_files":
         for i, p in enumerate(inputs["paths"]):
             check_windows_path(p, field=f"paths[{i}]", file=where)
@@ -149,6 +156,12 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
     if action == "move_aside":
         check_windows_path(inputs["folder"], field="folder", file=where)
         check_windows_name(inputs["new_name"], field="new_name", file=where)
+    if action == "inject_first_boot" and (not isinstance(inputs["answer"], str)
+                                          or not inputs["answer"].lstrip().startswith("<?xml")):
+            raise InputError("the answer file must be XML text", file=where, field="answer",
+                             fix="render it with images.answer_files.render_instrument_answer")
+    if "computer_name" in inputs:
+        check_name(inputs["computer_name"], field="computer_name", file=where)
     if action in ("configure_guest", "inject_first_boot", "remove_volume_links"):
         for i, vol in enumerate(inputs["volumes"]):
             check_label(vol.get("label"), field=f"volumes[{i}].label", file=where)

@@ -9,6 +9,7 @@ import base64
 import os
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from imaging.core.errors import ProviderError
 from imaging.core.files import atomic_write, read_json, remove_dead_temporaries, write_json
@@ -83,23 +84,57 @@ class GuestActions:
             found[winpath] = got
         return {"changed": False, "found": found}
 
-    def _do_inject_first_boot(self, host: str, path: str, volumes: list[dict[str, str]]) -> dict:
-        """Write the volume configuration into a new OS disk that no VM uses yet; its first boot applies it."""
+    ANSWER = "C:\\Windows\\Panther\\unattend.xml"
+    # The lab's stand-ins for what Windows keeps in its registry (under the hives' folder, never rescued):
+    IDENTITY = "C:\\Windows\\System32\\config\\lab-guest\\identity.json"  # what setup made of the answer
+    SETUP_ERROR = "C:\\Windows\\System32\\config\\lab-guest\\setup.error"  # setup stopped: no answer
+
+    def _do_inject_first_boot(self, host: str, path: str, volumes: list[dict[str, str]], answer: str) -> dict:
+        """Write the answer file and the volume configuration into a new OS disk that no VM uses yet; its first
+        boot applies both. The lab holds no secret: the account markers are filled with a lab account and no
+        password, where a real host fills them from the credential source."""
         d, meta = self._disk(host, path, step="inject_first_boot")
         if meta.get("attached_to"):
             raise ProviderError(f"refusing to write into {path} offline: it is attached to {meta['attached_to']}",
                                 host=host, step="inject_first_boot")
-        f = (d / "content").joinpath(*guest_rel(self.FIRST_BOOT))
+        root = d / "content"
+        if not (root / "Windows").is_dir():
+            raise ProviderError(f"{path} holds no Windows folder: not an OS disk", host=host, step="inject_first_boot")
+        changed = False
+        filled = answer.replace("@@GUEST_USER@@", LAB_GUEST_USER)
+        for marker in ("@@GUEST_PASSWORD@@", "@@JOIN_USER@@", "@@JOIN_PASSWORD@@"):
+            filled = filled.replace(marker, "")
+        f = root.joinpath(*guest_rel(self.ANSWER))
+        if answer and not (f.exists() and f.read_text(encoding="utf-8") == filled):
+            atomic_write(f, filled.encode("utf-8"))
+            changed = True
+        f = root.joinpath(*guest_rel(self.FIRST_BOOT))
         body = {"volumes": volumes}
-        if f.exists() and read_json(f) == body:
-            return {"changed": False}
-        write_json(f, body)
-        return {"changed": True}
+        if not (f.exists() and read_json(f) == body):
+            write_json(f, body)
+            changed = True
+        return {"changed": changed}
+
+    def _specialize(self, groot: Path) -> None:
+        """Windows setup's specialize and oobeSystem passes: the answer file becomes the guest's identity,
+        and SetupComplete deletes the file. A file setup cannot read stops it: the guest never answers."""
+        f = groot.joinpath(*guest_rel(self.ANSWER))
+        if not f.exists():
+            return
+        try:
+            identity = answer_identity(f.read_text(encoding="utf-8"))
+        except (ValueError, ElementTree.ParseError) as exc:
+            atomic_write(groot.joinpath(*guest_rel(self.SETUP_ERROR)), f"the answer file: {exc}".encode())
+            return
+        write_json(groot.joinpath(*guest_rel(self.IDENTITY)), identity)
+        f.unlink()
 
     def first_boot(self, host: str, vm: str) -> None:
-        """What Windows does at the first boot of a new OS disk (SetupComplete): apply the injected volume
-        configuration once. A failure is left for the guest step to find and report, as on Windows."""
+        """What Windows does at the first boot of a new OS disk: setup applies the answer file, then
+        SetupComplete applies the injected volume configuration once. A failure is left for the guest step
+        to find and report, as on Windows."""
         groot = self.guest_root(host, vm)
+        self._specialize(groot)
         f = groot.joinpath(*guest_rel(self.FIRST_BOOT))
         done = f.with_name("first-boot.done")
         if not f.exists() or done.exists():
@@ -110,6 +145,13 @@ class GuestActions:
             atomic_write(f.with_name("first-boot.error"), str(exc).encode())
             return
         atomic_write(done, b"applied\n")
+
+    def setup_state(self, host: str, vm: str) -> tuple[str | None, dict[str, Any] | None]:
+        """Why Windows setup stopped (None: it did not), and the identity it gave the guest (None: no answer
+        file was ever applied, as on a machine imaging did not make)."""
+        groot = self.guest_root(host, vm)
+        err, ident = groot.joinpath(*guest_rel(self.SETUP_ERROR)), groot.joinpath(*guest_rel(self.IDENTITY))
+        return (err.read_text() if err.exists() else None), (read_json(ident) if ident.exists() else None)
 
     def _do_remove_volume_links(self, host: str, vm: str, volumes: list[dict[str, str]]) -> dict:
         """The undo of configure_guest where the guest is not imaging's (a legacy side): each link that leads to
@@ -251,3 +293,22 @@ class GuestActions:
 def _link_target(mount: Path, vol: dict[str, str]) -> Path:
     """Where a volume's link leads: its mount folder, or a folder inside it (``sub``, a relative Windows path)."""
     return mount.joinpath(*vol["sub"].split("\\")) if vol.get("sub") else mount
+
+
+LAB_GUEST_USER = "LabAdmin"
+_NS = "{urn:schemas-microsoft-com:unattend}"
+
+
+def answer_identity(text: str) -> dict[str, Any]:
+    """What Windows setup takes from an instrument's answer file: computer name, time zone, locale, domain."""
+    root = ElementTree.fromstring(text)
+
+    def first(tag: str) -> str | None:
+        node = root.find(f".//{_NS}{tag}")
+        return node.text if node is not None else None
+
+    name = first("ComputerName")
+    if not name:
+        raise ValueError("it names no computer")
+    return {"computer_name": name, "time_zone": first("TimeZone"), "locale": first("SystemLocale"),
+            "domain": first("JoinDomain"), "administrator": first("Name")}

@@ -160,11 +160,20 @@ class HostActions:
         self.first_boot(host, vm)
         return {"changed": True}
 
-    def _do_wait_guest(self, host: str, vm: str, timeout_s: int) -> dict:
+    def _do_wait_guest(self, host: str, vm: str, timeout_s: int, computer_name: str | None = None) -> dict:
+        """The guest answers once Windows setup has finished; one whose setup stopped (an answer file it could
+        not use) never answers, and one that took another name than its answer file gave is refused."""
         rec = self._vm(host, vm, step="wait_guest")
         if rec["power"] != "Running":
             raise ProviderError(f"guest {vm} does not answer: the VM is {rec['power']}", host=host, step="wait_guest")
-        return {"changed": False}
+        stopped, identity = self.setup_state(host, vm)
+        if stopped:
+            raise ProviderError(f"guest {vm} did not answer within {timeout_s} s: Windows setup stopped ({stopped})",
+                                host=host, step="wait_guest")
+        name = identity.get("computer_name") if identity else None
+        if computer_name and name and name.upper() != computer_name.upper():
+            raise ProviderError(f"guest {vm} answers as {name}, not {computer_name}", host=host, step="wait_guest")
+        return {"changed": False, **({"guest_name": name} if name else {})}
 
     def _unpacked(self, image: Path, sha256: str) -> Path:
         """The files of the volume inside a staged image, read once per sha256 for the whole lab and kept:

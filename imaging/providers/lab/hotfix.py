@@ -3,7 +3,7 @@ services, and the ledger on Var.
 
 The lab guest runs the services a real instrument PC runs from its Apps volume (``LAB_SERVICES``): while
 one runs, its program files are loaded and cannot be replaced, as Windows refuses to replace a running EXE
-or a loaded DLL. Their state is the guest's own (``SERVICES_FILE`` on its C:), like the service manager's.
+or a loaded DLL. Their state is the guest's own (``SERVICES_FILE``, beside the registry hives it stands in for).
 
 Mixed into ``LabProvider``."""
 
@@ -25,7 +25,7 @@ LAB_SERVICES: dict[str, tuple[str, ...]] = {
     "MySQL": ("MySQL/bin",),
 }
 LOADED_SUFFIXES = (".exe", ".dll", ".bin")  # what a process maps into memory (a .cfg is only read)
-SERVICES_FILE = "C:\\ProgramData\\lab-guest\\services.json"
+SERVICES_FILE = "C:\\Windows\\System32\\config\\lab-guest\\services.json"  # the service manager's state
 
 
 class HotfixActions:

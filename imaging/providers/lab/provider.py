@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from imaging.core.errors import ProviderError, os_error
-from imaging.core.files import atomic_write, read_json, remove_dead_temporaries
+from imaging.core.files import atomic_write, read_json, remove_dead_temporaries, write_json
 from imaging.model.steps import Step
 from imaging.providers.base import StepHook
 from imaging.providers.lab.disks import DiskActions
+from imaging.providers.lab.doctor import DoctorActions
 from imaging.providers.lab.existing import ExistingMachines
 from imaging.providers.lab.fs import guest_rel, host_path
 from imaging.providers.lab.guest import GuestActions
@@ -41,7 +42,8 @@ def _first_copy_error(exc: shutil.Error) -> OSError:
     return OSError(why)
 
 
-class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixActions, ExistingMachines):
+class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixActions, ExistingMachines,
+                  DoctorActions):
     """Steps carried out on ``lab`` (a folder). Thread-safe: a host's VM and disk records change under that
     host's lock, so instruments on different hosts proceed in parallel, as on real hosts."""
 
@@ -59,6 +61,18 @@ class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixAc
         self._purge_again = False
         if (self.lab / ".trash").exists():
             self._start_purge()
+
+    def install_hosts(self, hosts: list[Any]) -> None:
+        """A lab host is installed once, the first time the lab sees it: its storage root and its image
+        share exist, as on a real host prepared by docs/hyperv.md. Later the lab never recreates them, so
+        a host broken by hand stays broken for `invoke doctor` to find."""
+        for h in hosts:
+            marker = self.lab / "hosts" / h.name / "installed.json"
+            if marker.exists():
+                continue
+            self.path(h.name, h.storage_root).mkdir(parents=True, exist_ok=True)
+            self.path(h.name, h.share).mkdir(parents=True, exist_ok=True)
+            write_json(marker, {"host": h.name, "storage_root": h.storage_root, "share": h.share})
 
     def close(self) -> None:
         """The lab holds no sessions; wait for deleted disks to be freed."""

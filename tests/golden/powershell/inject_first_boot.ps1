@@ -1,3 +1,4 @@
+param([string] $GuestUser, [string] $GuestPassword, [string] $JoinUser, [string] $JoinPassword)
 # A step script rendered by imaging.powershell; every value in it came through ps_literal.
 Set-StrictMode -Version 3
 $ErrorActionPreference = 'Stop'
@@ -132,14 +133,87 @@ function Get-ImagingVolumeFiles {
 $ImagingAction = 'inject_first_boot'
 $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
-    # Offline, on the host: writes the volume configuration into a new OS disk that no VM uses yet, and the
-    # first-boot hook that applies it. Windows runs C:\Windows\Setup\Scripts\SetupComplete.cmd once, at the
+    if ([string]::IsNullOrEmpty($GuestUser) -or $null -eq $GuestPassword) {
+        throw 'no guest credential was passed: set IMAGING_GUEST_USER and IMAGING_GUEST_PASSWORD'
+    }
+    $GuestSecret = ConvertTo-SecureString -String $GuestPassword -AsPlainText -Force
+    $GuestCredential = New-Object System.Management.Automation.PSCredential -ArgumentList $GuestUser, $GuestSecret
+    # Offline, on the host: writes the instrument's answer file and the volume configuration into a new OS
+    # disk that no VM uses yet, and the first-boot hook that applies the volumes. The answer file goes to
+    # C:\Windows\Panther\unattend.xml, where setup looks first when the generalized template boots: it names
+    # the computer, sets time zone and locale, creates the local administrator (the guest credential, passed
+    # to this script as parameters and filled in here, XML-escaped: never in the plan, journal or a log) and
+    # joins the domain if one is configured. The hook deletes the answer file once setup is done. Windows runs C:\Windows\Setup\Scripts\SetupComplete.cmd once, at the
     # end of its first boot after sysprep; the hook runs the same script as configure_guest (mount each
     # labelled volume under C:\volumes and link it), so the switch's guest step only checks. A
     # SetupComplete.cmd the template already has is kept: the hook is added to it once. The provider holds
     # the host's mount lock while this runs.
     $Path = 'D:\Imaging\instruments\NDXZOOM\NDXZOOM-os-2026C3.1-3f2a9c1d.vhdx'
     $Volumes = @([ordered]@{'label' = 'Apps'; 'mount' = 'C:\volumes\Apps'; 'link' = 'C:\Instrument\Apps'}, [ordered]@{'label' = 'Settings'; 'mount' = 'C:\volumes\Settings'; 'link' = 'C:\Instrument\Settings'}, [ordered]@{'label' = 'Var'; 'mount' = 'C:\volumes\Var'; 'link' = 'C:\Instrument\Var'}, [ordered]@{'label' = 'Data'; 'mount' = 'C:\volumes\Data'; 'link' = 'C:\data'})
+    $Answer = '<?xml version="1.0" encoding="utf-8"?>
+<!-- The answer file of NDXZOOM''s new OS disk, written offline by imaging before its first boot.
+     The template was generalized (sysprep /generalize /oobe): specialize names the machine and may join
+     the domain, oobeSystem skips the questions and sets the local administrator, so PowerShell Direct
+     answers with the guest credential once setup is done. The @@...@@ markers are filled on the host from
+     the credential source at the moment the file is written, never in a plan, a journal or a log; the
+     first boot''s SetupComplete.cmd deletes this file. Every value here is XML-escaped. -->
+<unattend xmlns="urn:schemas-microsoft-com:unattend" xmlns:wcm="http://schemas.microsoft.com/WMIConfig/2002/State">
+  <settings pass="specialize">
+    <component name="Microsoft-Windows-Shell-Setup" processorArchitecture="amd64" publicKeyToken="31bf3856ad364e35" language="neutral" versionScope="nonSxS">
+      <ComputerName>NDXZOOM</ComputerName>
+      <TimeZone>GMT Standard Time</TimeZone>
+    </component>
+    <component name="Microsoft-Windows-UnattendedJoin" processorArchitecture="amd64" publicKeyToken="31bf3856ad364e35" language="neutral" versionScope="nonSxS">
+      <Identification>
+        <JoinDomain>controls.example.org</JoinDomain>
+        <MachineObjectOU>OU=Instruments,DC=controls,DC=example,DC=org</MachineObjectOU>
+        <Credentials>
+          <Domain>controls.example.org</Domain>
+          <Username>@@JOIN_USER@@</Username>
+          <Password>@@JOIN_PASSWORD@@</Password>
+        </Credentials>
+      </Identification>
+    </component>
+  </settings>
+  <settings pass="oobeSystem">
+    <component name="Microsoft-Windows-International-Core" processorArchitecture="amd64" publicKeyToken="31bf3856ad364e35" language="neutral" versionScope="nonSxS">
+      <InputLocale>en-GB</InputLocale>
+      <SystemLocale>en-GB</SystemLocale>
+      <UILanguage>en-US</UILanguage>
+      <UserLocale>en-GB</UserLocale>
+    </component>
+    <component name="Microsoft-Windows-Shell-Setup" processorArchitecture="amd64" publicKeyToken="31bf3856ad364e35" language="neutral" versionScope="nonSxS">
+      <OOBE>
+        <HideEULAPage>true</HideEULAPage>
+        <HideOnlineAccountScreens>true</HideOnlineAccountScreens>
+        <HideWirelessSetupInOOBE>true</HideWirelessSetupInOOBE>
+        <HideLocalAccountScreen>true</HideLocalAccountScreen>
+        <ProtectYourPC>3</ProtectYourPC>
+      </OOBE>
+      <UserAccounts>
+        <LocalAccounts>
+          <LocalAccount wcm:action="add">
+            <Name>@@GUEST_USER@@</Name>
+            <Group>Administrators</Group>
+            <Password>
+              <Value>@@GUEST_PASSWORD@@</Value>
+              <PlainText>true</PlainText>
+            </Password>
+          </LocalAccount>
+        </LocalAccounts>
+      </UserAccounts>
+    </component>
+  </settings>
+</unattend>
+'
+    $fill = @{ '@@GUEST_USER@@' = $GuestUser; '@@GUEST_PASSWORD@@' = $GuestPassword; '@@JOIN_USER@@' = $JoinUser; '@@JOIN_PASSWORD@@' = $JoinPassword }
+    foreach ($marker in @($fill.Keys)) {
+        if ($Answer.Contains($marker)) {
+            if ([string]::IsNullOrEmpty([string]$fill[$marker])) { throw "the answer file needs $marker but no value was passed: set IMAGING_DOMAIN_JOIN_USER and IMAGING_DOMAIN_JOIN_PASSWORD for a domain join" }
+            $Answer = $Answer.Replace($marker, [System.Security.SecurityElement]::Escape([string]$fill[$marker]))
+        }
+    }
+    [xml]$Answer | Out-Null  # a file setup could not read would stop the first boot: refuse it here
     $GuestScript = '        param([string] $RequestJson)
         Set-StrictMode -Version 3
         $ErrorActionPreference = ''Stop''
@@ -230,6 +304,10 @@ try {
         foreach ($f in @($folder, $scripts)) {
             if (-not (Test-Path -LiteralPath $f -PathType Container)) { New-Item -ItemType Directory -Path $f -Force | Out-Null }
         }
+        $panther = Join-Path -Path $root -ChildPath 'Windows\Panther'
+        if (-not (Test-Path -LiteralPath $panther -PathType Container)) { New-Item -ItemType Directory -Path $panther -Force | Out-Null }
+        $answerFile = Join-Path -Path $panther -ChildPath 'unattend.xml'
+        $oldAnswer = if (Test-Path -LiteralPath $answerFile -PathType Leaf) { [System.IO.File]::ReadAllText($answerFile) } else { $null }
         $json = Join-Path -Path $folder -ChildPath 'first-boot.json'
         $old = if (Test-Path -LiteralPath $json -PathType Leaf) { [System.IO.File]::ReadAllText($json) } else { $null }
         $hook = '$apply = {' + "`r`n" + $GuestScript + "`r`n" + '}' + "`r`n" +
@@ -239,14 +317,22 @@ try {
         $cmd = Join-Path -Path $scripts -ChildPath 'SetupComplete.cmd'
         $cmdText = if (Test-Path -LiteralPath $cmd -PathType Leaf) { [System.IO.File]::ReadAllText($cmd) } else { '' }
         $changed = $false
+        if ($oldAnswer -cne $Answer) {
+            [System.IO.File]::WriteAllText($answerFile, $Answer, $utf8)
+            $changed = $true
+        }
+        $scrub = '@del /q "%WINDIR%\Panther\unattend.xml"'
         if ($old -cne $request) {
             [System.IO.File]::WriteAllText($json, $request, $utf8)
             [System.IO.File]::WriteAllText((Join-Path -Path $folder -ChildPath 'first-boot.ps1'), $hook, $utf8)
             $changed = $true
         }
-        if (-not $cmdText.Contains($line)) {
-            [System.IO.File]::WriteAllText($cmd, $cmdText.TrimEnd() + "`r`n" + $line + "`r`n", $utf8)
-            $changed = $true
+        foreach ($add in @($line, $scrub)) {
+            if (-not $cmdText.Contains($add)) {
+                $cmdText = $cmdText.TrimEnd() + "`r`n" + $add + "`r`n"
+                [System.IO.File]::WriteAllText($cmd, $cmdText, $utf8)
+                $changed = $true
+            }
         }
         $Result['changed'] = $changed
     }

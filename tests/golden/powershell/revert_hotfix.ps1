@@ -1,4 +1,4 @@
-param([string] $GuestUser, [string] $GuestPassword)
+param([string] $GuestUser, [string] $GuestPassword, [string] $JoinUser, [string] $JoinPassword)
 # A step script rendered by imaging.powershell; every value in it came through ps_literal.
 Set-StrictMode -Version 3
 $ErrorActionPreference = 'Stop'

@@ -1,4 +1,4 @@
-param([string] $GuestUser, [string] $GuestPassword)
+param([string] $GuestUser, [string] $GuestPassword, [string] $JoinUser, [string] $JoinPassword)
 # A step script rendered by imaging.powershell; every value in it came through ps_literal.
 Set-StrictMode -Version 3
 $ErrorActionPreference = 'Stop'
@@ -52,18 +52,28 @@ try {
     }
     $GuestSecret = ConvertTo-SecureString -String $GuestPassword -AsPlainText -Force
     $GuestCredential = New-Object System.Management.Automation.PSCredential -ArgumentList $GuestUser, $GuestSecret
-    # Waits until the guest answers over PowerShell Direct (the VMBus, no network needed).
+    # Waits until Windows setup has finished in the guest and it answers over PowerShell Direct (the VMBus, no
+    # network needed). A new OS disk specializes at its first boot (the answer file; it restarts once), and
+    # PowerShell Direct answers only once setup created the guest credential's account; the step then also
+    # waits for the setup state to say complete, and checks the guest took its computer name.
     $Vm = 'NDXZOOM'
     $TimeoutS = 600
+    $ComputerName = 'NDXZOOM'
     $started = [DateTime]::UtcNow
     $deadline = $started.AddSeconds($TimeoutS)
     $answer = $null
     $lastError = 'not tried'
     while ($null -eq $answer -and [DateTime]::UtcNow -lt $deadline) {
         try {
-            $answer = Invoke-Command -VMName $Vm -Credential $GuestCredential -ErrorAction Stop -ScriptBlock {
-                $env:COMPUTERNAME
+            $seen = Invoke-Command -VMName $Vm -Credential $GuestCredential -ErrorAction Stop -ScriptBlock {
+                $state = Get-ItemProperty -Path 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Setup\State' -ErrorAction SilentlyContinue
+                $image = ''
+                if ($null -ne $state) { $image = [string]$state.ImageState }
+                '{0}|{1}' -f $env:COMPUTERNAME, $image
             }
+            $name, $image = ([string]$seen).Split('|', 2)
+            if ($image -and $image -ne 'IMAGE_STATE_COMPLETE') { throw "Windows setup is not finished yet ($image)" }
+            $answer = $name
         }
         catch {
             $lastError = $_.Exception.Message
@@ -72,6 +82,9 @@ try {
     }
     if ($null -eq $answer) {
         throw "guest $Vm did not answer PowerShell Direct within $TimeoutS s (last error: $lastError)"
+    }
+    if ($ComputerName -and ([string]$answer).ToUpperInvariant() -ne $ComputerName.ToUpperInvariant()) {
+        throw "guest $Vm answers as $answer, not $ComputerName: its answer file was not applied"
     }
     $Result['guest_name'] = [string]$answer
     $Result['waited_s'] = [int]([DateTime]::UtcNow - $started).TotalSeconds
