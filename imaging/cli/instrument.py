@@ -40,15 +40,19 @@ def status(c, json=False, instruments=""):  # noqa: ANN001
         return
     table = Table(title="Fleet status")
     sides = any(r.side for r in rows)  # adopted instruments: which of their two VMs runs
+    hot = any(r.hotfixes for r in rows)
     for col in ("instrument", "host", "VM", "power", "running", "desired", "prepared",
-                *(("side",) if sides else ()), "last operation", "pending"):
+                *(("side",) if sides else ()), *(("hotfixes",) if hot else ()), "last operation", "pending"):
         table.add_column(col)
     for r in rows:
         last = f"{r.last_operation} {r.last_result}" if r.last_operation else ""
+        if r.seen_from == "instrument":
+            last += " (its own record)"  # this machine's journal has no history of it
+        hotfixes = (", ".join(r.hotfixes) or "-",) if hot else ()
         running = f"{r.running or '-'} (legacy side)" if r.side == "legacy" and not sides else r.running or "-"
         side = (f"legacy ({r.vm}-legacy)" if r.side == "legacy" else "current" if r.side else "-",) if sides else ()
         table.add_row(r.instrument, r.host, r.vm, r.power, running, r.desired or "?", r.prepared or "-",
-                      *side, last, r.pending)
+                      *side, *hotfixes, last, r.pending)
     console.print(table)
     for r in rows:
         if r.hint:

@@ -8,16 +8,17 @@ file, the field, the bad value and the fix.
 from __future__ import annotations
 
 import copy
-from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from imaging.core.errors import InputError, ValidationFailed
 from imaging.core.git import dirty_paths, is_repo, run_git, toplevel
 from imaging.core.quoting import check_label, check_name, check_windows_name, check_windows_path
+from imaging.model.base import StrictModel
+from imaging.model.guests import AdoptSpec, IdentitySpec
 
 ROLES = ("os", "apps", "settings", "var", "data", "shared")
 DATA_ROLES = ("apps", "settings", "var", "data", "shared")  # roles that carry a labelled volume linked in the guest
@@ -32,8 +33,7 @@ DEFAULTS_FILE = "defaults.yaml"
 FLEET_DIR = "fleet"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Model = StrictModel
 
 
 class DiskSpec(_Model):
@@ -139,72 +139,6 @@ class Group(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, field="name")
-
-
-class AdoptSpec(_Model):
-    """Where a hand-made instrument PC keeps what must survive its adoption (``adopt:`` in defaults.yaml or
-    an instrument file): data, the old control system's var and settings folders, the software's own
-    folders (never user files), and the user profile folders whose files are rescued."""
-
-    data_folders: tuple[str, ...] = ("C:\\data",)
-    var_folders: tuple[str, ...] = ()
-    settings_folders: tuple[str, ...] = ()
-    software_folders: tuple[str, ...] = ()
-    # The old system's folders whose state both sides need (its run-number folder): copied at adoption onto
-    # the instrument's Shared disk, and linked there in the legacy VM, so both sides count on. An instrument
-    # without a Shared disk copies them to Var\legacy\ like var folders.
-    shared_folders: tuple[str, ...] = ()
-    user_roots: tuple[str, ...] = ("C:\\Users",)
-    user_folders: tuple[str, ...] = ("Desktop", "Documents", "Downloads")
-    system_folders: tuple[str, ...] = ("C:\\Windows", "C:\\Program Files", "C:\\Program Files (x86)",
-                                       "C:\\ProgramData", "C:\\$Recycle.Bin", "C:\\System Volume Information",
-                                       "C:\\pagefile.sys", "C:\\swapfile.sys", "C:\\hiberfil.sys")
-    # Retirement of the legacy side: the date agreed for it, and the days the current side must have run
-    # without a switch back before `invoke retire-legacy` deletes the old VM.
-    retire_after: date | None = None
-    retire_min_days: int = Field(default=14, ge=0)
-
-    @field_validator("data_folders", "var_folders", "settings_folders", "software_folders", "shared_folders",
-                     "user_roots", "system_folders")
-    @classmethod
-    def _paths(cls, v: tuple[str, ...], info: Any) -> tuple[str, ...]:
-        return tuple(check_windows_path(p, field=f"adopt.{info.field_name}") for p in v)
-
-    @field_validator("user_folders")
-    @classmethod
-    def _folders(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(check_windows_name(p, field="adopt.user_folders") for p in v)
-
-
-class IdentitySpec(_Model):
-    """Who a new guest is at its first boot (the per-instrument answer file): its computer name is the VM's
-    name; time zone, locale and an optional domain come from here. The local administrator is the guest
-    credential (from the environment, never here), so PowerShell Direct works with it from the first boot."""
-
-    time_zone: str = "GMT Standard Time"
-    locale: str = "en-GB"
-    input_locale: str = "en-GB"
-    ui_language: str = "en-US"
-    domain: str | None = None  # joined at first boot with IMAGING_DOMAIN_JOIN_USER / _PASSWORD
-    domain_ou: str | None = None
-
-    @field_validator("time_zone", "locale", "input_locale", "ui_language", "domain_ou")
-    @classmethod
-    def _text(cls, v: str | None, info: Any) -> str | None:
-        import re
-
-        if v is not None and not re.fullmatch(r"[A-Za-z0-9 ._,=()+:-]{1,200}", v):
-            raise ValueError(f"{info.field_name} holds characters an answer file does not need")
-        return v
-
-    @field_validator("domain")
-    @classmethod
-    def _domain(cls, v: str | None) -> str | None:
-        import re
-
-        if v is not None and not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}", v):
-            raise ValueError("not a DNS domain name like controls.example.org")
-        return v
 
 
 class Instrument(_Model):

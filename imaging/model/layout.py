@@ -46,6 +46,11 @@ def backup_path(host: Host, inst: Instrument, backup_id: str, role: str) -> str:
     return _join(host.storage_root, "backups", inst.vm, f"{backup_id}-{role}")
 
 
+def prepared_note_path(host: Host, inst: Instrument) -> str:
+    """The note of the generation `invoke prepare` made beside the running one (until a switch takes it)."""
+    return _join(instrument_dir(host, inst), "prepared.json")
+
+
 def lock_path(host: Host, inst: Instrument) -> str:
     return _join(host.storage_root, "locks", f"{inst.vm}.lock")
 

@@ -83,13 +83,19 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     # files and folders inside a running guest over PowerShell Direct (a running VM holds its disks).
     "read_volume": ("path", "max_bytes"),
     "read_guest_files": ("vm", "paths", "max_bytes"),
+    # Small files on the host itself (an instrument's lock, its prepared note), read only: what every
+    # operator's `invoke status` reads, whatever its own journal holds.
+    "read_host_files": ("paths", "max_bytes"),
+    # A note on the host beside the instrument's disks (prepared.json: the generation `invoke prepare` made),
+    # written whole or, with note None, removed.
+    "set_host_note": ("path", "note"),
     "write_volume_files": ("path", "files"),
     "run_guest_command": ("vm", "command", "var_path", "marker", "record"),
 }
 
 # Actions that only look and never change anything (their "changed" is always false).
 CHECK_ACTIONS = frozenset({"preflight", "get_state", "doctor_host", "survey_vm", "check_state", "wait_guest",
-                           "health_check", "read_volume", "read_guest_files"})
+                           "health_check", "read_volume", "read_guest_files", "read_host_files"})
 
 
 @dataclass(frozen=True)

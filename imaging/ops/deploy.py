@@ -56,8 +56,8 @@ from imaging.state.runs import new_run_id
 
 def hotfixes_dropped(ctx: Context, inst: Instrument, target: str) -> list[str]:
     """Hotfixes on the instrument that the target release would drop: neither included in it nor declared
-    for it (from the journal: a reimage refuses these unless told to drop them), plus any listed in the
-    instrument record on Var (where the provider can read it) that the release does not include."""
+    for it (from the journal and the instrument's own ledger: a reimage refuses these unless told to drop
+    them), plus any listed in the instrument's own record that the release does not include."""
     rel = ctx.releases[target]
     dropped = set(hotfixes_blocking(ctx, inst, target))
     record = instrument_record(ctx, inst)

@@ -13,6 +13,7 @@ from typing import Any
 
 from imaging.core.errors import ImagingError, InputError
 from imaging.engine.executor import is_live
+from imaging.model import layout
 from imaging.model.inventory import SLOTS, Instrument
 from imaging.model.labels import resolve
 from imaging.model.plan import Observed
@@ -145,38 +146,62 @@ def read_instrument_files(ctx: Context, inst: Instrument, observed: Observed, ro
     return {rel: base64.b64decode(b64) for rel, b64 in res["files"].items()}
 
 
-def instrument_record(ctx: Context, inst: Instrument, observed: Observed | None = None) -> dict[str, Any] | None:
-    """The instrument's own record on its Var volume (read in the guest while it runs): what it runs, by
-    which operation, with which hotfixes. A damaged one reads as ``{"damaged": why}``; one that cannot be
-    read now (its guest does not answer) as ``{"unreadable": why}``; None: it has none yet."""
+def own_files(ctx: Context, inst: Instrument, observed: Observed | None = None
+              ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The instrument's own record and hotfix ledger on its Var volume, in one read (in the guest while it
+    runs): what it runs, by which operation, and which hotfixes each Apps generation carries. The record
+    reads as ``{"damaged": why}`` when it cannot be trusted, ``{"unreadable": why}`` when it cannot be read
+    now (its guest does not answer), None when there is none yet; the ledger as None when absent."""
     try:
-        files = read_instrument_files(ctx, inst, observed or observe(ctx, inst), "var", [RECORD_REL])
+        files = read_instrument_files(ctx, inst, observed or observe(ctx, inst), "var", [RECORD_REL, LEDGER_REL])
     except ImagingError as exc:
-        return {"unreadable": str(exc)}
-    raw = (files or {}).get(RECORD_REL)
-    if raw is None:
-        return None
-    where = f"{inst.disks.var.link}\\imaging\\record.json"
+        return {"unreadable": str(exc)}, None
+    files = files or {}
+    record: dict[str, Any] | None = None
+    if RECORD_REL in files:
+        where = f"{inst.disks.var.link}\\imaging\\record.json"
+        try:
+            doc = json.loads(files[RECORD_REL])
+            why = record_problem(doc)
+            record = {"damaged": f"{where}: {why}"} if why else doc
+        except (ValueError, UnicodeDecodeError):
+            record = {"damaged": f"{where}: it is not JSON"}
     try:
-        doc = json.loads(raw)
+        ledger = json.loads(files[LEDGER_REL]) if LEDGER_REL in files else None
     except (ValueError, UnicodeDecodeError):
-        return {"damaged": f"{where}: it is not JSON"}
-    why = record_problem(doc)
-    return {"damaged": f"{where}: {why}"} if why else doc
+        ledger = None
+    return record, ledger
 
 
-def instrument_ledger(ctx: Context, inst: Instrument, observed: Observed | None = None) -> dict[str, Any] | None:
-    """The hotfix ledger on the instrument's Var volume (per Apps generation: the hotfixes in place), read
-    like the record; None when there is none or it cannot be read."""
+def instrument_record(ctx: Context, inst: Instrument, observed: Observed | None = None) -> dict[str, Any] | None:
+    """The instrument's own record (see ``own_files``)."""
+    return own_files(ctx, inst, observed)[0]
+
+
+def own_hotfixes(record: dict[str, Any] | None, ledger: dict[str, Any] | None) -> list[str]:
+    """The hotfixes the instrument's own ledger says are on its running Apps generation."""
+    gen = (record or {}).get("generation")
+    return sorted(((ledger or {}).get("generations") or {}).get(gen, {})) if gen else []
+
+
+def host_notes(ctx: Context, inst: Instrument) -> dict[str, dict[str, Any] | None]:
+    """What the host itself says of the instrument, whatever this machine's journal holds: the lock (which
+    operation of whom holds it) and the note of a prepared generation. None each when absent or unreadable."""
+    host = ctx.inventory.host_of(inst)
+    paths = {"lock": layout.lock_path(host, inst), "prepared": layout.prepared_note_path(host, inst)}
     try:
-        files = read_instrument_files(ctx, inst, observed or observe(ctx, inst), "var", [LEDGER_REL])
+        found = ctx.providers.run(Step("read_host_files", inst.host, {"paths": list(paths.values()),
+                                                                      "max_bytes": 1024 * 1024},
+                                       f"read {inst.name}'s lock and notes on {inst.host}"))["found"]
     except ImagingError:
-        return None
-    raw = (files or {}).get(LEDGER_REL)
-    try:
-        return json.loads(raw) if raw is not None else None
-    except (ValueError, UnicodeDecodeError):
-        return None
+        return dict.fromkeys(paths)
+    out: dict[str, dict[str, Any] | None] = {}
+    for key, path in paths.items():
+        try:
+            out[key] = json.loads(base64.b64decode(found[path])) if path in found else None
+        except ValueError:
+            out[key] = None
+    return out
 
 
 def interrupted(ctx: Context, inst: Instrument) -> Operation | None:
@@ -317,13 +342,25 @@ def last_operation(ctx: Context, inst: Instrument) -> Operation | None:
     return ops[-1] if ops else None
 
 
+def hotfixes_on(ctx: Context, inst: Instrument) -> dict[str, dict[str, Any] | None]:
+    """The hotfixes on the instrument's running Apps generation, id -> manifest: this machine's journal's,
+    and those the instrument's own ledger lists (another operator's; their manifest from any journal entry
+    of that id here, else None: unknown here)."""
+    have: dict[str, dict[str, Any] | None] = dict(carried(ctx, inst).hotfixes)
+    record, ledger = own_files(ctx, inst)
+    for hid in own_hotfixes(record, ledger):
+        have.setdefault(hid, known_hotfix(ctx, hid))
+    return have
+
+
 def hotfixes_blocking(ctx: Context, inst: Instrument, target_release: str, drop: Iterable[str] = ()) -> list[str]:
-    """The hotfixes the instrument carries that ``target_release`` neither includes nor is declared for."""
+    """The hotfixes the instrument carries that ``target_release`` neither includes nor is declared for (one
+    whose manifest is not known here counts as not declared: it is never dropped silently)."""
     rel = ctx.releases[target_release]
     dropped = set(drop)
-    return sorted(hid for hid, man in carried(ctx, inst).hotfixes.items()
+    return sorted(hid for hid, man in hotfixes_on(ctx, inst).items()
                   if hid not in rel.includes_hotfixes and hid not in dropped
-                  and target_release not in man["applies_to"])
+                  and (man is None or target_release not in man["applies_to"]))
 
 
 def hotfixes_to_reapply(ctx: Context, inst: Instrument, target_release: str, drop: Iterable[str] = ()
@@ -339,7 +376,7 @@ def refuse_dropped_hotfixes(ctx: Context, inst: Instrument, target_release: str,
                             ) -> None:
     """Refuse a reimage that would lose a hotfix the operator did not drop, or that drops one not carried."""
     drop = list(drop)
-    have = carried(ctx, inst).hotfixes
+    have = hotfixes_on(ctx, inst)
     unknown = [d for d in drop if d not in have]
     if unknown:
         raise InputError(f"{inst.name} does not carry hotfix {', '.join(unknown)}", field="drop-hotfix",

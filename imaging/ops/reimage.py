@@ -25,6 +25,7 @@ from imaging.ops.facts import (
     hotfixes_to_reapply,
     interrupted,
     observe,
+    plan_step,
     prepared,
     read_instrument_files,
     refuse_dropped_hotfixes,
@@ -135,6 +136,8 @@ def plan_phase(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow
         settings_before_commit=rs.migration.before_commit if rs.migration else None, drift_files=drift_files,
         post_boot=tuple(post_boot), expect_apps=_apps_expectation(ctx, apps_img.name, verify_content),
         phase=phase, generation=generation, prepared_by=prepared_by,
+        prepared_note=(note["note"] if prepared_by and (note := plan_step(ctx.journal.operation(prepared_by),
+                                                                            "set_host_note")) else None),
         before=adopting[0] if adopting else (), adopted=adopting[1] if adopting else None,
         answer=render_instrument_answer(inst.vm, inst.identity, templates=ctx.paths.templates),
         based_on=(op.id if (op := setter_op(ctx, inst)) else None)))

@@ -8,9 +8,12 @@ from imaging.core.errors import ImagingError
 from imaging.model.inventory import Instrument
 from imaging.ops.context import Context
 from imaging.ops.facts import (
+    carried,
     desired_release,
-    instrument_record,
+    host_notes,
     observe,
+    own_files,
+    own_hotfixes,
     prepared,
     running_release,
     unfinished,
@@ -39,6 +42,9 @@ class InstrumentStatus:
     recorded: str | None = None  # the release the instrument's own record names (None: none, or unreadable)
     prepared: str | None = None  # the release (and generation) prepared beside the running one, if any
     side: str | None = None  # an adopted instrument's running side: "current" or "legacy" (None: no legacy side)
+    hotfixes: tuple[str, ...] = ()  # on the running Apps generation: the journal's and the instrument's own ledger
+    locked_by: str | None = None  # the operation holding the instrument's lock on its host, and whose
+    seen_from: str = "journal"  # "journal", or "instrument" when this machine's journal has no history of it
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -61,9 +67,13 @@ def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
         desired: str | None = desired_release(ctx, inst)
     except ImagingError:
         desired = None
-    record = instrument_record(ctx, inst) or {}
+    own, ledger = own_files(ctx, inst, observed) if observed is not None else (None, None)
+    record = own or {}
     recorded = record.get("release") if isinstance(record.get("release"), str) else None
-    base = dict(instrument=inst.name, host=inst.host, vm=inst.vm, power=power, desired=desired, recorded=recorded)
+    notes = host_notes(ctx, inst)
+    lock = notes["lock"]
+    base = dict(instrument=inst.name, host=inst.host, vm=inst.vm, power=power, desired=desired, recorded=recorded,
+                locked_by=f"{lock.get('op_id')} ({lock.get('owner')}, since {lock.get('since')})" if lock else None)
     try:
         running = running_release(ctx, inst)
         last = ctx.journal.last(inst.name)
@@ -76,7 +86,15 @@ def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
                                 pending=f"the journal cannot be read ({exc.detail})", hint=REPAIR, prepared=None)
     seen = dict(running=running, side=side, prepared=f"{ready.release} ({ready.generation})" if ready else None,
                 last_operation=last.kind if last else None,
-                last_result=last.status if last else None, last_when=last.ended or last.started if last else None)
+                last_result=last.status if last else None, last_when=last.ended or last.started if last else None,
+                hotfixes=tuple(sorted(set(carried(ctx, inst).hotfixes) | set(own_hotfixes(own, ledger)))))
+    # One truth for every operator: what this machine's journal does not know, the host and the instrument do
+    if last is None and recorded and not record.get("damaged"):
+        seen |= dict(running=recorded, last_operation=record.get("kind", "reimage"), last_result="ok",
+                     last_when=record.get("when"), seen_from="instrument")
+        running = recorded
+    if ready is None and notes["prepared"]:
+        seen["prepared"] = f"{notes['prepared'].get('release')} ({notes['prepared'].get('generation')})"
     pending, hint = "", ""
     if damaged:
         pending = f"the journal's row of {damaged[-1].kind} {damaged[-1].id} is damaged ({damaged[-1].damaged})"
@@ -87,6 +105,10 @@ def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
         hint = way_out(inst, stuck)
     elif last and last.status == "running":
         pending = f"{last.kind} in progress"
+    elif lock and not _known(ctx, str(lock.get("op_id"))):
+        pending = (f"locked on {inst.host} by operation {lock.get('op_id')} of {lock.get('owner')} since "
+                   f"{lock.get('since')}, which this machine's journal does not know")
+        hint = f"ask {lock.get('owner')}: it is finished with `invoke resume` or `invoke rollback` where it ran"
     elif observed is not None and is_handmade(ctx, inst, observed):
         pending = "hand-made VM: adopt it (a reimage is refused)"
         hint = f"`invoke survey --instrument={inst.name}`, then `invoke adopt --instrument={inst.name}`"
@@ -104,12 +126,20 @@ def _status(ctx: Context, inst: Instrument) -> InstrumentStatus:
         hint = f"`invoke reimage --instrument={inst.name} --release={desired or running} --force`"
     elif desired is None:
         pending = "desired release cannot be resolved (see `invoke validate`)"
-    elif running != desired and ready and ready.release == desired:
+    elif running != desired and seen["prepared"] and str(seen["prepared"]).split(" ")[0] == desired:
         pending = f"switch to the prepared {desired}"
         hint = f"`invoke switch --instruments={inst.name}`"
     elif running != desired:
         pending = f"reimage to {desired}"
     return InstrumentStatus(**base, **seen, pending=pending, hint=hint)
+
+
+def _known(ctx: Context, op_id: str) -> bool:
+    try:
+        ctx.journal.operation(op_id)
+        return True
+    except KeyError:
+        return False
 
 
 def trust_lines(ctx: Context, names: list[str] | None = None) -> list[str]:

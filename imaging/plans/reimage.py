@@ -66,6 +66,8 @@ class ReimageInputs:
     # The new OS disk's answer file (images.answer_files.render_instrument_answer): who the guest is at its
     # first boot; its secrets are markers the provider fills from the credential source.
     answer: str = ""
+    # A switch: the host note of the generation it takes (``set_host_note``), put back if the switch is undone.
+    prepared_note: dict[str, Any] | None = None
 
 
 PHASES = ("whole", "prepare", "switch")
@@ -200,10 +202,21 @@ def plan_reimage(x: ReimageInputs) -> Plan:
               "settings_digest": x.settings_digest, "settings_version": x.settings_version,
               "settings_before_commit": x.settings_before_commit,
               "hotfixes": list(x.hotfixes), "migrations": list(x.migrations),
-              "operation": x.op_id, "generation": gen, "os_template": x.os_template.name, "when": x.stamp}
+              "operation": x.op_id, "generation": gen, "os_template": x.os_template.name, "when": x.stamp,
+              "who": x.owner, "kind": "reimage"}
     add("write_record", f"record on the Var disk that {inst.name} runs {x.release}", vm=vm, record=seal(record),
         operation=x.op_id, undo=Step("restore_record", h, {"vm": vm, "operation": x.op_id},
                                      "put back the record it replaced"))
+    note_path = layout.prepared_note_path(host, inst)
+    if x.phase == "prepare":  # every operator's status reads it on the host
+        note = {"release": x.release, "generation": gen, "operation": x.op_id, "who": x.owner, "when": x.stamp}
+        add("set_host_note", f"note on {h} that {inst.name}'s next generation ({x.release}) is prepared",
+            part="prepare", path=note_path, note=note,
+            undo=Step("set_host_note", h, {"path": note_path, "note": None}, "remove the note"))
+    elif x.phase == "switch" and x.prepared_note:
+        add("set_host_note", f"remove the note of the prepared generation from {h}: it runs now", path=note_path,
+            note=None, undo=Step("set_host_note", h, {"path": note_path, "note": x.prepared_note},
+                                 "note again that the generation is prepared"))
     add("release_lock", f"unlock {inst.name}", part="both", **lock)
     if x.phase == "prepare":  # the next generation, made beside the running one: what a switch checks it against
         return Plan(kind="prepare", instrument=inst.name, vm=vm, host=h, from_release=x.from_release,

@@ -22,7 +22,8 @@ from tests.ops.test_failed_undo import _ctx
 from tests.ops.test_reimage import fail_nth_plan_step, put_user_data, user_data
 
 OLD, NEW = "2026C3.0", "2026C3.1"
-PREPARE_LEN = 8  # preflight, lock, OS child, Apps child, Settings disk, settings files, first boot, unlock
+PREPARE_LEN = 9  # preflight, lock, OS child, Apps child, Settings disk, settings files, first boot, the host's
+# note of the prepared generation, unlock
 
 
 def _power_history(ctx: Context, name: str) -> list[dict]:
@@ -224,7 +225,8 @@ def _inv_env(project: Path, env: dict[str, str], *args: str):  # noqa: ANN202
                           env={**os.environ, "IMAGING_ROOT": str(project), "COLUMNS": "200", **env}, timeout=300)
 
 
-SWITCH_LEN = 22  # the switch of a running, prepared ZOOM: the reimage's 27 steps minus the five prepare did
+SWITCH_LEN = 23  # the switch of a running, prepared ZOOM: the reimage's 27 steps minus the five prepare did,
+# and the removal of the host's note of the prepared generation
 
 
 @pytest.mark.parametrize("index", range(SWITCH_LEN))

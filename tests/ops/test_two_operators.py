@@ -81,3 +81,42 @@ def test_a_plan_made_from_a_stale_view_stops_before_it_touches_the_other_operato
     assert facts.observe(ctx, zoom).power == "Running"  # A's VM was never stopped by B
     assert facts.running_release(ctx, zoom) == "2026C3.1" and facts.unfinished(ctx, zoom) is None
     ctx.close()
+
+
+def test_status_is_the_same_for_an_operator_whose_journal_never_saw_the_fleet(project: Path,
+                                                                            tmp_path: Path) -> None:
+    """Issue 16, one truth: operator A (this project's state folder) reimages, hotfixes, prepares and is
+    killed holding a lock; operator B, another process with its own empty state folder and the same hosts,
+    sees in `invoke status` what runs, the last operation, the hotfixes, the prepared generation and the
+    lock, read from the hosts and the instruments' own records; and B's reimage cannot drop A's hotfix."""
+    from tests.ops.test_prepare_switch import _inv_env
+
+    a: dict[str, str] = {}
+    b = {"IMAGING_STATE": str(tmp_path / "b-state"), "IMAGING_LAB": str(project / ".state" / "lab")}
+    patch = str(ROOT / "hotfixes" / "examples" / "HF-2026C3-001")
+    for args in (("reimage", "--instrument=ZOOM", "--release=2026C3.0"),
+                 ("hotfix", f"--patch={patch}", "--instruments=ZOOM", "--yes"),
+                 ("reimage", "--instrument=LET", "--release=2026C3.0"),
+                 ("prepare", "--release=2026C3.1", "--instruments=LET", "--yes")):
+        res = _inv_env(project, a, *args)
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+    killed = _inv_env(project, {"IMAGING_LAB_FAULTS": "*:start_vm#1@kill-before"}, "reimage", "--instrument=MARI",
+                      "--release=2026C3.0")
+    assert killed.returncode == -9
+
+    def status(env: dict[str, str]) -> dict[str, dict]:
+        res = _inv_env(project, env, "status", "--json", "--instruments=ZOOM,LET,MARI")
+        assert res.returncode == 0, res.stderr
+        return {r["instrument"]: r for r in json.loads(res.stdout)}
+
+    mine, theirs = status(a), status(b)
+    for name in ("ZOOM", "LET"):
+        for key in ("running", "prepared", "hotfixes", "last_result"):
+            assert theirs[name][key] == mine[name][key], (name, key, theirs[name], mine[name])
+    assert theirs["ZOOM"]["running"] == "2026C3.0" and theirs["ZOOM"]["hotfixes"] == ["HF-2026C3-001"]
+    assert theirs["ZOOM"]["last_operation"] == "reimage" and theirs["ZOOM"]["seen_from"] == "instrument"
+    assert theirs["LET"]["prepared"].startswith("2026C3.1 (")
+    assert theirs["MARI"]["locked_by"] and theirs["MARI"]["locked_by"] == mine["MARI"]["locked_by"]
+    assert "which this machine's journal does not know" in theirs["MARI"]["pending"]
+    refused = _inv_env(project, b, "reimage", "--instrument=ZOOM", "--release=2026C3.1")
+    assert refused.returncode != 0 and "HF-2026C3-001" in refused.stderr, refused.stdout + refused.stderr

@@ -24,6 +24,7 @@ from loopback_wsman import ErrorSpec, LoopbackWSMan, ReceivedCommand, Reply
 from imaging.core.errors import ProviderError
 from imaging.core.pstemplates import RESULT_BEGIN, RESULT_END
 from imaging.engine.executor import Executor, Outcome
+from imaging.images.answer_files import render_instrument_answer
 from imaging.model import layout
 from imaging.model.inventory import Inventory, load_inventory
 from imaging.model.plan import Artifact, Observed, Plan
@@ -36,6 +37,7 @@ from imaging.providers.hyperv.session import SessionPool
 from imaging.state.journal import FAILED, OK, ROLLED_BACK, Journal
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "instruments" / "examples" / "hyperv"
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "powershell"
 HOST_CREDS = Credentials("CONTROLS\\svc-imaging", "loopback-host-pw")
 GUEST = GuestCredential("Administrator", "loopback-guest-pw")
 SCRIPT_MESSAGE = "The disk 'D:\\Imaging\\x.vhdx' is in use by another virtual machine"
@@ -167,7 +169,8 @@ def reimage_plan(inv: Inventory, name: str = "ALF", op_id: str = "0a1b2c3d4e5f",
         apps_image=Artifact("apps-2026C3.0", "c" * 64, 30 * 1024 ** 3),
         settings_files={"instrument.yaml": f"name: {inst.name}\n", "motion/axes.cfg": "axes=3\n"},
         settings_digest="d" * 64, settings_commit="0123456789abcdef0123", observed=observed,
-        op_id=op_id, owner="tests", stamp="20261121T101500Z", from_release="2026C2.0")
+        op_id=op_id, owner="tests", stamp="20261121T101500Z", from_release="2026C2.0",
+        answer=render_instrument_answer(inst.vm, inst.identity, templates=TEMPLATES.parent))
     return plan_reimage(x)
 
 
@@ -489,8 +492,6 @@ def test_mount_steps_on_different_hosts_may_overlap(endpoint, tmp_path):
 
 
 # --- what the real scripts answer (issue 16) -----------------------------------------------------------
-
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "powershell"
 
 
 def test_frames_are_what_the_scripts_write() -> None:

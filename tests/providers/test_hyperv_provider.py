@@ -27,6 +27,13 @@ from imaging.providers.hyperv.results import parse_result
 SAMPLES = json.loads((Path(__file__).parents[1] / "golden" / "powershell" / "_inputs.json").read_text())
 
 
+@pytest.fixture(autouse=True)
+def _join_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample answer file joins a domain: its step needs the join credential from the environment."""
+    monkeypatch.setenv("IMAGING_DOMAIN_JOIN_USER", "CONTROLS\\join-svc")
+    monkeypatch.setenv("IMAGING_DOMAIN_JOIN_PASSWORD", "join-pw-tests")
+
+
 def step(action: str, host: str = "HVHOST01") -> Step:
     return Step(action=action, host=host, inputs=SAMPLES[action], summary=f"test {action}")
 
@@ -103,7 +110,8 @@ def test_guest_actions_get_the_credential_as_parameters_never_in_the_script():
     secret = call["parameters"]["GuestPassword"]
     assert isinstance(secret, Secret) and secret.value == "s3cret'$(x)" and "s3cret" not in repr(secret)
     assert "s3cret" not in call["script"] and "imaging-svc" not in call["script"]
-    assert call["script"].startswith("param([string] $GuestUser, [string] $GuestPassword)")
+    assert call["script"].startswith("param([string] $GuestUser, [string] $GuestPassword, [string] $JoinUser, "
+                                      "[string] $JoinPassword)")
 
 
 def test_guest_action_without_credential_is_refused_before_running():

@@ -39,7 +39,8 @@ MOUNT_ACTIONS = frozenset({"create_disk", "backup_volume", "rescue_user_files", 
 # minutes. stop_vm and wait_guest get their own timeout_s input plus a margin.
 DEFAULT_TIMEOUTS: dict[str, float] = {
     "preflight": 120, "acquire_lock": 60, "release_lock": 60, "ensure_vm": 300, "get_state": 60,
-    "check_state": 60, "doctor_host": 120, "survey_vm": 1800, "rename_vm": 120, "remove_vm": 120, "move_aside": 600,
+    "check_state": 60, "doctor_host": 120, "read_host_files": 60, "set_host_note": 60,
+    "survey_vm": 1800, "rename_vm": 120, "remove_vm": 120, "move_aside": 600,
     "remove_disk_links": 600, "undo_copy": 3600, "read_guest_files": 300, "remove_volume_links": 300,
     "copy_from_disk": 6 * 3600,
     "stop_vm": 120, "start_vm": 300, "wait_guest": 60, "stage_artifact": 6 * 3600,
@@ -184,7 +185,11 @@ class HypervProvider:
         cred = self._guest(step)
         params: dict[str, Any] = {"GuestUser": cred.user, "GuestPassword": Secret(cred.password)}
         if "@@JOIN_PASSWORD@@" in str(step.inputs.get("answer", "")):  # a first boot that joins the domain
-            join = DomainJoinCredential.resolve()
+            try:
+                join = DomainJoinCredential.resolve()
+            except InputError as exc:
+                raise ProviderError(f"the new guest joins the domain at its first boot: {exc}", host=step.host,
+                                    step=step.action) from None
             params |= {"JoinUser": join.user, "JoinPassword": Secret(join.password)}
         return params
 

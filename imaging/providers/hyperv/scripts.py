@@ -117,6 +117,12 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             check_relpath(rel, field=f"files[{rel!r}]", file=where)
     if "switch" in inputs:
         check_windows_name(inputs["switch"], field="switch", file=where)
+    if action == "read_host_files":
+        for i, p in enumerate(inputs["paths"]):
+            check_windows_path(p, field=f"paths[{i}]", file=where)
+    if action == "set_host_note" and inputs["note"] is not None and not isinstance(inputs["note"], Mapping):
+        raise InputError("a note is a mapping (or null to remove it)", file=where, field="note",
+                         fix="pass a dict")
     if action == "doctor_host":
         check_windows_path(inputs["storage_root"], field="storage_root", file=where)
         check_windows_path(inputs["share"], field="share", file=where)

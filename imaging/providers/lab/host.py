@@ -4,6 +4,7 @@ Mixed into ``LabProvider``, which holds the paths and the per-host locks these u
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -86,6 +87,34 @@ class HostActions:
                            "or `invoke rollback --instrument=...`") from None
         finally:
             mine.unlink(missing_ok=True)
+        return {"changed": True}
+
+    def _do_read_host_files(self, host: str, paths: list[str], max_bytes: int) -> dict:
+        """Small files on the host, read only; a path that does not exist is left out."""
+        found: dict[str, str] = {}
+        total = 0
+        for winpath in paths:
+            f = self.path(host, winpath)
+            if f.is_file():
+                data = f.read_bytes()
+                total += len(data)
+                if total > max_bytes:
+                    raise ProviderError(f"{winpath} is larger than a note: more than {max_bytes} bytes", host=host,
+                                        step="read_host_files")
+                found[winpath] = base64.b64encode(data).decode("ascii")
+        return {"changed": False, "found": found}
+
+    def _do_set_host_note(self, host: str, path: str, note: dict[str, Any] | None) -> dict:
+        """Write a note on the host whole (atomically), or remove it (note None). Already so: nothing to do."""
+        f = self.path(host, path)
+        if note is None:
+            if not f.exists():
+                return {"changed": False}
+            f.unlink()
+            return {"changed": True}
+        if f.exists() and read_json(f) == note:
+            return {"changed": False}
+        write_json(f, note)
         return {"changed": True}
 
     def _do_release_lock(self, host: str, vm: str, lock_path: str, op_id: str) -> dict:
