@@ -25,6 +25,7 @@ from imaging.cli.ui import (
     run_live,
 )
 from imaging.core.errors import ImagingError
+from imaging.ops import acceptance as accepting
 from imaging.ops import deploy as deploys
 from imaging.ops import doctor as doctoring
 from imaging.ops import facts
@@ -250,3 +251,21 @@ def doctor(c, hosts="", json=False):  # noqa: ANN001
                            "each fix is printed above")
     if not json:
         console.print(f"[green]every check passed[/] on {len({ch.host for ch in checks})} host(s)")
+
+
+@task(help={"host": "the spare host to accept",
+            "instrument": "a throwaway instrument of that host, marked `scratch: true` in its file",
+            "release": "the release to reimage it to (default: its desired release)",
+            "next_release": "a second release to prepare and switch to (optional)"})
+@reports_errors
+def acceptance(c, host, instrument, release=None, next_release=None):  # noqa: ANN001
+    """The first contact with a host as one command: doctor, then every action once on a scratch instrument
+    (stage, reimage, drift read, hotfix and revert, prepare and switch or a second reimage, rollback), then
+    cleanup; writes a Markdown report of each phase and each script's duration and result."""
+    with context() as ctx:
+        out = accepting.run_acceptance(ctx, host, instrument, release=release, next_release=next_release,
+                                       say=lambda line: console.print(line, soft_wrap=True))
+    console.print(f"report: {out.report}")
+    if not out.ok:
+        raise ImagingError(f"acceptance of {host} FAILED; send {out.report} with the question")
+    console.print(f"[green]acceptance of {host} passed[/]")

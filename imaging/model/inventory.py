@@ -150,6 +150,9 @@ class Instrument(_Model):
     group: str
     release: str | None = None  # a label or a release id; None: the group's
     legacy_control_system: bool = False
+    # A throwaway instrument `invoke acceptance` may create and remove (its VM and generations; never its
+    # Var and Data disks): only one marked so is ever given to it.
+    scratch: bool = False
     memory_mb: int = Field(default=8192, ge=1024)
     cpus: int = Field(default=4, ge=1, le=64)
     disks: Disks
