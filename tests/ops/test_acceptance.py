@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def scratch(project: Path) -> Path:
-    text = (ROOT / "instruments" / "examples" / "hyperv" / "fleet" / "SCRATCH.yaml").read_text()
+    text = (ROOT / "instruments" / "examples" / "scratch" / "SCRATCH.yaml").read_text()
     (project / "instruments" / "fleet" / "SCRATCH.yaml").write_text(text.replace("HVHOST01", "HVHOST06"))
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "a scratch instrument for acceptance")
