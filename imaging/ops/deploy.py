@@ -104,7 +104,7 @@ def fleet_plan(ctx: Context, insts: list[Instrument], targets: dict[str, str], m
         if carry:
             note = "; ".join(filter(None, [note, "re-applies " + ", ".join(carry)]))
         rows.append(PlanRow(instrument=inst.name, host=inst.host, now=now, after=target,
-                            migrations=migrations_needed(ctx, now, ctx.releases[target]),
+                            migrations=migrations_needed(ctx, inst, ctx.releases[target]),
                             hotfixes_dropped=hotfixes_dropped(ctx, inst, target), not_staged=missing,
                             estimate_s=model.alone_s(inst.host, staged=not missing), note=note))
     return rows

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from imaging.core import git as gitrepo
 from imaging.core.errors import ImagingError, InputError
 from imaging.engine.executor import is_live
 from imaging.model import layout
@@ -22,6 +23,7 @@ from imaging.model.releases import ReleaseDefinition
 from imaging.model.steps import Step
 from imaging.ops.context import Context
 from imaging.settings.migrations import plan_migrations
+from imaging.settings.render import VERSION_FILE, parse_version
 from imaging.state.journal import OK, ROLLBACK_FAILED, RUNNING, Operation
 
 CARRY = "carry-"  # batch prefix of hotfixes re-applied after a reimage: they belong to that reimage
@@ -97,13 +99,25 @@ def who_runs(ctx: Context) -> dict[str, list[str]]:
     return {r: sorted(names) for r, names in runs.items()}
 
 
-def migrations_needed(ctx: Context, current: str | None, target: ReleaseDefinition) -> list[str]:
-    """The settings migrations the move runs, by id, from the settings version of the running release to the
-    target's (``imaging.settings.migrations``); a move with no known path is named as such rather than hidden."""
-    if current is None or current not in ctx.releases:
-        return []
-    start, end = ctx.releases[current].settings_version, target.settings_version
-    if start >= end:
+def settings_version_of(ctx: Context, inst: Instrument) -> int | None:
+    """The format the instrument's settings are in now: its branch's version file where there is a settings
+    repository (what the migrations start from), else the settings version of the release it runs; None
+    when neither is known (a new instrument: nothing to migrate)."""
+    repo = ctx.inventory.settings_repo
+    if repo is not None and gitrepo.branch_exists(repo, inst.vm):
+        raw = gitrepo.read_tree(repo, f"refs/heads/{inst.vm}").get(VERSION_FILE)
+        if raw is not None:
+            return parse_version(raw, source=f"{repo}@{inst.vm}")
+    current = running_release(ctx, inst)
+    return ctx.releases[current].settings_version if current in ctx.releases else None
+
+
+def migrations_needed(ctx: Context, inst: Instrument, target: ReleaseDefinition) -> list[str]:
+    """The settings migrations a move of the instrument to ``target`` runs, by id, from the format its
+    settings are in now (``settings_version_of``) to the target's; a move with no known path is named as
+    such rather than hidden."""
+    start, end = settings_version_of(ctx, inst), target.settings_version
+    if start is None or start >= end:
         return []
     try:
         return [m.id for m in plan_migrations(start, end)]

@@ -394,8 +394,15 @@ def test_fleet_plan_shows_dropped_hotfixes_migrations_and_staging(project: Path)
     assert (row.now, row.after) == (OLD, NEW)
     assert row.hotfixes_dropped == ["HF-2026-007"]
     assert row.migrations == []  # 2026C3.0 and 2026C3.1 share settings format 5
-    older = facts.migrations_needed(ctx, "2025C5.0", ctx.releases[NEW])
-    assert len(older) == 2 and all(m.startswith("m000") for m in older)  # formats 3 -> 4 -> 5
+    # an instrument whose settings branch is at format 3 (a settings repository): v3 -> v4 -> v5
+    from imaging.core import git as gitrepo
+    from tests.ops.test_reimage_settings import branch_repo
+
+    srepo = branch_repo(project.parent, {"NDXWISH": {".imaging/settings-version": b"3\n"}})
+    ctx.inventory = ctx.inventory.model_copy(update={"settings_repo": srepo})
+    [wish] = deploys.plan_deploy(ctx, facts.select(ctx, instruments="WISH"), NEW, runner.Options(), TimeModel()).rows
+    assert wish.now is None and len(wish.migrations) == 2 and all(m.startswith("m000") for m in wish.migrations)
+    assert gitrepo.branch_exists(srepo, "NDXWISH")
     assert row.not_staged == [f"apps-{NEW}"]  # the OS template is shared with 2026C3.0, already there
     assert row.estimate_s > TimeModel().alone_s(host, staged=True)
 
