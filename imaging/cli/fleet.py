@@ -120,12 +120,14 @@ def stage(c, release, group=None, instruments=""):  # noqa: ANN001
             "model": "a YAML file overriding the time model's defaults (see docs/deploy.md)",
             "force": "reimage instruments that already run the release",
             "pulls": "hosts pulling images from the share at once, for hosts not staged beforehand",
+            "allow_dirty": "deploy settings rendered from uncommitted templates or inventory files (recorded in the "
+                           "deploy's record and in each instrument's settings provenance)",
             "drop_hotfix": "comma-separated hotfix ids the deploy may drop (the release neither includes them nor "
                            "is declared for them); without it such a deploy is refused before any change"})
 @reports_errors
 def deploy(c, release="", group=None, instruments="", all=False, canary=None, batches="100%",  # noqa: A002, ANN001
            parallel=4, max_fail_percent=DEFAULT_MAX_FAIL_PERCENT, yes=False, dry_run=False, resume=False,
-           simulate=False, model=None, force=False, pulls=4, drop_hotfix=""):
+           simulate=False, model=None, force=False, pulls=4, drop_hotfix="", allow_dirty=False):
     """Reimage many instruments in waves: plan, confirm, canary, batches, limits, recap and report."""
     tm = TimeModel.load(Path(model) if model else None)
     with context() as ctx:
@@ -142,7 +144,7 @@ def deploy(c, release="", group=None, instruments="", all=False, canary=None, ba
             raise ImagingError("--release is required (a release id like 2026C3.0 or a label)")
         options = Options(parallel=int(parallel), max_fail_percent=float(max_fail_percent),
                           canary="" if canary == "none" else canary, batches=batches, force=force,
-                          pulls=int(pulls), drop_hotfixes=tuple(names(drop_hotfix)))
+                          pulls=int(pulls), drop_hotfixes=tuple(names(drop_hotfix)), allow_dirty=bool(allow_dirty))
         insts = facts.select(ctx, group=group, instruments=instruments, everything=all)
         if simulate:
             prediction = deploys.simulate(ctx, insts, release, options, tm)

@@ -56,6 +56,7 @@ class Options:
     force: bool = False
     pulls: int = 4               # hosts pulling images from the share at once (hosts not staged beforehand)
     drop_hotfixes: tuple[str, ...] = ()  # hotfixes the operator accepts to lose (deploy only)
+    allow_dirty: bool = False    # deploy settings rendered from uncommitted templates or inventory (recorded)
 
     def __post_init__(self) -> None:
         self.drop_hotfixes = tuple(self.drop_hotfixes)  # a record read back from JSON holds a list

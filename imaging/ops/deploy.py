@@ -48,6 +48,7 @@ from imaging.ops.publish import publish
 from imaging.ops.reimage import reimage_to
 from imaging.ops.reimage import resume as resume_instrument
 from imaging.ops.stage import not_staged, stage
+from imaging.settings.instruments import variables_dirty
 from imaging.state.journal import OK, RUNNING
 from imaging.state.runs import new_run_id
 
@@ -66,6 +67,20 @@ def hotfixes_dropped(ctx: Context, inst: Instrument, target: str) -> list[str]:
         kept = set(hotfixes_to_reapply(ctx, inst, target))
         dropped |= {h for h in have if h not in set(rel.includes_hotfixes) and h not in kept}
     return sorted(dropped)
+
+
+def dirty_settings(ctx: Context, insts: list[Instrument], allow: bool) -> InputError | None:
+    """A deploy renders settings from git: uncommitted inventory files of the selection (their variables) are
+    refused unless ``--allow-dirty``, which the deploy's record keeps (options) and each provenance shows."""
+    if allow:
+        return None
+    dirty = sorted({p for inst in insts for p in variables_dirty(ctx.inventory, inst)})
+    if not dirty:
+        return None
+    return InputError(f"the inventory has uncommitted changes the settings would be rendered from: "
+                      f"{', '.join(dirty[:8])}{' ...' if len(dirty) > 8 else ''}; nothing was changed",
+                      field="--allow-dirty", fix="commit them (settings are deployed from git), or pass "
+                                                 "--allow-dirty: the deploy records it and every provenance says dirty")
 
 
 @dataclass
@@ -165,7 +180,8 @@ def plan_deploy(ctx: Context, insts: list[Instrument], release: str, options: Op
     return DeployPlan(release=release, instruments=insts, options=options, model=model, targets=targets,
                       rows=fleet_plan(ctx, insts, targets, model),
                       prediction=_predict(ctx, insts, targets, options, model),
-                      refusal=lost_hotfixes(ctx, insts, targets, options.drop_hotfixes))
+                      refusal=lost_hotfixes(ctx, insts, targets, options.drop_hotfixes)
+                      or dirty_settings(ctx, insts, options.allow_dirty))
 
 
 # --- running -------------------------------------------------------------------------------------------
@@ -232,7 +248,7 @@ def _work(ctx: Context, deploy_id: str, targets: dict[str, str], options: Option
         have = set(carried(ctx, inst).hotfixes)
         drop = tuple(h for h in options.drop_hotfixes if h in have)
         return reimage_to(ctx, inst, targets[name], listener=listener, batch=deploy_id, drop_hotfixes=drop,
-                          force=options.force)
+                          force=options.force, allow_dirty=options.allow_dirty)
 
     return job_in_run(ctx, deploy_id, progress, reimage_one, "restored to its previous release")
 

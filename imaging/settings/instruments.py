@@ -7,6 +7,7 @@ functions of :mod:`imaging.settings.render` and :mod:`imaging.settings.migration
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from imaging.core import git as gitrepo
 from imaging.core.errors import ImagingError, InputError
-from imaging.model.inventory import Instrument, Inventory
+from imaging.model.inventory import DEFAULTS_FILE, Instrument, Inventory
 from imaging.settings import migrations
 from imaging.settings.drift import DriftCapture, DriftFound, DriftReport, capture_drift, detect_drift
 from imaging.settings.render import (
@@ -30,6 +31,18 @@ BUILTINS = ("instrument", "vm", "host", "group", "release")
 # Every instrument's `variables:` must define these (the templates have no default for them).
 REQUIRED_VARIABLES = ("technique", "target_station", "detector_banks", "motion_controllers",
                       "sample_environment", "db_host")
+
+
+def variables_dirty(inventory: Inventory, inst: Instrument) -> list[str]:
+    """The inventory files the instrument's variables come from (its own file, defaults.yaml) that differ
+    from git's HEAD: settings rendered from them are not what any commit holds."""
+    root = Path(inventory.root)
+    if not gitrepo.is_repo(root):
+        return []
+    top = gitrepo.toplevel(root)
+    files = [Path(inst.source), root / DEFAULTS_FILE]
+    rels = [os.path.relpath(f, top) for f in files if str(f) and f.exists()]
+    return gitrepo.dirty_paths(top, rels) if rels else []
 
 
 def instrument_variables(inst: Instrument, release: str) -> dict[str, Any]:
@@ -57,7 +70,8 @@ def render_many(repo: Path, inventory: Inventory, instruments: Iterable[Instrume
         try:
             r = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
                                 variables=instrument_variables(inst, releases[inst.name]), ref=ref,
-                                settings_repo=inventory.settings_repo, allow_dirty=allow_dirty)
+                                settings_repo=inventory.settings_repo, allow_dirty=allow_dirty,
+                                variables_dirty=variables_dirty(inventory, inst))
             out.append(RenderResult(inst.name, r, None))
         except ImagingError as exc:
             out.append(RenderResult(inst.name, None, str(exc)))
@@ -180,7 +194,8 @@ def prepare_reimage_settings(*, repo: Path, inventory: Inventory, inst: Instrume
                 gitrepo.read_tree(inventory.settings_repo, f"refs/heads/{inst.vm}"), target)
     rendered = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
                                variables=instrument_variables(inst, release), ref=ref,
-                               settings_repo=inventory.settings_repo, allow_dirty=allow_dirty, overlay=overlay)
+                               settings_repo=inventory.settings_repo, allow_dirty=allow_dirty, overlay=overlay,
+                               variables_dirty=variables_dirty(inventory, inst))
     if rendered.version != target:
         raise InputError(f"release {release} needs settings version {target}, but the templates at {ref} are at "
                          f"version {rendered.version}", field="settings_version", value=target,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -259,13 +259,16 @@ def _jsonable(value: Any) -> Any:
 def render_settings(*, repo: Path, instrument: str, vm: str, variables: Mapping[str, Any], ref: str = "HEAD",
                     settings_repo: Path | None = None, allow_dirty: bool = False,
                     templates_dir: str = TEMPLATES_DIR,
-                    overlay: Mapping[str, bytes] | None = None) -> RenderedSettings:
+                    overlay: Mapping[str, bytes] | None = None,
+                    variables_dirty: Sequence[str] = ()) -> RenderedSettings:
     """Render one instrument's settings from ``templates_dir`` of ``repo`` at ``ref``.
 
     ``variables`` holds the instrument's variables plus the builtins instrument, vm, host, group, release.
     Refuses uncommitted template changes unless ``allow_dirty`` (then the working tree is used and the
     result is marked dirty). ``overlay`` replaces the instrument branch by files held in memory (a dry run
     of migrations that were not committed); such output is marked dirty, as no commit holds it.
+    ``variables_dirty`` names the uncommitted inventory files the variables came from: the output is then
+    marked dirty too (no commit holds those values).
     """
     sources, commit, dirty = _read_source(Path(repo), ref, templates_dir, allow_dirty, "the settings templates")
     if not sources:
@@ -286,6 +289,7 @@ def render_settings(*, repo: Path, instrument: str, vm: str, variables: Mapping[
         overlay_info = {"repo": _repo_name(Path(settings_repo)), "branch": vm, "commit": ocommit,
                         "dirty_paths": odirty}
         dirty = dirty + [f"{vm}:{p}" for p in odirty]
+    dirty = dirty + [f"inventory:{p}" for p in variables_dirty]
     files.pop(PROVENANCE_FILE, None)
     files.pop(MANIFEST_FILE, None)
     provenance = {

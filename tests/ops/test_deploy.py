@@ -531,3 +531,23 @@ def test_the_plan_prints_the_abort_rule(project: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert ("abort rule: the canary LET must succeed before any other instrument starts; after it, a wave stops "
             "starting instruments once more than 10% of it failed") in out.stdout
+
+
+def test_uncommitted_inventory_variables_are_refused_by_deploy_or_deployed_marked_dirty(project: Path) -> None:
+    """Issue 17, item 4: a variable changed in the inventory but not committed is not what git holds: a
+    deploy refuses it before any change unless --allow-dirty, which it records; the provenance says dirty."""
+    fleet = project / "instruments" / "fleet" / "ZOOM.yaml"
+    fleet.write_text(fleet.read_text().replace("detector_banks: 10", "detector_banks: 11"))
+    ctx = ctx_for(project)
+    zoom = facts.select(ctx, instruments="ZOOM")
+    with pytest.raises(InputError) as err:
+        deploys.deploy(ctx, zoom, OLD, runner.Options(canary=""))
+    assert "instruments/fleet/ZOOM.yaml" in str(err.value) and err.value.field == "--allow-dirty"
+    assert ctx.journal.operations() == []
+    res = deploys.deploy(ctx, zoom, OLD, runner.Options(canary="", allow_dirty=True))
+    assert res.summary.names("ok") == ["ZOOM"] and res.record["options"]["allow_dirty"] is True
+    inst = ctx.inventory.instrument("ZOOM")
+    provenance = json.loads(ctx.providers.lab.guest_path(
+        inst.host, inst.vm, r"C:\Instrument\Settings\.imaging\provenance.json").read_text())
+    assert provenance["dirty"] is True and "inventory:instruments/fleet/ZOOM.yaml" in provenance["dirty_paths"]
+    assert provenance["variables"]["detector_banks"] == 11
