@@ -52,6 +52,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "detach_disk": ("vm", "slot", "path"),
     "backup_volume": ("vm", "path", "role", "label", "dest_path", "keep"),
     "rescue_user_files": ("vm", "os_path", "template_path", "var_path", "dest_rel", "exclude"),
+    # files: relative path -> base64 of the bytes (settings are bytes: binary, CRLF, UTF-16 files too)
     "write_settings": ("path", "files", "manifest_name"),
     # Offline, on the host, into a new OS disk no VM uses yet: the volume configuration its first boot applies
     # (mounts by label and links), so the guest step after the boot only checks it.

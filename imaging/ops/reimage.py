@@ -118,7 +118,7 @@ def plan_phase(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow
     when = stamp()
     rs = settings_for(ctx, inst, target, observed, dry_run=dry_run, capture_drift=capture_drift,
                       allow_dirty=allow_dirty, ref=settings_ref, stamp_=when)
-    files = {rel: data.decode("utf-8") for rel, data in sorted(rs.rendered.files.items())}
+    files = {rel: base64.b64encode(data).decode("ascii") for rel, data in sorted(rs.rendered.files.items())}
     digest = manifest_digest({rel: sha256_bytes(data) for rel, data in rs.rendered.files.items()})
     drift_files = ({rel: base64.b64encode(data).decode("ascii") for rel, data in rs.captured.var_files.items()}
                    if rs.captured else {})

@@ -38,7 +38,7 @@ class ReimageInputs:
     apps_version: str
     os_template: Artifact
     apps_image: Artifact
-    settings_files: dict[str, str]
+    settings_files: dict[str, str]  # relative path -> base64 of the rendered bytes
     settings_digest: str
     settings_commit: str | None
     observed: Observed

@@ -347,3 +347,29 @@ def test_a_new_guest_gets_its_identity_from_its_answer_file_before_the_guest_ste
     assert not out.ok and out.failed_step == "wait_guest" and out.restored, out
     assert "Windows setup stopped" in out.error and "answer file" in out.error
     assert facts.running_release(ctx, zoom) == "2026C3.0" and tree_manifest(var_dir(ctx)) == before
+
+
+def test_settings_are_bytes_binary_crlf_and_utf16_files_deploy_and_drift_byte_for_byte(project: Path,
+                                                                                      tmp_path: Path) -> None:
+    """Issue 17, item 1: an instrument's branch holds a LabVIEW wiring table (binary), CRLF text and a UTF-16
+    INI file: they reach the Settings volume byte for byte, and a change to the binary one on the running
+    instrument is drift named by path, never a UnicodeDecodeError."""
+    from imaging.settings.drift import DriftFound
+    from tests.ops.test_reimage_settings import branch_repo
+
+    wiring = bytes(range(256)) * 4 + b"\xff\xfe\x00"
+    crlf = b"[Motors]\r\nAxes = 3\r\n"
+    utf16 = "[Sample Environment]\r\nDevice = cryostat \u00b5\r\n".encode("utf-16")
+    srepo = branch_repo(tmp_path, {"NDXZOOM": {"labview/wiring.bin": wiring, "motion/axes.ini": crlf,
+                                               "labview/se.ini": utf16, ".imaging/settings-version": b"5\n"}})
+    ctx = ctx_for(project)
+    ctx.inventory = ctx.inventory.model_copy(update={"settings_repo": srepo})
+    out = reimaging.reimage(ctx, "ZOOM")
+    assert out.ok, out
+    lab = ctx.providers.lab
+    for rel, data in (("labview\\wiring.bin", wiring), ("motion\\axes.ini", crlf), ("labview\\se.ini", utf16)):
+        assert lab.guest_path("HVHOST04", "NDXZOOM", f"C:\\Instrument\\Settings\\{rel}").read_bytes() == data
+    lab.guest_write("HVHOST04", "NDXZOOM", r"C:\Instrument\Settings\labview\wiring.bin", wiring[::-1])
+    with pytest.raises(DriftFound) as err:
+        reimaging.plan_for_reimage(ctx, "ZOOM", "2026C3.1")
+    assert "labview/wiring.bin" in str(err.value)

@@ -8,6 +8,7 @@ Plans are built with ``imaging.model.plan.plan_reimage`` straight from the examp
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -167,7 +168,8 @@ def reimage_plan(inv: Inventory, name: str = "ALF", op_id: str = "0a1b2c3d4e5f",
         inst=inst, host=host, release="2026C3.0", apps_version="2026.3.0",
         os_template=Artifact("os-ltsc2022-2026C3", "b" * 64, 20 * 1024 ** 3),
         apps_image=Artifact("apps-2026C3.0", "c" * 64, 30 * 1024 ** 3),
-        settings_files={"instrument.yaml": f"name: {inst.name}\n", "motion/axes.cfg": "axes=3\n"},
+        settings_files={"instrument.yaml": base64.b64encode(f"name: {inst.name}\n".encode()).decode(),
+                        "motion/axes.cfg": base64.b64encode(b"axes=3\r\n").decode()},
         settings_digest="d" * 64, settings_commit="0123456789abcdef0123", observed=observed,
         op_id=op_id, owner="tests", stamp="20261121T101500Z", from_release="2026C2.0",
         answer=render_instrument_answer(inst.vm, inst.identity, templates=TEMPLATES.parent))

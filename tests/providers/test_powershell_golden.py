@@ -6,6 +6,7 @@ must equal its reviewed golden file. After a deliberate template change, refresh
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -41,6 +42,11 @@ def test_refresh_writes_what_render_produces(tmp_path):
 
 
 def test_sample_values_appear_only_as_literals():
-    # The settings text holds $(...) and a backtick: it must arrive inside one verbatim string.
+    # Settings are bytes: they arrive as base64 literals and are decoded on the host, so text holding
+    # $(...), a backtick or quotes (and binary, CRLF or UTF-16 files) reaches the volume byte for byte.
+    files = SAMPLES["write_settings"]["files"]
+    raw = {rel: base64.b64decode(b64) for rel, b64 in files.items()}
+    assert any(b"$(not expanded) `n" in data for data in raw.values())
     script = render_script("write_settings", SAMPLES["write_settings"])
-    assert "'<blocks name=\"ZOOM''s\">$(not expanded) `n</blocks>\n'" in script
+    assert all(f"'{b64}'" in script for b64 in files.values()) and "FromBase64String" in script
+    assert "$(not expanded)" not in script

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from imaging.core.errors import InputError
+from imaging.core.hashing import sha256_bytes
 from imaging.providers.hyperv.scripts import render_script, settings_manifest
 
 SAMPLES = json.loads((Path(__file__).parents[1] / "golden" / "powershell" / "_inputs.json").read_text())
@@ -45,6 +47,7 @@ def test_bad_value_is_refused_naming_the_field(action, field, value):
     ("health_check", lambda i: i["links"][0].update(label="a b"), "links[0].label"),
     ("write_settings", lambda i: i["files"].update({"..\\x.txt": "x"}), "files['..\\\\x.txt']"),
     ("write_settings", lambda i: i["files"].update({"ok.txt": 3}), "files['ok.txt']"),
+    ("write_settings", lambda i: i["files"].update({"ok.txt": "not base64!"}), "files['ok.txt']"),
     ("get_state", lambda i: i.pop("vm"), "vm"),
     ("write_volume_files", lambda i: i["files"].update({"drift/NUL.txt": "x"}), "files['drift/NUL.txt']"),
     ("write_volume_files", lambda i: i["files"].update({"../x.txt": "x"}), "files['../x.txt']"),
@@ -63,9 +66,13 @@ def test_unknown_action_is_refused():
 
 
 def test_settings_manifest_digest_is_over_sorted_path_and_hash_pairs():
-    text, digest = settings_manifest({"b.txt": "2", "a/c.txt": "1"})
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    text, digest = settings_manifest({"b.txt": b64(b"2"), "a/c.txt": b64(b"1")})
     manifest = json.loads(text)
     assert manifest["digest"] == digest and set(manifest["files"]) == {"b.txt", "a/c.txt"}
+    assert manifest["files"]["b.txt"] == sha256_bytes(b"2")  # of the bytes, not of their base64
     # Independent of the order the files come in, and sensitive to any content change.
-    assert settings_manifest({"a/c.txt": "1", "b.txt": "2"})[1] == digest
-    assert settings_manifest({"a/c.txt": "1", "b.txt": "2 "})[1] != digest
+    assert settings_manifest({"a/c.txt": b64(b"1"), "b.txt": b64(b"2")})[1] == digest
+    assert settings_manifest({"a/c.txt": b64(b"1"), "b.txt": b64(b"2 ")})[1] != digest

@@ -10,6 +10,7 @@ side (checked below); it lacks the numeric multiplier suffixes (``1GB``), which 
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,8 @@ def hostile_inputs(action: str) -> dict[str, Any]:
             inputs[key] = HOSTILE
     if "switch" in inputs:
         inputs["switch"] = HOSTILE_NAME
-    if isinstance(inputs.get("files"), dict):  # write_settings, write_volume_files: relpath -> text
-        inputs["files"] = {"a/b.txt": HOSTILE, "c.xml": ""}
+    if isinstance(inputs.get("files"), dict):  # write_settings, write_volume_files: relpath -> base64 bytes
+        inputs["files"] = {"a/b.txt": base64.b64encode(HOSTILE.encode()).decode(), "c.xml": ""}
     if "entry" in inputs:  # apply_hotfix: free text recorded in the ledger
         inputs["entry"] = {"description": HOSTILE, HOSTILE: HOSTILE}
     if action == "apply_hotfix":

@@ -13,6 +13,8 @@ Refresh the reviewed golden files after a deliberate template change with::
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import sys
 from collections.abc import Mapping
@@ -102,13 +104,16 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
             check_windows_path(p, field=f"exclude[{i}]", file=where)
     if action == "write_settings":
         if not isinstance(inputs["files"], Mapping):
-            raise InputError("files must map relative paths to text", file=where, field="files",
-                             fix="pass {relpath: text}")
-        for rel, text in inputs["files"].items():
+            raise InputError("files must map relative paths to base64 content", file=where, field="files",
+                             fix="pass {relpath: base64 of the bytes}")
+        for rel, b64 in inputs["files"].items():
             check_relpath(rel, field=f"files[{rel!r}]", file=where)
-            if not isinstance(text, str):
-                raise InputError("file content must be text", file=where, field=f"files[{rel!r}]",
-                                 fix="render settings files to strings before planning")
+            try:
+                base64.b64decode(b64, validate=True)
+            except (TypeError, ValueError, binascii.Error):
+                raise InputError("file content must be base64 of the file's bytes", file=where,
+                                 field=f"files[{rel!r}]",
+                                 fix="base64-encode the rendered bytes before planning") from None
     if action == "write_volume_files":
         if not isinstance(inputs["files"], Mapping):
             raise InputError("files must map relative paths to text", file=where, field="files",
@@ -236,9 +241,10 @@ def render_script(action: str, inputs: Mapping[str, Any], *, env: jinja2.Environ
 
 
 def settings_manifest(files: Mapping[str, str]) -> tuple[str, str]:
-    """The Settings manifest text and its digest: each file's sha256 (of its UTF-8 bytes) and one digest
-    over the sorted (path, sha256) pairs, the same digest the plan expects in ``expect_settings_sha256``."""
-    hashes = {rel: sha256_bytes(text.encode("utf-8")) for rel, text in files.items()}
+    """The Settings manifest text and its digest: each file's sha256 (of its bytes, given as base64) and one
+    digest over the sorted (path, sha256) pairs, the same digest the plan expects in
+    ``expect_settings_sha256``."""
+    hashes = {rel: sha256_bytes(base64.b64decode(b64)) for rel, b64 in files.items()}
     digest = manifest_digest(hashes)
     return json.dumps({"files": hashes, "digest": digest}, indent=2, sort_keys=True) + "\n", digest
 

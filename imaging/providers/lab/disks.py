@@ -253,7 +253,7 @@ class DiskActions:
     def _do_write_settings(self, host: str, path: str, files: dict[str, str], manifest_name: str) -> dict:
         d, _ = self._disk(host, path, step="write_settings")
         content = d / "content"
-        wanted = {rel: text.encode("utf-8") for rel, text in files.items()}
+        wanted = {rel: base64.b64decode(b64) for rel, b64 in files.items()}  # bytes, as rendered
         current = tree_manifest(content)
         from imaging.core.hashing import sha256_bytes
 

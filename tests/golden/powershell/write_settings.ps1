@@ -132,16 +132,14 @@ function Get-ImagingVolumeFiles {
 $ImagingAction = 'write_settings'
 $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
-    # Makes the Settings volume hold exactly the rendered files (UTF-8, no BOM) plus their manifest. The
+    # Makes the Settings volume hold exactly the rendered files, byte for byte (given as base64: binary files,
+    # CRLF and UTF-16 text stay as they are), plus their manifest. The
     # manifest text (each file's sha256 and one digest over them all) is computed by imaging.powershell, so
     # its digest is byte for byte the one the plan expects. Files that are already right are not rewritten;
     # files the render does not contain are removed and listed (the volume was backed up before).
     # The provider holds the host's mount lock while this runs.
     $Path = 'D:\Imaging\instruments\NDXZOOM\NDXZOOM-settings-7.vhdx'
-    $Files = [ordered]@{'globals.txt' = 'INSTRUMENT=ZOOM
-BEAMLINE=''muon''
-'; 'config/blocks.xml' = '<blocks name="ZOOM''s">$(not expanded) `n</blocks>
-'}
+    $Files = [ordered]@{'globals.txt' = 'SU5TVFJVTUVOVD1aT09NDQpCRUFNTElORT0nbXVvbicNCg=='; 'config/blocks.xml' = 'PGJsb2NrcyBuYW1lPSJaT09NJ3MiPiQobm90IGV4cGFuZGVkKSBgbjwvYmxvY2tzPgo='}
     $ManifestName = '.imaging/manifest.json'
     $ManifestText = '{
   "digest": "6352e706ef5bd487f2220f1749bb353dbe0bea6cca84422e62e2076a443f19b9",
@@ -155,7 +153,7 @@ BEAMLINE=''muon''
     $utf8 = New-Object System.Text.UTF8Encoding -ArgumentList $false
     $manifestRel = $ManifestName.Replace('/', '\')
     $wanted = [ordered]@{}
-    foreach ($rel in $Files.Keys) { $wanted[([string]$rel).Replace('/', '\')] = $utf8.GetBytes([string]$Files[$rel]) }
+    foreach ($rel in $Files.Keys) { $wanted[([string]$rel).Replace('/', '\')] = [System.Convert]::FromBase64String([string]$Files[$rel]) }
     $wanted[$manifestRel] = $utf8.GetBytes($ManifestText)
     $written = New-Object System.Collections.Generic.List[string]
     $removed = New-Object System.Collections.Generic.List[string]
