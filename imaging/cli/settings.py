@@ -6,7 +6,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from imaging.cli.ui import console, context, err_console, reports_errors
+from imaging.cli.ui import console, context, err_console, names, reports_errors
 from imaging.core.errors import InputError
 from imaging.ops import settings as settings_ops
 
@@ -32,12 +32,19 @@ def render(c, instrument=None, all=False, ref="HEAD", out=None, check=False, rel
             continue
         r = res.rendered
         where = f" -> {done.written[res.instrument]}" if res.instrument in done.written else ""
-        dirty = " [yellow]DIRTY[/]" if r.dirty else ""
+        dirty = " [yellow]DIRTY[/]" if r.dirty and not res.no_branch else ""
+        if res.no_branch:
+            dirty = " (no settings branch yet: rendered from the common line; its first deploy makes it)"
         commit = (r.provenance.get("commit") or "no commit")[:12]
         console.print(f"{res.instrument}: {len(r.files)} files, settings v{r.version}, {commit}, "
                       f"sha256 {r.sha256[:16]}{dirty}{where}", soft_wrap=True)
     console.print(f"{len(done.results) - done.failed} rendered, {done.failed} failed"
                   + (" (check only: nothing written)" if check else ""))
+    unmade = [r.instrument for r in done.results if r.no_branch]
+    if unmade:
+        console.print(f"{len(unmade)} instrument(s) have no settings branch yet: {', '.join(unmade)}; "
+                      "`invoke settings-init --instruments=...` makes them ahead of their first deploy",
+                      soft_wrap=True)
     if done.failed:
         raise Exit(code=1)
 
@@ -94,3 +101,25 @@ def migrate(c, instrument=None, all=False, dry_run=False, check=False, target=No
     console.print(f"{inst.name}: ran {', '.join(result.steps)} (v{result.from_version} -> v{result.to_version}); "
                   f"branch {result.branch} now at {result.after_commit[:12]}. To roll back: invoke migrate "
                   f"--instrument={inst.name} --restore={result.before_commit}")
+
+
+@task(help={"instruments": "comma-separated instruments (default with --all: every one without a branch)",
+            "all": "every instrument of the inventory",
+            "dry_run": "list the branches it would make; change nothing"})
+@reports_errors
+def settings_init(c, instruments="", all=False, dry_run=False):  # noqa: A002, ANN001
+    """Make the settings branch of each instrument that has none, from the settings repository's common line,
+    with a commit that says so (a deploy makes it at the instrument's first render otherwise)."""
+    with context() as ctx:
+        chosen = [ctx.inventory.instrument(n) for n in names(instruments)] if instruments else \
+            (list(ctx.inventory.instruments.values()) if all else [])
+        if not chosen:
+            raise InputError("no instrument chosen", field="--instruments", fix="name instruments, or pass --all")
+        made = settings_ops.init_branches(ctx, chosen, dry_run=dry_run)
+    for m in made:
+        if isinstance(m, str):
+            console.print(f"would make branch {m}")
+        else:
+            console.print(f"{m.instrument}: branch {m.branch} made from {m.common} ({m.commit[:10]})")
+    console.print(f"{len(made)} branch(es) {'to make (dry run: nothing changed)' if dry_run else 'made'}; "
+                  f"{len(chosen) - len(made)} had one")

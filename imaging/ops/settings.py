@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imaging.core.errors import InputError
+from imaging.core.stamps import who
 from imaging.model.inventory import Instrument
 from imaging.ops.context import Context
 from imaging.ops.facts import desired_releases
-from imaging.settings import migrations
+from imaging.settings import branches, migrations
 from imaging.settings.instruments import RenderResult, migrate_instrument, rehearse_fleet, render_many, write_rendered
 
 
@@ -72,3 +73,17 @@ def restore(ctx: Context, inst: Instrument, commit: str) -> str:
         raise InputError("there is no settings repository to restore", field="--restore",
                          fix="without one, roll back the instrument itself (`invoke rollback`)")
     return migrations.restore_branch(ctx.inventory.settings_repo, inst.vm, commit)
+
+
+def init_branches(ctx: Context, insts: list[Instrument], *, dry_run: bool = False) -> list[branches.Created | str]:
+    """Make the settings branch of each instrument that has none, from the common line, ahead of its first
+    deploy (which would otherwise make it). Returns what was made, or, in a dry run, the branches it would
+    make."""
+    repo = ctx.inventory.settings_repo
+    if repo is None:
+        raise InputError("no settings repository is configured: instruments render from the templates alone",
+                         field="settings_repo", fix="set settings_repo in instruments/defaults.yaml")
+    todo = branches.missing(repo, insts)
+    if dry_run:
+        return [i.vm for i in todo]
+    return [c for i in todo if (c := branches.ensure_branch(repo, i, migrations.latest_version(), who=who()))]

@@ -15,8 +15,9 @@ from typing import Any
 
 from imaging.core import git as gitrepo
 from imaging.core.errors import ImagingError, InputError
+from imaging.core.stamps import who
 from imaging.model.inventory import DEFAULTS_FILE, Instrument, Inventory
-from imaging.settings import migrations
+from imaging.settings import branches, migrations
 from imaging.settings.drift import DriftCapture, DriftFound, DriftReport, capture_drift, detect_drift
 from imaging.settings.render import (
     PROVENANCE_FILE,
@@ -60,19 +61,25 @@ class RenderResult:
     instrument: str
     rendered: RenderedSettings | None
     error: str | None
+    no_branch: bool = False  # no settings branch yet: rendered from the common line
 
 
 def render_many(repo: Path, inventory: Inventory, instruments: Iterable[Instrument], releases: dict[str, str], *,
                 ref: str = "HEAD", allow_dirty: bool = False) -> list[RenderResult]:
     """Render each instrument, collecting errors instead of stopping at the first (for --all --check)."""
     out = []
+    repo_s = inventory.settings_repo
     for inst in instruments:
         try:
+            overlay = None
+            no_branch = repo_s is not None and not gitrepo.branch_exists(repo_s, inst.vm)
+            if no_branch:  # renders from the common line until its first deploy makes its branch
+                overlay = branches.common_files(repo_s, migrations.latest_version())
             r = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
                                 variables=instrument_variables(inst, releases[inst.name]), ref=ref,
-                                settings_repo=inventory.settings_repo, allow_dirty=allow_dirty,
+                                settings_repo=repo_s, allow_dirty=allow_dirty, overlay=overlay,
                                 variables_dirty=variables_dirty(inventory, inst))
-            out.append(RenderResult(inst.name, r, None))
+            out.append(RenderResult(inst.name, r, None, no_branch=no_branch))
         except ImagingError as exc:
             out.append(RenderResult(inst.name, None, str(exc)))
     return out
@@ -154,6 +161,7 @@ class ReimageSettings:
     post_boot: list[migrations.PostBootStep]  # run in the guest after wait_guest; markers go on Var
     deployed_version: int | None
     target_version: int
+    created: branches.Created | None = None  # the instrument's settings branch, made for this deploy
 
 
 def prepare_reimage_settings(*, repo: Path, inventory: Inventory, inst: Instrument, release: str,
@@ -187,11 +195,18 @@ def prepare_reimage_settings(*, repo: Path, inventory: Inventory, inst: Instrume
                                          stamp=stamp)
     migration = None
     overlay = None
+    created = None
     if inventory.settings_repo is not None:
-        migration = migrations.migrate_branch(inventory.settings_repo, inst.vm, target, dry_run=dry_run)
-        if dry_run and migration.steps:
-            overlay, _ = migrations.migrate_files(
-                gitrepo.read_tree(inventory.settings_repo, f"refs/heads/{inst.vm}"), target)
+        if dry_run and not gitrepo.branch_exists(inventory.settings_repo, inst.vm):
+            # no branch yet: its first deploy makes one from the common line; a dry run renders from that
+            overlay, _ = migrations.migrate_files(branches.common_files(inventory.settings_repo, target), target)
+        else:
+            if not dry_run:
+                created = branches.ensure_branch(inventory.settings_repo, inst, target, who=who())
+            migration = migrations.migrate_branch(inventory.settings_repo, inst.vm, target, dry_run=dry_run)
+            if dry_run and migration.steps:
+                overlay, _ = migrations.migrate_files(
+                    gitrepo.read_tree(inventory.settings_repo, f"refs/heads/{inst.vm}"), target)
     rendered = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
                                variables=instrument_variables(inst, release), ref=ref,
                                settings_repo=inventory.settings_repo, allow_dirty=allow_dirty, overlay=overlay,
@@ -204,7 +219,8 @@ def prepare_reimage_settings(*, repo: Path, inventory: Inventory, inst: Instrume
     if deployed_version is not None and deployed_version < target:
         steps = migrations.post_boot_steps(deployed_version, target, rendered.files, set(post_boot_done))
     return ReimageSettings(rendered=rendered, drift=report, captured=captured, migration=migration,
-                           post_boot=steps, deployed_version=deployed_version, target_version=target)
+                           post_boot=steps, deployed_version=deployed_version, target_version=target,
+                           created=created)
 
 
 def rollback_settings(inventory: Inventory, inst: Instrument, before_commit: str | None) -> str | None:

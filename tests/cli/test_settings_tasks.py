@@ -107,3 +107,22 @@ def test_migrate_dry_run_then_migrate_then_restore(project: Path, fleet_settings
     res = inv(project, "migrate", "--instrument=ZOOM", f"--restore={original}")
     assert res.returncode == 0, res.stderr
     assert gitrepo.read_tree(fleet_settings_repo, "NDXZOOM") == gitrepo.read_tree(fleet_settings_repo, original)
+
+
+def test_settings_init_makes_the_missing_branches_and_render_check_lists_them(project: Path, tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "settings-repo")
+    (repo / ".imaging").mkdir()
+    (repo / ".imaging" / "settings-version").write_text("5\n")
+    commit_all(repo, "the common line")
+    gitrepo.commit_files(repo, "NDXZOOM", {"labview/site.ini": b"[ZOOM]\n"}, "ZOOM's own", create_from="HEAD")
+    defaults = project / "instruments" / "defaults.yaml"
+    defaults.write_text(defaults.read_text() + "settings_repo: ../../settings-repo\n")
+    res = inv(project, "render", "--all", "--check", "--allow-dirty")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "33 instrument(s) have no settings branch yet" in res.stdout and "ZOOM," not in res.stdout
+    res = inv(project, "settings-init", "--instruments=WISH,ZOOM", "--dry-run")
+    assert res.returncode == 0 and "would make branch NDXWISH" in res.stdout and "NDXZOOM" not in res.stdout
+    assert not gitrepo.branch_exists(repo, "NDXWISH")
+    res = inv(project, "settings-init", "--instruments=WISH,ZOOM")
+    assert res.returncode == 0 and "WISH: branch NDXWISH made from" in res.stdout and "1 had one" in res.stdout
+    assert gitrepo.branch_exists(repo, "NDXWISH")

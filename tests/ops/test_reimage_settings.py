@@ -144,3 +144,37 @@ def test_a_release_needing_another_settings_version_than_the_templates_is_refuse
     with pytest.raises(InputError, match="needs settings version 4, but the templates at HEAD are at version 5"):
         prepare_reimage_settings(repo=repo, inventory=inv, inst=inv.instrument("ZOOM"), release="2026C3.0",
                                  settings_version=4, deployed=None)
+
+
+def test_an_instrument_without_a_branch_gets_one_from_the_common_line(tmp_path: Path) -> None:
+    """Issue 17: with settings_repo set, an instrument without a branch is not refused ("no commit named
+    refs/heads/NDXZOOM"): its first render for a deploy makes the branch from the common line with a
+    commit that says so; a dry run and `render --all --check` render from the common line, naming it."""
+    from imaging.settings import branches
+    from imaging.settings.instruments import render_many
+
+    repo = project_repo(tmp_path)
+    srepo = init_repo(tmp_path / "settings-repo")
+    (srepo / ".imaging").mkdir()
+    (srepo / ".imaging" / "settings-version").write_text("5\n")
+    (srepo / "common.ini").write_text("[Facility]\nSite = ISIS\n")
+    commit_all(srepo, "the common line")
+    main = git(srepo, "rev-parse", "HEAD").strip()
+    inv = inventory(srepo)
+    zoom = inv.instrument("ZOOM")
+    dry = prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                   deployed=None, dry_run=True)
+    assert dry.rendered.files["common.ini"] == b"[Facility]\nSite = ISIS\n"
+    assert not gitrepo.branch_exists(srepo, "NDXZOOM")  # a dry run makes nothing
+    [listed] = render_many(repo, inv, [zoom], {"ZOOM": "2026C3.0"})
+    assert listed.error is None and listed.no_branch
+    out = prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                   deployed=None)
+    assert out.created is not None and out.created.common in ("main", "master")
+    assert git(srepo, "rev-parse", "NDXZOOM~1").strip() == main  # made from the common line
+    assert git(srepo, "log", "-1", "--format=%s", "NDXZOOM").startswith("Create the settings branch of NDXZOOM")
+    assert out.rendered.files["common.ini"] == b"[Facility]\nSite = ISIS\n"
+    again = prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                     deployed=None)
+    assert again.created is None  # made once
+    assert [i.vm for i in branches.missing(srepo, [zoom, inv.instrument("WISH")])] == ["NDXWISH"]
