@@ -70,6 +70,17 @@ def resolve_commit(repo: Path, ref: str) -> str:
     return commit
 
 
+def is_ancestor(repo: Path, older: str, newer: str) -> bool:
+    """Whether ``older`` is ``newer`` or one of its ancestors (nothing of it is missing from ``newer``)."""
+    return _git(repo, "merge-base", "--is-ancestor", older, newer).returncode == 0
+
+
+def merge_base(repo: Path, a: str, b: str) -> str | None:
+    """The best common ancestor of two commits; None for unrelated histories."""
+    proc = _git(repo, "merge-base", a, b)
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+
 def branch_exists(repo: Path, branch: str) -> bool:
     check_name(branch, field="branch", file=str(repo))
     out = run_git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}", check=False)

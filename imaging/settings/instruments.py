@@ -75,6 +75,10 @@ def render_many(repo: Path, inventory: Inventory, instruments: Iterable[Instrume
             no_branch = repo_s is not None and not gitrepo.branch_exists(repo_s, inst.vm)
             if no_branch:  # renders from the common line until its first deploy makes its branch
                 overlay = branches.common_files(repo_s, migrations.latest_version())
+            elif repo_s is not None:  # with the common line merged in, as its next deploy will
+                merge = branches.merge_common(repo_s, inst)
+                branches.refuse_conflicts(inst, merge, repo_s)
+                overlay = branches.merged_files(repo_s, merge) if merge.needed else None
             r = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
                                 variables=instrument_variables(inst, releases[inst.name]), ref=ref,
                                 settings_repo=repo_s, allow_dirty=allow_dirty, overlay=overlay,
@@ -197,16 +201,23 @@ def prepare_reimage_settings(*, repo: Path, inventory: Inventory, inst: Instrume
     overlay = None
     created = None
     if inventory.settings_repo is not None:
-        if dry_run and not gitrepo.branch_exists(inventory.settings_repo, inst.vm):
+        srepo = inventory.settings_repo
+        if dry_run and not gitrepo.branch_exists(srepo, inst.vm):
             # no branch yet: its first deploy makes one from the common line; a dry run renders from that
-            overlay, _ = migrations.migrate_files(branches.common_files(inventory.settings_repo, target), target)
+            overlay, _ = migrations.migrate_files(branches.common_files(srepo, target), target)
         else:
             if not dry_run:
-                created = branches.ensure_branch(inventory.settings_repo, inst, target, who=who())
-            migration = migrations.migrate_branch(inventory.settings_repo, inst.vm, target, dry_run=dry_run)
+                created = branches.ensure_branch(srepo, inst, target, who=who())
+            migration = migrations.migrate_branch(srepo, inst.vm, target, dry_run=dry_run)
             if dry_run and migration.steps:
-                overlay, _ = migrations.migrate_files(
-                    gitrepo.read_tree(inventory.settings_repo, f"refs/heads/{inst.vm}"), target)
+                overlay, _ = migrations.migrate_files(gitrepo.read_tree(srepo, f"refs/heads/{inst.vm}"), target)
+            else:  # the common line's changes since the branch left it come in (conflicts refuse the deploy)
+                merge = branches.merge_common(srepo, inst)
+                branches.refuse_conflicts(inst, merge, srepo)
+                if merge.needed and dry_run:
+                    overlay = branches.merged_files(srepo, merge)
+                elif merge.needed:
+                    branches.commit_merge(srepo, inst, merge, who=who())
     rendered = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
                                variables=instrument_variables(inst, release), ref=ref,
                                settings_repo=inventory.settings_repo, allow_dirty=allow_dirty, overlay=overlay,

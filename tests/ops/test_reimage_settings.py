@@ -178,3 +178,44 @@ def test_an_instrument_without_a_branch_gets_one_from_the_common_line(tmp_path: 
                                      deployed=None)
     assert again.created is None  # made once
     assert [i.vm for i in branches.missing(srepo, [zoom, inv.instrument("WISH")])] == ["NDXWISH"]
+
+
+def test_the_common_line_is_merged_into_each_branch_and_conflicts_are_never_deployed(tmp_path: Path) -> None:
+    """Issue 17, item 2: the facility's changes on the common line reach each instrument branch by a
+    three-way merge at render time (committed as a merge at deploy); a file both changed differently is a
+    conflict that `render --all --check` names per instrument and file, and a deploy refuses."""
+    from imaging.settings.instruments import render_many
+
+    repo = project_repo(tmp_path)
+    srepo = init_repo(tmp_path / "settings-repo")
+    (srepo / ".imaging").mkdir()
+    (srepo / ".imaging" / "settings-version").write_text("5\n")
+    (srepo / "common.ini").write_text("[Facility]\nSite = ISIS\n")
+    (srepo / "shared.ini").write_text("[Shared]\nA = 1\n")
+    commit_all(srepo, "the common line")
+    inv = inventory(srepo)
+    zoom, wish = inv.instrument("ZOOM"), inv.instrument("WISH")
+    for inst, own in ((zoom, b"[Shared]\nA = 1\n"), (wish, b"[Shared]\nA = 2\n")):
+        prepare_reimage_settings(repo=repo, inventory=inv, inst=inst, release="2026C3.0", settings_version=5,
+                                 deployed=None)  # makes the branch from the common line
+        gitrepo.commit_files(srepo, inst.vm, {f"{inst.name.lower()}.ini": b"[Own]\n", "shared.ini": own},
+                             f"{inst.name}'s own settings")
+    (srepo / "common.ini").write_text("[Facility]\nSite = ISIS\nNetwork = controls\n")
+    (srepo / "shared.ini").write_text("[Shared]\nA = 3\n")  # WISH changed it too: a conflict for WISH only
+    commit_all(srepo, "facility-wide change")
+    results = {r.instrument: r for r in render_many(repo, inv, [zoom, wish], {"ZOOM": "2026C3.0",
+                                                                              "WISH": "2026C3.0"})}
+    assert results["ZOOM"].error is None
+    assert results["ZOOM"].rendered.files["common.ini"].endswith(b"Network = controls\n")
+    assert results["ZOOM"].rendered.files["shared.ini"] == b"[Shared]\nA = 3\n"  # only main changed it
+    assert "conflicts in shared.ini" in results["WISH"].error and "NDXWISH" in results["WISH"].error
+    before = git(srepo, "rev-parse", "NDXWISH").strip()
+    with pytest.raises(InputError, match="conflicts in shared.ini"):
+        prepare_reimage_settings(repo=repo, inventory=inv, inst=wish, release="2026C3.0", settings_version=5,
+                                 deployed=None)
+    assert git(srepo, "rev-parse", "NDXWISH").strip() == before  # nothing deployed, nothing committed
+    out = prepare_reimage_settings(repo=repo, inventory=inv, inst=zoom, release="2026C3.0", settings_version=5,
+                                   deployed=None)
+    assert out.rendered.files["common.ini"].endswith(b"Network = controls\n")
+    assert git(srepo, "log", "-1", "--format=%s", "NDXZOOM").startswith("Merge the common line")
+    assert len(git(srepo, "log", "-1", "--format=%P", "NDXZOOM").split()) == 2
