@@ -12,7 +12,7 @@ from imaging.model.inventory import load_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates" / "settings"
-V1_TEMPLATES = ROOT / "tests" / "fixtures" / "settings_v1"
+V1_TEMPLATES = ROOT / "templates" / "settings-history" / "v1"
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "imaging tests", "GIT_AUTHOR_EMAIL": "tests@imaging.invalid",

@@ -123,3 +123,15 @@ def settings_init(c, instruments="", all=False, dry_run=False):  # noqa: A002, A
             console.print(f"{m.instrument}: branch {m.branch} made from {m.common} ({m.commit[:10]})")
     console.print(f"{len(made)} branch(es) {'to make (dry run: nothing changed)' if dry_run else 'made'}; "
                   f"{len(chosen) - len(made)} had one")
+
+
+@task(help={"dest": "where to make it (default: .state/sample-settings-repo)"})
+@reports_errors
+def settings_sample(c, dest=None):  # noqa: ANN001
+    """Make a sample settings repository for the shipped fleet, to rehearse on: a common line, branches at
+    older formats (LET and WISH at 3, MARI at 4), two at the current one, and the rest with no branch yet."""
+    with context() as ctx:
+        where = settings_ops.sample_repo(ctx, Path(dest) if dest else ctx.paths.state / "sample-settings-repo")
+    console.print(f"sample settings repository: {where}")
+    console.print(f"use it: add `settings_repo: {where}` to instruments/defaults.yaml, then `invoke render --all "
+                  "--check` and `invoke migrate --all --check`", soft_wrap=True)

@@ -173,7 +173,8 @@ def checked_out_branches(repo: Path) -> set[str]:
 
 
 def commit_files(repo: Path, branch: str, files: Mapping[str, bytes | None], message: str, *,
-                 replace: bool = False, create_from: str | None = None) -> str:
+                 replace: bool = False, create_from: str | None = None,
+                 identity: Mapping[str, str] | None = None) -> str:
     """Commit ``files`` ({relpath: bytes, or None to delete}) on ``branch`` without touching any checkout.
 
     ``replace=True`` makes the commit's tree exactly ``files`` (a whole settings tree); otherwise the files
@@ -215,9 +216,9 @@ def commit_files(repo: Path, branch: str, files: Mapping[str, bytes | None], mes
     args = ["commit-tree", tree, "-m", message]
     if parent:
         args[2:2] = ["-p", parent]
-    new = run_git(repo, *args).decode().strip()
+    new = run_git(repo, *args, env=identity).decode().strip()  # identity: GIT_AUTHOR_* / GIT_COMMITTER_*
     run_git(repo, "update-ref", "-m", f"imaging: {message.splitlines()[0]}", f"refs/heads/{branch}", new,
-            old or "0" * 40)
+            old or "0" * 40, env=identity)
     return new
 
 

@@ -12,7 +12,7 @@ from imaging.core.stamps import who
 from imaging.model.inventory import Instrument
 from imaging.ops.context import Context
 from imaging.ops.facts import desired_releases
-from imaging.settings import branches, migrations
+from imaging.settings import branches, migrations, samples
 from imaging.settings.instruments import RenderResult, migrate_instrument, rehearse_fleet, render_many, write_rendered
 
 
@@ -87,3 +87,8 @@ def init_branches(ctx: Context, insts: list[Instrument], *, dry_run: bool = Fals
     if dry_run:
         return [i.vm for i in todo]
     return [c for i in todo if (c := branches.ensure_branch(repo, i, migrations.latest_version(), who=who()))]
+
+
+def sample_repo(ctx: Context, dest: Path) -> Path:
+    """Make the sample settings repository of the shipped fleet at ``dest`` (imaging.settings.samples)."""
+    return samples.make_sample_repo(dest, ctx.inventory, ctx.paths.templates / "settings-history" / "v1")

@@ -75,10 +75,15 @@ def render_many(repo: Path, inventory: Inventory, instruments: Iterable[Instrume
             no_branch = repo_s is not None and not gitrepo.branch_exists(repo_s, inst.vm)
             if no_branch:  # renders from the common line until its first deploy makes its branch
                 overlay = branches.common_files(repo_s, migrations.latest_version())
-            elif repo_s is not None:  # with the common line merged in, as its next deploy will
-                merge = branches.merge_common(repo_s, inst)
-                branches.refuse_conflicts(inst, merge, repo_s)
-                overlay = branches.merged_files(repo_s, merge) if merge.needed else None
+            elif repo_s is not None:
+                own = gitrepo.read_tree(repo_s, f"refs/heads/{inst.vm}")
+                latest = migrations.latest_version()
+                if parse_version(own.get(VERSION_FILE), source=f"{repo_s}@{inst.vm}") < latest:
+                    overlay, _ = migrations.migrate_files(own, latest)  # its deploy migrates it first
+                else:  # with the common line merged in, as its next deploy will
+                    merge = branches.merge_common(repo_s, inst)
+                    branches.refuse_conflicts(inst, merge, repo_s)
+                    overlay = branches.merged_files(repo_s, merge) if merge.needed else None
             r = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
                                 variables=instrument_variables(inst, releases[inst.name]), ref=ref,
                                 settings_repo=repo_s, allow_dirty=allow_dirty, overlay=overlay,
@@ -105,8 +110,12 @@ def rehearse_fleet(repo: Path, inventory: Inventory, instruments: Iterable[Instr
     """
     chosen = list(instruments)
     if inventory.settings_repo is not None:
+        srepo = inventory.settings_repo
         by_vm = {i.vm: i.name for i in chosen}
-        results = migrations.rehearse_branches(inventory.settings_repo, list(by_vm), target)
+        # an instrument without a branch yet starts from the common line at its first deploy: rehearse that
+        results = [migrations.rehearse(vm, branches.common_files(srepo, target), target)
+                   if not gitrepo.branch_exists(srepo, vm) else r
+                   for vm in sorted(by_vm) for r in migrations.rehearse_branches(srepo, [vm], target)]
         return sorted((_renamed(r, f"{by_vm[r.name]} ({r.name})") for r in results), key=lambda r: r.name)
     out = []
     for res in render_many(repo, inventory, chosen, releases, ref=ref):

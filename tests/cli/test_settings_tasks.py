@@ -126,3 +126,28 @@ def test_settings_init_makes_the_missing_branches_and_render_check_lists_them(pr
     res = inv(project, "settings-init", "--instruments=WISH,ZOOM")
     assert res.returncode == 0 and "WISH: branch NDXWISH made from" in res.stdout and "1 had one" in res.stdout
     assert gitrepo.branch_exists(repo, "NDXWISH")
+
+
+def test_the_sample_settings_repository_rehearses_the_shipped_fleet(project: Path) -> None:
+    """Issue 17: a newcomer makes the sample settings repository with one command; with it, `render --all
+    --check` passes (instruments without a branch render from the common line) and `migrate --all --check`
+    rehearses LET and WISH from format 3 and MARI from 4 to the current one. The same inventory gives the
+    same repository."""
+    res = inv(project, "settings-sample")
+    assert res.returncode == 0, res.stdout + res.stderr
+    repo = project / ".state" / "sample-settings-repo"
+    assert gitrepo.read_tree(repo, "refs/heads/NDXLET")[".imaging/settings-version"] == b"3\n"
+    assert gitrepo.read_tree(repo, "refs/heads/NDXMARI")[".imaging/settings-version"] == b"4\n"
+    again = inv(project, "settings-sample", f"--dest={project / 'again'}")
+    assert again.returncode == 0
+    assert git(repo, "rev-parse", "NDXLET") == git(project / "again", "rev-parse", "NDXLET")  # deterministic
+    assert inv(project, "settings-sample").returncode != 0  # never over an existing one
+    defaults = project / "instruments" / "defaults.yaml"
+    defaults.write_text(defaults.read_text() + f"settings_repo: {repo}\n")
+    res = inv(project, "render", "--all", "--check", "--allow-dirty")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "29 instrument(s) have no settings branch yet" in res.stdout
+    res = inv(project, "migrate", "--all", "--check")
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = {ln.split(":")[0].split(" (")[0].strip(): ln for ln in res.stdout.splitlines() if "(NDX" in ln}
+    assert "v3 -> v5" in lines["LET"] and "v3 -> v5" in lines["WISH"] and "v4 -> v5" in lines["MARI"], lines
