@@ -102,14 +102,14 @@ def validate(c):  # noqa: ANN001
             "allow_dirty": "render settings from a git tree with uncommitted changes (marked dirty)",
             "capture_drift": "save settings changed on the instrument (to its settings branch, or to "
                              "Var\\settings-drift\\<time>\\) before replacing them, instead of stopping",
-            "settings_ref": "git ref (branch, tag, commit) to render settings templates from (default HEAD)",
+            "settings_ref": "git ref (branch, tag, commit) to read the settings templates at (default: the release's)",
             "drop_hotfix": "hotfix id(s), comma-separated, the instrument may lose (the release lacks them)",
             "force": "reimage even to the release the instrument already runs (e.g. to repair its OS disk)",
             "verify_content": "the check after the reimage hashes every Apps file against the image's manifest "
                               "(default: counts, sizes and the version file)"})
 @reports_errors
 def reimage(c, instrument, release=None, dry_run=False, allow_dirty=False, capture_drift=False,  # noqa: ANN001
-            settings_ref="HEAD", drop_hotfix="", force=False, verify_content=False):
+            settings_ref=None, drop_hotfix="", force=False, verify_content=False):
     """Reimage one instrument: new OS and Apps disks from the release, fresh Settings, Var and Data kept."""
     drops = tuple(names(drop_hotfix))
     with context() as ctx:

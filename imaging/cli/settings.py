@@ -13,13 +13,13 @@ from imaging.ops import settings as settings_ops
 
 @task(help={"instrument": "the instrument to render (ZOOM or NDXZOOM)",
             "all": "render every instrument of the inventory",
-            "ref": "git branch, tag or commit of the project to render the templates from (default HEAD)",
+            "ref": "git branch, tag or commit to read the templates at (default: each release's settings_templates)",
             "out": "folder to write into (one sub-folder per instrument; default .state/rendered-settings)",
             "check": "render only to check for errors; write nothing",
             "release": "release id or label the settings are for (default: each instrument's desired release)",
             "allow_dirty": "render uncommitted template changes from the working tree (output marked dirty)"})
 @reports_errors
-def render(c, instrument=None, all=False, ref="HEAD", out=None, check=False, release=None,  # noqa: A002
+def render(c, instrument=None, all=False, ref=None, out=None, check=False, release=None,  # noqa: A002
            allow_dirty=False):  # noqa: ANN001
     """Render instrument settings from git into a folder for review, or check that every instrument renders."""
     with context() as ctx:
@@ -54,10 +54,10 @@ def render(c, instrument=None, all=False, ref="HEAD", out=None, check=False, rel
             "dry_run": "show the diff the migrations would make and commit nothing",
             "check": "rehearse the migrations on throw-away copies and report which would fail; changes nothing",
             "target": "settings version to migrate to (default: the newest the migrations reach)",
-            "ref": "git ref of the project templates (used with --check when there is no settings repository)",
+            "ref": "git ref of the templates (--check without a settings repository; default: each release's)",
             "restore": "roll back: restore the instrument's branch to this commit (the one before the migrations)"})
 @reports_errors
-def migrate(c, instrument=None, all=False, dry_run=False, check=False, target=None, ref="HEAD",  # noqa: A002
+def migrate(c, instrument=None, all=False, dry_run=False, check=False, target=None, ref=None,  # noqa: A002
             restore=None):  # noqa: ANN001
     """Run pending settings migrations on an instrument's settings branch, one commit per step."""
     if all and not check:

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from imaging.core.errors import InputError
-from imaging.core.quoting import check_name, check_sha256
+from imaging.core.quoting import check_name, check_relpath, check_sha256
 
 # Strict on purpose: no leading zeros, upper-case C only, no surrounding or inner whitespace.
 _RELEASE_ID_RE = re.compile(r"(2[0-9]{3})C([1-9][0-9]?)\.(0|[1-9][0-9]{0,2})")
@@ -112,6 +112,36 @@ class Revocation(_Strict):
     who: str = Field(min_length=1)
 
 
+# Where settings are rendered from unless a release says otherwise (the templates at the checked-out commit).
+DEFAULT_TEMPLATES_DIR = "templates/settings"
+_GIT_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+
+
+class SettingsTemplates(_Strict):
+    """The settings templates a release renders from: a folder of the project at a git ref.
+
+    ``new-release`` records the commit it was made at, so a release keeps rendering the format it was made
+    for however far the templates move on; the shipped older releases name frozen folders instead
+    (``templates/settings-history/vN``), which every clone has.
+    """
+
+    ref: str = "HEAD"
+    dir: str = DEFAULT_TEMPLATES_DIR
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        if not _GIT_REF_RE.fullmatch(v) or ".." in v or v.endswith((".", "/", ".lock")):
+            raise InputError("not a git ref", field="ref", value=v,
+                             fix="give a commit id, a tag or a branch name (letters, digits, . _ / -)")
+        return v
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        return check_relpath(v, field="dir")
+
+
 class ReleaseDefinition(_Strict):
     """One ``releases/<id>.yaml``: what a release is made of. Immutable once published."""
 
@@ -121,6 +151,8 @@ class ReleaseDefinition(_Strict):
     settings_version: int = Field(ge=1, strict=True)
     includes_hotfixes: list[str] = Field(default_factory=list)
     notes: str
+    # None: the templates at HEAD (or at the --settings-ref a command is given)
+    settings_templates: SettingsTemplates | None = None
     revoked: Revocation | None = None
     # The lab may build this release's missing images from its built-in sample trees (the shipped demo
     # releases); a release a facility authors runs only what was built for it.
@@ -140,6 +172,11 @@ class ReleaseDefinition(_Strict):
     @property
     def release_id(self) -> ReleaseId:
         return ReleaseId.parse(self.id)
+
+    @property
+    def templates(self) -> SettingsTemplates:
+        """Where this release's settings are rendered from (the default when the file names none)."""
+        return self.settings_templates or SettingsTemplates()
 
     @property
     def is_revoked(self) -> bool:

@@ -48,7 +48,7 @@ def plan_adoption(ctx: Context, name: str, release: str | None = None, *, dry_ru
     record = {"legacy_vm": legacy, "legacy_disks": [d["path"] for d in sv.disks], "survey": sv.report,
               "shared_folders": [c["from"] for c in copies(x).get("shared", [])]}
     plan = plan_phase(ctx, inst, target, op_id=op_id or new_op_id(), allow_dirty=False, dry_run=dry_run,
-                      capture_drift=False, settings_ref="HEAD", hotfixes=tuple(ctx.releases[target].includes_hotfixes),
+                      capture_drift=False, settings_ref=None, hotfixes=tuple(ctx.releases[target].includes_hotfixes),
                       adopting=(adoption_steps(x), record))
     plan.notes[:] = [n for n in plan.notes if "does not exist" not in n and "never copied" not in n]
     plan.notes.insert(0, f"adoption: {inst.vm} is kept whole as {legacy} (off; its disks are only read), and the "

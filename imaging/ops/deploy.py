@@ -48,7 +48,8 @@ from imaging.ops.publish import publish
 from imaging.ops.reimage import reimage_to
 from imaging.ops.reimage import resume as resume_instrument
 from imaging.ops.stage import not_staged, stage
-from imaging.settings.instruments import variables_dirty
+from imaging.settings.instruments import templates_for, variables_dirty
+from imaging.settings.render import templates_version
 from imaging.state.journal import OK, RUNNING
 from imaging.state.runs import new_run_id
 
@@ -81,6 +82,22 @@ def dirty_settings(ctx: Context, insts: list[Instrument], allow: bool) -> InputE
                       f"{', '.join(dirty[:8])}{' ...' if len(dirty) > 8 else ''}; nothing was changed",
                       field="--allow-dirty", fix="commit them (settings are deployed from git), or pass "
                                                  "--allow-dirty: the deploy records it and every provenance says dirty")
+
+
+def wrong_templates(ctx: Context, targets: dict[str, str]) -> InputError | None:
+    """A release whose templates are not at its settings format cannot be rendered for any instrument: say
+    so before the deploy starts rather than once per instrument."""
+    for release in sorted(set(targets.values())):
+        definition = ctx.releases[release]
+        ref, folder = templates_for(definition)
+        have = templates_version(ctx.paths.root, ref, folder)
+        if have != definition.settings_version:
+            return InputError(f"release {release} needs settings version {definition.settings_version}, but the "
+                              f"templates in {folder} at {ref} are at version {have}; nothing was changed",
+                              file=str(ctx.paths.releases / f"{release}.yaml"), field="settings_templates",
+                              fix="name the templates the release was made with (a commit, or a frozen folder "
+                                  "such as templates/settings-history/v4; docs/releases.md)")
+    return None
 
 
 @dataclass
@@ -180,7 +197,8 @@ def plan_deploy(ctx: Context, insts: list[Instrument], release: str, options: Op
     return DeployPlan(release=release, instruments=insts, options=options, model=model, targets=targets,
                       rows=fleet_plan(ctx, insts, targets, model),
                       prediction=_predict(ctx, insts, targets, options, model),
-                      refusal=lost_hotfixes(ctx, insts, targets, options.drop_hotfixes)
+                      refusal=wrong_templates(ctx, targets)
+                      or lost_hotfixes(ctx, insts, targets, options.drop_hotfixes)
                       or dirty_settings(ctx, insts, options.allow_dirty))
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import yaml
 
+from imaging.core import git as gitrepo
 from imaging.core.errors import InputError
 from imaging.core.git import CommitResult, commit_file
 from imaging.images import build
-from imaging.model.releases import ReleaseDefinition, ReleaseId, load_release
+from imaging.model.releases import ReleaseDefinition, ReleaseId, SettingsTemplates, load_release
 from imaging.ops.context import Context
 from imaging.settings.render import VERSION_FILE, parse_version
 
@@ -38,6 +39,32 @@ def templates_settings_version(ctx: Context) -> int:
     """The settings format the project's templates are at."""
     f = ctx.paths.templates / "settings" / VERSION_FILE
     return parse_version(f.read_bytes() if f.exists() else None, source=str(f))
+
+
+def _templates(ctx: Context, version: int, have: int, base: ReleaseDefinition | None) -> SettingsTemplates | None:
+    """What the new release renders its settings from: the commit the templates are at now when they are at
+    its format (so it keeps rendering them after they move on), else what its parent renders, else a frozen
+    set of that format. None: the project is not in git, so HEAD is all there is to name."""
+    if version == have:
+        root = ctx.paths.root
+        if not gitrepo.is_repo(root):
+            return None
+        top = gitrepo.toplevel(root)
+        folder = (ctx.paths.templates / "settings").resolve().relative_to(top.resolve()).as_posix()
+        dirty = gitrepo.dirty_paths(top, [folder])
+        if dirty:
+            raise InputError(f"the settings templates have uncommitted changes: {', '.join(dirty[:5])}",
+                             file=str(ctx.paths.templates / "settings"), field="--settings-version",
+                             fix="commit them first: a release records the commit its settings templates are read at")
+        return SettingsTemplates(ref=gitrepo.head_commit(top), dir=folder)
+    if base is not None and base.settings_version == version:
+        return base.settings_templates
+    frozen = ctx.paths.templates / "settings-history" / f"v{version}"
+    if (frozen / VERSION_FILE).is_file():
+        return SettingsTemplates(dir=frozen.resolve().relative_to(ctx.paths.root.resolve()).as_posix())
+    raise InputError(f"no settings templates at format {version} to render the release from",
+                     field="--settings-version", value=version,
+                     fix=f"use format {have} (the templates'), or --from a release made at format {version}")
 
 
 def _parent(ctx: Context, rid: ReleaseId, parent: str | None) -> ReleaseDefinition | None:
@@ -80,6 +107,7 @@ def plan_release(ctx: Context, release_id: str, *, parent: str | None = None, os
     data = {"id": str(rid), "os_template": {"name": template},
             "apps": {"name": f"apps-{rid}", "version": str(rid)}, "settings_version": int(version),
             "includes_hotfixes": list(base.includes_hotfixes) if base else [],
+            "settings_templates": (t.model_dump() if (t := _templates(ctx, int(version), have, base)) else None),
             "notes": notes or (f"Patch of {base.id}." if base and rid.patch else f"Release {rid}.")}
     return ReleaseDefinition.model_validate(data), base.id if base else None
 

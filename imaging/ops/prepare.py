@@ -96,7 +96,7 @@ def prepare(ctx: Context, inst: Instrument, target: str, *, listener: Listener |
     carry = hotfixes_to_reapply(ctx, inst, target, drop_hotfixes)
     op_id = new_op_id()
     plan = plan_phase(ctx, inst, target, op_id=op_id, allow_dirty=False, dry_run=False, capture_drift=False,
-                      settings_ref="HEAD", hotfixes=tuple(ctx.releases[target].includes_hotfixes) + tuple(carry),
+                      settings_ref=None, hotfixes=tuple(ctx.releases[target].includes_hotfixes) + tuple(carry),
                       phase="prepare")
     publish(ctx, target, inst.host)
     for s in stage_steps(ctx, target, inst.host):

@@ -43,7 +43,7 @@ from imaging.ops.stage import UNBUILT, artifacts_of, stage_steps
 from imaging.ops.survey import refuse_handmade
 from imaging.plans.reimage import ReimageInputs, apps_expectation, plan_reimage
 from imaging.settings import migrations
-from imaging.settings.instruments import DeployedSettings, ReimageSettings, prepare_reimage_settings
+from imaging.settings.instruments import DeployedSettings, ReimageSettings, prepare_reimage_settings, templates_for
 from imaging.state.journal import OK, RUNNING, Operation
 
 # --- settings ------------------------------------------------------------------------------------
@@ -61,13 +61,16 @@ def deployed_settings(ctx: Context, inst: Instrument, observed: Observed) -> Dep
 
 
 def settings_for(ctx: Context, inst: Instrument, release: str, observed: Observed, *, dry_run: bool,
-                 capture_drift: bool = False, allow_dirty: bool = False, ref: str = "HEAD",
+                 capture_drift: bool = False, allow_dirty: bool = False, ref: str | None = None,
                  stamp_: str | None = None) -> ReimageSettings:
-    """Drift check (refuses before any change), drift capture, migrations, render: see settings.instruments."""
+    """Drift check (refuses before any change), drift capture, migrations, render: see settings.instruments.
+    Rendered from the release's own templates (``settings_templates``), at ``ref`` when one is given."""
+    definition = ctx.releases[release]
+    tref, tdir = templates_for(definition, ref)
     return prepare_reimage_settings(
         repo=ctx.paths.root, inventory=ctx.inventory, inst=inst, release=release,
-        settings_version=ctx.releases[release].settings_version, deployed=deployed_settings(ctx, inst, observed),
-        capture=capture_drift, dry_run=dry_run, allow_dirty=allow_dirty, ref=ref, stamp=stamp_)
+        settings_version=definition.settings_version, deployed=deployed_settings(ctx, inst, observed),
+        capture=capture_drift, dry_run=dry_run, allow_dirty=allow_dirty, ref=tref, templates_dir=tdir, stamp=stamp_)
 
 
 # --- reimage -------------------------------------------------------------------------------------
@@ -75,7 +78,7 @@ def settings_for(ctx: Context, inst: Instrument, release: str, observed: Observe
 
 def plan_for_reimage(ctx: Context, name: str, release: str | None = None, *, op_id: str | None = None,
                      allow_dirty: bool = False, dry_run: bool = True, capture_drift: bool = False,
-                     settings_ref: str = "HEAD", hotfixes: tuple[str, ...] = ()) -> Plan:
+                     settings_ref: str | None = None, hotfixes: tuple[str, ...] = ()) -> Plan:
     """Gather the inputs (reading only) and compute the plan for ``release`` (an id or a label; default the
     instrument's desired release). Touches nothing when ``dry_run``.
 
@@ -99,7 +102,7 @@ def _apps_expectation(ctx: Context, apps: str, verify_content: bool) -> dict | N
 
 
 def plan_phase(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow_dirty: bool, dry_run: bool,
-          capture_drift: bool, settings_ref: str, hotfixes: tuple[str, ...], verify_content: bool = False,
+          capture_drift: bool, settings_ref: str | None, hotfixes: tuple[str, ...], verify_content: bool = False,
           phase: str = "whole", generation: str | None = None, prepared_by: str | None = None,
           adopting: tuple[tuple[Step, ...], dict] | None = None) -> Plan:
     """The plan of one phase (``plans.reimage``): ``whole`` for a reimage, ``prepare`` or ``switch``.
@@ -148,7 +151,7 @@ def plan_phase(ctx: Context, inst: Instrument, target: str, *, op_id: str, allow
 
 
 def preview_reimage(ctx: Context, name: str, release: str | None = None, *, drop_hotfixes: tuple[str, ...] = (),
-                    allow_dirty: bool = False, capture_drift: bool = False, settings_ref: str = "HEAD") -> Plan:
+                    allow_dirty: bool = False, capture_drift: bool = False, settings_ref: str | None = None) -> Plan:
     """The dry run of ``reimage``: the same refusals (hotfixes it would lose), then the plan; changes nothing."""
     inst = ctx.inventory.instrument(name)
     target = desired_release(ctx, inst, release)
@@ -159,7 +162,7 @@ def preview_reimage(ctx: Context, name: str, release: str | None = None, *, drop
 
 def reimage(ctx: Context, name: str, release: str | None = None, *, listener: Listener | None = None,
             batch: str | None = None, allow_dirty: bool = False, capture_drift: bool = False,
-            settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = (), force: bool = False,
+            settings_ref: str | None = None, drop_hotfixes: tuple[str, ...] = (), force: bool = False,
             verify_content: bool = False) -> Outcome:
     """Reimage one instrument to ``release`` (an id or a label; default its desired release)."""
     inst = ctx.inventory.instrument(name)
@@ -179,7 +182,7 @@ def refuse_same_release(ctx: Context, inst: Instrument, target: str, force: bool
 
 def reimage_to(ctx: Context, inst: Instrument, target: str, *, listener: Listener | None = None,
                batch: str | None = None, allow_dirty: bool = False, capture_drift: bool = False,
-               settings_ref: str = "HEAD", drop_hotfixes: tuple[str, ...] = (), force: bool = False,
+               settings_ref: str | None = None, drop_hotfixes: tuple[str, ...] = (), force: bool = False,
                verify_content: bool = False) -> Outcome:
     """Reimage one instrument to an already resolved release. Hotfixes it carries that the target lacks
     stop it before anything changes (settings capture included), unless declared for the target (re-applied

@@ -34,12 +34,14 @@ class Rendered:
         return sum(1 for r in self.results if r.rendered is None)
 
 
-def render(ctx: Context, insts: list[Instrument], *, release: str | None = None, ref: str = "HEAD",
+def render(ctx: Context, insts: list[Instrument], *, release: str | None = None, ref: str | None = None,
            allow_dirty: bool = False, out: Path | None = None, check: bool = False) -> Rendered:
     """Render each instrument's settings; write them under ``out`` (default: the state's rendered-settings
-    folder) unless ``check``. A failure is that instrument's result, not the end of the run."""
+    folder) unless ``check``. A failure is that instrument's result, not the end of the run. Each renders from
+    its release's templates (``settings_templates``), at ``ref`` when one is given."""
     releases = desired_releases(ctx, insts, release)
-    results = render_many(ctx.paths.root, ctx.inventory, insts, releases, ref=ref, allow_dirty=allow_dirty)
+    results = render_many(ctx.paths.root, ctx.inventory, insts, releases, definitions=ctx.releases, ref=ref,
+                          allow_dirty=allow_dirty)
     dest = out or ctx.paths.rendered_settings
     written = {}
     if not check:
@@ -55,10 +57,10 @@ def target_version(target: int | None) -> int:
 
 
 def rehearse(ctx: Context, insts: list[Instrument], *, target: int | None = None,
-             ref: str = "HEAD") -> list[migrations.Rehearsal]:
+             ref: str | None = None) -> list[migrations.Rehearsal]:
     """Rehearse the migrations on throw-away copies; changes nothing."""
     return rehearse_fleet(ctx.paths.root, ctx.inventory, insts, desired_releases(ctx, insts), target_version(target),
-                          ref=ref)
+                          definitions=ctx.releases, ref=ref)
 
 
 def migrate(ctx: Context, inst: Instrument, *, target: int | None = None,

@@ -38,7 +38,7 @@ def switch(ctx: Context, inst: Instrument, *, listener: Listener | None = None, 
     carry = hotfixes_to_reapply(ctx, inst, p.release)
     op_id = new_op_id()
     plan = plan_phase(ctx, inst, p.release, op_id=op_id, allow_dirty=False, dry_run=False, capture_drift=False,
-                      settings_ref="HEAD", hotfixes=tuple(ctx.releases[p.release].includes_hotfixes) + tuple(carry),
+                      settings_ref=None, hotfixes=tuple(ctx.releases[p.release].includes_hotfixes) + tuple(carry),
                       phase="switch", generation=p.generation, prepared_by=p.op.id)
     outcome = ctx.executor(listener).execute(plan, op_id=op_id, batch=batch)
     if outcome.ok:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from imaging.core import git as gitrepo
 from imaging.core.errors import ImagingError, InputError
 from imaging.core.stamps import who
 from imaging.model.inventory import DEFAULTS_FILE, Instrument, Inventory
+from imaging.model.releases import DEFAULT_TEMPLATES_DIR, ReleaseDefinition, SettingsTemplates
 from imaging.settings import branches, migrations
 from imaging.settings.drift import DriftCapture, DriftFound, DriftReport, capture_drift, detect_drift
 from imaging.settings.render import (
@@ -64,29 +65,41 @@ class RenderResult:
     no_branch: bool = False  # no settings branch yet: rendered from the common line
 
 
+def templates_for(definition: ReleaseDefinition | None, ref: str | None = None) -> tuple[str, str]:
+    """The (git ref, folder) a release's settings are rendered from; ``ref`` (a --settings-ref) overrides the
+    release's ref, never its folder."""
+    src = definition.templates if definition is not None else SettingsTemplates()
+    return (ref or src.ref), src.dir
+
+
 def render_many(repo: Path, inventory: Inventory, instruments: Iterable[Instrument], releases: dict[str, str], *,
-                ref: str = "HEAD", allow_dirty: bool = False) -> list[RenderResult]:
-    """Render each instrument, collecting errors instead of stopping at the first (for --all --check)."""
+                definitions: Mapping[str, ReleaseDefinition] | None = None, ref: str | None = None,
+                allow_dirty: bool = False) -> list[RenderResult]:
+    """Render each instrument for its release (``releases``: instrument -> release id), from that release's
+    templates (``definitions``: release id -> definition; without one, the templates at ``ref`` or HEAD),
+    collecting errors instead of stopping at the first (for --all --check)."""
     out = []
     repo_s = inventory.settings_repo
     for inst in instruments:
         try:
+            definition = (definitions or {}).get(releases[inst.name])
+            target = definition.settings_version if definition is not None else migrations.latest_version()
+            tref, tdir = templates_for(definition, ref)
             overlay = None
             no_branch = repo_s is not None and not gitrepo.branch_exists(repo_s, inst.vm)
             if no_branch:  # renders from the common line until its first deploy makes its branch
-                overlay = branches.common_files(repo_s, migrations.latest_version())
+                overlay, _ = migrations.migrate_files(branches.common_files(repo_s, target), target)
             elif repo_s is not None:
                 own = gitrepo.read_tree(repo_s, f"refs/heads/{inst.vm}")
-                latest = migrations.latest_version()
-                if parse_version(own.get(VERSION_FILE), source=f"{repo_s}@{inst.vm}") < latest:
-                    overlay, _ = migrations.migrate_files(own, latest)  # its deploy migrates it first
+                if parse_version(own.get(VERSION_FILE), source=f"{repo_s}@{inst.vm}") < target:
+                    overlay, _ = migrations.migrate_files(own, target)  # its deploy migrates it first
                 else:  # with the common line merged in, as its next deploy will
                     merge = branches.merge_common(repo_s, inst)
                     branches.refuse_conflicts(inst, merge, repo_s)
                     overlay = branches.merged_files(repo_s, merge) if merge.needed else None
             r = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
-                                variables=instrument_variables(inst, releases[inst.name]), ref=ref,
-                                settings_repo=repo_s, allow_dirty=allow_dirty, overlay=overlay,
+                                variables=instrument_variables(inst, releases[inst.name]), ref=tref,
+                                templates_dir=tdir, settings_repo=repo_s, allow_dirty=allow_dirty, overlay=overlay,
                                 variables_dirty=variables_dirty(inventory, inst))
             out.append(RenderResult(inst.name, r, None, no_branch=no_branch))
         except ImagingError as exc:
@@ -101,7 +114,8 @@ def write_rendered(rendered: RenderedSettings, dest: Path) -> list[str]:
 
 
 def rehearse_fleet(repo: Path, inventory: Inventory, instruments: Iterable[Instrument], releases: dict[str, str],
-                   target: int, *, ref: str = "HEAD") -> list[migrations.Rehearsal]:
+                   target: int, *, definitions: Mapping[str, ReleaseDefinition] | None = None,
+                   ref: str | None = None) -> list[migrations.Rehearsal]:
     """Rehearse the migrations of every instrument on throw-away copies; changes nothing anywhere.
 
     With a settings repository, each instrument's branch (named after its VM) is rehearsed. Without one,
@@ -118,7 +132,7 @@ def rehearse_fleet(repo: Path, inventory: Inventory, instruments: Iterable[Instr
                    for vm in sorted(by_vm) for r in migrations.rehearse_branches(srepo, [vm], target)]
         return sorted((_renamed(r, f"{by_vm[r.name]} ({r.name})") for r in results), key=lambda r: r.name)
     out = []
-    for res in render_many(repo, inventory, chosen, releases, ref=ref):
+    for res in render_many(repo, inventory, chosen, releases, definitions=definitions, ref=ref):
         if res.rendered is None:
             out.append(migrations.Rehearsal(name=res.instrument, ok=False, from_version=None, to_version=None,
                                             error=res.error))
@@ -180,8 +194,8 @@ class ReimageSettings:
 def prepare_reimage_settings(*, repo: Path, inventory: Inventory, inst: Instrument, release: str,
                              settings_version: int | None, deployed: DeployedSettings | None,
                              capture: bool = False, dry_run: bool = False, allow_dirty: bool = False,
-                             ref: str = "HEAD", post_boot_done: Iterable[str] = (),
-                             stamp: str | None = None) -> ReimageSettings:
+                             ref: str = "HEAD", templates_dir: str = DEFAULT_TEMPLATES_DIR,
+                             post_boot_done: Iterable[str] = (), stamp: str | None = None) -> ReimageSettings:
     """Drift check, drift capture, migrations, render: the settings half of a reimage, in that order.
 
     Raises DriftFound (nothing changed) if the volume was edited and ``capture`` is off. With ``dry_run``
@@ -228,13 +242,14 @@ def prepare_reimage_settings(*, repo: Path, inventory: Inventory, inst: Instrume
                 elif merge.needed:
                     branches.commit_merge(srepo, inst, merge, who=who())
     rendered = render_settings(repo=repo, instrument=inst.name, vm=inst.vm,
-                               variables=instrument_variables(inst, release), ref=ref,
+                               variables=instrument_variables(inst, release), ref=ref, templates_dir=templates_dir,
                                settings_repo=inventory.settings_repo, allow_dirty=allow_dirty, overlay=overlay,
                                variables_dirty=variables_dirty(inventory, inst))
     if rendered.version != target:
-        raise InputError(f"release {release} needs settings version {target}, but the templates at {ref} are at "
-                         f"version {rendered.version}", field="settings_version", value=target,
-                         fix="render from the git ref the release was made from, or update the release")
+        raise InputError(f"release {release} needs settings version {target}, but the templates in {templates_dir} "
+                         f"at {ref} are at version {rendered.version}", field="settings_version", value=target,
+                         fix=f"name the templates the release was made with under settings_templates: in "
+                             f"releases/{release}.yaml (docs/releases.md), or render from that git ref")
     steps = []
     if deployed_version is not None and deployed_version < target:
         steps = migrations.post_boot_steps(deployed_version, target, rendered.files, set(post_boot_done))

@@ -191,6 +191,13 @@ def _read_source(repo: Path, ref: str, subdir: str, allow_dirty: bool,
     return gitrepo.read_tree(top, commit, rel_sub), commit, []
 
 
+def templates_version(repo: Path, ref: str, templates_dir: str = TEMPLATES_DIR) -> int:
+    """The settings format of the templates in ``templates_dir`` at ``ref`` (uncommitted edits count: this
+    answers what a render would find)."""
+    sources, _, _ = _read_source(Path(repo), ref, templates_dir, True, "the settings templates")
+    return parse_version(sources.get(VERSION_FILE), source=f"{repo}/{templates_dir}@{ref}")
+
+
 def _read_overlay(settings_repo: Path, vm: str, allow_dirty: bool) -> tuple[dict[str, bytes], str, list[str]]:
     """The files of the instrument's branch (named after its VM) in the external settings repository."""
     repo = Path(settings_repo)

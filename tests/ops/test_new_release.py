@@ -11,6 +11,7 @@ import pytest
 from imaging.core.config import Paths
 from imaging.core.errors import ImagingError, InputError
 from imaging.images import samples
+from imaging.model.releases import load_release
 from imaging.ops import new_release as new_releases
 from imaging.ops import publish as publishing
 from imaging.ops.context import Context
@@ -98,3 +99,33 @@ def test_a_corrupt_copy_on_the_share_is_refused_by_the_host_and_publishing_again
     assert [p.copied for p in again] == [False, True]  # the bad copy is replaced, the good one left alone
     staged = {r.result["name"]: r.result["changed"] for r in staging.stage_for(ctx, "2026C3.1", [zoom])}
     assert staged == {"win11-ltsc-2026.1": False, "apps-2026C3.1": True}
+
+
+def test_a_release_records_the_commit_its_settings_templates_are_read_at(ctx: Context) -> None:
+    from conftest import git
+
+    head = git(ctx.paths.root, "rev-parse", "HEAD").strip()
+    done = new_releases.new_release(ctx, "2026C3.2")
+    assert done.release.settings_templates is not None
+    assert (done.release.settings_templates.ref, done.release.settings_templates.dir) == (head, "templates/settings")
+    assert load_release(done.path).templates == done.release.settings_templates  # written to the file
+
+
+def test_a_release_at_an_older_format_names_that_formats_templates(ctx: Context) -> None:
+    # from a release at format 4: inherits the frozen set it names; a new cycle at format 3: the frozen v3 set
+    four = new_releases.plan_release(ctx, "2026C1.1")[0]
+    assert four.settings_version == 4 and four.templates.dir == "templates/settings-history/v4"
+    three = new_releases.plan_release(ctx, "2026C2.0", os_template="win11-ltsc-2026.1", settings_version=3)[0]
+    assert three.templates.dir == "templates/settings-history/v3"
+    with pytest.raises(InputError, match="no settings templates at format 2") as err:
+        new_releases.plan_release(ctx, "2026C2.0", os_template="win11-ltsc-2026.1", settings_version=2)
+    assert err.value.field == "--settings-version" and err.value.fix
+
+
+def test_new_release_refuses_uncommitted_templates_and_writes_nothing(ctx: Context) -> None:
+    before = sorted(p.name for p in ctx.paths.releases.iterdir())
+    (ctx.paths.templates / "settings" / "globals.txt.j2").write_text("changed, not committed\n")
+    with pytest.raises(InputError, match="uncommitted changes") as err:
+        new_releases.new_release(ctx, "2026C3.2")
+    assert "commit them first" in err.value.fix
+    assert sorted(p.name for p in ctx.paths.releases.iterdir()) == before

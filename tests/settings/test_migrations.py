@@ -86,6 +86,24 @@ def test_migrating_the_whole_fleet_from_the_oldest_version_equals_a_fresh_render
         assert migrated == new[name], name
 
 
+@pytest.mark.parametrize("old_version", [1, 3, 4])
+def test_each_frozen_template_set_migrated_equals_a_render_of_the_next_set(tmp_path: Path, old_version: int) -> None:
+    """The frozen sets the older releases render from (templates/settings-history/vN) are what the migrations
+    expect: rendering set N and migrating gives exactly what the newer sets render, for every instrument."""
+    history = V1_TEMPLATES.parent
+    old = _render_fleet(project_repo(tmp_path, history / f"v{old_version}", name=f"v{old_version}"))
+    for newer in range(old_version + 1, latest_version() + 1):  # the sets that exist above it
+        folder = history / f"v{newer}"
+        if newer != latest_version() and not folder.is_dir():
+            continue
+        new = _render_fleet(project_repo(tmp_path, folder, name=f"v{newer}") if newer != latest_version()
+                            else project_repo(tmp_path, name="latest"))
+        for name in fleet():
+            assert old[name][VERSION_FILE] == f"{old_version}\n".encode()
+            migrated, _ = migrate_files(old[name], newer)
+            assert migrated == new[name], (name, old_version, newer)
+
+
 def test_every_step_is_idempotent(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     files = _render_fleet(project_repo(tmp_path, V1_TEMPLATES, name="v1"))["ZOOM"]
