@@ -1,14 +1,30 @@
-"""Tasks about settings: render them from git for review, and migrate or rehearse their format."""
+"""Tasks about settings: render them from git for review, migrate or rehearse their format, make branches,
+and apply a settings change to running instruments."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from invoke import Exit, task
+from rich.table import Table
 
-from imaging.cli.ui import console, context, err_console, names, reports_errors
+from imaging.cli.ui import (
+    FleetDisplay,
+    confirm,
+    console,
+    context,
+    err_console,
+    names,
+    print_abort_rule,
+    print_recap,
+    reports_errors,
+    run_live,
+)
 from imaging.core.errors import InputError
+from imaging.ops import apply_settings as applying
+from imaging.ops import facts
 from imaging.ops import settings as settings_ops
+from imaging.ops.deploy import DEFAULT_MAX_FAIL_PERCENT, Options
 
 
 @task(help={"instrument": "the instrument to render (ZOOM or NDXZOOM)",
@@ -135,3 +151,49 @@ def settings_sample(c, dest=None):  # noqa: ANN001
     console.print(f"sample settings repository: {where}")
     console.print(f"use it: add `settings_repo: {where}` to instruments/defaults.yaml, then `invoke render --all "
                   "--check` and `invoke migrate --all --check`", soft_wrap=True)
+
+
+@task(help={"instruments": "comma-separated instrument names, or @failed for the failures of the last apply-settings",
+            "group": "every instrument of this group",
+            "all": "every instrument of the inventory",
+            "ref": "git ref to read the settings templates at (default: each running release's settings_templates)",
+            "canary": "the instrument changed alone first (default: the first to change; 'none': no canary)",
+            "batches": "wave sizes after the canary, e.g. 1,5,20% (the last size repeats); default 100%",
+            "parallel": "at most this many instruments at once (each host's max_concurrent also holds)",
+            "max_fail_percent": "stop starting instruments when more than this share of a wave failed (default 10)",
+            "allow_dirty": "render from uncommitted inventory files (recorded; every provenance says dirty)",
+            "yes": "do not ask for confirmation (unattended runs)",
+            "dry_run": "show what would change on each instrument and which services restart; change nothing"})
+@reports_errors
+def apply_settings(c, instruments="", group=None, all=False, ref=None, canary=None, batches="100%",  # noqa: A002, ANN001
+                   parallel=4, max_fail_percent=DEFAULT_MAX_FAIL_PERCENT, allow_dirty=False, yes=False, dry_run=False):
+    """Change the settings of running instruments without a reimage: render them for the release each runs,
+    check drift, and put the changed files in place inside the guest, restarting only the services that read
+    them (the VM keeps running). Recorded in the journal and on Var; `invoke rollback` puts them back."""
+    options = Options(parallel=int(parallel), max_fail_percent=float(max_fail_percent),
+                      canary="" if canary == "none" else canary, batches=batches, allow_dirty=allow_dirty)
+    with context() as ctx:
+        insts = facts.select(ctx, group=group, instruments=instruments, everything=all, kind="apply-settings")
+        run = applying.prepare_apply(ctx, insts, ref=ref, options=options)
+        table = Table(title="Settings to apply")
+        for col in ("instrument", "release", "files that change", "services restarted", "note"):
+            table.add_column(col, overflow="fold")
+        for ch in run.changes:
+            if ch.change is None:
+                table.add_row(ch.instrument, "", "-", "-", "up to date")
+                continue
+            note = f"no service named for {', '.join(ch.unread)}: read when next opened" if ch.unread else ""
+            table.add_row(ch.instrument, ch.change.release, "\n".join(ch.change.changed),
+                          ", ".join(ch.change.services) or "none", note)
+        console.print(table)
+        if not run.instruments:
+            console.print("nothing to apply: every instrument's settings are up to date")
+            return
+        console.print(f"waves: {' | '.join(', '.join(j.name for j in w) for w in run.waves)}", soft_wrap=True)
+        print_abort_rule([j.name for w in run.waves for j in w], options)
+        if dry_run:
+            console.print("[dim]dry run: nothing was changed[/]")
+            return
+        confirm(f"apply settings to {len(run.instruments)} running instrument(s)?", yes)
+        display = FleetDisplay(len(run.instruments), what="apply-settings")
+        print_recap(run_live(display, lambda: applying.run_apply(ctx, run, progress=display)))

@@ -24,6 +24,8 @@ def subject(record: dict[str, Any]) -> str:
     kind = record.get("kind", "deploy")
     if kind == "deploy":
         return f"release {record['release']}"
+    if kind == "apply-settings":
+        return "settings " + (f"at {record['ref']}" if record.get("ref") else "of the running releases")
     return f"{kind} {record.get('hotfix', '')}".strip()
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Any
 
@@ -78,3 +79,35 @@ class IdentitySpec(StrictModel):
         return v
 
 
+
+
+# --- which guest services read which settings (an instrument's ``settings_services``) ---------------------
+
+_SETTINGS_PATH = re.compile(r"[A-Za-z0-9_.{}-]+(/[A-Za-z0-9_.{}-]+)*/?")
+_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
+
+
+def check_settings_services(v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """Keys are paths of the Settings volume (a folder ends in /), values Windows service names."""
+    for path, services in v.items():
+        if not _SETTINGS_PATH.fullmatch(path) or ".." in path.split("/"):
+            raise ValueError(f"{path!r} is not a path of the Settings volume (forward slashes, a folder ends in /)")
+        for name in services:
+            if not _SERVICE.fullmatch(name):
+                raise ValueError(f"{name!r} under {path!r} is not a Windows service name")
+    return v
+
+
+def services_reading(mapping: dict[str, tuple[str, ...]], paths: list[str]) -> tuple[list[str], list[str]]:
+    """The services that read any of ``paths`` (settings relpaths), and the paths no service is named for.
+    imaging's own files (``.imaging/``) are read by no program."""
+    services: set[str] = set()
+    unread = []
+    for rel in paths:
+        if rel.startswith(".imaging/"):
+            continue
+        hits = [names for key, names in mapping.items() if rel == key or (key.endswith("/") and rel.startswith(key))]
+        if not hits:
+            unread.append(rel)
+        services.update(n for names in hits for n in names)
+    return sorted(services), unread

@@ -18,7 +18,7 @@ from imaging.core.errors import InputError, ValidationFailed
 from imaging.core.git import dirty_paths, is_repo, run_git, toplevel
 from imaging.core.quoting import check_label, check_name, check_windows_name, check_windows_path
 from imaging.model.base import StrictModel
-from imaging.model.guests import AdoptSpec, IdentitySpec
+from imaging.model.guests import AdoptSpec, IdentitySpec, check_settings_services, services_reading
 
 ROLES = ("os", "apps", "settings", "var", "data", "shared")
 DATA_ROLES = ("apps", "settings", "var", "data", "shared")  # roles that carry a labelled volume linked in the guest
@@ -160,6 +160,9 @@ class Instrument(_Model):
     rescue_exclude: tuple[str, ...] = ()
     adopt: AdoptSpec = Field(default_factory=AdoptSpec)
     identity: IdentitySpec = Field(default_factory=IdentitySpec)
+    # Which guest services read which settings (a path of the Settings volume, or a folder ending in /):
+    # `invoke apply-settings` restarts only the services of the files it changes.
+    settings_services: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     source: str = ""  # the file it was read from (filled by the loader)
 
     @field_validator("name", "vm", "host", "group")
@@ -187,6 +190,15 @@ class Instrument(_Model):
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
                 raise ValueError(f"variable name {key!r} is not an identifier")
         return v
+
+    @field_validator("settings_services")
+    @classmethod
+    def _settings_services(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        return check_settings_services(v)
+
+    def services_reading(self, paths: list[str]) -> tuple[list[str], list[str]]:
+        """The services that read any of ``paths`` (settings relpaths), and the paths no service is named for."""
+        return services_reading(self.settings_services, paths)
 
     def desired(self, groups: dict[str, Group]) -> str:
         return self.release or groups[self.group].release

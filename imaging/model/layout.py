@@ -76,3 +76,13 @@ def hotfix_backup_rel(generation: str, hotfix_id: str) -> str:
     check_name(generation, field="generation")
     check_name(hotfix_id, field="hotfix id")
     return f"{HOTFIX_BACKUPS}/{generation}/{hotfix_id}"
+
+
+SETTINGS_LEDGER = "imaging/settings.json"  # on the Var volume: the settings changes applied to the running guest
+SETTINGS_BACKUPS = "imaging/settings-backups"  # on the Var volume: <operation>/, what each change replaced
+
+
+def settings_backup_rel(op_id: str) -> str:
+    """Where `apply-settings` keeps the files it replaces (on Var), for `invoke rollback` to put back."""
+    check_name(op_id, field="operation id")
+    return f"{SETTINGS_BACKUPS}/{op_id}"

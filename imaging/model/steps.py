@@ -73,6 +73,12 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     # be), started after; the undo of a stop is a start.
     "stop_services": ("vm", "services"),
     "start_services": ("vm", "services"),
+    # A settings-only change of the running guest: the new files are staged in the guest and verified, the
+    # ones they replace kept on Var (backup_rel), then put in place with the volume's manifest and recorded in
+    # the settings ledger on Var; restore_settings puts back what one operation replaced.
+    "apply_settings": ("vm", "settings_link", "var_link", "backup_rel", "ledger_rel", "operation", "files",
+                       "remove", "manifest", "expect_before", "entry"),
+    "restore_settings": ("vm", "settings_link", "var_link", "backup_rel", "ledger_rel", "operation"),
     # Build hosts (release management): images are made here, then registered in the store.
     "build_apps_disk": ("vhd_path", "source_path", "label", "size_gb", "work_root", "expect_version"),
     "build_template": ("vm", "version", "iso_path", "image_index", "vhd_path", "work_root", "size_gb", "memory_mb",

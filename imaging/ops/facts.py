@@ -351,9 +351,29 @@ def last_operation(ctx: Context, inst: Instrument) -> Operation | None:
 
     Hotfixes re-applied right after a reimage are part of that reimage: rolling back returns past both."""
     ops = [o for o in ctx.journal.operations(instrument=inst.name)
-           if o.status == OK and o.kind in ("reimage", "hotfix", "hotfix-revert", "rollback")
+           if o.status == OK and o.kind in ("reimage", "hotfix", "hotfix-revert", "rollback", *SETTINGS_KINDS)
            and not (o.batch or "").startswith(CARRY)]
     return ops[-1] if ops else None
+
+
+SETTINGS_KINDS = ("apply-settings", "settings-restore")  # settings changed on the running generation
+
+
+def health_now(ctx: Context, inst: Instrument) -> dict[str, Any] | None:
+    """What a health check of the running generation expects: the checks of the operation that put its disks
+    in place, with the Settings digest of the last settings change made to it since (apply-settings or its
+    restore). The Apps manifest check belongs to the reimage (hotfixes change Apps afterwards). None: no
+    generation recorded here."""
+    setter = setter_op(ctx, inst)
+    health = plan_step(setter, "health_check") if setter else None
+    if setter is None or health is None:
+        return None
+    health = {k: v for k, v in health.items() if k != "expect_apps"}
+    ops = ctx.journal.operations(instrument=inst.name)
+    later = [o for o in ops[[o.id for o in ops].index(setter.id) + 1:] if o.status == OK and o.kind in SETTINGS_KINDS]
+    if later:
+        health["expect_settings_sha256"] = (later[-1].rollback_point or {})["digest_after"]
+    return health
 
 
 def hotfixes_on(ctx: Context, inst: Instrument) -> dict[str, dict[str, Any] | None]:

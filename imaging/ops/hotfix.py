@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imaging.core.errors import ImagingError, InputError
 from imaging.core.hashing import sha256_bytes
@@ -28,11 +29,10 @@ from imaging.ops.context import Context
 from imaging.ops.facts import (
     CARRY,
     carried,
+    health_now,
     known_hotfix,
-    plan_step,
     refuse_if_interrupted,
     running_release,
-    setter_op,
 )
 from imaging.ops.publish import to_share
 from imaging.plans.hotfix import HotfixInputs, plan_hotfix, plan_revert_hotfix
@@ -88,10 +88,7 @@ def hotfix_inputs(ctx: Context, inst: Instrument, hotfix: Hotfix, package_path: 
     """What the hotfix planner needs about one instrument (also for a rollback that reverts a hotfix)."""
     release = running_release(ctx, inst)
     state = carried(ctx, inst)
-    setter = setter_op(ctx, inst)
-    health = plan_step(setter, "health_check") if setter else None
-    if health is not None:  # the Apps manifest check belongs to the reimage: hotfixes change Apps afterwards
-        health = {k: v for k, v in health.items() if k != "expect_apps"}
+    health = health_now(ctx, inst)
     if release is None or state.generation is None or health is None:
         raise InputError(f"{inst.name} has no release recorded by this tool", field="instruments",
                          value=inst.name, fix=f"reimage it first (`invoke reimage --instrument={inst.name}`)")
@@ -208,10 +205,20 @@ def run_hotfix(ctx: Context, run: HotfixRun, *, progress: ProgressFn | None = No
 
 def _fleet_run(ctx: Context, run: HotfixRun, one: Callable[[str, Listener, str], Outcome], restored: str,
                progress: ProgressFn | None) -> FleetResult:
+    return run_in_waves(ctx, run.kind, run.instruments, run.waves, run.options, one, restored=restored,
+                        already=f"already carries {run.hotfix_id}", progress=progress,
+                        state_of=lambda inst: sorted(carried(ctx, inst).hotfixes), hotfix=run.hotfix_id)
+
+
+def run_in_waves(ctx: Context, kind: str, insts: list[Instrument], waves: list[list[Job]], options: Options,
+                 one: Callable[[str, Listener, str], Outcome], *, restored: str, already: str,
+                 progress: ProgressFn | None, state_of: Callable[[Instrument], Any], **extra: Any) -> FleetResult:
+    """A change of running instruments in the planned waves with the fleet runner (canary, batches, limits,
+    max-fail-percent, live progress, record and reports): hotfixes, reverts and settings changes. ``one``
+    changes one instrument; an outcome with status ALREADY is skipped with ``already``."""
     emit = progress or (lambda kind, payload: None)
-    insts = run.instruments
-    record = new_record(run.kind, new_run_id(run.kind), [i.name for i in insts], run.waves, run.options,
-                        {i.name: sorted(carried(ctx, i).hotfixes) for i in insts}, hotfix=run.hotfix_id)
+    record = new_record(kind, new_run_id(kind), [i.name for i in insts], waves, options,
+                        {i.name: state_of(i) for i in insts}, **extra)
     outcomes: dict[str, Outcome | BaseException] = {}
 
     def listener(ev: StepEvent) -> None:
@@ -225,12 +232,11 @@ def _fleet_run(ctx: Context, run: HotfixRun, one: Callable[[str, Listener, str],
             raise
         outcomes[job.name] = out
         if out.status == ALREADY:
-            return Result(job.name, SKIPPED, f"already carries {run.hotfix_id}")
+            return Result(job.name, SKIPPED, already)
         return outcome_result(job.name, out, restored)
 
-    result = run_fleet(ctx.fleet_folders, record, run.waves, limits_for(ctx.per_host_limits, run.options), work,
-                       progress=progress,
-                       state_of=lambda name: sorted(carried(ctx, ctx.inventory.instrument(name)).hotfixes))
+    result = run_fleet(ctx.fleet_folders, record, waves, limits_for(ctx.per_host_limits, options), work,
+                       progress=progress, state_of=lambda name: state_of(ctx.inventory.instrument(name)))
     result.outcomes = outcomes
     return result
 

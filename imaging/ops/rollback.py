@@ -16,13 +16,14 @@ from imaging.ops.facts import carried, last_operation, observe, plan_step, refus
 from imaging.ops.hotfix import hotfix_inputs
 from imaging.plans.hotfix import plan_revert_hotfix
 from imaging.plans.rollback import RollbackInputs, plan_rollback
+from imaging.plans.settings import SettingsRestore, plan_restore_settings
 from imaging.settings.instruments import rollback_settings
 from imaging.state.journal import OK, Operation
 
 
 def plan_for_rollback(ctx: Context, name: str, *, op_id: str | None = None) -> Plan:
-    """The plan that undoes the last finished operation: a revert for a hotfix, the previous disks for a
-    reimage. Reads only."""
+    """The plan that undoes the last finished operation: a revert for a hotfix, the replaced files for a
+    settings change, the previous disks for a reimage. Reads only."""
     inst = ctx.inventory.instrument(name)
     op_id = op_id or new_op_id()
     last = last_operation(ctx, inst)
@@ -32,6 +33,8 @@ def plan_for_rollback(ctx: Context, name: str, *, op_id: str | None = None) -> P
     if last.kind == "hotfix":
         hf = Hotfix.from_dict(rp["manifest"])
         return plan_revert_hotfix(hotfix_inputs(ctx, inst, hf, None, op_id))
+    if last.kind == "apply-settings":  # the files it replaced come back from Var; the VM keeps running
+        return plan_for_restore(ctx, inst, last.id, op_id=op_id)
     if last.kind != "reimage":
         raise ImagingError(f"the last operation on {inst.name} was a {last.kind} ({last.id}); there is no "
                            f"earlier generation to return to by rollback; reimage to go forward")
@@ -66,6 +69,15 @@ def plan_for_rollback(ctx: Context, name: str, *, op_id: str | None = None) -> P
         previous_generation=prev_gen, rolled_away=last.to_release or "", health=health,
         record={**record["record"], "hotfixes": sorted(state.by_generation.get(prev_gen, {}))},
         undone_op=last.id, op_id=op_id, owner=who(), notes=notes))
+
+
+def plan_for_restore(ctx: Context, inst: Instrument, applied: str, *, op_id: str) -> Plan:
+    """The rollback of a finished apply-settings (``applied``: its operation id), from its journal entry."""
+    rp = ctx.journal.operation(applied).rollback_point or {}
+    return plan_restore_settings(SettingsRestore(
+        inst=inst, host=ctx.inventory.host_of(inst), release=str(rp["release"]), applied_op=applied,
+        changed=tuple(rp.get("files", ())), services=tuple(rp.get("services", ())), health=dict(rp["health"]),
+        digest_before=str(rp["digest_before"]), op_id=op_id, owner=who()))
 
 
 def rollback_last(ctx: Context, name: str, *, listener: Listener | None = None) -> Outcome:

@@ -15,7 +15,7 @@ from imaging.model.inventory import Instrument
 from imaging.model.plan import Plan
 from imaging.model.steps import Step
 from imaging.ops.context import Context
-from imaging.ops.facts import plan_step, refuse_if_interrupted, setter_op
+from imaging.ops.facts import health_now, refuse_if_interrupted
 from imaging.plans.sides import SIDES, SideInputs, plan_retirement, plan_side_switch
 from imaging.state.journal import OK
 
@@ -107,8 +107,7 @@ def plan_for_side(ctx: Context, inst: Instrument, to: str, *, op_id: str | None 
         gone = [vm for vm, p in powers.items() if p == "Absent"]
         raise InputError(f"{', '.join(gone)} does not exist on {inst.host}; a switch needs both sides",
                          field="--instruments", value=inst.name, fix="see `invoke status`; nothing was changed")
-    setter = setter_op(ctx, inst)
-    health = plan_step(setter, "health_check") if setter else None
+    health = health_now(ctx, inst)
     return plan_side_switch(SideInputs(inst=inst, host=ctx.inventory.host_of(inst), to=to,
                                        legacy_vm=record["legacy_vm"], legacy_os_disk=record["legacy_disks"][0],
                                        powers=powers, health=health, op_id=op_id or new_op_id(), owner=who(),

@@ -141,7 +141,8 @@ def test_a_database_schema_step_is_handed_to_the_provider_after_boot(tmp_path: P
 def test_a_release_needing_another_settings_version_than_the_templates_is_refused(tmp_path: Path) -> None:
     repo = project_repo(tmp_path)
     inv = inventory()
-    with pytest.raises(InputError, match="needs settings version 4, but the templates in templates/settings at HEAD are at version 5"):
+    with pytest.raises(InputError, match="needs settings version 4, but the templates in templates/settings at HEAD "
+                                         "are at version 5"):
         prepare_reimage_settings(repo=repo, inventory=inv, inst=inv.instrument("ZOOM"), release="2026C3.0",
                                  settings_version=4, deployed=None)
 

@@ -48,6 +48,7 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
     "detach_disk": 120, "inject_first_boot": 600, "backup_volume": 4 * 3600, "rescue_user_files": 2 * 3600,
     "write_settings": 900,
     "apply_hotfix": 1800, "revert_hotfix": 1800, "stop_services": 300, "start_services": 300,
+    "apply_settings": 900, "restore_settings": 900,
     "configure_guest": 600, "health_check": 600, "write_record": 300, "restore_record": 300, "read_volume": 600,
     "write_volume_files": 900, "run_guest_command": 3600,
     "build_apps_disk": 6 * 3600, "remove_image": 600, "build_template": 600, "export_image": 6 * 3600,

@@ -45,7 +45,8 @@ GUEST_ACTIONS = frozenset({"wait_guest", "configure_guest", "health_check", "wri
                            "survey_vm", "remove_volume_links", "read_guest_files",
                            "inject_first_boot",  # fills the guest's account into its answer file
                            "run_guest_command",
-                           "apply_hotfix", "revert_hotfix", "stop_services", "start_services"})
+                           "apply_hotfix", "revert_hotfix", "stop_services", "start_services",
+                           "apply_settings", "restore_settings"})
 
 
 
@@ -63,7 +64,7 @@ def _env() -> jinja2.Environment:
 
 _PATH_KEYS = ("lock_path", "share_path", "dest_path", "path", "parent_path", "os_path", "template_path",
               "var_path", "package_path", "ledger", "apps_link", "vhd_path", "source_path", "work_root",
-              "iso_path")
+              "iso_path", "settings_link", "var_link")
 
 
 def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
@@ -102,7 +103,7 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
         check_relpath(inputs["dest_rel"], field="dest_rel", file=where)
         for i, p in enumerate(inputs["exclude"]):
             check_windows_path(p, field=f"exclude[{i}]", file=where)
-    if action == "write_settings":
+    if action in ("write_settings", "apply_settings"):
         if not isinstance(inputs["files"], Mapping):
             raise InputError("files must map relative paths to base64 content", file=where, field="files",
                              fix="pass {relpath: base64 of the bytes}")
@@ -114,6 +115,24 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
                 raise InputError("file content must be base64 of the file's bytes", file=where,
                                  field=f"files[{rel!r}]",
                                  fix="base64-encode the rendered bytes before planning") from None
+    if action in ("apply_settings", "restore_settings"):
+        check_relpath(inputs["backup_rel"], field="backup_rel", file=where)
+        check_relpath(inputs["ledger_rel"], field="ledger_rel", file=where)
+        check_name(inputs["operation"], field="operation", file=where)
+    if action == "apply_settings":
+        for i, rel in enumerate(inputs["remove"]):
+            check_relpath(rel, field=f"remove[{i}]", file=where)
+        man = inputs["manifest"]
+        if not isinstance(man, Mapping) or not isinstance(man.get("files"), Mapping):
+            raise InputError("manifest must hold files (relpath -> sha256) and digest", file=where, field="manifest",
+                             fix="pass the new volume's manifest")
+        check_sha256(man.get("digest"), field="manifest.digest", file=where)
+        for rel, sha in man["files"].items():
+            check_relpath(rel, field=f"manifest.files[{rel!r}]", file=where)
+            check_sha256(sha, field=f"manifest.files[{rel!r}]", file=where)
+        check_sha256(inputs["expect_before"], field="expect_before", file=where)
+        if not isinstance(inputs["entry"], Mapping):
+            raise InputError("entry must be a mapping", file=where, field="entry", fix="pass a dict")
     if action == "write_volume_files":
         if not isinstance(inputs["files"], Mapping):
             raise InputError("files must map relative paths to text", file=where, field="files",
@@ -236,6 +255,11 @@ def render_script(action: str, inputs: Mapping[str, Any], *, env: jinja2.Environ
     extra: dict[str, Any] = {}
     if action == "write_settings":
         extra["manifest_text"], extra["manifest_digest"] = settings_manifest(inputs["files"])
+    if action in ("apply_settings", "restore_settings"):  # handed to the guest whole, as JSON text
+        request = {k: v for k, v in inputs.items() if k != "vm"}
+        if action == "apply_settings":
+            request["manifest_text"] = json.dumps(inputs["manifest"], indent=2, sort_keys=True) + "\n"
+        extra["request_json"] = json.dumps(request, sort_keys=True, ensure_ascii=False)
     template = (env or _env()).get_template(f"{action}.ps1.j2")
     return template.render(inputs=dict(inputs), action=action, guest=action in GUEST_ACTIONS, **extra)
 

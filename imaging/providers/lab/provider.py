@@ -27,6 +27,7 @@ from imaging.providers.lab.guest import GuestActions
 from imaging.providers.lab.host import HostActions
 from imaging.providers.lab.hotfix import HotfixActions
 from imaging.providers.lab.images import ImageActions
+from imaging.providers.lab.settings import SettingsActions
 
 
 def _first_copy_error(exc: shutil.Error) -> OSError:
@@ -43,7 +44,7 @@ def _first_copy_error(exc: shutil.Error) -> OSError:
 
 
 class LabProvider(HostActions, DiskActions, GuestActions, ImageActions, HotfixActions, ExistingMachines,
-                  DoctorActions):
+                  DoctorActions, SettingsActions):
     """Steps carried out on ``lab`` (a folder). Thread-safe: a host's VM and disk records change under that
     host's lock, so instruments on different hosts proceed in parallel, as on real hosts."""
 
