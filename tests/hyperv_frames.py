@@ -8,6 +8,7 @@ the caller happens to need.
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Any
 
 # A sharing violation as Mount-VHD reports it when another process holds the file (ERROR_SHARING_VIOLATION).
@@ -32,12 +33,17 @@ def get_state(power: str, disks: list[tuple[int, str, str | None]]) -> dict[str,
             "disks": [{"slot": slot, "path": path, "parent": parent} for slot, path, parent in disks]}
 
 
-def guest_files(found: dict[str, dict[str, bytes]]) -> dict[str, Any]:
+def guest_files(found: dict[str, dict[str, bytes]], hash_over: int = 0) -> dict[str, Any]:
     """read_guest_files.ps1's frame: per path asked for that exists, its files (relative path -> base64;
-    "" for a path that is a file)."""
+    "" for a path that is a file), and those larger than ``hash_over`` (when given) by their sha256."""
+    def big(data: bytes) -> bool:
+        return bool(hash_over) and len(data) > hash_over
+
     return {"ok": True, "changed": False, "action": "read_guest_files",
-            "found": {path: {rel: base64.b64encode(data).decode("ascii") for rel, data in files.items()}
-                      for path, files in found.items()}}
+            "found": {path: {rel: base64.b64encode(data).decode("ascii") for rel, data in files.items()
+                             if not big(data)} for path, files in found.items()},
+            "hashed": {path: {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items() if big(data)}
+                       for path, files in found.items()}}
 
 
 def no_vm() -> dict[str, Any]:

@@ -86,8 +86,8 @@ def change_for(ctx: Context, inst: Instrument, *, op_id: str, ref: str | None = 
                          value=inst.name, fix=f"`invoke reimage --instrument={inst.name}` migrates them")
     new = rs.rendered.files
     files = {rel: base64.b64encode(data).decode("ascii") for rel, data in sorted(new.items())
-             if deployed.files.get(rel) != data}
-    remove = tuple(sorted(rel for rel in deployed.files if rel not in new))
+             if deployed.sha256(rel) != sha256_bytes(data)}
+    remove = tuple(sorted(rel for rel in [*deployed.files, *deployed.hashed] if rel not in new))
     if all(rel.startswith(OWN) for rel in [*files, *remove]):
         return Change(inst.name, None, None)
     expected = {rel: sha256_bytes(data) for rel, data in new.items()}

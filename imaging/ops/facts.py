@@ -137,27 +137,43 @@ OWN_READ_LIMIT = 64 * 1024 * 1024  # the Settings volume, the record and the led
 RECORD_REL, LEDGER_REL = "imaging/record.json", "imaging/hotfixes.json"  # on Var
 
 
-def read_instrument_files(ctx: Context, inst: Instrument, observed: Observed, role: str,
-                          rels: list[str] | None = None) -> dict[str, bytes] | None:
+SETTINGS_INLINE_LIMIT = 4 * 1024 * 1024  # a larger settings file is compared by its sha256, never sent back
+
+
+def read_instrument_tree(ctx: Context, inst: Instrument, observed: Observed, role: str,
+                         rels: list[str] | None = None, *, hash_over: int | None = None
+                         ) -> tuple[dict[str, bytes], dict[str, str]] | None:
     """Files of one of the instrument's volumes (all, or those under ``rels``), read without changing
     anything where they can be read: inside the running guest through its link (Hyper-V will not mount a
-    disk a running VM holds), else from the disk mounted read-only on the host. None: no such disk."""
+    disk a running VM holds), else from the disk mounted read-only on the host. None: no such disk.
+    Returns (content, hashed): files larger than ``hash_over`` come back as their sha256 only."""
     path = observed.disks.get(SLOTS[role])
     if not path:
         return None
+    big = {"hash_over": hash_over} if hash_over else {}
     if observed.power == "Running":
         link = inst.disks.by_role()[role].link
         wanted = rels or [""]
         targets = [link + ("\\" + r.replace("/", "\\") if r else "") for r in wanted]
         res = ctx.providers.run(Step("read_guest_files", inst.host, {"vm": inst.vm, "paths": targets,
-                                                                     "max_bytes": OWN_READ_LIMIT},
+                                                                     "max_bytes": OWN_READ_LIMIT, **big},
                                      f"read {', '.join(targets)} inside {inst.vm} (read only)"))
-        return {"/".join(x for x in (r, sub) if x): base64.b64decode(b64)
-                for r, t in zip(wanted, targets, strict=True) for sub, b64 in (res["found"].get(t) or {}).items()}
-    res = ctx.providers.run(Step("read_volume", inst.host, {"path": path, "max_bytes": OWN_READ_LIMIT,
+        pairs = list(zip(wanted, targets, strict=True))
+        return ({"/".join(x for x in (r, sub) if x): base64.b64decode(b64)
+                 for r, t in pairs for sub, b64 in (res["found"].get(t) or {}).items()},
+                {"/".join(x for x in (r, sub) if x): sha
+                 for r, t in pairs for sub, sha in ((res.get("hashed") or {}).get(t) or {}).items()})
+    res = ctx.providers.run(Step("read_volume", inst.host, {"path": path, "max_bytes": OWN_READ_LIMIT, **big,
                                                             **({"only": list(rels)} if rels else {})},
                                  f"read the {role} volume of {inst.name} (read only)"))
-    return {rel: base64.b64decode(b64) for rel, b64 in res["files"].items()}
+    return ({rel: base64.b64decode(b64) for rel, b64 in res["files"].items()}, dict(res.get("hashed") or {}))
+
+
+def read_instrument_files(ctx: Context, inst: Instrument, observed: Observed, role: str,
+                          rels: list[str] | None = None) -> dict[str, bytes] | None:
+    """The small files of one of the instrument's volumes (see ``read_instrument_tree``)."""
+    tree = read_instrument_tree(ctx, inst, observed, role, rels)
+    return tree[0] if tree is not None else None
 
 
 def own_files(ctx: Context, inst: Instrument, observed: Observed | None = None

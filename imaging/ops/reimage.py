@@ -21,13 +21,14 @@ from imaging.model.plan import SETTINGS_MANIFEST, Observed, Plan
 from imaging.model.steps import Step
 from imaging.ops.context import Context
 from imaging.ops.facts import (
+    SETTINGS_INLINE_LIMIT,
     desired_release,
     hotfixes_to_reapply,
     interrupted,
     observe,
     plan_step,
     prepared,
-    read_instrument_files,
+    read_instrument_tree,
     refuse_dropped_hotfixes,
     refuse_if_interrupted,
     running_release,
@@ -52,12 +53,13 @@ from imaging.state.journal import OK, RUNNING, Operation
 def deployed_settings(ctx: Context, inst: Instrument, observed: Observed) -> DeployedSettings | None:
     """What is on the instrument's Settings volume now (None before its first deployment): read inside the
     running guest, or from the disk when the VM is off (docs/settings.md)."""
-    files = read_instrument_files(ctx, inst, observed, "settings")
-    if files is None:
+    tree = read_instrument_tree(ctx, inst, observed, "settings", hash_over=SETTINGS_INLINE_LIMIT)
+    if tree is None:
         return None
+    files, hashed = tree
     raw = files.pop(SETTINGS_MANIFEST, None)
     manifest = json.loads(raw) if raw else {"files": {}}
-    return DeployedSettings(manifest=manifest, files=files)
+    return DeployedSettings(manifest=manifest, files=files, hashed=hashed)
 
 
 def settings_for(ctx: Context, inst: Instrument, release: str, observed: Observed, *, dry_run: bool,

@@ -128,24 +128,30 @@ def _manifest_files(manifest: Mapping[str, Any]) -> dict[str, str]:
 
 
 def detect_drift(deployed_manifest: Mapping[str, Any], current_files: Mapping[str, bytes], *,
-                 deployed_files: Mapping[str, bytes] | None = None) -> DriftReport:
+                 deployed_files: Mapping[str, bytes] | None = None,
+                 current_hashes: Mapping[str, str] | None = None) -> DriftReport:
     """Compare what is on the Settings volume now with the manifest of what was deployed. Pure.
 
     ``deployed_manifest`` is the volume's ``.imaging/manifest.json`` ({"files": {relpath: sha256}} or the
     bare mapping). ``deployed_files``, when known (see ``settings.rerender_from_provenance``), turns hash
     differences into unified diffs; a deployed file whose content does not match its hash is not used.
+    ``current_hashes`` are the files too large to have been read: compared by their sha256 alone.
     """
     deployed = {k: v for k, v in _manifest_files(deployed_manifest).items() if k != MANIFEST_FILE}
     current = {k.replace("\\", "/"): v for k, v in current_files.items() if k.replace("\\", "/") != MANIFEST_FILE}
+    large = {k.replace("\\", "/"): v for k, v in (current_hashes or {}).items() if k not in current}
     known = {rel: data for rel, data in (deployed_files or {}).items()
              if rel in deployed and sha256_bytes(data) == deployed[rel]}
     report = DriftReport()
-    for rel in sorted(set(deployed) | set(current)):
-        now = sha256_bytes(current[rel]) if rel in current else None
+    for rel in sorted(set(deployed) | set(current) | set(large)):
+        now = sha256_bytes(current[rel]) if rel in current else large.get(rel)
         was = deployed.get(rel)
         if now == was:
             continue
-        if rel in known or was is None:
+        if rel in large:
+            diff = (f"Large file {rel} differs (sha256 {(was or 'absent')[:12]} -> {str(now)[:12]}); it is larger "
+                    "than what is read back, so only its hash was compared\n")
+        elif rel in known or was is None:
             diff = file_diff(rel, known.get(rel), current.get(rel))
         else:
             diff = _unknown_diff(rel, was, current.get(rel))
@@ -248,6 +254,12 @@ def capture_drift(report: DriftReport, current_files: Mapping[str, bytes], *, in
     """Save drift before it is overwritten: to branch ``vm`` of the settings repository if there is one,
     else as files for ``Var\\settings-drift\\<stamp>\\`` (which the provider writes before going on)."""
     stamp = stamp or drift_stamp()
+    unread = [f.path for f in report.changed + report.added if f.path not in current_files]
+    if unread:
+        raise InputError(f"{instrument}: {', '.join(unread)} changed on the instrument and is too large to be read "
+                         "back, so it cannot be captured", field="--capture-drift",
+                         fix="copy it off the instrument by hand (into its settings branch, or onto Var), then run "
+                             "again; nothing was changed")
     if settings_repo is not None:
         return DriftCapture(commit=capture_to_branch(settings_repo, vm, report, current_files, instrument=instrument,
                                                      deployed_version=deployed_version, stamp=stamp), var_files={})

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from imaging.core import git as gitrepo
 from imaging.core.errors import ImagingError, InputError
+from imaging.core.hashing import sha256_bytes
 from imaging.core.stamps import who
 from imaging.model.inventory import DEFAULTS_FILE, Instrument, Inventory
 from imaging.model.releases import DEFAULT_TEMPLATES_DIR, ReleaseDefinition, SettingsTemplates
@@ -161,7 +162,14 @@ class DeployedSettings:
     """What the provider read from the instrument's current Settings volume (before it is replaced)."""
 
     manifest: dict[str, Any]  # the volume's .imaging/manifest.json
-    files: dict[str, bytes]  # every file on the volume (posix relpaths)
+    files: dict[str, bytes]  # every file on the volume (posix relpaths), but the large ones
+    hashed: dict[str, str] = field(default_factory=dict)  # the large ones: relpath -> sha256 (not read)
+
+    def sha256(self, rel: str) -> str | None:
+        """A file's sha256 as it is on the volume now (None: not there)."""
+        if rel in self.files:
+            return sha256_bytes(self.files[rel])
+        return self.hashed.get(rel)
 
     @property
     def version(self) -> int | None:
@@ -209,7 +217,7 @@ def prepare_reimage_settings(*, repo: Path, inventory: Inventory, inst: Instrume
         before = None
         if deployed.provenance:
             before = rerender_from_provenance(repo, deployed.provenance, inventory.settings_repo)
-        report = detect_drift(deployed.manifest, deployed.files, deployed_files=before)
+        report = detect_drift(deployed.manifest, deployed.files, deployed_files=before, current_hashes=deployed.hashed)
         if not report.clean:
             if not capture:
                 raise DriftFound(inst.name, report)

@@ -373,3 +373,33 @@ def test_settings_are_bytes_binary_crlf_and_utf16_files_deploy_and_drift_byte_fo
     with pytest.raises(DriftFound) as err:
         reimaging.plan_for_reimage(ctx, "ZOOM", "2026C3.1")
     assert "labview/wiring.bin" in str(err.value)
+
+
+def test_a_settings_file_larger_than_the_read_limit_is_compared_by_its_hash(project: Path, tmp_path: Path) -> None:
+    """Issue 17, item 1: a calibration blob larger than what is read back from a guest (4 MB) deploys byte for
+    byte; its drift is found by sha256 (running, in the guest; off, on the disk), and a capture that would
+    need its content is refused, changing nothing."""
+    from imaging.ops.facts import SETTINGS_INLINE_LIMIT
+    from imaging.settings.drift import DriftFound
+    from tests.ops.test_reimage_settings import branch_repo
+
+    blob = bytes(range(256)) * (SETTINGS_INLINE_LIMIT // 256 + 4096)
+    assert len(blob) > SETTINGS_INLINE_LIMIT
+    srepo = branch_repo(tmp_path, {"NDXZOOM": {"labview/calibration.blob": blob, ".imaging/settings-version": b"5\n"}})
+    ctx = ctx_for(project)
+    ctx.inventory = ctx.inventory.model_copy(update={"settings_repo": srepo})
+    assert reimaging.reimage(ctx, "ZOOM").ok
+    lab = ctx.providers.lab
+    where = r"C:\Instrument\Settings\labview\calibration.blob"
+    assert lab.guest_path("HVHOST04", "NDXZOOM", where).read_bytes() == blob
+    reimaging.plan_for_reimage(ctx, "ZOOM", "2026C3.1")  # as deployed: no drift, though never read back
+    lab.guest_write("HVHOST04", "NDXZOOM", where, blob[:-1] + b"\x00")
+    with pytest.raises(DriftFound) as err:
+        reimaging.plan_for_reimage(ctx, "ZOOM", "2026C3.1")
+    assert "Large file labview/calibration.blob differs" in str(err.value)
+    with pytest.raises(InputError, match="too large to be read back") as refused:
+        reimaging.plan_for_reimage(ctx, "ZOOM", "2026C3.1", dry_run=False, capture_drift=True)
+    assert refused.value.field == "--capture-drift"
+    ctx.providers.run(Step("stop_vm", "HVHOST04", {"vm": "NDXZOOM", "timeout_s": 60}, "stop"))
+    with pytest.raises(DriftFound, match="Large file labview/calibration.blob differs"):  # read from the disk
+        reimaging.plan_for_reimage(ctx, "ZOOM", "2026C3.1")

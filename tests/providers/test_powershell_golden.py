@@ -50,3 +50,12 @@ def test_sample_values_appear_only_as_literals():
     script = render_script("write_settings", SAMPLES["write_settings"])
     assert all(f"'{b64}'" in script for b64 in files.values()) and "FromBase64String" in script
     assert "$(not expanded)" not in script
+
+
+def test_read_volume_matches_its_only_paths_in_windows_form() -> None:
+    """Found in review: the 'only' filter dropped the slash ('imaging/record.json' became
+    'imagingrecord.json'), so reading the record off a stopped VM's Var disk found nothing on a real host."""
+    text = render_script("read_volume", {"path": "D:\\Imaging\\NDXZOOM-var.vhdx", "max_bytes": 1024,
+                                         "only": ["imaging/record.json"]})
+    assert ".Replace('/', '\\').ToLowerInvariant()" in text
+    assert "$low.StartsWith($_ + '\\')" in text

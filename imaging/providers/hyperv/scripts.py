@@ -90,7 +90,7 @@ def _check_inputs(action: str, inputs: Mapping[str, Any]) -> None:
         raise InputError("not a SCSI slot", file=where, field="slot", value=inputs["slot"],
                          fix="use an integer 0-63 (os=0, apps=1, settings=2, var=3, data=4, shared=5)")
     for key in ("timeout_s", "keep", "size_gb", "need_bytes", "memory_mb", "cpus", "generation", "image_index",
-                "max_concurrent"):
+                "max_concurrent", "hash_over"):
         if key in inputs and (type(inputs[key]) is not int or inputs[key] < 1):
             raise InputError("must be a positive integer", file=where, field=key, value=inputs[key],
                              fix="give a whole number greater than zero")

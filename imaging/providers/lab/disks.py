@@ -269,15 +269,20 @@ class DiskActions:
                                                                   "digest": manifest_digest(expected)})
         return {"changed": True, "files": len(wanted)}
 
-    def _do_read_volume(self, host: str, path: str, max_bytes: int, only: list[str] | None = None) -> dict:
+    def _do_read_volume(self, host: str, path: str, max_bytes: int, only: list[str] | None = None,
+                        hash_over: int | None = None) -> dict:
         """Every file of a small volume, or only the files under the ``only`` relative paths; read only, and
         only while no running VM holds the disk (Mount-VHD refuses it then: read in the guest instead)."""
         d = self._offline_disk(host, path, "read_volume")
         files: dict[str, str] = {}
+        hashed: dict[str, str] = {}
         total = 0
         wanted = [w.lower() for w in (only or [])]
-        for rel in tree_manifest(d / "content"):
+        for rel, digest in tree_manifest(d / "content").items():
             if wanted and not any(rel.lower() == w or rel.lower().startswith(w + "/") for w in wanted):
+                continue
+            if hash_over and (d / "content" / rel).stat().st_size > hash_over:  # answered by its sha256 only
+                hashed[rel] = digest
                 continue
             data = (d / "content" / rel).read_bytes()
             total += len(data)
@@ -285,7 +290,7 @@ class DiskActions:
                 raise ProviderError(f"{path} holds more than {max_bytes} bytes; it is not a settings volume",
                                     host=host, step="read_volume")
             files[rel] = base64.b64encode(data).decode("ascii")
-        return {"changed": False, "files": files}
+        return {"changed": False, "files": files, "hashed": hashed}
 
     def _do_write_volume_files(self, host: str, path: str, files: dict[str, str]) -> dict:
         """Add files to a volume (never removes any): how captured drift reaches Var before a reimage."""

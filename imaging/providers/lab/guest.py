@@ -59,11 +59,14 @@ class GuestActions:
 
     FIRST_BOOT = "C:\\ProgramData\\imaging\\first-boot.json"
 
-    def _do_read_guest_files(self, host: str, vm: str, paths: list[str], max_bytes: int) -> dict:
+    def _do_read_guest_files(self, host: str, vm: str, paths: list[str], max_bytes: int,
+                             hash_over: int | None = None) -> dict:
         """Inside the running guest, read only: each path's file, or every file under its folder (through the
-        guest's links, as a program there sees them). A path that does not exist is left out."""
+        guest's links, as a program there sees them). A path that does not exist is left out. A file larger
+        than ``hash_over`` is answered by its sha256 only (under "hashed")."""
         _, groot = self._running_guest(host, vm, "read_guest_files")
         found: dict[str, dict[str, str]] = {}
+        hashed: dict[str, dict[str, str]] = {}
         total = 0
         for winpath in paths:
             p = groot.joinpath(*guest_rel(winpath))
@@ -74,7 +77,11 @@ class GuestActions:
             items = [("", base)] if base.is_file() else [(rel, base / rel) for rel, digest in inside.items()
                                                          if not digest.startswith("link:")]
             got: dict[str, str] = {}
+            big: dict[str, str] = {}
             for rel, f in items:
+                if hash_over and f.stat().st_size > hash_over:
+                    big[rel] = sha256_file(f)
+                    continue
                 data = f.read_bytes()
                 total += len(data)
                 if total > max_bytes:
@@ -82,7 +89,8 @@ class GuestActions:
                                         "this way", host=host, step="read_guest_files")
                 got[rel] = base64.b64encode(data).decode("ascii")
             found[winpath] = got
-        return {"changed": False, "found": found}
+            hashed[winpath] = big
+        return {"changed": False, "found": found, "hashed": hashed}
 
     ANSWER = "C:\\Windows\\Panther\\unattend.xml"
     # The lab's stand-ins for what Windows keeps in its registry (under the hives' folder, never rescued):

@@ -56,22 +56,27 @@ try {
     # folder, as a program there sees them (through the links). A running VM holds its disks, so Hyper-V
     # will not mount them on the host: this is how the deployed settings (drift) and the instrument's own
     # record and hotfix ledger on Var are read while it runs. A path that does not exist is left out; more
-    # than max_bytes in all is refused (only small folders are read this way).
+    # than max_bytes in all is refused (only small folders are read this way). A file larger than hash_over
+    # (when given) is not sent back: only its sha256, under 'hashed' (a large calibration blob is compared
+    # by hash).
     $Vm = 'NDXZOOM'
     $Paths = @('C:\Instrument\Settings', 'C:\Instrument\Var\imaging\record.json')
     $MaxBytes = [long]67108864
-    $request = ConvertTo-Json -Compress -InputObject ([ordered]@{ paths = @($Paths); max_bytes = $MaxBytes })
+    $HashOver = [long]4194304
+    $request = ConvertTo-Json -Compress -InputObject ([ordered]@{ paths = @($Paths); max_bytes = $MaxBytes; hash_over = $HashOver })
     $answer = Invoke-Command -VMName $Vm -Credential $GuestCredential -ErrorAction Stop -ArgumentList $request -ScriptBlock {
         param([string] $RequestJson)
         Set-StrictMode -Version 3
         $ErrorActionPreference = 'Stop'
         $r = ConvertFrom-Json -InputObject $RequestJson
         $found = [ordered]@{}
+        $hashed = [ordered]@{}
         $total = [long]0
         foreach ($path in @($r.paths)) {
             $item = Get-Item -LiteralPath ([string]$path) -Force -ErrorAction SilentlyContinue
             if ($null -eq $item) { continue }
             $got = [ordered]@{}
+            $big = [ordered]@{}
             $files = @()
             if ($item.PSIsContainer) {
                 $root = ([string]$path).TrimEnd('\')
@@ -81,16 +86,23 @@ try {
             }
             else { $files = @(@{ rel = ''; full = $item.FullName }) }
             foreach ($f in $files) {
+                if ([long]$r.hash_over -gt 0 -and (Get-Item -LiteralPath $f.full -Force).Length -gt [long]$r.hash_over) {
+                    $big[$f.rel] = (Get-FileHash -LiteralPath $f.full -Algorithm SHA256).Hash.ToLowerInvariant()
+                    continue
+                }
                 $bytes = [System.IO.File]::ReadAllBytes($f.full)
                 $total += $bytes.Length
                 if ($total -gt [long]$r.max_bytes) { throw "$path holds more than $($r.max_bytes) bytes; only small folders are read this way" }
                 $got[$f.rel] = [System.Convert]::ToBase64String($bytes)
             }
             $found[[string]$path] = $got
+            $hashed[[string]$path] = $big
         }
-        ConvertTo-Json -Compress -Depth 4 -InputObject $found
+        ConvertTo-Json -Compress -Depth 5 -InputObject ([ordered]@{ found = $found; hashed = $hashed })
     }
-    $Result['found'] = ConvertFrom-Json -InputObject ([string]$answer)
+    $answered = ConvertFrom-Json -InputObject ([string]$answer)
+    $Result['found'] = $answered.found
+    $Result['hashed'] = $answered.hashed
     Write-ImagingResult -Result $Result
 }
 catch {

@@ -134,20 +134,27 @@ $Result = [ordered]@{ ok = $true; changed = $false; action = $ImagingAction }
 try {
     # Reads every file of a small volume (the Settings volume of a VM that is off), or only some of its
     # files (the record and the ledger on Var), mounted read-only; changes nothing. Hyper-V will not mount a
-    # disk a running VM holds: read_guest_files reads those. Refuses more than max_bytes. The provider holds
-    # the host's mount lock while this runs.
+    # disk a running VM holds: read_guest_files reads those. Refuses more than max_bytes. A file larger
+    # than hash_over (when given) is not sent back: only its sha256, under 'hashed' (a large calibration
+    # blob is compared by hash). The provider holds the host's mount lock while this runs.
     $Path = 'D:\Imaging\instruments\NDXZOOM\NDXZOOM-settings-2026C3.0-1a2b3c4d.vhdx'
     $MaxBytes = [long]16777216
     # 'only': the relative paths (files or folders) to read, when not the whole volume
-    $Only = @(@('imaging/record.json', 'imaging/hotfixes.json') | ForEach-Object { ([string]$_).Replace('/', '').ToLowerInvariant() })
+    $Only = @(@('imaging/record.json', 'imaging/hotfixes.json') | ForEach-Object { ([string]$_).Replace('/', '\').ToLowerInvariant() })
+    $HashOver = [long]4194304
     $files = [ordered]@{}
+    $hashed = [ordered]@{}
     $total = [long]0
     $mounted = Mount-ImagingVolume -Path $Path -ReadOnly
     try {
         $present = Get-ImagingVolumeFiles -Root $mounted.Folder
         foreach ($file in $present.Files) {
             $low = $file.Rel.ToLowerInvariant()
-            if ($Only.Count -gt 0 -and @($Only | Where-Object { $low -eq $_ -or $low.StartsWith($_ + '') }).Count -eq 0) { continue }
+            if ($Only.Count -gt 0 -and @($Only | Where-Object { $low -eq $_ -or $low.StartsWith($_ + '\') }).Count -eq 0) { continue }
+            if ($HashOver -gt 0 -and (Get-Item -LiteralPath $file.Full -Force).Length -gt $HashOver) {
+                $hashed[$file.Rel.Replace('\', '/')] = (Get-FileHash -LiteralPath $file.Full -Algorithm SHA256).Hash.ToLowerInvariant()
+                continue
+            }
             $bytes = [System.IO.File]::ReadAllBytes($file.Full)
             $total += $bytes.Length
             if ($total -gt $MaxBytes) { throw "$Path holds more than $MaxBytes bytes; it is not a settings volume" }
@@ -158,6 +165,7 @@ try {
         Dismount-ImagingVolume -Mounted $mounted
     }
     $Result['files'] = $files
+    $Result['hashed'] = $hashed
     Write-ImagingResult -Result $Result
 }
 catch {
