@@ -180,10 +180,10 @@ def apply_settings(c, instruments="", group=None, all=False, ref=None, canary=No
             table.add_column(col, overflow="fold")
         for ch in run.changes:
             if ch.change is None:
-                table.add_row(ch.instrument, "", "-", "-", "up to date")
+                table.add_row(ch.instrument, ch.release, "-", "-", "up to date")
                 continue
             note = f"no service named for {', '.join(ch.unread)}: read when next opened" if ch.unread else ""
-            table.add_row(ch.instrument, ch.change.release, "\n".join(ch.change.changed),
+            table.add_row(ch.instrument, ch.release, "\n".join(ch.change.changed),
                           ", ".join(ch.change.services) or "none", note)
         console.print(table)
         if not run.instruments:

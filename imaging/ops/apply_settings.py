@@ -37,6 +37,7 @@ class Change:
     """One instrument's part of an apply-settings: its plan, or why there is nothing to do."""
 
     instrument: str
+    release: str
     plan: Plan | None
     change: SettingsChange | None
     unread: tuple[str, ...] = ()  # changed files no service is named for (settings_services)
@@ -89,7 +90,7 @@ def change_for(ctx: Context, inst: Instrument, *, op_id: str, ref: str | None = 
              if deployed.sha256(rel) != sha256_bytes(data)}
     remove = tuple(sorted(rel for rel in [*deployed.files, *deployed.hashed] if rel not in new))
     if all(rel.startswith(OWN) for rel in [*files, *remove]):
-        return Change(inst.name, None, None)
+        return Change(inst.name, release, None, None)
     expected = {rel: sha256_bytes(data) for rel, data in new.items()}
     services, _ = inst.services_reading(sorted([*files, *remove]))  # imaging's own files restart nothing
     change = SettingsChange(
@@ -102,7 +103,7 @@ def change_for(ctx: Context, inst: Instrument, *, op_id: str, ref: str | None = 
     if unread:
         plan.notes.append(f"no service is named for {', '.join(unread)} (settings_services in the inventory): "
                           "no program restarts for them; they take effect when read next")
-    return Change(inst.name, plan, change, tuple(unread))
+    return Change(inst.name, release, plan, change, tuple(unread))
 
 
 def apply_one(ctx: Context, name: str, *, ref: str | None = None, allow_dirty: bool = False,
