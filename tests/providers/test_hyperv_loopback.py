@@ -636,3 +636,42 @@ def test_the_answer_file_gets_its_accounts_as_parameters_never_as_text(endpoint,
                                "JoinUser": "CONTROLS\\join-svc", "JoinPassword": "join-pw-loopback"}
     assert "loopback-guest-pw" not in sent.script and "join-pw-loopback" not in sent.script
     assert "SecurityElement]::Escape" in sent.script and "Panther" in sent.script
+
+
+def test_a_settings_change_fails_in_the_guest_and_its_files_are_put_back_through_the_real_stack(endpoint,
+                                                                                                 tmp_path) -> None:
+    """Issue 17, item 3 on the real transport: an apply-settings plan runs as guest scripts with the guest
+    credential as parameters; when apply_settings fails, restore_settings and the service restarts are sent
+    back in reverse, and the files travel inside the request (base64), never as script text of their own."""
+    import base64 as b64
+    import hashlib
+
+    from imaging.core.hashing import manifest_digest
+    from imaging.plans.settings import SettingsChange, plan_apply_settings
+
+    ep, script = endpoint
+    inv = loopback_inventory(ep.port)
+    inst = inv.instrument("ALF")
+    data = "[DAE]\r\nDetector Banks = $(whoami) `n 'x'\r\n".encode("utf-16")
+    files = {"labview/dae.ini": hashlib.sha256(data).hexdigest()}
+    health = {"vm": inst.vm, "expect_apps_version": "2026C3.0", "links": [], "expect_settings_sha256": "1" * 64}
+    change = SettingsChange(inst=inst, host=inv.host_of(inst), release="2026C3.0",
+                            files={"labview/dae.ini": b64.b64encode(data).decode()}, remove=(),
+                            manifest={"files": files, "digest": manifest_digest(files)}, digest_before="2" * 64,
+                            services=("InstrumentServer",), health=health, commit=None, op_id="0a1b2c3d4e5f",
+                            owner="jbloggs", stamp="20261130T040000Z")
+    plan = plan_apply_settings(change)
+    script.fail_once("apply_settings", "script_error")
+    provider = make_provider(inv)
+    try:
+        outcome, journal = execute(provider, plan, tmp_path, "0a1b2c3d4e5f")
+    finally:
+        provider.close()
+    assert not outcome.ok and outcome.restored and outcome.failed_step == "apply_settings"
+    sent = [action_of(s) for s in scripts_of(ep.commands)]
+    assert sent == ["acquire_lock", "stop_services", "apply_settings", "restore_settings", "start_services",
+                    "release_lock"]
+    applied = scripts_of(ep.commands)[2]
+    assert GUEST.password not in applied and b64.b64encode(data).decode() in applied
+    assert all(c.parameters.get("GuestPassword") == GUEST.password for c in ep.commands
+               if action_of(c.script) in ("stop_services", "apply_settings", "restore_settings", "start_services"))
