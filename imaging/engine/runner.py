@@ -26,6 +26,7 @@ from typing import Any
 
 from imaging.core.errors import ImagingError, LockHeld
 from imaging.core.stamps import who
+from imaging.engine.board import LiveBoard, snapshot_of
 from imaging.engine.executor import Busy, Outcome, instrument_guard
 from imaging.engine.reports import subject, write_reports
 from imaging.engine.scheduler import (
@@ -41,7 +42,7 @@ from imaging.engine.scheduler import (
     run_waves,
 )
 from imaging.engine.scheduler import OK as JOB_OK
-from imaging.state.journal import RUNNING
+from imaging.state.journal import RUNNING, Journal
 from imaging.state.runs import RunRecords
 
 FLEET_GUARDS = "deploy"  # the folder under the locks folder holding the fleet guard files
@@ -73,6 +74,7 @@ class FleetResult:
     record: dict[str, Any]
     report_md: Path
     report_json: Path
+    report_html: Path | None = None
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     outcomes: dict[str, Any] = field(default_factory=dict)
 
@@ -171,6 +173,7 @@ class Where:
     records: RunRecords
     locks: Path
     reports: Path
+    journal: Journal | None = None  # the step times the HTML report and the live board draw
 
 
 def run_fleet(where: Where, record: dict[str, Any], waves: list[list[Job]], limits: Limits, work: Work, *,
@@ -203,10 +206,13 @@ def run_fleet(where: Where, record: dict[str, Any], waves: list[list[Job]], limi
     def guarded_work(job: Job, notify: Callable[[Result], None]) -> Result:
         return guarded(where.locks, job.name, lambda: work(job, notify))
 
+    hosts = {j.name: j.host for w in waves for j in w}
+    board = LiveBoard(where.reports / f"{record['id']}.html", snapshot_of(record, lock), where.journal, hosts)
     try:
         with instrument_guard(where.locks / FLEET_GUARDS, record["id"]):
             where.records.write(record)
-            summary = run_waves(waves, ThreadRunner(guarded_work), limits, done=done, observe=observe)
+            with board:
+                summary = run_waves(waves, ThreadRunner(guarded_work), limits, done=done, observe=observe)
     except Busy:
         raise ImagingError(f"{record.get('kind', 'deploy')} {record['id']} is being run by another process") from None
     for name in record["selection"]:
@@ -218,10 +224,17 @@ def run_fleet(where: Where, record: dict[str, Any], waves: list[list[Job]], limi
     record["status"] = "stopped" if summary.stopped else "finished"
     record["ended"] = datetime.now(UTC).isoformat(timespec="seconds")
     record["after"] = {name: state_of(name) for name in record["selection"]}
+    final = board.draw(live=False)  # the report page; its measured phases go into the record for calibrate
+    if final is not None:
+        record["phases"] = {r.instrument: {k: round(v, 3) for k, v in r.phase_seconds().items()}
+                            for r in final.rows if r.bars}
+    elif board.error:
+        record["report_error"] = board.error
     where.records.write(record)
     md, js = write_reports(where.reports, record)
     return FleetResult(id=record["id"], release=record.get("release"), summary=summary, record=record,
-                       report_md=md, report_json=js, rows=record["results"])
+                       report_md=md, report_json=js, rows=record["results"],
+                       report_html=board.path if final is not None else None)
 
 
 def _result_dict(res: Result, t: dict[str, float]) -> dict[str, Any]:

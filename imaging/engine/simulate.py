@@ -45,6 +45,9 @@ class TimeModel:
     guest_config_s: float = 120.0      # mount volumes by label, links, first-boot configuration
     health_check_s: float = 30.0
     undo_s: float = 180.0              # restoring the previous release after a failure (stop, reattach, boot)
+    # Each instrument's own time outside its steps: reading what is there, rendering settings, planning
+    # (`invoke calibrate` measures it; a few seconds on real hosts, where it is mostly reads in the guest).
+    plan_s: float = 0.0
     staged: bool = True                # images staged beforehand (`invoke stage`): no pull during the deploy
     host_disk_overrides: dict[str, float] = field(default_factory=dict)  # per host name, MB/s
 
@@ -92,16 +95,17 @@ class TimeModel:
         return (self.os_image_gb + self.apps_image_gb) * GB
 
     def fixed_s(self) -> float:
-        return self.vm_stop_s + self.disk_ops_s + self.vm_boot_s + self.guest_config_s + self.health_check_s
+        return (self.plan_s + self.vm_stop_s + self.disk_ops_s + self.vm_boot_s + self.guest_config_s
+                + self.health_check_s)
 
     def switch_s(self, host: str) -> float:
         """One instrument's switch to a prepared generation with nothing else running: its downtime."""
-        return (self.vm_stop_s + self.switch_backup_gb * GB / self.disk_bps(host) + self.switch_disk_ops_s
+        return (self.plan_s + self.vm_stop_s + self.switch_backup_gb * GB / self.disk_bps(host) + self.switch_disk_ops_s
                 + self.vm_boot_s + self.switch_guest_s + self.health_check_s)
 
     def prepare_s(self, host: str, *, staged: bool) -> float:
         """One instrument's prepare with nothing else running (no downtime: the instrument keeps running)."""
-        t = self.disk_ops_s - self.switch_disk_ops_s
+        t = self.plan_s + self.disk_ops_s - self.switch_disk_ops_s
         if not staged:
             t += self.image_bytes / min(self.disk_bps(host), self.share_mb_s * MB)
         return t
@@ -132,8 +136,10 @@ class _Flow:
 @dataclass
 class _Running:
     job: Job
-    phases: list[tuple[str, Any]]  # ("delay", seconds) | ("flow", (bytes, resources)) | ("stage", host)
+    # (kind, argument, timeline phase): ("delay", seconds, p) | ("flow", (bytes, resources), p) | ("stage", host, p)
+    phases: list[tuple[str, Any, str]]
     fail: bool
+    current: tuple[str, float] | None = None  # the timeline phase under way and when it began
 
 
 class SimRunner:
@@ -152,6 +158,7 @@ class SimRunner:
         self.stage_waiters: dict[str, list[str]] = {}
         self.finished: list[Result] = []
         self.busy: dict[str, float] = {}  # resource -> seconds in use (for utilisation)
+        self.trace: dict[str, list[tuple[str, float, float]]] = {}  # job -> (phase, start, end), as drawn
         self.work: dict[str, float] = {}  # resource -> bytes moved
         self._seq = 0
 
@@ -165,23 +172,24 @@ class SimRunner:
 
     def start(self, job: Job) -> None:
         m = self.model
-        phases: list[tuple[str, Any]] = []
+        phases: list[tuple[str, Any, str]] = [("delay", m.plan_s, "plan")]
         if job.host not in self.staged and self.phase != "switch":  # a switch finds everything prepared
-            phases.append(("stage", job.host))
+            phases.append(("stage", job.host, "staging"))
         if self.phase == "prepare":  # the next generation's disks, beside the running instrument
-            phases.append(("delay", m.disk_ops_s - m.switch_disk_ops_s))
+            phases.append(("delay", m.disk_ops_s - m.switch_disk_ops_s, "disks"))
         elif self.phase == "switch":  # the downtime only
-            phases += [("delay", m.vm_stop_s), ("flow", (m.switch_backup_gb * GB, (f"disk:{job.host}",))),
-                       ("delay", m.switch_disk_ops_s), ("delay", m.vm_boot_s), ("delay", m.switch_guest_s),
-                       ("delay", m.health_check_s)]
+            phases += [("delay", m.vm_stop_s, "stop"),
+                       ("flow", (m.switch_backup_gb * GB, (f"disk:{job.host}",)), "backup"),
+                       ("delay", m.switch_disk_ops_s, "disks"), ("delay", m.vm_boot_s, "boot"),
+                       ("delay", m.switch_guest_s, "guest"), ("delay", m.health_check_s, "check")]
         else:
-            phases += [("delay", m.vm_stop_s),
-                       ("flow", (m.var_backup_gb * GB, (f"disk:{job.host}",))),
-                       ("delay", m.disk_ops_s), ("delay", m.vm_boot_s), ("delay", m.guest_config_s),
-                       ("delay", m.health_check_s)]
+            phases += [("delay", m.vm_stop_s, "stop"),
+                       ("flow", (m.var_backup_gb * GB, (f"disk:{job.host}",)), "backup"),
+                       ("delay", m.disk_ops_s, "disks"), ("delay", m.vm_boot_s, "boot"),
+                       ("delay", m.guest_config_s, "guest"), ("delay", m.health_check_s, "check")]
         fail = job.name in self.failing
         if fail:
-            phases.append(("delay", m.undo_s))
+            phases.append(("delay", m.undo_s, "undo"))
         self.jobs[job.name] = _Running(job, phases, fail)
         self._next_phase(job.name)
 
@@ -196,28 +204,30 @@ class SimRunner:
     # --- the event loop ----------------------------------------------------------------------------
     def _next_phase(self, name: str) -> None:
         run = self.jobs[name]
+        if run.current is not None:  # the phase that just ended, for the timeline
+            self.trace.setdefault(name, []).append((run.current[0], run.current[1], self.t))
+            run.current = None
         while run.phases:
-            kind, arg = run.phases.pop(0)
+            kind, arg, label = run.phases.pop(0)
             if kind == "delay":
                 if arg <= 0:
                     continue
                 self._seq += 1
                 heapq.heappush(self.timers, (self.t + arg, self._seq, name))
-                return
-            if kind == "flow":
+            elif kind == "flow":
                 size, resources = arg
                 if size <= 0:
                     continue
                 self.flows[name] = _Flow(name, size, resources)
-                return
-            if kind == "stage":
+            elif kind == "stage":
                 if arg in self.staged:
                     continue
                 self.stage_waiters.setdefault(arg, []).append(name)
                 key = f"stage:{arg}"
                 if key not in self.flows:
                     self.flows[key] = _Flow(key, self.model.image_bytes, ("share", f"disk:{arg}"))
-                return
+            run.current = (label, self.t)
+            return
         del self.jobs[name]
         if run.fail:
             self.finished.append(Result(name, FAILED, "failed in the simulation (time model `failing`)",
@@ -280,6 +290,7 @@ class Prediction:
     phase: str = "whole"            # whole (reimage), prepare or switch
     downtime_max: float = 0.0       # the longest any instrument is down (0 for a prepare: nothing is down)
     downtime_mean: float = 0.0
+    trace: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)  # job -> (phase, start, end)
 
     def critical(self) -> tuple[str, float]:
         """The resource closest to saturation over the run, and how busy it was."""
@@ -354,7 +365,8 @@ def predict(waves: list[list[Job]], model: TimeModel, limits: Limits, *, staged_
     return Prediction(summary=summary, makespan=summary.makespan, lower_bound=bound, bound_resource=what,
                       utilisation=util, slot_use=slots,
                       parallel_use=sum(slot_time.values()) / span / limits.parallel, phase=phase,
-                      downtime_max=max(down, default=0.0), downtime_mean=sum(down) / len(down) if down else 0.0)
+                      downtime_max=max(down, default=0.0), downtime_mean=sum(down) / len(down) if down else 0.0,
+                      trace=dict(runner.trace))
 
 
 def critical_resource(p: Prediction) -> tuple[str, float]:

@@ -74,7 +74,7 @@ class Context:
     @property
     def fleet_folders(self) -> Where:
         """Where the fleet runner keeps a run's record, guards and reports."""
-        return Where(records=self.runs, locks=self.paths.locks, reports=self.paths.reports)
+        return Where(records=self.runs, locks=self.paths.locks, reports=self.paths.reports, journal=self.journal)
 
     @property
     def per_host_limits(self) -> dict[str, int]:

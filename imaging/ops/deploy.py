@@ -32,6 +32,7 @@ from imaging.engine.scheduler import DEFAULT_MAX_FAIL_PERCENT as DEFAULT_MAX_FAI
 from imaging.engine.scheduler import FAILED, PULLED, SKIPPED, Job, Result, abort_rule, parse_batches, plan_waves
 from imaging.engine.scheduler import OK as JOB_OK
 from imaging.engine.simulate import Prediction, TimeModel, predict
+from imaging.engine.timeline import prediction_record
 from imaging.model.inventory import Instrument
 from imaging.ops.context import Context
 from imaging.ops.facts import (
@@ -284,7 +285,8 @@ def run_deploy(ctx: Context, plan: DeployPlan, *, progress: ProgressFn | None = 
     waves = plan_waves(_jobs(ctx, insts, plan.model, targets), canary=options.canary,
                        batches=parse_batches(options.batches))
     record = new_record("deploy", deploy_id or new_run_id("deploy"), [i.name for i in insts], waves, options,
-                        {i.name: running_release(ctx, i) for i in insts}, release=plan.release, targets=targets)
+                        {i.name: running_release(ctx, i) for i in insts}, release=plan.release, targets=targets,
+                        prediction=prediction_record(plan.prediction.trace, plan.prediction.makespan))
     work = _work(ctx, record["id"], targets, options, progress or (lambda kind, payload: None))
     return run_fleet(ctx.fleet_folders, record, waves, limits_for(ctx.per_host_limits, options), work,
                      progress=progress, state_of=_running(ctx))
