@@ -6,9 +6,9 @@ Run `invoke --list` for the tasks and `invoke --help <task>` for each task's opt
 
 from invoke import Collection
 
-from imaging.cli import existing, fleet, instrument, releases, settings, shutdown
+from imaging.cli import existing, fleet, instrument, releases, reports, settings, shutdown
 
 ns = Collection()
-for module in (instrument, fleet, shutdown, existing, settings, releases):
+for module in (instrument, fleet, shutdown, existing, settings, releases, reports):
     for task in Collection.from_module(module).tasks.values():
         ns.add_task(task)

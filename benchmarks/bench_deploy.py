@@ -30,6 +30,7 @@ from imaging.core.config import Paths
 from imaging.engine import runner
 from imaging.ops import deploy as deploys
 from imaging.ops import facts
+from imaging.ops import publish as publishing
 from imaging.ops import stage as staging
 from imaging.ops.context import Context
 
@@ -45,8 +46,8 @@ def project(tmp: Path, name: str, sizes: tuple[int, int], latency: float) -> Con
     insts = facts.select(ctx, everything=True)
     res = deploys.deploy(ctx, insts, OLD, runner.Options(parallel=8, canary=""))
     assert not res.summary.names("failed"), res.rows
-    for host in sorted({i.host for i in insts}):
-        staging.stage(ctx, NEW, host)
+    publishing.publish_for(ctx, NEW, {i.host for i in insts})  # as a facility does before a shutdown
+    staging.stage_for(ctx, NEW, insts)
     ctx.close()
     ctx = Context.load(paths, fault=(lambda step: time.sleep(latency)) if latency else None)
     ctx.sample_sizes = sizes

@@ -1,0 +1,30 @@
+"""Tasks that look back and out: calibrate the time model from a run's report, the fleet as a page, and the
+inventory for other tools (Ansible)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import task
+
+from imaging.cli.ui import console, context, reports_errors
+from imaging.ops import calibrate as calibrating
+from imaging.ops.deploy import TimeModel
+
+
+@task(help={"from_": "the report of a real deploy, prepare or switch: its run id or its .json/.html path",
+            "out": "where to write the time model (default: .state/time-model-<run id>.yaml)",
+            "model": "the model to start from (default: the built-in defaults)"})
+@reports_errors
+def calibrate(c, from_, out=None, model=None):  # noqa: ANN001
+    """Write a time model from what a real run measured (the mean of each phase over the instruments that
+    succeeded), for `--model=` of deploy, prepare and switch and their --simulate."""
+    with context() as ctx:
+        cal = calibrating.calibrate(ctx, from_, TimeModel.load(Path(model) if model else None))
+        dest = Path(out) if out else ctx.paths.state / f"time-model-{Path(cal.source).stem}.yaml"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(cal.yaml_text(), encoding="utf-8")
+    console.print(f"measured over {cal.instruments} instrument(s) of {cal.kind} {Path(cal.source).stem}:")
+    for phase, seconds in cal.measured.items():
+        console.print(f"  {phase:7} {seconds:10.3f} s")
+    console.print(f"time model written to {dest}; use it with --model={dest}")
