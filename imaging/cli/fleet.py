@@ -28,7 +28,7 @@ from imaging.core.errors import ImagingError
 from imaging.ops import acceptance as accepting
 from imaging.ops import deploy as deploys
 from imaging.ops import doctor as doctoring
-from imaging.ops import facts
+from imaging.ops import facts, pages
 from imaging.ops import hotfix as hotfixing
 from imaging.ops import publish as publishing
 from imaging.ops import stage as staging
@@ -151,6 +151,9 @@ def deploy(c, release="", group=None, instruments="", all=False, canary=None, ba
             console.print(f"simulating {len(insts)} instruments, waves "
                           f"{' | '.join(str(len(w)) for w in prediction.summary.waves)}, --parallel={parallel}")
             print_prediction(prediction)
+            page = pages.simulation_page(ctx, "deploy", f"release {release} (simulated)", insts, prediction,
+                                         canary=options.canary != "")
+            console.print(f"drawn in {page}")
             return
         plan = deploys.plan_deploy(ctx, insts, release, options, tm)
         print_fleet_plan(plan.rows, plan.prediction)

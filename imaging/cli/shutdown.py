@@ -22,7 +22,7 @@ from imaging.cli.ui import (
     run_live,
 )
 from imaging.core.errors import ImagingError
-from imaging.ops import facts, sides
+from imaging.ops import facts, pages, sides
 from imaging.ops import prepare as preparing
 from imaging.ops import switch as switching
 from imaging.ops.deploy import DEFAULT_MAX_FAIL_PERCENT, Options, TimeModel
@@ -53,7 +53,11 @@ def prepare(c, release, group=None, instruments="", all=False, parallel=4, force
         if simulate:
             tm = TimeModel.load(Path(model) if model else None)
             console.print(f"simulating the preparation of {len(insts)} instruments, --parallel={parallel}")
-            print_prediction(preparing.simulate(ctx, insts, release, options, tm))
+            prediction = preparing.simulate(ctx, insts, release, options, tm)
+            print_prediction(prediction)
+            page = pages.simulation_page(ctx, "prepare", f"release {release} (simulated)", insts, prediction,
+                                         canary=False)
+            console.print(f"drawn in {page}")
             return
         confirm(f"prepare {release} on {len(insts)} instruments (they keep running)?", yes)
         display = FleetDisplay(len(insts))
@@ -109,6 +113,9 @@ def switch(c, group=None, instruments="", all=False, to="prepared", canary=None,
             console.print(f"simulating the switch of {len(insts)} instruments, waves "
                           f"{' | '.join(str(len(w)) for w in prediction.summary.waves)}, --parallel={parallel}")
             print_prediction(prediction)
+            page = pages.simulation_page(ctx, "switch", "the switch (simulated)", insts, prediction,
+                                         canary=options.canary != "")
+            console.print(f"drawn in {page}")
             return
         targets = switching.check_switchable(ctx, insts, to)
         for inst in insts:

@@ -20,6 +20,9 @@ from imaging.engine.timeline import PHASES, Bar, Timeline, merged_bars
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates" / "report"
 RESULT_COLOURS = {"ok": "#2e7d32", "failed": "#c62828", "undo": "#ef6c00", "running": "#1565c0",
                   "predicted": "#9e9e9e"}
+# A simulation's bars are all predictions: they are told apart by phase instead.
+PHASE_COLOURS = {"plan": "#b0bec5", "staging": "#8d6e63", "stop": "#78909c", "backup": "#5c6bc0", "disks": "#26a69a",
+                 "boot": "#ab47bc", "guest": "#29b6f6", "check": "#9ccc65", "undo": "#ef6c00"}
 LABEL_W, CHART_W, ROW_H, HEAD_H = 190, 900, 24, 34
 
 
@@ -46,9 +49,11 @@ def _ticks(span: float) -> list[float]:
     return [i * step for i in range(int(span / step) + 1)]
 
 
-def _bar(b: Bar, scale: float, y: float, height: float, instrument: str) -> dict[str, Any]:
+def _bar(b: Bar, scale: float, y: float, height: float, instrument: str, *, by_phase: bool = False
+         ) -> dict[str, Any]:
+    colour = PHASE_COLOURS.get(b.phase, "#757575") if by_phase else RESULT_COLOURS.get(b.result, "#757575")
     return {"x": round(LABEL_W + b.start * scale, 2), "y": y, "w": round(max(1.5, b.seconds * scale), 2),
-            "h": height, "colour": RESULT_COLOURS.get(b.result, "#757575"), "result": b.result, "phase": b.phase,
+            "h": height, "colour": colour, "result": b.result, "phase": b.phase,
             "instrument": instrument,
             "title": f"{instrument}: {b.phase}, {duration(b.seconds)} ({b.result}), from {duration(b.start)}"}
 
@@ -68,7 +73,8 @@ def drawing(t: Timeline) -> dict[str, Any]:
                 wave_start[r.wave] = min(wave_start.get(r.wave, math.inf), main[0].start)
             rows.append({"label": r.instrument, "y": y + 15, "wave": r.wave, "canary": r.canary,
                          "failed": r.status == "failed",
-                         "bars": [_bar(b, scale, y + 4, 11 if not t.simulated else 14, r.instrument) for b in main],
+                         "bars": [_bar(b, scale, y + 4, 14 if t.simulated else 11, r.instrument, by_phase=t.simulated)
+                                  for b in main],
                          "predicted": [] if t.simulated else
                          [_bar(b, scale, y + 17, 4, r.instrument) for b in r.predicted]})
             y += ROW_H
@@ -85,7 +91,8 @@ def render_run(t: Timeline, *, live: bool = False) -> str:
     failures = [r for r in t.rows if r.status in ("failed", "not_started") or r.way_out]
     totals = t.phase_totals()
     return _env().get_template("run.html.j2").render(
-        t=t, live=live, svg=drawing(t), colours=RESULT_COLOURS, phases=PHASES, duration=duration,
+        t=t, live=live, svg=drawing(t), colours=PHASE_COLOURS if t.simulated else RESULT_COLOURS, phases=PHASES,
+        duration=duration,
         failures=failures, hosts=t.hosts(), totals=totals,
         counts={s: sum(1 for r in t.rows if r.status == s) for s in sorted({r.status for r in t.rows})},
         carried=[r for r in t.rows if r.carried or r.dropped])

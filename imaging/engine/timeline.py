@@ -235,7 +235,7 @@ def simulated(kind: str, subject: str, waves: list[list[str]], hosts: Mapping[st
     for row in rows:
         row.status, row.way_out = "predicted", ""
         row.predicted = [Bar(p, a, b, "predicted") for p, a, b in trace.get(row.instrument, [])]
-    return Timeline(id=f"simulated {kind}", kind=kind, subject=subject, status="simulated", started="-",
+    return Timeline(id="simulation", kind=kind, subject=subject, status="simulated", started="-",
                     simulated=True, rows=rows, waves=waves)
 
 
