@@ -8,6 +8,8 @@ from pathlib import Path
 from invoke import task
 
 from imaging.cli.ui import console, context, reports_errors
+from imaging.core.errors import InputError
+from imaging.ops import ansible_inventory as ansible
 from imaging.ops import calibrate as calibrating
 from imaging.ops.deploy import TimeModel
 
@@ -28,3 +30,23 @@ def calibrate(c, from_, out=None, model=None):  # noqa: ANN001
     for phase, seconds in cal.measured.items():
         console.print(f"  {phase:7} {seconds:10.3f} s")
     console.print(f"time model written to {dest}; use it with --model={dest}")
+
+
+@task(help={"format": "ansible: an Ansible YAML inventory (the only format so far)",
+            "out": "write it to this file (default: print it)"})
+@reports_errors
+def inventory(c, format="ansible", out=None):  # noqa: A002, ANN001
+    """The inventory for other tools: the hosts and instrument VMs with their groups (deploy group, Hyper-V
+    host, technique), reached over PowerShell remoting; never a credential. Refused, writing nothing, when
+    the inventory does not validate."""
+    if format != "ansible":
+        raise InputError("unknown inventory format", field="--format", value=format, fix="use --format=ansible")
+    with context() as ctx:
+        text = ansible.ansible_yaml(ctx.inventory)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        console.print(f"Ansible inventory written to {out}: {len(ctx.inventory.hosts)} hosts, "
+                      f"{len(ctx.inventory.instruments)} instrument VMs; check it with "
+                      f"`ansible-inventory -i {out} --graph`")
+    else:
+        print(text, end="")
