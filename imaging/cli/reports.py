@@ -11,6 +11,7 @@ from imaging.cli.ui import console, context, reports_errors
 from imaging.core.errors import InputError
 from imaging.ops import ansible_inventory as ansible
 from imaging.ops import calibrate as calibrating
+from imaging.ops import pages
 from imaging.ops.deploy import TimeModel
 
 
@@ -50,3 +51,20 @@ def inventory(c, format="ansible", out=None):  # noqa: A002, ANN001
                       f"`ansible-inventory -i {out} --graph`")
     else:
         print(text, end="")
+
+
+@task(help={"fleet": "the fleet as it is now (the only report so far; a run's report is written by the run)",
+            "out": "where to write the page (default: .state/reports/report-fleet-<time>.html)",
+            "no_drift": "do not read each instrument's Settings volume for drift (faster)"})
+@reports_errors
+def report(c, fleet=False, out=None, no_drift=False):  # noqa: ANN001
+    """Write the fleet as one self-contained HTML page: per instrument what it runs, what is prepared, its
+    labels, hotfixes, side, last operation and settings drift, and a strip of its last operations."""
+    if not fleet:
+        raise InputError("say which report", field="--fleet",
+                         fix="pass --fleet; a deploy, prepare, switch, hotfix or apply-settings writes its own")
+    with context() as ctx:
+        page, rows = pages.fleet_page(ctx, drift=not no_drift, out=Path(out) if out else None)
+    drifted = [r.status.instrument for r in rows if r.drift not in ("none", "-", "not checked")]
+    console.print(f"{len(rows)} instruments; drift on {', '.join(drifted) or 'none'}")
+    console.print(f"written to {page}")

@@ -98,6 +98,22 @@ def render_run(t: Timeline, *, live: bool = False) -> str:
         carried=[r for r in t.rows if r.carried or r.dropped])
 
 
+STATUS_COLOURS = {"ok": "#2e7d32", "failed": "#c62828", "rolled_back": "#ef6c00", "running": "#1565c0",
+                  "interrupted": "#6a1b9a"}
+
+
+def render_fleet(rows: list[Any], *, when: str, drift_checked: bool) -> str:
+    """The fleet page: one row per instrument (what it runs, what is prepared, labels, hotfixes, side, last
+    operation, drift) and a strip of its last operations, each a square coloured by its result."""
+    strips = []
+    for row in rows:
+        strips.append([{"x": 2 + i * 16, "colour": STATUS_COLOURS.get(h["status"], "#9e9e9e"),
+                        "title": f"{h['kind']} {h['status']} {h['when']} {h['release']} ({h['id']})"}
+                       for i, h in enumerate(row.history)])
+    return _env().get_template("fleet.html.j2").render(rows=list(zip(rows, strips, strict=True)), when=when,
+                                                       drift_checked=drift_checked, colours=STATUS_COLOURS)
+
+
 def write_page(path: Path, html: str) -> Path:
     """Write the page atomically: a reader on the share sees the old page or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)

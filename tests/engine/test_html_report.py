@@ -4,10 +4,7 @@ for the failed instrument, the prediction under the bars, and no network request
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-
-import pytest
 
 from imaging.engine import runner
 from imaging.engine.timeline import phase_of
@@ -16,10 +13,6 @@ from imaging.ops import deploy as deploys
 from imaging.providers.lab.faults import InjectedFault
 from imaging.state.journal import FAILED
 from tests.ops.test_reimage import ctx_for
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 
 
 def _expected_bars(journal, run_id: str) -> dict[str, list[tuple[str, str]]]:  # noqa: ANN001
@@ -33,17 +26,6 @@ def _expected_bars(journal, run_id: str) -> dict[str, list[tuple[str, str]]]:  #
             if not runs or runs[-1] != key:
                 runs.append(key)
     return out
-
-
-@pytest.fixture(scope="module")
-def browser():  # noqa: ANN201
-    playwright = pytest.importorskip("playwright.sync_api")
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield b
-        b.close()
 
 
 def test_the_report_of_a_deploy_with_a_failure_shows_every_phase_and_the_way_out(project: Path, tmp_path: Path,
