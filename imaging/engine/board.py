@@ -19,17 +19,16 @@ BOARD_INTERVAL_S = 3.0
 
 
 def timeline_of(record: Mapping[str, Any], journal: Journal | None, hosts: Mapping[str, str]) -> Timeline:
-    t = measured({**record, "subject": subject(dict(record))}, journal, hosts)
-    return t
+    return measured({**record, "subject": subject(dict(record))}, journal, hosts)
 
 
 class LiveBoard:
     """Rewrite ``path`` from ``snapshot()`` (a copy of the run's record) every ``interval`` seconds."""
 
     def __init__(self, path: Path, snapshot: Callable[[], dict[str, Any]], journal: Journal | None,
-                 hosts: Mapping[str, str], interval: float = BOARD_INTERVAL_S) -> None:
+                 hosts: Mapping[str, str], interval: float | None = None) -> None:
         self.path, self.snapshot, self.journal, self.hosts = path, snapshot, journal, dict(hosts)
-        self.interval = interval
+        self.interval = BOARD_INTERVAL_S if interval is None else interval
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="live-board", daemon=True)

@@ -62,3 +62,50 @@ def test_the_report_of_a_deploy_with_a_failure_shows_every_phase_and_the_way_out
     assert "invoke deploy --release=2026C3.1 --instruments=GEM" in ways
     assert page.locator("rect.predicted").count() >= len(insts)  # the prediction under the bars
     assert page.locator("line.wave").count() == len(result.record["waves"])
+
+
+def test_the_live_board_is_rewritten_whole_while_the_deploy_runs(project: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Issue 18, item 3: while a deploy runs, its page is rewritten every few seconds (here 0.1 s), by an
+    atomic rename: a reader never sees half a page; it says the run is still going until the run ends."""
+    import threading
+    import time
+
+    from imaging.engine import board
+
+    monkeypatch.setattr(board, "BOARD_INTERVAL_S", 0.1)
+
+    def slow(step: Step) -> None:
+        time.sleep(0.05)
+
+    ctx = ctx_for(project, fault=slow)
+    insts = [ctx.inventory.instrument(n) for n in ("ALF", "GEM")]
+    done: dict[str, runner.FleetResult] = {}
+    worker = threading.Thread(target=lambda: done.setdefault("r", deploys.deploy(
+        ctx, insts, "2026C3.1", runner.Options(canary=""))))
+    worker.start()
+    seen: list[str] = []
+    while worker.is_alive():
+        for page in ctx.paths.reports.glob("deploy-*.html"):
+            text = page.read_text(encoding="utf-8")
+            assert text.rstrip().endswith("</html>"), "a reader saw half a page"
+            seen.append(text)
+        time.sleep(0.02)
+    worker.join()
+    live = [t for t in seen if "This run is still going" in t]
+    assert live and len({t.count('class="bar ') for t in live}) > 1  # it grew while the deploy ran
+    final = done["r"].report_html.read_text(encoding="utf-8")
+    assert "still going" not in final and 'http-equiv="refresh"' not in final
+    assert not list(ctx.paths.reports.glob(".*.partial"))
+
+
+def test_a_simulated_deploy_is_drawn_as_the_run_it_predicts(project: Path) -> None:
+    from settings_support import inv
+
+    res = inv(project, "deploy", "--release=2026C3.1", "--all", "--simulate")
+    assert res.returncode == 0, res.stdout + res.stderr
+    (page,) = (project / ".state" / "reports").glob("simulate-deploy-*.html")
+    text = page.read_text(encoding="utf-8")
+    assert str(page) in res.stdout.replace("\n", "")
+    assert text.count('<text x="14"') == 34  # one row per instrument
+    assert text.count('class="bar result-predicted phase-check') == 34  # each predicted through its check
+    assert "simulation: nothing ran" in text and "canary" in text
