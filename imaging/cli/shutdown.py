@@ -50,8 +50,8 @@ def prepare(c, release, group=None, instruments="", all=False, parallel=4, force
         # a preparation never touches a running instrument: one that fails does not stop the others
         options = Options(parallel=int(parallel), canary="", force=force, drop_hotfixes=tuple(names(drop_hotfix)),
                           max_fail_percent=100)
+        tm = TimeModel.load(Path(model) if model else None)
         if simulate:
-            tm = TimeModel.load(Path(model) if model else None)
             console.print(f"simulating the preparation of {len(insts)} instruments, --parallel={parallel}")
             prediction = preparing.simulate(ctx, insts, release, options, tm)
             print_prediction(prediction)
@@ -62,7 +62,7 @@ def prepare(c, release, group=None, instruments="", all=False, parallel=4, force
         confirm(f"prepare {release} on {len(insts)} instruments (they keep running)?", yes)
         display = FleetDisplay(len(insts))
         print_recap(run_live(display, lambda: preparing.prepare_fleet(ctx, insts, release, options,
-                                                                      progress=display)))
+                                                                      progress=display, model=tm)))
 
 
 @task(help={"group": "switch this group's instruments",

@@ -16,6 +16,7 @@ from imaging.engine.executor import Listener, Outcome, StepEvent
 from imaging.engine.runner import FleetResult, Options, ProgressFn, limits_for, new_record, outcome_result, run_fleet
 from imaging.engine.scheduler import SKIPPED, Job, Result, parse_batches, plan_waves
 from imaging.engine.simulate import Prediction, TimeModel, predict
+from imaging.engine.timeline import prediction_record
 from imaging.model.inventory import Instrument
 from imaging.model.steps import Step
 from imaging.ops.context import Context
@@ -127,16 +128,18 @@ def discard(ctx: Context, inst: Instrument, p: Prepared) -> list[str]:
 
 
 def prepare_fleet(ctx: Context, insts: list[Instrument], release: str, options: Options, *,
-                  progress: ProgressFn | None = None) -> FleetResult:
+                  progress: ProgressFn | None = None, model: TimeModel | None = None) -> FleetResult:
     """Prepare every instrument of the selection: one wave (nothing is down), the hosts' limits, a record
-    and reports like every fleet run."""
+    and reports like every fleet run (with the time model's prediction, drawn under the real bars)."""
+    forecast = simulate(ctx, insts, release, options, model or TimeModel())
     targets = desired_releases(ctx, insts, release)
     for rid, host in sorted({(targets[i.name], i.host) for i in insts}):
         publish(ctx, rid, host)
     jobs = [Job(i.name, i.host, 60.0) for i in insts]
     waves = plan_waves(jobs, canary="", batches=parse_batches("100%"))
     record = new_record("prepare", new_run_id("prepare"), [i.name for i in insts], waves, options,
-                        {i.name: running_release(ctx, i) for i in insts}, release=release, targets=targets)
+                        {i.name: running_release(ctx, i) for i in insts}, release=release, targets=targets,
+                        prediction=prediction_record(forecast.trace, forecast.makespan))
     emit = progress or (lambda kind, payload: None)
 
     def one(job: Job, notify: Callable[[Result], None]) -> Result:

@@ -17,6 +17,7 @@ from imaging.engine.executor import Listener, Outcome, StepEvent
 from imaging.engine.runner import FleetResult, Options, ProgressFn, limits_for, new_record, outcome_result, run_fleet
 from imaging.engine.scheduler import Job, Result, parse_batches, plan_waves
 from imaging.engine.simulate import Prediction, TimeModel, predict
+from imaging.engine.timeline import prediction_record
 from imaging.model.inventory import Instrument
 from imaging.ops.context import Context
 from imaging.ops.deploy import interrupted_run, job_in_run, resume_run
@@ -77,8 +78,10 @@ def switch_fleet(ctx: Context, insts: list[Instrument], options: Options, *, to:
     model = model or TimeModel()
     targets = check_switchable(ctx, insts, to)
     waves = plan_waves(switch_jobs(ctx, insts, model), canary=options.canary, batches=parse_batches(options.batches))
+    forecast = predict(waves, model, limits_for(ctx.per_host_limits, options), phase="switch")
     record = new_record("switch", run_id or new_run_id("switch"), [i.name for i in insts], waves, options,
-                        {i.name: running_release(ctx, i) for i in insts}, targets=targets, to=to)
+                        {i.name: running_release(ctx, i) for i in insts}, targets=targets, to=to,
+                        prediction=prediction_record(forecast.trace, forecast.makespan))
     work = _work(ctx, record["id"], to, progress or (lambda kind, payload: None))
     return run_fleet(ctx.fleet_folders, record, waves, limits_for(ctx.per_host_limits, options), work,
                      progress=progress, state_of=lambda name: running_release(ctx, ctx.inventory.instrument(name)))
