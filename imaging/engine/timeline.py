@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from imaging.engine.scheduler import FAILED, NOT_STARTED
-from imaging.state.journal import Journal, Operation, StepRecord
+from imaging.state.journal import CARRY_BATCH, Journal, Operation, StepRecord
 
 PHASES = ("plan", "staging", "stop", "backup", "disks", "boot", "guest", "check", "undo")
 # Each step action's phase (the simulation's phases: see engine.simulate.SimRunner.start). Undo steps are
@@ -193,7 +193,8 @@ def measured(record: Mapping[str, Any], journal: Journal | None, hosts: Mapping[
             mine = {o.id: name for name, inst_ops in ops.items() for o, _ in inst_ops}
             by_name = {r.instrument: r for r in rows}
             for op in journal.operations(kind="hotfix"):  # re-applied right after a reimage of this run
-                parent = (op.batch or "").partition(":")[2] if (op.batch or "").startswith("carry:") else ""
+                batch = op.batch or ""
+                parent = batch[len(CARRY_BATCH):] if batch.startswith(CARRY_BATCH) else ""
                 if parent in mine and (op.rollback_point or {}).get("hotfix") and mine[parent] in by_name:
                     by_name[mine[parent]].carried.append(str(op.rollback_point["hotfix"]))
         except Exception as exc:  # a damaged journal: draw what the record says

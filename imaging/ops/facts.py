@@ -24,9 +24,9 @@ from imaging.model.steps import Step
 from imaging.ops.context import Context
 from imaging.settings.migrations import plan_migrations
 from imaging.settings.render import VERSION_FILE, parse_version
-from imaging.state.journal import OK, ROLLBACK_FAILED, RUNNING, Operation
+from imaging.state.journal import CARRY_BATCH, OK, ROLLBACK_FAILED, RUNNING, Operation
 
-CARRY = "carry-"  # batch prefix of hotfixes re-applied after a reimage: they belong to that reimage
+CARRY = CARRY_BATCH  # batch prefix of hotfixes re-applied after a reimage: they belong to that reimage
 FAILED = "failed"
 
 

@@ -110,6 +110,8 @@ class JournalDamaged(ImagingError):
 # Operation statuses. "running" with no live owner is shown as interrupted.
 RUNNING, OK, FAILED, ROLLED_BACK, ROLLBACK_FAILED, ABANDONED = (
     "running", "ok", "failed", "rolled_back", "rollback_failed", "abandoned")
+# The batch of a hotfix re-applied right after a reimage: this prefix and that reimage's id.
+CARRY_BATCH = "carry-"
 INTERRUPTED = "interrupted"  # a step whose process stopped while it ran (closed when the operation is taken over)
 
 

@@ -109,3 +109,18 @@ def test_a_simulated_deploy_is_drawn_as_the_run_it_predicts(project: Path) -> No
     assert text.count('<text x="14"') == 34  # one row per instrument
     assert text.count('class="bar result-predicted phase-check') == 34  # each predicted through its check
     assert "simulation: nothing ran" in text and "canary" in text
+
+
+def test_the_report_names_the_hotfixes_a_deploy_carried(project: Path, tmp_path: Path) -> None:
+    from imaging.ops import hotfix as hotfixing
+    from imaging.ops import reimage as reimaging
+    from tests.ops.test_hotfix import make_pkg
+
+    ctx = ctx_for(project)
+    assert reimaging.reimage(ctx, "ZOOM").ok
+    assert hotfixing.hotfix(ctx, ["ZOOM"], make_pkg(tmp_path, applies=("2026C3.0", "2026C3.1"))).outcomes["ZOOM"].ok
+    result = deploys.deploy(ctx, [ctx.inventory.instrument("ZOOM")], "2026C3.1", runner.Options())
+    assert not result.failed
+    page = result.report_html.read_text(encoding="utf-8")
+    assert "Hotfixes carried or dropped" in page
+    assert "<tr><td>ZOOM</td><td>HF-001</td><td>-</td></tr>" in page
