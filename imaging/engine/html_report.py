@@ -23,6 +23,9 @@ RESULT_COLOURS = {"ok": "#2e7d32", "failed": "#c62828", "undo": "#ef6c00", "runn
 # A simulation's bars are all predictions: they are told apart by phase instead.
 PHASE_COLOURS = {"plan": "#b0bec5", "staging": "#8d6e63", "stop": "#78909c", "backup": "#5c6bc0", "disks": "#26a69a",
                  "boot": "#ab47bc", "guest": "#29b6f6", "check": "#9ccc65", "undo": "#ef6c00"}
+# Bars that succeeded are green, a shade per phase, so the phases of a row can be told apart at a glance.
+OK_SHADES = {"plan": "#a5d6a7", "staging": "#66bb6a", "stop": "#81c784", "backup": "#2e7d32", "disks": "#43a047",
+             "boot": "#1b5e20", "guest": "#4caf50", "check": "#388e3c"}
 LABEL_W, CHART_W, ROW_H, HEAD_H = 190, 900, 24, 34
 
 
@@ -51,7 +54,12 @@ def _ticks(span: float) -> list[float]:
 
 def _bar(b: Bar, scale: float, y: float, height: float, instrument: str, *, by_phase: bool = False
          ) -> dict[str, Any]:
-    colour = PHASE_COLOURS.get(b.phase, "#757575") if by_phase else RESULT_COLOURS.get(b.result, "#757575")
+    if by_phase:
+        colour = PHASE_COLOURS.get(b.phase, "#757575")
+    elif b.result == "ok":
+        colour = OK_SHADES.get(b.phase, RESULT_COLOURS["ok"])
+    else:
+        colour = RESULT_COLOURS.get(b.result, "#757575")
     return {"x": round(LABEL_W + b.start * scale, 2), "y": y, "w": round(max(1.5, b.seconds * scale), 2),
             "h": height, "colour": colour, "result": b.result, "phase": b.phase,
             "instrument": instrument,
