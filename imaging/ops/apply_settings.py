@@ -92,14 +92,13 @@ def change_for(ctx: Context, inst: Instrument, *, op_id: str, ref: str | None = 
     if all(rel.startswith(OWN) for rel in [*files, *remove]):
         return Change(inst.name, release, None, None)
     expected = {rel: sha256_bytes(data) for rel, data in new.items()}
-    services, _ = inst.services_reading(sorted([*files, *remove]))  # imaging's own files restart nothing
+    services, unread = inst.services_reading(sorted([*files, *remove]))  # imaging's own files restart nothing
     change = SettingsChange(
         inst=inst, host=ctx.inventory.host_of(inst), release=release, files=files, remove=remove,
         manifest={"files": expected, "digest": manifest_digest(expected)},
         digest_before=str(deployed.manifest["digest"]), services=tuple(services), health=health,
         commit=rs.rendered.provenance.get("commit"), op_id=op_id, owner=who(), stamp=stamp())
     plan = plan_apply_settings(change)
-    _, unread = inst.services_reading(change.changed)
     if unread:
         plan.notes.append(f"no service is named for {', '.join(unread)} (settings_services in the inventory): "
                           "no program restarts for them; they take effect when read next")

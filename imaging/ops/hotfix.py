@@ -200,11 +200,6 @@ def run_hotfix(ctx: Context, run: HotfixRun, *, progress: ProgressFn | None = No
         def one(name: str, listener: Listener, batch: str) -> Outcome:
             return revert_one(ctx, name, run.hotfix_id, listener=listener, batch=batch)
         restored = "its hotfixed files were put back"
-    return _fleet_run(ctx, run, one, restored, progress)
-
-
-def _fleet_run(ctx: Context, run: HotfixRun, one: Callable[[str, Listener, str], Outcome], restored: str,
-               progress: ProgressFn | None) -> FleetResult:
     return run_in_waves(ctx, run.kind, run.instruments, run.waves, run.options, one, restored=restored,
                         already=f"already carries {run.hotfix_id}", progress=progress,
                         state_of=lambda inst: sorted(carried(ctx, inst).hotfixes), hotfix=run.hotfix_id)
